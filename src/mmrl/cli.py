@@ -1,0 +1,44 @@
+"""The `mmrl` command line.
+
+Each subcommand lives in its own module under `mmrl.commands` and exposes
+`add_arguments(parser)` and `main(args) -> int`; this file only maps names to
+modules (imported lazily so `mmrl --help` stays fast).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> (module under mmrl.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "describe": ("describe", "build a method on a backbone and print its settings and parameter counts"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mmrl import __version__
+
+    parser = argparse.ArgumentParser(prog="mmrl", description="MMRL / MMRL++ few-shot adaptation of CLIP.")
+    parser.add_argument("--version", action="version", version=f"mmrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"mmrl.commands.{module}")
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_main=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    return int(args._main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Load a CLIP ViT backbone the ways users already name it.
+
+A backbone spec is one string (`--backbone SPEC`):
+
+=====================================  ==================================================
+spec                                   meaning
+=====================================  ==================================================
+``ViT-B-16`` / ``ViT-B-16:openai``     open_clip model name + pretrained tag (downloaded
+                                       by open_clip; a bare name means the ``openai`` tag)
+``ViT-L-14:laion2b_s32b_b82k``         any open_clip tag
+``/path/ViT-B-16.pt``                  OpenAI-format file: OpenAI's TorchScript archive
+                                       (tensors read without executing it), a
+                                       ``torch.save`` state dict or a ``.safetensors``
+                                       file; the architecture is inferred from shapes
+``ViT-B-16:/path/open_clip_ckpt.pt``   local open_clip checkpoint with its model name
+``toy-clip``                           the tiny CLIP pretrained on the synthetic world
+                                       that ships inside the package (``mmrl demo``)
+=====================================  ==================================================
+
+Every backbone is an :class:`open_clip.model.CLIP` in fp32, frozen and in eval mode,
+plus CLIP's BPE tokenizer. OpenAI weights were trained with QuickGELU: we set it
+from the pretrained tag's metadata (or always, for OpenAI-format files) so the user
+never has to know.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+TOY_CLIP_NAME = "toy-clip"
+TOY_CLIP_FILE = Path(__file__).resolve().parent.parent / "toyworld" / "tiny_clip.safetensors"
+CLIP_BPE_VOCAB = 49408  # size of CLIP's BPE vocabulary (open_clip's SimpleTokenizer)
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar", ".ckpt")
+
+
+@dataclass
+class Backbone:
+    """A frozen CLIP ViT and the tokenizer that goes with it.
+
+    Attributes:
+        clip: the open_clip ``CLIP`` module (fp32, eval mode, ``requires_grad=False``).
+        tokenizer: ``tokenizer(list_of_str) -> LongTensor (N, context_length)``.
+        spec: the spec string it was loaded from (stored in run configs).
+    """
+
+    clip: nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    spec: str
+
+    @property
+    def vision_width(self) -> int:  # d_v
+        return self.clip.visual.conv1.out_channels
+
+    @property
+    def text_width(self) -> int:  # d_t
+        return self.clip.ln_final.normalized_shape[0]
+
+    @property
+    def embed_dim(self) -> int:  # d_e
+        return self.clip.text_projection.shape[1]
+
+    @property
+    def vision_layers(self) -> int:
+        return len(self.clip.visual.transformer.resblocks)
+
+    @property
+    def text_layers(self) -> int:
+        return len(self.clip.transformer.resblocks)
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.clip.positional_embedding.shape[0])
+
+    def describe(self) -> dict:
+        """Architecture summary (JSON-able)."""
+        return {
+            "spec": self.spec,
+            "vision_width": self.vision_width,
+            "vision_layers": self.vision_layers,
+            "vision_heads": self.clip.visual.transformer.resblocks[0].attn.num_heads,
+            "patch_size": self.clip.visual.conv1.kernel_size[0],
+            "image_size": self.image_size,
+            "text_width": self.text_width,
+            "text_layers": self.text_layers,
+            "text_heads": self.clip.transformer.resblocks[0].attn.num_heads,
+            "context_length": self.context_length,
+            "vocab_size": self.clip.token_embedding.num_embeddings,
+            "embed_dim": self.embed_dim,
+        }
+
+
+def _frozen(clip: nn.Module) -> nn.Module:
+    clip = clip.float().eval()
+    for p in clip.parameters():
+        p.requires_grad_(False)
+    return clip
+
+
+def check_vit_clip(clip: nn.Module, spec: str) -> None:
+    """Refuse backbones MMRL cannot be applied to, saying why.
+
+    MMRL inserts representation tokens between transformer blocks of BOTH towers and
+    reads the class token / EOT token, so it needs open_clip's standard ``CLIP`` with a
+    ViT image tower (class-token pooling) and CLIP's causal text transformer.
+    """
+    from open_clip.model import CLIP
+    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+
+    if not isinstance(clip, CLIP):
+        raise ValueError(
+            f"backbone {spec!r}: {type(clip).__name__} is not a standard CLIP with its own text transformer; "
+            "MMRL inserts tokens into CLIP's text transformer blocks, so it needs an open_clip `CLIP` model "
+            "(e.g. ViT-B-16, ViT-L-14)")
+    if not isinstance(clip.visual, VisionTransformer):
+        raise ValueError(
+            f"backbone {spec!r} has a {type(clip.visual).__name__} image tower (a ResNet CLIP?): MMRL inserts "
+            "representation tokens between the blocks of a vision TRANSFORMER, so it needs a ViT CLIP")
+    v = clip.visual
+    if v.attn_pool is not None or v.pool_type != "tok" or v.final_ln_after_pool:
+        raise ValueError(f"backbone {spec!r}: MMRL needs class-token pooling in the vision tower "
+                         f"(pool_type='tok', no attentional pooling)")
+    if getattr(clip, "text_pool_type", "argmax") != "argmax" or clip.attn_mask is None:
+        raise ValueError(f"backbone {spec!r}: MMRL needs CLIP's causal text tower pooled at the EOT token")
+    for tower, blocks in (("vision", v.transformer.resblocks), ("text", clip.transformer.resblocks)):
+        for blk in blocks:
+            if type(blk) is not ResidualAttentionBlock or not isinstance(blk.attn, nn.MultiheadAttention) \
+                    or hasattr(blk, "ln_1_kv"):
+                raise ValueError(f"backbone {spec!r}: unsupported {tower} block type {type(blk).__name__}; "
+                                 "MMRL supports CLIP's standard residual attention blocks")
+    if clip.token_embedding.num_embeddings != CLIP_BPE_VOCAB:
+        raise ValueError(f"backbone {spec!r}: vocabulary of {clip.token_embedding.num_embeddings} tokens; "
+                         f"MMRL uses CLIP's BPE tokenizer ({CLIP_BPE_VOCAB} tokens)")
+
+
+def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str = "<state dict>") -> nn.Module:
+    """Build an open_clip ``CLIP`` from an OpenAI-format state dict of any size.
+
+    The architecture (widths, layers, heads = width / 64, patch size, resolution,
+    context length, vocabulary) is inferred from tensor shapes as OpenAI's loader does;
+    QuickGELU is used, as OpenAI trained with it.
+    """
+    from open_clip.model import build_model_from_openai_state_dict
+
+    if "visual.proj" not in state_dict:
+        if any(k.startswith("visual.layer1") for k in state_dict):
+            raise ValueError(f"backbone {spec!r} is a ResNet CLIP: MMRL inserts representation tokens between "
+                             "the blocks of a vision transformer, so it needs a ViT CLIP")
+        raise ValueError(f"backbone {spec!r}: not an OpenAI-format CLIP state dict (no 'visual.proj' key; "
+                         f"found keys such as {sorted(state_dict)[:5]})")
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    try:
+        clip = build_model_from_openai_state_dict(sd, quick_gelu=True, cast_dtype=torch.float32)
+    except (RuntimeError, KeyError) as e:
+        raise ValueError(f"backbone {spec!r}: state dict does not describe a CLIP model: {e}") from e
+    return clip
+
+
+def _tokenizer(context_length: int) -> Callable[[list[str]], torch.Tensor]:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=context_length)
+
+
+def _looks_like_file(s: str) -> bool:
+    return os.path.sep in s or s.endswith(_CHECKPOINT_SUFFIXES) or Path(s).exists()
+
+
+def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,
+                  device: str | torch.device = "cpu") -> Backbone:
+    """Load a frozen CLIP ViT from a spec string (see module docstring).
+
+    Args:
+        spec: the backbone spec.
+        pretrained: False builds an open_clip name with random weights (no download),
+            e.g. for ``mmrl describe`` or benchmarks. Ignored for files.
+        device: where to put the model.
+    """
+    spec = str(spec)
+    if spec == TOY_CLIP_NAME:
+        from mmrl.models.safe_load import load_clip_state_dict
+
+        clip = clip_from_openai_state_dict(load_clip_state_dict(TOY_CLIP_FILE), spec)
+    elif Path(spec).is_file():
+        from mmrl.models.safe_load import load_clip_state_dict
+
+        clip = clip_from_openai_state_dict(load_clip_state_dict(spec), spec)
+    elif ":" not in spec and _looks_like_file(spec):
+        raise FileNotFoundError(f"backbone file not found: {spec}")
+    else:
+        name, _, tag = spec.partition(":")
+        clip = _open_clip_model(name, tag or "openai", pretrained, spec)
+    check_vit_clip(clip, spec)
+    clip = _frozen(clip).to(device)
+    return Backbone(clip=clip, tokenizer=_tokenizer(int(clip.positional_embedding.shape[0])), spec=spec)
+
+
+def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Module:
+    import open_clip
+
+    if name not in open_clip.list_models():
+        if _looks_like_file(spec):
+            raise FileNotFoundError(f"backbone file not found: {spec}")
+        raise ValueError(f"backbone {spec!r}: unknown open_clip model {name!r}; known ViT names include "
+                         f"{[m for m in open_clip.list_models() if m.startswith('ViT-B')][:8]} "
+                         "(or give a path to an OpenAI-format .pt file)")
+    if _looks_like_file(tag):  # NAME:/path/to/open_clip_checkpoint
+        from mmrl.models.safe_load import load_clip_state_dict
+
+        if not Path(tag).is_file():
+            raise FileNotFoundError(f"backbone {spec!r}: checkpoint file not found: {tag}")
+        clip = open_clip.create_model(name, pretrained=None)
+        missing, unexpected = clip.load_state_dict(load_clip_state_dict(tag), strict=False)
+        missing = [k for k in missing if k != "attn_mask"]
+        if missing or unexpected:
+            raise ValueError(f"backbone {spec!r}: checkpoint {tag} does not fit open_clip model {name}: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return clip
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if tag not in tags:
+        raise ValueError(f"backbone {spec!r}: open_clip has no pretrained tag {tag!r} for {name}; "
+                         f"available: {tags}")
+    quick_gelu = bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
+    return open_clip.create_model(name, pretrained=tag if pretrained else None, force_quick_gelu=quick_gelu)

@@ -1,0 +1,530 @@
+"""MMRL and MMRL++ on a frozen CLIP ViT, exact to the published method.
+
+Reads top to bottom: config -> transformer block with SDPA -> aligners -> the model
+(representation space, vision tower, text tower, logits, loss). The specification is
+``shared/spec/method.md``; notation: K tokens, representation width d_r, vision
+width d_v, text width d_t, joint embedding d_e, blocks 1-indexed, tokens in blocks
+J..L where L is each tower's last block.
+
+Two computations of the same math live here:
+
+* the **fast path** (default): blocks 1..J-1 of the image tower run once and the frozen
+  teacher branches off there; the text hidden states entering block J are cached per
+  class set, cut after the longest prompt's EOT, and the class-independent prefix
+  ``[SOT, R_1..R_K]`` runs once instead of once per class (its keys/values are shared);
+* the **reference path** (``reference=True``): a separate full frozen CLIP image pass for
+  the teacher and the full 77 + K text sequence of every class through every block, at
+  every step -- what the authors' code does. Tests check that both agree.
+
+Choices where the spec is silent (also in docs):
+* J applies to both towers; tokens live from block J to the last block of EACH tower, so
+  towers of different depth get different numbers of aligner maps.
+* ``K``, ``d_r``, J, the LoRA ranks follow :class:`MethodConfig`; widths follow the backbone.
+* Text-side blocks 1..J-1 run on the prompt cut after its longest EOT (exact under the
+  causal mask, also in the reference's zero-shot teacher features).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmrl.models.backbone import Backbone
+
+METHODS = ("mmrl", "mmrl++")
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class MethodConfig:
+    """Settings of MMRL / MMRL++ (the ``method`` section of a run config)."""
+
+    name: str = "mmrl"            # "mmrl" or "mmrl++"
+    n_rep_tokens: int = 5         # K: number of representation tokens
+    rep_dim: int = 512            # d_r: width of the shared representation space
+    first_rep_block: int = 6      # J (1-indexed): first block of each tower that sees the tokens
+    alpha: float = 0.7            # weight of the class-token logits / loss (1 - alpha: representation)
+    beta: float = 0.9             # MMRL++ slot blend: beta * new + (1 - beta) * previous (unused by MMRL)
+    reg_weight: float = 1.0       # lambda: weight of both consistency regularisers
+    proj_lora_rank: int = 64      # MMRL++: rank of A B in proj_rep = proj + A B
+    aligner_lora_rank: int = 4    # MMRL++: rank of the per-block residual A_i B_i of SRRA
+    logit_scale: float = 100.0    # fixed logit scale (not CLIP's learned one)
+
+    def validate(self, vision_layers: int | None = None, text_layers: int | None = None) -> None:
+        """Raise ValueError naming the first invalid key."""
+        def bad(key: str, msg: str):
+            raise ValueError(f"method.{key} = {getattr(self, key)!r}: {msg}")
+
+        if self.name not in METHODS:
+            bad("name", f"expected one of {METHODS}")
+        for key in ("n_rep_tokens", "rep_dim", "proj_lora_rank", "aligner_lora_rank"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "expected an integer >= 1")
+        if not 0.0 <= self.alpha <= 1.0:
+            bad("alpha", "expected a value in [0, 1]")
+        if not 0.0 <= self.beta <= 1.0:
+            bad("beta", "expected a value in [0, 1]")
+        if self.reg_weight < 0:
+            bad("reg_weight", "expected lambda >= 0")
+        if not self.logit_scale > 0:
+            bad("logit_scale", "expected a positive scale")
+        depth = min(d for d in (vision_layers, text_layers, 10**9) if d is not None)
+        if not isinstance(self.first_rep_block, int) or not 1 <= self.first_rep_block <= depth:
+            bad("first_rep_block", f"expected a block number J in 1..{depth} (1-indexed; both towers must "
+                                   f"have at least J blocks; this backbone has {vision_layers} vision and "
+                                   f"{text_layers} text blocks). MMRL needs a ViT CLIP with at least J blocks")
+
+
+# --------------------------------------------------------------------------- blocks
+def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    """One CLIP residual attention block with ``F.scaled_dot_product_attention``.
+
+    Same math as open_clip's ``ResidualAttentionBlock.forward`` (pre-LN attention, then
+    pre-LN MLP, optional LayerScale), but fused attention kernels.
+
+    Args:
+        blk: an open_clip ResidualAttentionBlock (``attn`` is an ``nn.MultiheadAttention``).
+        x: (B, N, D) tokens.
+        attn_mask: optional (N, N) bool (True = may attend) or additive float mask.
+    Returns:
+        (B, N, D)
+    """
+    q, k, v = _qkv(blk, blk.ln_1(x))
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+    return _finish_block(blk, x, o)
+
+
+def _qkv(blk: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, N, D) normed tokens -> q, k, v each (B, heads, N, D / heads)."""
+    attn = blk.attn
+    B, N, D = h.shape
+    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = qkv.view(B, N, 3, attn.num_heads, D // attn.num_heads).permute(2, 0, 3, 1, 4)
+    return qkv[0], qkv[1], qkv[2]
+
+
+def _finish_block(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
+    """Attention output (B, heads, N, hd) -> residual + out_proj, then the MLP half."""
+    B, H, N, hd = o.shape
+    o = blk.attn.out_proj(o.transpose(1, 2).reshape(B, N, H * hd))
+    x = x + blk.ls_1(o)
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+def run_block_reference(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """The block through open_clip's own forward (``nn.MultiheadAttention``): the direct way."""
+    if not blk.attn.batch_first:
+        return blk(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+    return blk(x, attn_mask=attn_mask)
+
+
+def causal_mask(n: int, device=None) -> Tensor:
+    """Additive (n, n) mask as CLIP builds it: -inf above the diagonal."""
+    return torch.full((n, n), float("-inf"), device=device).triu_(1)
+
+
+# --------------------------------------------------------------------------- aligners
+class BlockAligners(nn.ModuleList):
+    """MMRL: one affine map ``F^i: d_r -> d_out`` per token block, all seven starting as
+    copies of ONE freshly initialised ``nn.Linear`` (identical at step 0).
+
+    Parameters ``{i}.weight`` (d_out, d_r), ``{i}.bias`` (d_out,).
+    """
+
+    def __init__(self, rep_dim: int, out_dim: int, n_blocks: int):
+        proto = nn.Linear(rep_dim, out_dim)
+        super().__init__([nn.Linear(rep_dim, out_dim) for _ in range(n_blocks)])
+        with torch.no_grad():
+            for lin in self:
+                lin.weight.copy_(proto.weight)
+                lin.bias.copy_(proto.bias)
+
+    def map(self, i: int, rep: Tensor) -> Tensor:
+        """(K, d_r) -> (K, d_out) for the i-th token block (0 = block J)."""
+        return self[i](rep)
+
+
+class SharedResidualAligners(nn.Module):
+    """MMRL++ SRRA: ``F^i(R) = R (W + A_i B_i)^T + b_i``.
+
+    ``weight`` W (d_out, d_r) is shared by all blocks (the weight of one default-initialised
+    Linear); per block, ``A.{i}`` (d_out, r) kaiming-uniform(a=sqrt 5), ``B.{i}`` (r, d_r)
+    zeros and ``bias.{i}`` (d_out,) a trainable copy of that Linear's bias. At step 0 every
+    block's map equals the shared one.
+    """
+
+    def __init__(self, rep_dim: int, out_dim: int, n_blocks: int, rank: int):
+        super().__init__()
+        proto = nn.Linear(rep_dim, out_dim)
+        self.weight = nn.Parameter(proto.weight.detach().clone())
+        self.A = nn.ParameterList()
+        self.B = nn.ParameterList()
+        self.bias = nn.ParameterList()
+        for _ in range(n_blocks):
+            a = torch.empty(out_dim, rank)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            self.A.append(nn.Parameter(a))
+            self.B.append(nn.Parameter(torch.zeros(rank, rep_dim)))
+            self.bias.append(nn.Parameter(proto.bias.detach().clone()))
+
+    def __len__(self) -> int:
+        return len(self.A)
+
+    def map(self, i: int, rep: Tensor) -> Tensor:
+        """(K, d_r) -> (K, d_out) for the i-th token block (0 = block J)."""
+        return F.linear(rep, self.weight + self.A[i] @ self.B[i], self.bias[i])
+
+
+# --------------------------------------------------------------------------- outputs
+class Logits(NamedTuple):
+    """Each (B, C): ``class_`` from the class token, ``rep`` from the representation
+    tokens, ``fused = alpha * class_ + (1 - alpha) * rep``."""
+
+    class_: Tensor
+    rep: Tensor
+    fused: Tensor
+
+
+class LossOutput(NamedTuple):
+    total: Tensor         # scalar: the training loss
+    ce_class: Tensor      # CE(logits_c, y)
+    ce_rep: Tensor        # CE(logits_r, y)
+    reg_image: Tensor     # 1 - mean_batch cos(f_c, f_c_zs)
+    reg_text: Tensor      # 1 - mean_classes cos(t, t_zs)
+    logits: Logits
+
+
+class ImageFeatures(NamedTuple):
+    class_: Tensor                 # (B, d_e) f_c, unnormalised
+    rep: Tensor                    # (B, d_e) f_r, unnormalised
+    teacher: Tensor | None = None  # (B, d_e) frozen CLIP's f_c_zs of the same images
+
+
+# --------------------------------------------------------------------------- model
+class MMRL(nn.Module):
+    """MMRL (``cfg.name == "mmrl"``) or MMRL++ (``"mmrl++"``) around a frozen CLIP.
+
+    Usage::
+
+        model = MMRL(load_backbone("ViT-B-16"), MethodConfig(name="mmrl"))
+        model.set_classes(["cat", "dog"], "a photo of a {}.")
+        out = model.loss(images, labels)            # training
+        logits = model.logits(images).fused         # (B, C)
+
+    Only the adapter (``rep_tokens``, the aligners, ``proj_rep`` or ``proj_lora_A/B``) is
+    trainable; ``model.clip`` is frozen.
+    """
+
+    def __init__(self, backbone: Backbone, cfg: MethodConfig):
+        super().__init__()
+        cfg.validate(backbone.vision_layers, backbone.text_layers)
+        self.cfg = cfg
+        self.clip = backbone.clip
+        self.tokenizer = backbone.tokenizer
+        self.is_plus = cfg.name == "mmrl++"
+        K, d_r = cfg.n_rep_tokens, cfg.rep_dim
+        d_v, d_t, d_e = backbone.vision_width, backbone.text_width, backbone.embed_dim
+        n_v = backbone.vision_layers - cfg.first_rep_block + 1
+        n_t = backbone.text_layers - cfg.first_rep_block + 1
+
+        # R: the shared representation space, N(0, 0.02^2)
+        self.rep_tokens = nn.Parameter(torch.randn(K, d_r) * 0.02)
+        if self.is_plus:
+            r = cfg.aligner_lora_rank
+            self.vision_aligner = SharedResidualAligners(d_r, d_v, n_v, r)
+            self.text_aligner = SharedResidualAligners(d_r, d_t, n_t, r)
+            self.proj_lora_A = nn.Parameter(torch.empty(d_v, cfg.proj_lora_rank))
+            nn.init.kaiming_uniform_(self.proj_lora_A, a=math.sqrt(5))
+            self.proj_lora_B = nn.Parameter(torch.zeros(cfg.proj_lora_rank, d_e))
+        else:
+            self.vision_aligner = BlockAligners(d_r, d_v, n_v)
+            self.text_aligner = BlockAligners(d_r, d_t, n_t)
+            self.proj_rep = nn.Parameter(d_v ** -0.5 * torch.randn(d_v, d_e))
+        self.to(backbone.clip.positional_embedding.device)
+        self.classnames: list[str] = []
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def K(self) -> int:
+        return self.cfg.n_rep_tokens
+
+    @property
+    def J0(self) -> int:
+        """0-indexed position of block J in the block lists."""
+        return self.cfg.first_rep_block - 1
+
+    def rep_projection(self) -> Tensor:
+        """(d_v, d_e): ``proj_rep`` (MMRL) or ``proj + A B`` (MMRL++)."""
+        if self.is_plus:
+            return self.clip.visual.proj + self.proj_lora_A @ self.proj_lora_B
+        return self.proj_rep
+
+    def refresh_slots(self, slots: Tensor, new: Tensor) -> Tensor:
+        """Slot refresh before block i > J: replace (MMRL) or beta-blend (MMRL++ PRC)."""
+        if self.is_plus:
+            return self.cfg.beta * new + (1.0 - self.cfg.beta) * slots
+        return new.expand_as(slots)
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """The trainable tensors only (a few MB), detached, by name."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def adapter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: tuple(p.shape) for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_adapter_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        """Load adapter tensors; error naming each missing/unexpected/misshapen key."""
+        expected = self.adapter_shapes()
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        wrong = [f"{k}: got {tuple(tensors[k].shape)}, expected {expected[k]}"
+                 for k in sorted(set(expected) & set(tensors)) if tuple(tensors[k].shape) != expected[k]]
+        if missing or unexpected or wrong:
+            raise ValueError(f"adapter tensors do not fit method {self.cfg.name!r} (K={self.K}, "
+                             f"d_r={self.cfg.rep_dim}, J={self.cfg.first_rep_block}) on this backbone: "
+                             f"missing {missing}, unexpected {unexpected}, shape mismatches {wrong}")
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for k, v in tensors.items():
+                params[k].copy_(v.to(params[k].dtype))
+
+    def num_trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ---------------------------------------------------------------- classes
+    def set_classes(self, classnames: list[str], template: str) -> None:
+        """Tokenise one prompt per class and cache what does not change during training.
+
+        Caches (non-persistent buffers): ``text_tokens`` (C, ctx), ``eot`` (C,) EOT positions,
+        ``text_hidden_J`` (C, T, d_t) the hidden states entering block J cut after the
+        longest EOT (T = max EOT + 1), and ``text_teacher`` (C, d_e) frozen CLIP's text
+        features (the regulariser's t_zs).
+        """
+        if not classnames:
+            raise ValueError("set_classes: empty class list")
+        prompts = [template.format(c.replace("_", " ")) for c in classnames]
+        device = self.rep_tokens.device
+        tokens = self.tokenizer(prompts).to(device)
+        eot = tokens.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+        T = int(eot.max()) + 1
+        with torch.no_grad():
+            h = self._text_stem(tokens[:, :T])
+            for blk in self.clip.transformer.resblocks[: self.J0]:
+                h = run_block(blk, h, is_causal=True)
+            t = h
+            for blk in self.clip.transformer.resblocks[self.J0:]:
+                t = run_block(blk, t, is_causal=True)
+            teacher = self._text_head(t, eot)
+        self.classnames = list(classnames)
+        self.register_buffer("text_tokens", tokens, persistent=False)
+        self.register_buffer("eot", eot, persistent=False)
+        self.register_buffer("text_hidden_J", h, persistent=False)
+        self.register_buffer("text_teacher", teacher, persistent=False)
+
+    def _text_stem(self, tokens: Tensor) -> Tensor:
+        """(C, T) ids -> (C, T, d_t) token + positional embeddings."""
+        T = tokens.shape[1]
+        return self.clip.token_embedding(tokens) + self.clip.positional_embedding[:T]
+
+    def _text_head(self, x: Tensor, pos: Tensor) -> Tensor:
+        """ln_final at the given position of each row, then text_projection: (C, d_e)."""
+        return self.clip.ln_final(x[torch.arange(x.shape[0], device=x.device), pos]) @ self.clip.text_projection
+
+    # ---------------------------------------------------------------- text tower
+    def encode_text(self, reference: bool = False) -> Tensor:
+        """Text features ``t`` (C, d_e), unnormalised, of the current classes."""
+        if not hasattr(self, "text_hidden_J"):
+            raise RuntimeError("call set_classes(classnames, template) first")
+        return self._encode_text_reference() if reference else self._encode_text_fast()
+
+    def _encode_text_fast(self) -> Tensor:
+        # The prefix [SOT, R_1..R_K] sees only itself under the causal mask, so it is the same
+        # for every class: run it once (batch 1) and let each class's words attend to its
+        # keys/values. Words/EOT of class c: positions 1..T-1 of the cached states.
+        K, J0 = self.K, self.J0
+        h = self.text_hidden_J
+        C, T, _ = h.shape
+        rep = self.rep_tokens
+        prefix = torch.cat([h[:1, :1], self.text_aligner.map(0, rep).unsqueeze(0).to(h.dtype)], dim=1)
+        words = h[:, 1:]                                       # (C, T-1, d_t)
+        n_w = T - 1
+        # words attend to the whole prefix and causally to themselves
+        mask = torch.ones(n_w, 1 + K + n_w, dtype=torch.bool, device=h.device)
+        mask[:, 1 + K:] = torch.ones(n_w, n_w, dtype=torch.bool, device=h.device).tril_()
+        for i, blk in enumerate(self.clip.transformer.resblocks[J0:]):
+            if i > 0:
+                new = self.text_aligner.map(i, rep).unsqueeze(0).to(prefix.dtype)
+                prefix = torch.cat([prefix[:, :1], self.refresh_slots(prefix[:, 1:], new)], dim=1)
+            qp, kp, vp = _qkv(blk, blk.ln_1(prefix))
+            qw, kw, vw = _qkv(blk, blk.ln_1(words))
+            o_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
+            k = torch.cat([kp.expand(C, -1, -1, -1), kw], dim=2)
+            v = torch.cat([vp.expand(C, -1, -1, -1), vw], dim=2)
+            o_w = F.scaled_dot_product_attention(qw, k, v, attn_mask=mask)
+            prefix = _finish_block(blk, prefix, o_p)
+            words = _finish_block(blk, words, o_w)
+        return self._text_head(words, self.eot - 1)
+
+    def _encode_text_reference(self) -> Tensor:
+        # The direct way: full context (77) through blocks 1..J-1, insert the tokens after SOT,
+        # then 77 + K positions through J..L with CLIP's causal mask, for every class.
+        K, J0 = self.K, self.J0
+        tokens = self.text_tokens
+        x = self._text_stem(tokens)
+        blocks = self.clip.transformer.resblocks
+        mask = causal_mask(x.shape[1], x.device)
+        for blk in blocks[:J0]:
+            x = run_block_reference(blk, x, mask)
+        C = x.shape[0]
+        rep = self.rep_tokens
+        x = torch.cat([x[:, :1], self.text_aligner.map(0, rep).expand(C, -1, -1), x[:, 1:]], dim=1)
+        mask = causal_mask(x.shape[1], x.device)
+        for i, blk in enumerate(blocks[J0:]):
+            if i > 0:
+                new = self.text_aligner.map(i, rep).expand(C, -1, -1)
+                x = torch.cat([x[:, :1], self.refresh_slots(x[:, 1:1 + K], new), x[:, 1 + K:]], dim=1)
+            x = run_block_reference(blk, x, mask)
+        return self._text_head(x, self.eot + K)
+
+    # ---------------------------------------------------------------- vision tower
+    def _vision_stem(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, 1 + P, d_v): patches, CLS, positional embedding, ln_pre."""
+        v = self.clip.visual
+        x = v.conv1(images).flatten(2).transpose(1, 2)                  # (B, P, d_v)
+        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+        return v.ln_pre(v.patch_dropout(x))
+
+    def _vision_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Output tokens (B, 1 + K + P, d_v) -> f_c = ln_post(CLS) @ proj and
+        f_r = mean_k ln_post(rep token k) @ proj_rep (ln_post BEFORE the mean)."""
+        v = self.clip.visual
+        f_c = v.ln_post(x[:, 0]) @ v.proj
+        f_r = v.ln_post(x[:, 1:1 + self.K]).mean(dim=1) @ self.rep_projection()
+        return f_c, f_r
+
+    def _vision_adapted(self, x: Tensor, block_fn) -> Tensor:
+        """Blocks J..L with the K slots inserted after CLS (no positional embedding, no mask)."""
+        B = x.shape[0]
+        rep = self.rep_tokens
+        x = torch.cat([x[:, :1], self.vision_aligner.map(0, rep).to(x.dtype).expand(B, -1, -1), x[:, 1:]], dim=1)
+        for i, blk in enumerate(self.clip.visual.transformer.resblocks[self.J0:]):
+            if i > 0:
+                new = self.vision_aligner.map(i, rep).to(x.dtype).expand(B, -1, -1)
+                x = torch.cat([x[:, :1], self.refresh_slots(x[:, 1:1 + self.K], new), x[:, 1 + self.K:]], dim=1)
+            x = block_fn(blk, x)
+        return x
+
+    def encode_image(self, images: Tensor, teacher: bool = False, reference: bool = False) -> ImageFeatures:
+        """Image features of a batch (B, 3, H, W); ``teacher=True`` also returns frozen
+        CLIP's class feature of the same images (for the regulariser)."""
+        blocks = self.clip.visual.transformer.resblocks
+        if reference:
+            x = self._vision_stem(images)
+            for blk in blocks[: self.J0]:
+                x = run_block_reference(blk, x)
+            f_c, f_r = self._vision_heads(self._vision_adapted(x, run_block_reference))
+            f_t = None
+            if teacher:
+                with torch.no_grad():
+                    f_t = self.clip.encode_image(images)  # a separate full frozen CLIP pass
+            return ImageFeatures(f_c, f_r, f_t)
+        with torch.no_grad():  # blocks 1..J-1 are frozen and shared by teacher and student
+            x = self._vision_stem(images)
+            for blk in blocks[: self.J0]:
+                x = run_block(blk, x)
+            f_t = None
+            if teacher:
+                t = x
+                for blk in blocks[self.J0:]:
+                    t = run_block(blk, t)
+                f_t = self.clip.visual.ln_post(t[:, 0]) @ self.clip.visual.proj
+        f_c, f_r = self._vision_heads(self._vision_adapted(x, run_block))
+        return ImageFeatures(f_c, f_r, f_t)
+
+    # ---------------------------------------------------------------- logits and loss
+    def logits_from_features(self, image: ImageFeatures, text: Tensor) -> Logits:
+        """Cosine logits at the fixed scale; ``text`` (C, d_e) unnormalised."""
+        t = F.normalize(text, dim=-1)
+        s = self.cfg.logit_scale
+        lc = s * F.normalize(image.class_, dim=-1) @ t.t()
+        lr = s * F.normalize(image.rep, dim=-1) @ t.t()
+        a = self.cfg.alpha
+        return Logits(lc, lr, a * lc + (1 - a) * lr)
+
+    def logits(self, images: Tensor, text: Tensor | None = None, reference: bool = False) -> Logits:
+        """All three kinds of logits (B, C); pass precomputed ``text`` features to evaluate
+        many batches against one class set. The decoupled-inference choice (fused on
+        training classes, class-only on novel ones) is the caller's."""
+        if text is None:
+            text = self.encode_text(reference=reference)
+        return self.logits_from_features(self.encode_image(images, reference=reference), text)
+
+    def loss(self, images: Tensor, labels: Tensor, reference: bool = False) -> LossOutput:
+        """The training loss of method.md:
+        ``alpha CE(l_c) + (1-alpha) CE(l_r) + lambda (1 - cos(f_c, f_c_zs)) + lambda (1 - cos(t, t_zs))``.
+        """
+        feats = self.encode_image(images, teacher=True, reference=reference)
+        text = self.encode_text(reference=reference)
+        logits = self.logits_from_features(feats, text)
+        a, lam = self.cfg.alpha, self.cfg.reg_weight
+        ce_c = F.cross_entropy(logits.class_, labels)
+        ce_r = F.cross_entropy(logits.rep, labels)
+        reg_i = 1 - F.cosine_similarity(feats.class_, feats.teacher.to(feats.class_.dtype), dim=-1).mean()
+        reg_t = 1 - F.cosine_similarity(text, self.text_teacher.to(text.dtype), dim=-1).mean()
+        total = a * ce_c + (1 - a) * ce_r + lam * reg_i + lam * reg_t
+        return LossOutput(total, ce_c, ce_r, reg_i, reg_t, logits)
+
+    def settings(self) -> dict:
+        """Effective settings (JSON-able)."""
+        d = asdict(self.cfg)
+        d["blocks_vision"] = [self.cfg.first_rep_block, len(self.clip.visual.transformer.resblocks)]
+        d["blocks_text"] = [self.cfg.first_rep_block, len(self.clip.transformer.resblocks)]
+        if not self.is_plus:
+            d.pop("beta"), d.pop("proj_lora_rank"), d.pop("aligner_lora_rank")
+        return d
+
+
+class ZeroShotCLIP(nn.Module):
+    """Plain frozen CLIP with one hand-written template per class: the baseline.
+
+    Same interface as :class:`MMRL` for evaluation (``set_classes``, ``encode_text``,
+    ``logits``); all three logit kinds are CLIP's logits at the fixed scale 100.
+    """
+
+    def __init__(self, backbone: Backbone, logit_scale: float = 100.0):
+        super().__init__()
+        self.clip = backbone.clip
+        self.tokenizer = backbone.tokenizer
+        self.logit_scale = logit_scale
+        self.classnames: list[str] = []
+
+    def set_classes(self, classnames: list[str], template: str) -> None:
+        prompts = [template.format(c.replace("_", " ")) for c in classnames]
+        tokens = self.tokenizer(prompts).to(self.clip.positional_embedding.device)
+        with torch.no_grad():
+            text = self.clip.encode_text(tokens)
+        self.classnames = list(classnames)
+        self.register_buffer("text_features", text, persistent=False)
+
+    def encode_text(self, reference: bool = False) -> Tensor:
+        return self.text_features
+
+    def logits(self, images: Tensor, text: Tensor | None = None, reference: bool = False) -> Logits:
+        text = self.text_features if text is None else text
+        f = F.normalize(self.clip.encode_image(images), dim=-1)
+        lc = self.logit_scale * f @ F.normalize(text, dim=-1).t()
+        return Logits(lc, lc, lc)
+
+
+def build_method(backbone: Backbone, cfg: MethodConfig | None) -> nn.Module:
+    """``cfg=None`` -> zero-shot CLIP; else MMRL / MMRL++ per ``cfg.name``."""
+    return ZeroShotCLIP(backbone) if cfg is None else MMRL(backbone, cfg)
+
+
+__all__ = ["MethodConfig", "MMRL", "ZeroShotCLIP", "Logits", "LossOutput", "ImageFeatures",
+           "build_method", "run_block", "METHODS"]
