@@ -340,3 +340,20 @@ def test_describe_cli(capsys):
     assert out["trainable_parameters"] == 813_312
     assert out["method"]["beta"] == 0.3 and out["method"]["name"] == "mmrl++"
     assert out["backbone"]["vision_layers"] == 12
+
+
+@pytest.mark.parametrize("name", ["mmrl", "mmrl++"])
+def test_data_parallel_loss_scaling_reproduces_global_gradient(name):
+    """Two 'ranks' each with part of a global batch (batch_size = global size, world_size = 2):
+    the AVERAGE of their gradients (what DDP computes) equals the single-process gradient, and a
+    zero-weight padding sample contributes nothing."""
+    model = make(name)
+    x, y = images(4), torch.tensor([0, 3, 1, 2])
+    params = [p for p in model.parameters() if p.requires_grad]
+    full = torch.autograd.grad(model.loss(x, y).total, params)
+    g0 = torch.autograd.grad(model.loss(x[:3], y[:3], batch_size=4, world_size=2).total, params)
+    pad_w = torch.tensor([1.0, 0.0], dtype=torch.float64)          # rank 1: one real sample + one padding
+    g1 = torch.autograd.grad(model(x[3:].repeat(2, 1, 1, 1), y[3:].repeat(2), batch_size=4, world_size=2,
+                                   weights=pad_w).total, params)
+    for f, a, b in zip(full, g0, g1):
+        torch.testing.assert_close((a + b) / 2, f, rtol=1e-10, atol=1e-14)

@@ -142,14 +142,37 @@ def check_vit_clip(clip: nn.Module, spec: str) -> None:
                          f"MMRL uses CLIP's BPE tokenizer ({CLIP_BPE_VOCAB} tokens)")
 
 
-def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str = "<state dict>") -> nn.Module:
-    """Build an open_clip ``CLIP`` from an OpenAI-format state dict of any size.
+def infer_openai_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
+    """Architecture of an OpenAI-format ViT CLIP state dict, from tensor shapes only
+    (as OpenAI's ``clip.model.build_model`` does: heads = width / 64)."""
+    sd = state_dict
+    vision_width = sd["visual.conv1.weight"].shape[0]
+    patch = sd["visual.conv1.weight"].shape[-1]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    text_width = sd["ln_final.weight"].shape[0]
+    return {
+        "embed_dim": sd["text_projection"].shape[1],
+        "vision_cfg": {
+            "layers": len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
+            "width": vision_width, "head_width": 64, "patch_size": patch, "image_size": patch * grid,
+        },
+        "text_cfg": {
+            "context_length": sd["positional_embedding"].shape[0],
+            "vocab_size": sd["token_embedding.weight"].shape[0],
+            "width": text_width, "heads": text_width // 64,
+            "layers": len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
+        },
+    }
 
-    The architecture (widths, layers, heads = width / 64, patch size, resolution,
-    context length, vocabulary) is inferred from tensor shapes as OpenAI's loader does;
-    QuickGELU is used, as OpenAI trained with it.
+
+def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str = "<state dict>") -> nn.Module:
+    """Build an open_clip ``CLIP`` (fp32) from an OpenAI-format state dict of any size.
+
+    The architecture is inferred from tensor shapes (:func:`infer_openai_architecture`);
+    QuickGELU is used, as OpenAI trained with it. Unlike open_clip's
+    ``build_model_from_openai_state_dict`` the weights are never rounded through fp16.
     """
-    from open_clip.model import build_model_from_openai_state_dict
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     if "visual.proj" not in state_dict:
         if any(k.startswith("visual.layer1") for k in state_dict):
@@ -157,11 +180,16 @@ def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str =
                              "the blocks of a vision transformer, so it needs a ViT CLIP")
         raise ValueError(f"backbone {spec!r}: not an OpenAI-format CLIP state dict (no 'visual.proj' key; "
                          f"found keys such as {sorted(state_dict)[:5]})")
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+    # 0-dim metadata in OpenAI's archives, and the causal mask some exports carry: not weights
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()
+          if k not in ("input_resolution", "context_length", "vocab_size", "attn_mask")}
     try:
-        clip = build_model_from_openai_state_dict(sd, quick_gelu=True, cast_dtype=torch.float32)
+        arch = infer_openai_architecture(sd)
+        clip = CLIP(arch["embed_dim"], CLIPVisionCfg(**arch["vision_cfg"]), CLIPTextCfg(**arch["text_cfg"]),
+                    quick_gelu=True)
+        clip.load_state_dict(sd)
     except (RuntimeError, KeyError) as e:
-        raise ValueError(f"backbone {spec!r}: state dict does not describe a CLIP model: {e}") from e
+        raise ValueError(f"backbone {spec!r}: state dict does not describe an OpenAI-format CLIP ViT: {e}") from e
     return clip
 
 

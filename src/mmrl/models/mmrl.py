@@ -190,12 +190,17 @@ class Logits(NamedTuple):
 
 
 class LossOutput(NamedTuple):
-    total: Tensor         # scalar: the training loss
-    ce_class: Tensor      # CE(logits_c, y)
-    ce_rep: Tensor        # CE(logits_r, y)
-    reg_image: Tensor     # 1 - mean_batch cos(f_c, f_c_zs)
+    """Loss terms. The per-sample terms are averaged over ``batch_size`` (the GLOBAL batch
+    under data parallelism); ``sample_part`` is their weighted sum
+    ``alpha CE_c + (1-alpha) CE_r + lambda reg_image`` and ``total`` the loss to backpropagate."""
+
+    total: Tensor         # scalar: world_size * sample_part + lambda * reg_text (= the loss when world_size = 1)
+    ce_class: Tensor      # CE(logits_c, y), this process's share of the batch mean
+    ce_rep: Tensor        # CE(logits_r, y), likewise
+    reg_image: Tensor     # 1 - mean_batch cos(f_c, f_c_zs), likewise
     reg_text: Tensor      # 1 - mean_classes cos(t, t_zs)
     logits: Logits
+    sample_part: Tensor   # scalar: the per-sample part of the loss (sums over ranks to the global one)
 
 
 class ImageFeatures(NamedTuple):
@@ -464,20 +469,42 @@ class MMRL(nn.Module):
             text = self.encode_text(reference=reference)
         return self.logits_from_features(self.encode_image(images, reference=reference), text)
 
-    def loss(self, images: Tensor, labels: Tensor, reference: bool = False) -> LossOutput:
+    def loss(self, images: Tensor, labels: Tensor, reference: bool = False, *, batch_size: int | None = None,
+             weights: Tensor | None = None, world_size: int = 1) -> LossOutput:
         """The training loss of method.md:
         ``alpha CE(l_c) + (1-alpha) CE(l_r) + lambda (1 - cos(f_c, f_c_zs)) + lambda (1 - cos(t, t_zs))``.
+
+        Args:
+            images: (B, 3, H, W); labels: (B,) class indices.
+            batch_size: denominator of the per-sample means (default B). Data-parallel
+                training passes the global batch size so that each rank's share sums to
+                the single-process loss.
+            weights: optional (B,) per-sample weights (0 masks a padding sample that a rank
+                without real samples runs so that every trainable tensor gets a gradient).
+            world_size: number of data-parallel processes; ``total`` is scaled so that
+                DDP's gradient AVERAGE equals the single-process gradient of the global
+                batch (the text regulariser is the same on every rank and is not scaled).
         """
         feats = self.encode_image(images, teacher=True, reference=reference)
         text = self.encode_text(reference=reference)
         logits = self.logits_from_features(feats, text)
         a, lam = self.cfg.alpha, self.cfg.reg_weight
-        ce_c = F.cross_entropy(logits.class_, labels)
-        ce_r = F.cross_entropy(logits.rep, labels)
-        reg_i = 1 - F.cosine_similarity(feats.class_, feats.teacher.to(feats.class_.dtype), dim=-1).mean()
+        n = float(batch_size if batch_size is not None else images.shape[0])
+        dtype = logits.class_.dtype
+        w = torch.ones(images.shape[0], device=images.device, dtype=dtype) if weights is None else weights.to(logits.class_)
+        w = w / n
+        ce_c = (F.cross_entropy(logits.class_, labels, reduction="none") * w).sum()
+        ce_r = (F.cross_entropy(logits.rep, labels, reduction="none") * w).sum()
+        cos_i = F.cosine_similarity(feats.class_, feats.teacher.to(feats.class_.dtype), dim=-1)
+        reg_i = ((1 - cos_i) * w).sum()
         reg_t = 1 - F.cosine_similarity(text, self.text_teacher.to(text.dtype), dim=-1).mean()
-        total = a * ce_c + (1 - a) * ce_r + lam * reg_i + lam * reg_t
-        return LossOutput(total, ce_c, ce_r, reg_i, reg_t, logits)
+        sample_part = a * ce_c + (1 - a) * ce_r + lam * reg_i
+        total = world_size * sample_part + lam * reg_t
+        return LossOutput(total, ce_c, ce_r, reg_i, reg_t, logits, sample_part)
+
+    def forward(self, images: Tensor, labels: Tensor, **kw) -> LossOutput:
+        """The training loss (so that ``DistributedDataParallel(model)(images, labels)`` works)."""
+        return self.loss(images, labels, **kw)
 
     def settings(self) -> dict:
         """Effective settings (JSON-able)."""
