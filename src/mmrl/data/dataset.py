@@ -1,0 +1,126 @@
+"""The torch Dataset over a list of `Datum`, with per-sample deterministic augmentation."""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .core import LOG, Datum
+
+
+class BadImageError(RuntimeError):
+    """An image file is missing or cannot be decoded (the message names the file)."""
+
+
+def load_image(path: str) -> Image.Image:
+    """Open with PIL and convert to RGB; any failure becomes BadImageError naming `path`."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise BadImageError(f"cannot read image {path}: {type(e).__name__}: {e} "
+                            "(skip_bad=True skips unreadable images)") from e
+
+
+def find_bad_images(items: Sequence[Datum], *, decode: bool = True, workers: int | None = None
+                    ) -> list[tuple[str, str]]:
+    """[(path, reason)] of the items' images that are absent or (decode=True) fail to decode.
+
+    Each path is checked once; the result follows the item order. Decoding
+    runs in threads (PIL releases the GIL while decoding).
+    """
+    paths = list(dict.fromkeys(d.impath for d in items))
+
+    def check(p: str) -> str | None:
+        if not os.path.isfile(p):
+            return "absent"
+        if decode:
+            try:
+                load_image(p)
+            except BadImageError as e:
+                return str(e.__cause__ or e)
+        return None
+
+    n = workers or min(8, os.cpu_count() or 1)
+    if decode and n > 1 and len(paths) > 1:
+        with ThreadPoolExecutor(n) as pool:
+            reasons = list(pool.map(check, paths, chunksize=64))
+    else:
+        reasons = [check(p) for p in paths]
+    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, index)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class ImageDataset(Dataset):
+    """items -> (image tensor (3, res, res), label, index).
+
+    The transform's randomness comes from torch's CPU generator seeded with
+    `sample_seed(seed, epoch, index)` inside `torch.random.fork_rng`, so the
+    same (seed, epoch, index) gives a bit-identical tensor in any process and
+    with any number of workers, and the caller's RNG state is untouched. Call
+    `set_epoch(e)` before iterating each epoch (DataLoader workers copy the
+    dataset when an iterator starts, so do not use persistent_workers).
+
+    An unreadable image raises BadImageError naming the file. With
+    `skip_bad=True` every image is checked (exists and decodes) here, at
+    construction; bad ones are dropped from `items` (so indices refer to the
+    filtered list), counted in `num_bad`, listed in `bad` and in one warning.
+    """
+
+    def __init__(self, items: Sequence[Datum], transform: Callable, seed: int = 0, skip_bad: bool = False):
+        self.items = list(items)
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self.bad: list[tuple[str, str]] = []
+        if skip_bad:
+            self.bad = find_bad_images(self.items, decode=True)
+            if self.bad:
+                bad = {p for p, _ in self.bad}
+                self.items = [d for d in self.items if d.impath not in bad]
+                LOG.warning("skipping %d unreadable image(s): %s", len(self.bad),
+                            "; ".join(f"{p} ({r})" for p, r in self.bad))
+
+    @property
+    def num_bad(self) -> int:
+        return len(self.bad)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        d = self.items[index]
+        img = load_image(d.impath)
+        with torch.random.fork_rng(devices=[]):
+            # CPU generator only: torch.manual_seed would also reseed CUDA, which fork_rng(devices=[]) does not restore
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+            x = self.transform(img)
+        return x, d.label, index
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0,
+                 pin_memory: bool | None = None, sampler=None, seed: int = 0) -> DataLoader:
+    """A DataLoader like Dassl's: train shuffles (generator seeded with `seed`) and drops the last
+    incomplete batch when there is at least one full batch; pin_memory defaults to CUDA availability."""
+    gen = None
+    if train and sampler is None:
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+        num_workers=workers, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=train and len(dataset) >= batch_size, generator=gen,
+    )

@@ -1,0 +1,215 @@
+"""Split files, building splits from raw data, few-shot sampling, base/novel.
+
+Everything random here takes an explicit `random.Random`: a
+`random.Random(seed)` instance produces exactly the numbers that
+`random.seed(seed)` followed by module-level calls produces (both are the
+same Mersenne Twister seeded the same way), so CoOp/Dassl's subsets are
+reproduced without touching the caller's global RNG.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Sequence
+
+from .core import (
+    LOG,
+    DatasetSplits,
+    DataError,
+    Datum,
+    make_datum,
+    path_key,
+    read_json,
+    write_text_atomic,
+)
+
+SPLIT_KEYS = ("train", "val", "test")
+SUBSAMPLE_CHOICES = ("all", "base", "new")
+
+
+# --------------------------------------------------------------------------- split files
+
+def read_split_file(path: str | Path, image_dir: str | Path) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """Read a `split_zhou_*.json`-format file into (train, val, test).
+
+    Each of `train`, `val`, `test` is a list of `[relative path, int label,
+    class name]`, the path relative to `image_dir`. Entries with absolute
+    paths or `..` are rejected (error names the file and entry).
+    """
+    path = Path(path)
+    obj = read_json(path, "split file")
+    if not isinstance(obj, dict) or any(k not in obj for k in SPLIT_KEYS):
+        raise DataError(f"{path}: a split file is a JSON object with keys 'train', 'val', 'test'")
+    out = []
+    for key in SPLIT_KEYS:
+        entries = obj[key]
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: '{key}' must be a list of [path, label, class name]")
+        items = []
+        for i, e in enumerate(entries):
+            src = f"{path}: {key}[{i}]"
+            if (not isinstance(e, (list, tuple)) or len(e) != 3 or not isinstance(e[0], str)
+                    or not isinstance(e[1], int) or isinstance(e[1], bool) or not isinstance(e[2], str)):
+                raise DataError(f"{src} = {e!r}; expected [relative path (str), label (int), class name (str)]")
+            items.append(make_datum(image_dir, e[0], e[1], e[2], src))
+        out.append(items)
+    return out[0], out[1], out[2]
+
+
+def split_to_json(train: Sequence[Datum], val: Sequence[Datum], test: Sequence[Datum]) -> dict:
+    return {k: [[d.relpath, d.label, d.classname] for d in items]
+            for k, items in zip(SPLIT_KEYS, (train, val, test))}
+
+
+def split_file_text(train: Sequence[Datum], val: Sequence[Datum], test: Sequence[Datum]) -> str:
+    """The split-file JSON with one `[path, label, class name]` entry per line (readable, diffable)."""
+    parts = []
+    for key, items in split_to_json(train, val, test).items():
+        rows = ",\n".join("    " + json.dumps(e, ensure_ascii=False) for e in items)
+        parts.append(f'  "{key}": [\n{rows}\n  ]' if items else f'  "{key}": []')
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
+def write_split_file(splits: DatasetSplits, path: str | Path) -> None:
+    """Write train/val/test of `splits` in the split-file format, atomically."""
+    write_text_atomic(split_file_text(splits.train, splits.val, splits.test), path)
+
+
+# --------------------------------------------------------------------------- building splits (CoOp recipes)
+
+def split_groups(groups: Sequence[tuple[int, str, Sequence[str]]], image_dir: str | Path, rng: random.Random,
+                 source: str, p_trn: float = 0.5, p_val: float = 0.2
+                 ) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """CoOp's per-class 50/20/30 split (DTD.read_and_split_data, OxfordFlowers).
+
+    `groups` = [(label, class name, relative image paths)] in the order CoOp
+    visits them; each group's paths are shuffled with `rng` (the stream
+    continues across groups), then the first round(0.5 n) go to train, the
+    next round(0.2 n) to val, the rest to test (Python's round: 5 -> 2/1/2).
+    """
+    train: list[Datum] = []
+    val: list[Datum] = []
+    test: list[Datum] = []
+    for label, classname, relpaths in groups:
+        n = len(relpaths)
+        if n < 4:
+            raise DataError(
+                f"{source}: class {classname!r} has {n} image(s); building a 50/20/30 train/val/test split "
+                "needs at least 4 images per class")
+        paths = list(relpaths)
+        rng.shuffle(paths)
+        n_train = round(n * p_trn)
+        n_val = round(n * p_val)
+        parts = (paths[:n_train], paths[n_train:n_train + n_val], paths[n_train + n_val:])
+        for dst, ps in zip((train, val, test), parts):
+            dst.extend(make_datum(image_dir, p, label, classname, source) for p in ps)
+    return train, val, test
+
+
+def split_trainval(trainval: Sequence[Datum], rng: random.Random, source: str, p_val: float = 0.2
+                   ) -> tuple[list[Datum], list[Datum]]:
+    """CoOp's OxfordPets.split_trainval: per label (first-appearance order), shuffle, first round(0.2 n) -> val."""
+    tracker: dict[int, list[int]] = {}
+    for idx, d in enumerate(trainval):
+        tracker.setdefault(d.label, []).append(idx)
+    train: list[Datum] = []
+    val: list[Datum] = []
+    for label, idxs in tracker.items():
+        n_val = round(len(idxs) * p_val)
+        if n_val <= 0:
+            raise DataError(f"{source}: label {label} ({trainval[idxs[0]].classname!r}) has {len(idxs)} "
+                            "train+val image(s); splitting off 20% for val needs at least 3")
+        rng.shuffle(idxs)
+        for n, idx in enumerate(idxs):
+            (val if n < n_val else train).append(trainval[idx])
+    return train, val
+
+
+# --------------------------------------------------------------------------- few-shot, base/novel
+
+def set_random_seed(seed: int) -> None:
+    """Seed Python's `random`, numpy and torch like CoOp's set_random_seed (nothing is restored).
+
+    For the engine to call once at the start of a run; the data pipeline
+    itself never depends on the global RNGs.
+    """
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device (lazily)
+
+
+def fewshot(items: Sequence[Datum], shots: int, rng: random.Random) -> list[Datum]:
+    """Dassl's generate_fewshot_dataset for one split.
+
+    Groups by label in first-appearance order (items in list order); a group
+    with at least `shots` items contributes `rng.sample(group, shots)` (also
+    when it has exactly `shots`: that permutes it and consumes randomness), a
+    smaller group contributes all its items in order and consumes nothing.
+    `shots <= 0` returns all items.
+    """
+    if shots <= 0:
+        return list(items)
+    groups: dict[int, list[Datum]] = {}
+    for d in items:
+        groups.setdefault(d.label, []).append(d)
+    out: list[Datum] = []
+    for group in groups.values():
+        out.extend(rng.sample(group, shots) if len(group) >= shots else group)
+    return out
+
+
+def subsample_classes(splits: DatasetSplits, subsample: str) -> DatasetSplits:
+    """Keep base (first ceil(n/2) of the sorted train labels) or novel (the rest) classes.
+
+    Applies to train, val and test and relabels the kept classes 0..m-1 in
+    sorted order; `classnames` follows. "all" returns an unchanged copy.
+    """
+    if subsample not in SUBSAMPLE_CHOICES:
+        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(SUBSAMPLE_CHOICES)}")
+    if subsample == "all":
+        return dataclasses.replace(splits)
+    labels = sorted({d.label for d in splits.train})
+    if not labels:
+        raise DataError(f"{splits.name}: the train split is empty, so base/novel classes cannot be chosen")
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subsample == "base" else labels[m:]
+    if not selected:
+        raise DataError(f"{splits.name}: only {len(labels)} class(es) in train, so there are no novel classes")
+    relabel = {y: i for i, y in enumerate(selected)}
+
+    def keep(items: list[Datum]) -> list[Datum]:
+        return [dataclasses.replace(d, label=relabel[d.label]) for d in items if d.label in relabel]
+
+    return dataclasses.replace(
+        splits, train=keep(splits.train), val=keep(splits.val), test=keep(splits.test),
+        classnames=[splits.classnames[y] for y in selected],
+    )
+
+
+def save_built_split(train: Sequence[Datum], val: Sequence[Datum], test: Sequence[Datum], *,
+                     name: str, dataset_dir: Path, filename: str, cache_dir: Path, how: str,
+                     level: int = logging.WARNING) -> Path | None:
+    """Write a split built from raw data to the cache (never the dataset folder) and log it.
+
+    Returns the written path, or None when the cache is not writable (the
+    split is still used; it is rebuilt identically next time). Benchmarks
+    log at WARNING (results then differ from published ones), user data at
+    INFO (building a split is the normal case there).
+    """
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    out = cache_dir / "splits" / f"{slug}-{path_key(dataset_dir)}" / filename
+    try:
+        write_text_atomic(split_file_text(train, val, test), out)
+    except OSError as e:
+        LOG.warning("%s: built a split from raw data (%s) but could not write it to %s: %s", name, how, out, e)
+        return None
+    LOG.log(level, "%s: no split file in %s; built one from the raw data (%s) and wrote it to %s",
+            name, dataset_dir, how, out)
+    return out
