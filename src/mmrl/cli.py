@@ -13,6 +13,15 @@ import sys
 # subcommand name -> (module under mmrl.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "describe": ("describe", "build a method on a backbone and print its settings and parameter counts"),
+    "toyworld": ("toyworld", "synthetic world: pretrain the tiny CLIP, write its tasks"),
+    "data": ("data", "prepare and check datasets"),
+    "train": ("train", "train MMRL / MMRL++ with a protocol's preset, then evaluate (resumable)"),
+    "eval": ("eval", "evaluate a run directory on any dataset (decoupled inference)"),
+    "zeroshot": ("zeroshot", "CLIP zero-shot baseline with the dataset's hand-written template"),
+    "predict": ("predict", "class probabilities for image files with a trained run"),
+    "convert-official": ("convert_official", "turn the authors' released checkpoint into a run directory"),
+    "reproduce": ("reproduce", "run a protocol's whole grid (parallel, sharded, resumable), then report"),
+    "report": ("report", "tables and plots of a (partial) sweep folder, with the published numbers"),
 }
 
 

@@ -1,0 +1,53 @@
+"""`mmrl eval`: evaluate a run directory (trained or converted) on any dataset.
+
+Logits (decoupled inference, method.md): `auto` = fused on the classes the run was
+trained on (same dataset, training subsample), class-only on novel classes and other
+datasets; MMRL++ uses the per-target beta of the run's eval.target_beta. Results go to
+RUN_DIR/eval/<Dataset>-<subsample>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (mmrl train / mmrl convert-official)")
+    p.add_argument("--dataset", required=True, help="dataset name or alias, or folder:PATH")
+    p.add_argument("--root", help="data root (default: the run's data.root)")
+    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes to evaluate")
+    p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
+                   help="logits that decide: auto = the protocol's choice")
+    p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
+    p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's eval.batch_size)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the run's eval.precision")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--num-workers", type=int, help="data-loading workers (default: the run's data.num_workers)")
+    p.add_argument("--output-dir", help="folder for the result JSON (default RUN_DIR/eval)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_progress_flag(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmrl.engine.runtime import setup_cli_logging
+
+    setup_cli_logging()
+
+    def go() -> int:
+        from mmrl.engine.evaluator import evaluate
+
+        res = evaluate(args.run_dir, args.dataset, args.root, args.subsample, logits=args.logits,
+                       predictions=args.predictions, output_dir=args.output_dir, batch_size=args.batch_size,
+                       precision=args.precision, device=args.device, num_workers=args.num_workers,
+                       progress=progress_value(args))
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            beta = f", beta {res['beta']}" if res.get("beta") is not None else ""
+            print(f"{res['dataset']} {res['subsample']}: accuracy {res['accuracy']:.2f}%  macro "
+                  f"{res['macro_accuracy']:.2f}%  n={res['n']}  ({res['logits']} logits{beta})  -> {res.get('path')}")
+        return 0
+
+    return run_reporting_errors(go)

@@ -1,0 +1,93 @@
+"""`mmrl reproduce`: run a protocol's whole grid (skip finished runs, resume unfinished), then report.
+
+Parallel: `--devices 0,1,2,3` runs one run per listed GPU at a time (a GPU
+listed twice runs two); `--jobs N` runs N CPU workers. Several machines:
+`--shard I/N` (0-based I; or `--shard slurm` inside a Slurm job array) takes
+grid cells whose position % N == I; processes sharing one output folder
+never run the same run (claim files `<run>.claim`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from mmrl.engine import sweep
+
+RUNNER_ENV = "MMRL_REPRODUCE_RUNNER"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("protocol", choices=sweep.PROTOCOLS, help="which table to reproduce")
+    p.add_argument("--method", required=True, choices=sweep.METHODS)
+    p.add_argument("--root", required=True, help="datasets folder (CoOp layout)")
+    p.add_argument("--output", required=True,
+                   help="sweep folder; runs go to OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>/")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                   help="subset of the 11 datasets (cross-dataset: of the 14 targets); None = all")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(sweep.DEFAULT_SEEDS), metavar="S")
+    p.add_argument("--shots", nargs="+", type=int, default=None, metavar="K",
+                   help="shot counts; None = 16 (base2novel, crossdataset) or 1 2 4 8 16 (fewshot)")
+    p.add_argument("--backbone", default=None, help="backbone spec passed to mmrl train; None = train's default")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override passed to every mmrl train (repeatable, as for mmrl train)")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--devices", default=None,
+                     help="comma-separated GPU ids, one concurrent run per entry (CUDA_VISIBLE_DEVICES of each run)")
+    par.add_argument("--jobs", type=int, default=1, help="concurrent CPU runs when --devices is not given")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only grid cells with index %% N == I (0-based I); 'slurm' reads "
+                        "SLURM_ARRAY_TASK_ID/COUNT/MIN (e.g. sbatch --array=0-3 ... --shard slurm)")
+    p.add_argument("--claim-timeout", type=float, default=6 * 3600.0, metavar="SECONDS",
+                   help="take over another host's claim not refreshed for this long (claims are refreshed "
+                        "every minute while their run is alive; negative: never)")
+    p.add_argument("--no-report", action="store_true", help="do not write OUTPUT/report/ at the end")
+    # Hidden: a stand-in for `python -m mmrl` (a script taking the same train/eval arguments), for tests.
+    p.add_argument("--runner", default=os.environ.get(RUNNER_ENV), help=argparse.SUPPRESS)
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM (e.g. scancel) -> same clean-up as Ctrl-C
+    raise KeyboardInterrupt
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmrl.engine.reproduce import reproduce
+
+    try:
+        shard = sweep.parse_shard(args.shard) if args.shard else None
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+        if args.devices is not None and not devices:
+            raise ValueError(f"--devices {args.devices!r}: expected comma-separated GPU ids such as 0,1")
+        if args.jobs < 1:
+            raise ValueError(f"--jobs {args.jobs}: expected >= 1")
+    except ValueError as e:
+        print(f"mmrl reproduce: error: {e}", file=sys.stderr)
+        return 2
+    bad = [kv for kv in args.sets if "=" not in kv]
+    if bad:
+        print(f"mmrl reproduce: error: --set {bad[0]!r}: expected KEY=VALUE", file=sys.stderr)
+        return 2
+    prefix = [sys.executable, args.runner] if args.runner else None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (called from Python code)
+        previous = None
+    try:
+        result = reproduce(args.protocol, args.method, args.output, root=args.root, datasets=args.datasets,
+                           seeds=args.seeds, shots=args.shots, backbone=args.backbone, sets=args.sets,
+                           devices=devices, jobs=args.jobs, shard=shard,
+                           claim_timeout=None if args.claim_timeout < 0 else args.claim_timeout,
+                           runner_prefix=prefix, write_report=not args.no_report,
+                           log=lambda s: print(s, flush=True))
+    except ValueError as e:
+        print(f"mmrl reproduce: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmrl reproduce: interrupted; finished runs are kept, unfinished ones resume next time",
+              file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0 if result.ok else 1

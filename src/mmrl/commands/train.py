@@ -1,0 +1,95 @@
+"""`mmrl train`: train MMRL / MMRL++ on one dataset with a protocol's preset, then evaluate.
+
+Configuration layers (later wins): preset <method>-<protocol>.yaml -> per-dataset values
+(presets/datasets.yaml) -> --config FILE -> flags (--shots, --seed, ...) -> --set key=value.
+Re-running the same command on an unfinished run directory resumes it; `--resume RUN_DIR`
+resumes from the run's stored config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=["mmrl", "mmrl++"], help="method (required unless --resume)")
+    p.add_argument("--dataset", help="dataset name or alias (dtd, eurosat, imagenet, ...) or folder:PATH")
+    p.add_argument("--protocol", choices=["base2novel", "fewshot", "crossdataset"],
+                   help="protocol whose preset to use (required unless --resume)")
+    p.add_argument("--root", help="data root holding the datasets (config key data.root; default 'data')")
+    p.add_argument("--shots", type=int, help="training images per class (data.shots; preset: 16)")
+    p.add_argument("--seed", type=int, help="run seed (seed; preset: 1)")
+    p.add_argument("--backbone", help="backbone spec: ViT-B-16 (OpenAI), NAME:TAG, an OpenAI-format file, toy-clip")
+    p.add_argument("--output", "-o", help="run directory (default runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>)")
+    p.add_argument("--config", help="YAML file with config keys (nested or dotted)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, e.g. optim.lr=2e-3 or method.reg_weight=0.5 (repeatable)")
+    p.add_argument("--split-file", help="split file (split-file format) used verbatim instead of the dataset's")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="training precision")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                   help="resume RUN_DIR (or the run the other flags name) from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    add_progress_flag(p)
+
+
+def _flags(args: argparse.Namespace) -> dict:
+    return {"data.root": args.root, "data.shots": args.shots, "seed": args.seed, "backbone": args.backbone,
+            "output": args.output, "data.split_file": args.split_file, "device": args.device,
+            "precision": args.precision}
+
+
+def build_config(args: argparse.Namespace):
+    """The RunConfig the arguments describe (a stored one for --resume RUN_DIR)."""
+    from mmrl.config import ConfigError, load_config, parse_override, resolve_config, set_key
+
+    if isinstance(args.resume, str):
+        run_dir = Path(args.resume)
+        cfg_path = run_dir / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
+        cfg = load_config(cfg_path)
+        for flag in ("method", "dataset", "protocol", "config"):
+            if getattr(args, flag):
+                raise ConfigError(f"--{flag} cannot be combined with --resume RUN_DIR (the run's config.yaml "
+                                  "is used; --root, --device and --set for such keys may change)")
+        for k, v in _flags(args).items():
+            if v is not None:
+                set_key(cfg, k, v, f"--{k.rsplit('.', 1)[-1]}")
+        for item in args.overrides:
+            set_key(cfg, *parse_override(item), source="--set")
+        cfg.output = str(run_dir)
+        return cfg
+    missing = [f"--{f}" for f in ("method", "dataset", "protocol") if not getattr(args, f)]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} required (or --resume RUN_DIR)")
+    return resolve_config(args.method, args.protocol, args.dataset, args.config, args.overrides, flags=_flags(args))
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmrl.engine.runtime import setup_cli_logging
+
+    setup_cli_logging()
+
+    def go() -> int:
+        from mmrl.engine.trainer import train
+
+        cfg = build_config(args)
+        if args.resume is True and not (cfg.run_dir() / "config.yaml").is_file():
+            from mmrl.config import ConfigError
+
+            raise ConfigError(f"--resume: {cfg.run_dir()} holds no run to resume")
+        results = train(cfg, progress=progress_value(args))
+        if args.json:
+            print(json.dumps(results, indent=2))
+        elif "hm" in results:
+            print(f"{results['dataset']}: base {results['base']:.2f}%  novel {results['novel']:.2f}%  "
+                  f"HM {results['hm']:.2f}%   ({cfg.run_dir()})")
+        else:
+            print(f"{results['dataset']}: accuracy {results['accuracy']:.2f}%   ({cfg.run_dir()})")
+        return 0
+
+    return run_reporting_errors(go)

@@ -1,0 +1,50 @@
+"""`mmrl zeroshot`: the CLIP zero-shot baseline with the dataset's hand-written template.
+
+Writes OUTPUT/eval/<Dataset>-<subsample>.json in the same format as `mmrl eval`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="dataset name or alias, or folder:PATH")
+    p.add_argument("--root", default="data", help="data root holding the datasets")
+    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes to evaluate")
+    p.add_argument("--backbone", default="ViT-B-16", help="backbone spec")
+    p.add_argument("--output", "-o", help="output folder (default runs/zeroshot/<backbone>)")
+    p.add_argument("--shots", type=int, default=16, help="few-shot K that decides base/novel classes")
+    p.add_argument("--seed", type=int, default=1, help="seed that decides base/novel classes")
+    p.add_argument("--template", help="prompt template with one {} (default: the dataset's)")
+    p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    add_progress_flag(p)
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmrl.engine.runtime import setup_cli_logging
+
+    setup_cli_logging()
+
+    def go() -> int:
+        from mmrl.engine.evaluator import zeroshot
+
+        res = zeroshot(args.dataset, args.root, args.subsample, backbone=args.backbone, output=args.output,
+                       shots=args.shots, seed=args.seed, template=args.template, batch_size=args.batch_size,
+                       precision=args.precision, device=args.device, num_workers=args.num_workers,
+                       predictions=args.predictions, progress=progress_value(args))
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            print(f"{res['dataset']} {res['subsample']}: zero-shot accuracy {res['accuracy']:.2f}%  "
+                  f"n={res['n']}  -> {res['path']}")
+        return 0
+
+    return run_reporting_errors(go)

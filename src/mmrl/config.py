@@ -1,0 +1,522 @@
+"""Typed run configuration, YAML presets and how they are layered.
+
+A run is described by one :class:`RunConfig` (dataclasses all the way down). It is built
+by :func:`resolve_config` from, in this order (later wins):
+
+1. the dataclass defaults below;
+2. the preset ``presets/<method>-<protocol>.yaml`` shipped in the package;
+3. the per-dataset overrides of ``presets/datasets.yaml`` (per method, per protocol, per
+   dataset: lambda, beta, d_r, ImageNet's batch/epochs; MMRL++ cross-dataset target betas);
+4. the user's ``--config FILE.yaml`` (nested mapping or dotted keys);
+5. the user's ``--set key=value`` items (dotted keys, YAML-parsed values) -- and the CLI
+   flags such as ``--shots``, which are applied as typed overrides just before them.
+
+Every key and value is checked against the dataclasses BEFORE any work: an unknown key
+names the closest valid keys (difflib), a wrong type or a bad value names the key, the
+value, where it came from and what was expected (:class:`ConfigError`).
+
+The resolved config is stored in each run directory as ``config.yaml``
+(:func:`dump_config`) and read back with :func:`load_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import yaml
+
+from mmrl.models.mmrl import METHODS, MethodConfig
+
+PROTOCOLS = ("base2novel", "fewshot", "crossdataset")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
+SUBSAMPLES = ("all", "base", "new")
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+DATASET_OVERRIDES_FILE = PRESET_DIR / "datasets.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid (raised before any work starts)."""
+
+
+# --------------------------------------------------------------------------- dataclasses
+@dataclass
+class DataConfig:
+    dataset: str = ""                  # dataset name (Dassl name or alias, or folder:PATH ...)
+    root: str = "data"                 # folder holding the datasets in CoOp's layout
+    shots: int = 16                    # K-shot: training images per class
+    seed: Optional[int] = None         # few-shot sampling seed; null = the run's seed
+    subsample: str = "all"             # training classes: all | base | new
+    split_file: Optional[str] = None   # split file used verbatim (no few-shot, no base/novel)
+    template: Optional[str] = None     # prompt template with one {}; null = the dataset's
+    num_workers: int = 4               # data-loading worker processes (0 = in the main process)
+    skip_bad_images: bool = False      # skip unreadable images instead of failing
+    cache_dir: Optional[str] = None    # where built splits are cached; null = ~/.cache/mmrl
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3                   # peak learning rate of the cosine schedule
+    weight_decay: float = 5e-4         # AdamW weight decay, on every trainable tensor
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    epochs: int = 10                   # E: number of epochs (warm-up included)
+    warmup_epochs: int = 1             # epochs at the constant warmup_lr before the cosine
+    warmup_lr: float = 1e-5            # learning rate of the warm-up epochs
+    batch_size: int = 4                # global training batch
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 250              # test batch
+    precision: str = "fp32"            # fp32 | bf16 | fp16 (autocast) for evaluation
+    target_beta: dict[str, float] = field(default_factory=dict)  # MMRL++: beta per evaluated dataset
+
+
+@dataclass
+class RunConfig:
+    protocol: str = "fewshot"          # base2novel | fewshot | crossdataset
+    seed: int = 1                      # run seed (model init, data order, augmentation)
+    backbone: str = "ViT-B-16"         # backbone spec (see mmrl.models.backbone)
+    precision: str = "auto"            # training precision: auto | bf16 | fp16 | fp32
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    output: Optional[str] = None       # run directory; null = runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ------------------------------------------------------------ derived
+    @property
+    def data_seed(self) -> int:
+        """The few-shot sampling seed (``data.seed``, else the run seed)."""
+        return self.seed if self.data.seed is None else self.data.seed
+
+    def run_dir(self) -> Path:
+        """``output`` or the default ``runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>``."""
+        if self.output:
+            return Path(self.output)
+        return (Path("runs") / self.protocol / self.method.name / dataset_slug(self.data.dataset)
+                / f"shots_{self.data.shots}" / f"seed_{self.seed}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["optim"]["betas"] = list(self.optim.betas)
+        return d
+
+
+def dataset_slug(name: str) -> str:
+    """A file-name-safe form of a dataset name (``folder:/a/b`` -> ``folder_b``-like)."""
+    if ":" in name:
+        prefix, _, rest = name.partition(":")
+        name = f"{prefix}_{Path(rest.rstrip('/')).name or rest}"
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "dataset"
+
+
+# One line per key: the README's config table and the comments of dumped config files.
+KEY_DOCS: dict[str, str] = {
+    "protocol": "evaluation protocol: base2novel / fewshot / crossdataset",
+    "seed": "run seed: model init, data order, augmentation (and few-shot sampling unless data.seed)",
+    "backbone": "backbone spec: open_clip NAME[:TAG] (ViT-B-16 = OpenAI weights), an OpenAI-format file, toy-clip",
+    "precision": "training precision: auto (bf16 on GPUs with bf16, else fp16 on GPU, fp32 on CPU) / bf16 / fp16 / fp32",
+    "device": "auto (CUDA when available) / cpu / cuda / cuda:N",
+    "output": "run directory; null = runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>",
+    "method.name": "mmrl / mmrl++",
+    "method.n_rep_tokens": "K: number of representation tokens",
+    "method.rep_dim": "d_r: width of the shared representation space",
+    "method.first_rep_block": "J (1-indexed): first transformer block (both towers) that sees the tokens",
+    "method.alpha": "weight of the class-token logits/loss (1 - alpha: representation tokens)",
+    "method.beta": "MMRL++ slot blend beta (progressive representation composition); unused by MMRL",
+    "method.reg_weight": "lambda: weight of the two consistency regularisers",
+    "method.proj_lora_rank": "MMRL++: rank of A B in proj_rep = proj + A B",
+    "method.aligner_lora_rank": "MMRL++: rank of the per-block residual A_i B_i of the shared aligner",
+    "method.logit_scale": "fixed logit scale (not CLIP's learned one)",
+    "data.dataset": "dataset: Dassl name or alias (dtd, eurosat, ...), or folder:PATH / manifest:FILE / dataset:PATH",
+    "data.root": "folder holding the datasets in CoOp's layout (DATASETS.md)",
+    "data.shots": "training images per class (few-shot K)",
+    "data.seed": "few-shot sampling seed; null = the run seed (CoOp uses one seed for both)",
+    "data.subsample": "training classes: all / base / new (base2novel trains on base)",
+    "data.split_file": "split file (split-file format, e.g. a run's split.json) used verbatim: no few-shot, no base/novel; null = the dataset's",
+    "data.template": "prompt template with one {}; null = the dataset's hand-written template",
+    "data.num_workers": "data-loading worker processes (0 = load in the main process)",
+    "data.skip_bad_images": "skip unreadable images (logged) instead of failing",
+    "data.cache_dir": "cache for splits built from raw data; null = $MMRL_CACHE_DIR or ~/.cache/mmrl",
+    "optim.lr": "peak learning rate (cosine schedule)",
+    "optim.weight_decay": "AdamW weight decay, applied to every trainable tensor",
+    "optim.betas": "AdamW betas",
+    "optim.epochs": "E: number of epochs, warm-up included",
+    "optim.warmup_epochs": "epochs at the constant warmup_lr before the cosine (0 = none)",
+    "optim.warmup_lr": "learning rate of the warm-up epochs",
+    "optim.batch_size": "global training batch size (the loss is the mean over it)",
+    "eval.batch_size": "evaluation batch size",
+    "eval.precision": "evaluation precision: fp32 / bf16 / fp16",
+    "eval.target_beta": "MMRL++: beta used when evaluating on each listed dataset (cross-dataset targets)",
+}
+
+
+# --------------------------------------------------------------------------- type checking
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_section(obj: Any) -> bool:
+    return dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+
+
+def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """Every valid dotted key of a RunConfig (sections excluded)."""
+    cfg = RunConfig() if cfg is None else cfg
+    out = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if _is_section(v):
+            out.extend(all_keys(v, f"{prefix}{f.name}."))
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def _suggest(key: str, valid: Iterable[str]) -> str:
+    valid = list(valid)
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = {k: k.rsplit(".", 1)[-1] for k in valid}
+    for k in difflib.get_close_matches(leaf, list(set(leaves.values())), n=3, cutoff=0.75):
+        close.extend(v for v, lf in leaves.items() if lf == k and v not in close)
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close[:4]) + "?"
+    return "valid keys: " + ", ".join(valid)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is dict:
+        k, v = typing.get_args(tp)
+        return f"a mapping {_type_name(k)} -> {_type_name(v)}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints become floats where a float is
+    expected, numeric strings too (YAML reads ``1e-3`` as a string)."""
+    def fail() -> typing.NoReturn:
+        raise ConfigError(f"{source}: {key} = {value!r} ({type(value).__name__}): expected {_type_name(tp)}")
+
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, source)
+            except ConfigError:
+                pass
+        fail()
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            fail()
+        return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        kt, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            fail()
+        return {_coerce(k, kt, f"{key} (key)", source): _coerce(v, vt, f"{key}.{k}", source)
+                for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if tp is float:
+        if isinstance(value, bool):
+            fail()
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                fail()
+        if not isinstance(value, (int, float)):
+            fail()
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{source}: {key} = {value!r}: expected a finite number")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    raise TypeError(f"config type {tp} of {key} is not supported")  # a bug in this file
+
+
+# --------------------------------------------------------------------------- setting keys
+_FIXED_BY_ARGUMENTS = {"method.name": "--method", "protocol": "--protocol", "data.dataset": "--dataset"}
+
+
+def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None:
+    """Set one dotted key (``optim.lr``, ``eval.target_beta.Food101``) with type checking.
+
+    A mapping given for a section sets its keys one by one.
+    """
+    parts = key.split(".")
+    obj: Any = cfg
+    for i, name in enumerate(parts):
+        here = ".".join(parts[: i + 1])
+        names = [f.name for f in dataclasses.fields(obj)]
+        if name not in names:
+            raise ConfigError(f"{source}: unknown config key {key!r}; {_suggest(key, all_keys())}")
+        current = getattr(obj, name)
+        tp = _hints(type(obj))[name]
+        if _is_section(current):
+            if i == len(parts) - 1:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: {key} is a section; expected a mapping of its keys "
+                                      f"({', '.join(all_keys(current, key + '.'))}), got {value!r}")
+                for k, v in value.items():
+                    set_key(cfg, f"{key}.{k}", v, source)
+                return
+            obj = current
+            continue
+        if typing.get_origin(tp) is dict and i < len(parts) - 1:
+            # eval.target_beta.<Dataset>: one entry of a mapping
+            entry = ".".join(parts[i + 1:])
+            _, vt = typing.get_args(tp)
+            current[entry] = _coerce(value, vt, key, source)
+            return
+        if i < len(parts) - 1:
+            raise ConfigError(f"{source}: unknown config key {key!r}: {here} is a value, not a section; "
+                              f"{_suggest(key, all_keys())}")
+        if typing.get_origin(tp) is dict:
+            current.update(_coerce(value, tp, here, source))  # mappings merge across layers
+        else:
+            setattr(obj, name, _coerce(value, tp, here, source))
+        return
+
+
+def apply_mapping(cfg: RunConfig, mapping: Any, source: str) -> None:
+    """Apply a (nested or dotted-key) mapping, e.g. the content of a YAML file."""
+    if mapping is None:
+        return
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{source}: expected a mapping of config keys, got {type(mapping).__name__}")
+    for k, v in mapping.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{source}: config key {k!r} is not a string")
+        set_key(cfg, k, v, source)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"optim.lr=2e-3"`` -> ``("optim.lr", 0.002)`` (value parsed as YAML; text that is not
+    valid YAML, such as ``{} photo.``, is taken as a string)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=2e-3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. a template "{} photo."): the text itself; types are checked later
+    return key, value
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+
+
+# --------------------------------------------------------------------------- validation of values
+def validate(cfg: RunConfig, source: str = "config") -> None:
+    """Check values (types are checked when set); raise ConfigError naming the key."""
+    def bad(key: str, value: Any, expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
+
+    def choice(key: str, value: Any, options: Iterable[str], note: str = "") -> None:
+        options = tuple(options)
+        if value not in options:
+            close = difflib.get_close_matches(str(value), options, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            bad(key, value, f"one of {', '.join(options)}{note}{hint}")
+
+    choice("protocol", cfg.protocol, PROTOCOLS)
+    choice("precision", cfg.precision, PRECISIONS)
+    choice("eval.precision", cfg.eval.precision, EVAL_PRECISIONS)
+    choice("data.subsample", cfg.data.subsample, SUBSAMPLES, " (new = the novel classes)")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        bad("device", cfg.device, "auto, cpu, cuda or cuda:N")
+    if not cfg.backbone:
+        bad("backbone", cfg.backbone, "a backbone spec such as ViT-B-16")
+    if not cfg.data.dataset:
+        bad("data.dataset", cfg.data.dataset, "a dataset name (--dataset)")
+    for key, v, lo in (("data.shots", cfg.data.shots, 1), ("optim.epochs", cfg.optim.epochs, 1),
+                       ("optim.batch_size", cfg.optim.batch_size, 1), ("eval.batch_size", cfg.eval.batch_size, 1),
+                       ("data.num_workers", cfg.data.num_workers, 0), ("optim.warmup_epochs", cfg.optim.warmup_epochs, 0),
+                       ("seed", cfg.seed, 0)):
+        if v < lo:
+            bad(key, v, f"an integer >= {lo}")
+    if cfg.data.seed is not None and cfg.data.seed < 0:
+        bad("data.seed", cfg.data.seed, "an integer >= 0 or null")
+    if cfg.optim.warmup_epochs >= cfg.optim.epochs and cfg.optim.warmup_epochs > 0:
+        bad("optim.warmup_epochs", cfg.optim.warmup_epochs, f"fewer than optim.epochs ({cfg.optim.epochs})")
+    for key, v in (("optim.lr", cfg.optim.lr), ("optim.warmup_lr", cfg.optim.warmup_lr)):
+        if not v > 0:
+            bad(key, v, "a positive learning rate")
+    if cfg.optim.weight_decay < 0:
+        bad("optim.weight_decay", cfg.optim.weight_decay, "a value >= 0")
+    if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
+        bad("optim.betas", list(cfg.optim.betas), "two values in [0, 1)")
+    if cfg.data.template is not None and cfg.data.template.count("{}") != 1:
+        bad("data.template", cfg.data.template, "a template containing '{}' exactly once")
+    for k, b in cfg.eval.target_beta.items():
+        if not 0.0 <= b <= 1.0:
+            bad(f"eval.target_beta.{k}", b, "a value in [0, 1]")
+    try:
+        cfg.method.validate()
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from e
+
+
+# --------------------------------------------------------------------------- presets
+def canonical_dataset(name: str) -> str:
+    """The canonical dataset name (``dtd`` -> ``DescribableTextures``); user specs
+    (``folder:PATH`` ...) are kept as given. Unknown names raise ConfigError."""
+    from mmrl import data
+
+    try:
+        return data.canonical_name(name)
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if e.args else str(e)
+        raise ConfigError(f"--dataset {name!r}: {msg}") from e
+
+
+def preset_path(method: str, protocol: str) -> Path:
+    return PRESET_DIR / f"{method}-{protocol}.yaml"
+
+
+def dataset_overrides(method: str, protocol: str, dataset: str) -> dict[str, Any]:
+    """The per-dataset overrides of ``presets/datasets.yaml`` for this method/protocol/dataset
+    (dotted keys -> values), MMRL++ cross-dataset target betas included."""
+    table = read_yaml(DATASET_OVERRIDES_FILE, "dataset overrides") or {}
+    out: dict[str, Any] = {}
+    per_protocol = (table.get("overrides", {}).get(method, {}) or {}).get(protocol, {}) or {}
+    out.update(per_protocol.get(dataset, {}) or {})
+    betas = (table.get("target_beta", {}).get(method, {}) or {}).get(protocol)
+    if betas:
+        out["eval.target_beta"] = dict(betas)
+    return out
+
+
+Override = Union[str, tuple[str, Any]]
+
+
+def resolve_config(method: str, protocol: str, dataset: str, config_file: str | Path | None = None,
+                   overrides: Iterable[Override] = (), *, flags: dict[str, Any] | None = None) -> RunConfig:
+    """Build the RunConfig of a run: preset -> per-dataset -> config file -> flags -> --set.
+
+    Args:
+        method: ``mmrl`` or ``mmrl++``.
+        protocol: ``base2novel``, ``fewshot`` or ``crossdataset``.
+        dataset: dataset name or alias (stored as its canonical name).
+        config_file: optional user YAML (nested mapping or dotted keys).
+        overrides: ``"key=value"`` strings (YAML values) or ``(key, value)`` pairs.
+        flags: typed ``{dotted key: value}`` from CLI flags (``--shots`` ...), applied
+            before ``overrides``; None values are skipped.
+    Raises:
+        ConfigError: unknown key (with the closest valid keys), wrong type, bad value.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if protocol not in PROTOCOLS:
+        close = difflib.get_close_matches(protocol, PROTOCOLS, n=1)
+        raise ConfigError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}"
+                          + (f" (did you mean {close[0]!r}?)" if close else ""))
+    canonical = canonical_dataset(dataset)
+    cfg = RunConfig()
+    preset = preset_path(method, protocol)
+    apply_mapping(cfg, read_yaml(preset, "preset"), f"preset {preset.name}")
+    cfg.data.dataset = canonical
+    apply_mapping(cfg, dataset_overrides(method, protocol, canonical), f"{DATASET_OVERRIDES_FILE.name} [{canonical}]")
+    if config_file is not None:
+        apply_mapping(cfg, read_yaml(config_file), str(config_file))
+    for k, v in (flags or {}).items():
+        if v is not None:
+            set_key(cfg, k, v, f"--{k.rsplit('.', 1)[-1].replace('_', '-')}")
+    for item in overrides:
+        k, v = parse_override(item) if isinstance(item, str) else item
+        set_key(cfg, k, v, f"--set {k}")
+    wanted = {"method.name": method, "protocol": protocol, "data.dataset": canonical}
+    got = {"method.name": cfg.method.name, "protocol": cfg.protocol,
+           "data.dataset": canonical_dataset(cfg.data.dataset) if cfg.data.dataset != canonical else canonical}
+    for key, want in wanted.items():
+        if got[key] != want:
+            raise ConfigError(f"{key} = {got[key]!r} in the config file or --set, but {_FIXED_BY_ARGUMENTS[key]} "
+                              f"says {want!r}; set it with {_FIXED_BY_ARGUMENTS[key]} only")
+    cfg.data.dataset = canonical
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- files
+def config_from_dict(d: Any, source: str) -> RunConfig:
+    """A RunConfig from a full mapping (e.g. a run's config.yaml), checked."""
+    cfg = RunConfig()
+    apply_mapping(cfg, d, source)
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a resolved ``config.yaml`` (as written by :func:`dump_config`)."""
+    return config_from_dict(read_yaml(path), str(path))
+
+
+def dump_config(cfg: RunConfig, header: str | None = None) -> str:
+    """The resolved config as YAML, every key commented with its meaning."""
+    lines = [f"# {ln}" for ln in (header or "").splitlines()] if header else []
+
+    def scalar(v: Any) -> str:
+        return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+    def emit(obj: Any, prefix: str, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            key = f"{prefix}{f.name}"
+            v = getattr(obj, f.name)
+            doc = KEY_DOCS.get(key, "")
+            if _is_section(v):
+                lines.append(f"{indent}{f.name}:")
+                emit(v, key + ".", indent + "  ")
+                continue
+            if isinstance(v, tuple):
+                v = list(v)
+            text = f"{indent}{f.name}: {scalar(v)}"
+            lines.append(f"{text}  # {doc}" if doc else text)
+
+    emit(cfg, "", "")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
+           "PROTOCOLS", "resolve_config", "load_config", "dump_config", "config_from_dict", "set_key",
+           "parse_override", "validate", "all_keys", "dataset_overrides", "dataset_slug"]

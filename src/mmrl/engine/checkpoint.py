@@ -1,0 +1,168 @@
+"""Atomic, pickle-free training checkpoints and adapter files.
+
+A checkpoint is ONE safetensors file (written to a temporary file, fsynced, then
+``os.replace``d, so a crash or ``kill -9`` leaves either the old or the new file):
+
+* tensors: ``adapter.<name>`` (trainable tensors), ``optim.<i>.<key>`` (AdamW state of
+  the i-th trainable tensor: ``step``, ``exp_avg``, ``exp_avg_sq``), ``rng.torch`` and
+  ``rng.cuda.<d>`` (generator states as uint8 tensors);
+* metadata (strings): ``format``, ``epoch`` (the next epoch to run), ``step`` (optimiser
+  steps so far) and ``state`` (JSON: optimiser param groups, parameter names, Python and
+  numpy RNG states, GradScaler state).
+
+The adapter file (``adapter.safetensors``) holds the trainable tensors only, under the
+names of :meth:`mmrl.models.MMRL.adapter_state_dict`, with the method settings as JSON
+metadata.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+
+CHECKPOINT_FORMAT = "mmrl-checkpoint-1"
+ADAPTER_FORMAT = "mmrl-adapter-1"
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    write_bytes_atomic(text.encode("utf-8"), path)
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+
+
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+# --------------------------------------------------------------------------- adapter files
+def save_adapter(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+    """Write adapter tensors (fp32 as trained) atomically; ``metadata`` is stored as JSON."""
+    meta = {"format": ADAPTER_FORMAT, "info": json.dumps(metadata or {})}
+    write_bytes_atomic(save(_contiguous(tensors), metadata=meta), path)
+
+
+def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read an adapter file: (tensors on CPU, metadata dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter file not found: {path}")
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return tensors, json.loads(meta.get("info", "{}"))
+
+
+# --------------------------------------------------------------------------- RNG states
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, JSON) capturing torch (CPU, CUDA), Python and numpy RNG states."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for d, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{d}"] = s
+    py = random.getstate()
+    npy = np.random.get_state()
+    js = {"python": [py[0], list(py[1]), py[2]],
+          "numpy": [npy[0], npy[1].tolist(), int(npy[2]), int(npy[3]), float(npy[4])]}
+    return tensors, js
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], js: dict[str, Any]) -> None:
+    if "rng.torch" in tensors:
+        torch.set_rng_state(tensors["rng.torch"])
+    cuda = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in tensors.items() if k.startswith("rng.cuda."))
+    if cuda and torch.cuda.is_available():
+        states = [v for _, v in cuda][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(states)
+    if "python" in js:
+        v, state, gauss = js["python"]
+        random.setstate((v, tuple(state), gauss))
+    if "numpy" in js:
+        name, keys, pos, has_gauss, cached = js["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# --------------------------------------------------------------------------- checkpoints
+@dataclass
+class Checkpoint:
+    epoch: int                                   # next epoch to run (= epochs completed)
+    step: int                                    # optimiser steps so far
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]                    # torch optimiser state_dict
+    scaler: dict[str, Any] | None = None         # GradScaler state_dict (fp16)
+    rng_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    rng_json: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | Path, *, epoch: int, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scaler: Any = None, extra: dict | None = None) -> None:
+    """Write the training state atomically (see module docstring)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    tensors = {f"adapter.{n}": p for n, p in model.named_parameters() if p.requires_grad}
+    sd = optimizer.state_dict()
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if not isinstance(v, torch.Tensor):
+                v = torch.tensor(v)
+            tensors[f"optim.{i}.{k}"] = v
+    rng_t, rng_j = rng_state()
+    tensors.update(rng_t)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    state = {"param_groups": groups, "param_names": names, "rng": rng_j,
+             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+             "extra": extra or {}}
+    meta = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch), "step": str(step), "state": json.dumps(state)}
+    write_bytes_atomic(save(_contiguous(tensors), metadata=meta), path)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved)."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an mmrl training checkpoint (format {meta.get('format')!r})")
+    tensors = load_file(str(path))
+    state = json.loads(meta["state"])
+    adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, i, key = k.split(".", 2)
+            opt_state.setdefault(int(i), {})[key] = v
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in state["param_groups"]]
+    rng_t = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+    return Checkpoint(epoch=int(meta["epoch"]), step=int(meta["step"]), adapter=adapter,
+                      optimizer={"state": opt_state, "param_groups": groups}, scaler=state.get("scaler"),
+                      rng_tensors=rng_t, rng_json=state.get("rng", {}), extra=state.get("extra", {}))

@@ -1,0 +1,362 @@
+"""Evaluation of a run (or a model) on any dataset, the zero-shot CLIP baseline, prediction.
+
+Decoupled inference (method.md): ``fused`` logits on the classes the model was trained on
+(same dataset, the training subsample or a subset of it), ``class`` logits on novel
+classes and on other datasets. An MMRL++ model evaluated on another dataset uses that
+dataset's beta from ``cfg.eval.target_beta`` (the published cross-dataset betas) when listed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from mmrl.config import RunConfig, canonical_dataset, dataset_slug
+from mmrl.engine.checkpoint import write_json_atomic
+from mmrl.engine.rundir import eval_result_path, load_run, training_classnames
+from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
+
+LOG = logging.getLogger("mmrl")
+LOGIT_KINDS = ("auto", "fused", "class")
+
+
+def model_image_size(model: nn.Module) -> int:
+    size = model.clip.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return model.clip.positional_embedding.device
+
+
+def choose_logits(cfg: RunConfig | None, dataset: str, subsample: str, requested: str = "auto") -> str:
+    """``fused`` on the training classes (same dataset, and the training subsample or a
+    subset of all the classes trained on), else ``class``; an explicit choice wins."""
+    if requested not in LOGIT_KINDS:
+        raise ValueError(f"logits={requested!r}; expected one of {', '.join(LOGIT_KINDS)}")
+    if requested != "auto":
+        return requested
+    if cfg is None:
+        raise ValueError("logits='auto' needs the run's config (which dataset/classes it was trained on); "
+                         "pass cfg= or choose logits='fused' or 'class'")
+    same = canonical_dataset(dataset) == cfg.data.dataset
+    if same and (subsample == cfg.data.subsample or cfg.data.subsample == "all"):
+        return "fused"
+    return "class"
+
+
+def eval_beta(model: nn.Module, cfg: RunConfig | None, dataset: str) -> float | None:
+    """The beta an MMRL++ model uses on ``dataset`` (None for MMRL / zero-shot)."""
+    if not getattr(model, "is_plus", False):
+        return None
+    if cfg is not None and dataset != cfg.data.dataset and dataset in cfg.eval.target_beta:
+        return float(cfg.eval.target_beta[dataset])
+    return float(model.cfg.beta)
+
+
+def eval_splits(cfg: RunConfig | None, dataset: str, root: str | Path | None, subsample: str, *,
+                shots: int = 16, seed: int = 1, split_file: str | None = None, cache_dir: str | None = None,
+                template: str | None = None):
+    """The splits to evaluate on. The run's own dataset uses the run's shots, seed, split file
+    and template (base/novel classes depend on the few-shot train split); a run's split
+    file is used verbatim, so it only applies to the run's own subsample."""
+    from mmrl import data
+
+    if cfg is not None and dataset == cfg.data.dataset:
+        sf = split_file or (cfg.data.split_file if subsample == cfg.data.subsample else None)
+        if cfg.data.split_file and sf is None:
+            LOG.warning("the run's split file %s holds its %s classes only; evaluating subsample %r from the "
+                        "dataset's own split", cfg.data.split_file, cfg.data.subsample, subsample)
+        return data.prepare_splits(dataset, root, shots=cfg.data.shots, seed=cfg.data_seed, subsample=subsample,
+                                   split_file=sf, cache_dir=cache_dir or cfg.data.cache_dir,
+                                   template=template or cfg.data.template)
+    if cfg is not None:
+        shots, seed = cfg.data.shots, cfg.data_seed
+        cache_dir = cache_dir or cfg.data.cache_dir
+    return data.prepare_splits(dataset, root, shots=shots, seed=seed, subsample=subsample, split_file=split_file,
+                               cache_dir=cache_dir, template=template)
+
+
+@torch.no_grad()
+def run_inference(model: nn.Module, items: Sequence, classnames: list[str], template: str, kind: str, *,
+                  batch_size: int = 250, precision: str = "fp32", num_workers: int = 0, skip_bad: bool = False,
+                  progress: bool | None = None, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Logits of ``kind`` for every item: ``(logits (N, C) fp32 CPU, labels (N,), item indices)``.
+
+    Items dropped as unreadable (``skip_bad``) are absent from the returned indices.
+    """
+    from torch.utils.data import DataLoader
+
+    from mmrl import data
+
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        model.set_classes(classnames, template)
+        with autocast(device, precision):
+            text = model.encode_text()
+        ds = data.ImageDataset(items, data.build_transform(False, model_image_size(model)), seed=0,
+                               skip_bad=skip_bad)
+        kept = {id(d): i for i, d in enumerate(items)}
+        index_map = [kept[id(d)] for d in ds.items]
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                            pin_memory=device.type == "cuda")
+        out_logits, out_labels, out_idx = [], [], []
+        it = Progress(loader, total=len(loader), desc=desc, tty=use_tty_progress(progress))
+        for images, labels, idx in it:
+            images = images.to(device, non_blocking=True)
+            with autocast(device, precision):
+                lg = model.logits(images, text)
+            chosen = lg.fused if kind == "fused" else lg.class_
+            out_logits.append(chosen.float().cpu())
+            out_labels.append(labels)
+            out_idx.extend(index_map[i] for i in idx.tolist())
+    finally:
+        model.train(was_training)
+        if hasattr(model, "clip"):
+            model.clip.eval()
+    if not out_logits:
+        return torch.zeros(0, len(classnames)), torch.zeros(0, dtype=torch.long), []
+    return torch.cat(out_logits), torch.cat(out_labels), out_idx
+
+
+def summarize(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict[str, Any]:
+    """Accuracy (percent), macro accuracy over the classes present, per-class accuracy."""
+    pred = logits.argmax(dim=-1)
+    correct = (pred == labels)
+    per_class = []
+    for y, name in enumerate(classnames):
+        m = labels == y
+        n = int(m.sum())
+        per_class.append({"label": y, "classname": name, "n": n,
+                          "accuracy": 100.0 * float(correct[m].float().mean()) if n else None})
+    present = [c["accuracy"] for c in per_class if c["accuracy"] is not None]
+    n = int(labels.numel())
+    return {"accuracy": 100.0 * float(correct.float().mean()) if n else 0.0,
+            "macro_accuracy": sum(present) / len(present) if present else 0.0,
+            "correct": int(correct.sum()), "n": n, "n_classes": len(classnames), "per_class": per_class}
+
+
+def write_predictions(path: str | Path, items: Sequence, idx: list[int], logits: torch.Tensor,
+                      labels: torch.Tensor, classnames: list[str], kind: str) -> None:
+    """One JSON object per image: image (relpath), label, classname, prediction,
+    predicted_classname, correct, logits_kind, logits (the decision's logits)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pred = logits.argmax(dim=-1).tolist()
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row, i in enumerate(idx):
+            d = items[i]
+            y = int(labels[row])
+            f.write(json.dumps({"image": d.relpath, "label": y, "classname": classnames[y],
+                                "prediction": pred[row], "predicted_classname": classnames[pred[row]],
+                                "correct": pred[row] == y, "logits_kind": kind,
+                                "logits": logits[row].tolist()}) + "\n")
+    tmp.replace(path)
+
+
+def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsample: str, kind: str, *,
+                    splits, batch_size: int, precision: str, num_workers: int, skip_bad: bool,
+                    predictions: str | Path | None, progress: bool | None) -> dict[str, Any]:
+    beta = eval_beta(model, cfg, dataset)
+    old_beta = model.cfg.beta if beta is not None else None
+    t0 = time.time()
+    try:
+        if beta is not None:
+            model.cfg.beta = beta
+        logits, labels, idx = run_inference(
+            model, splits.test, splits.classnames, splits.template, kind, batch_size=batch_size,
+            precision=precision, num_workers=num_workers, skip_bad=skip_bad, progress=progress,
+            desc=f"eval {splits.name}-{subsample}")
+    finally:
+        if old_beta is not None:
+            model.cfg.beta = old_beta
+    res = {"dataset": splits.name, "subsample": subsample, **summarize(logits, labels, splits.classnames),
+           "logits": kind, "beta": beta, "template": splits.template, "precision": precision,
+           "time_s": round(time.time() - t0, 3)}
+    if predictions is not None:
+        write_predictions(predictions, splits.test, idx, logits, labels, splits.classnames, kind)
+        res["predictions"] = str(predictions)
+    return res
+
+
+def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str | Path | None = None,
+             subsample: str = "all", *, cfg: RunConfig | None = None, logits: str = "auto",
+             predictions: str | Path | None = None, output_dir: str | Path | None = None,
+             batch_size: int | None = None, precision: str | None = None, device: str | None = None,
+             num_workers: int | None = None, split_file: str | None = None, template: str | None = None,
+             progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate a run directory (or an in-memory model) on ``dataset``'s test split.
+
+    Args:
+        run_dir_or_model: a run directory (trained or converted), or an ``MMRL`` model (then
+            ``cfg`` tells which dataset/classes it was trained on; needed for ``logits='auto'``).
+        dataset: dataset name or alias; root: data root (default: the run's ``data.root``).
+        subsample: ``all``, ``base`` or ``new`` classes.
+        logits: ``auto`` (decoupled inference), ``fused`` or ``class``.
+        predictions: optional JSONL path for per-image predictions.
+        output_dir: where ``<Dataset>-<subsample>.json`` goes (default ``RUN_DIR/eval``; for an
+            in-memory model nothing is written unless given).
+        batch_size, precision, num_workers: default to the run's ``eval.batch_size``,
+            ``eval.precision`` and ``data.num_workers``.
+        device: where a run directory's model is loaded (default ``auto``); an in-memory
+            model is evaluated where it is.
+    Returns:
+        the results dict (``accuracy`` in percent, ``macro_accuracy``, ``per_class``, ``n``,
+        ``logits`` kind, ``beta`` for MMRL++, ...), also written as JSON.
+
+    An in-memory model keeps the evaluated class set afterwards (``set_classes``); its
+    ``cfg.beta`` is restored.
+    """
+    if subsample not in ("all", "base", "new"):
+        raise ValueError(f"subsample={subsample!r}; expected all, base or new")
+    if logits not in LOGIT_KINDS:
+        raise ValueError(f"logits={logits!r}; expected one of {', '.join(LOGIT_KINDS)}")
+    dataset = canonical_dataset(dataset)
+    run_dir = None
+    if isinstance(run_dir_or_model, (str, Path)):
+        run_dir = Path(run_dir_or_model)
+        model, cfg = load_run(run_dir, device=device)
+    else:
+        model = run_dir_or_model
+    if root is None and cfg is not None:
+        root = cfg.data.root
+    kind = choose_logits(cfg, dataset, subsample, logits)
+    splits = eval_splits(cfg, dataset, root, subsample, split_file=split_file, template=template)
+    res = _evaluate_model(
+        model, cfg, dataset, subsample, kind, splits=splits,
+        batch_size=batch_size or (cfg.eval.batch_size if cfg else 250),
+        precision=precision or (cfg.eval.precision if cfg else "fp32"),
+        num_workers=num_workers if num_workers is not None else (cfg.data.num_workers if cfg else 0),
+        skip_bad=bool(cfg.data.skip_bad_images) if cfg else False, predictions=predictions, progress=progress)
+    if cfg is not None:
+        res.update({"method": cfg.method.name, "protocol": cfg.protocol, "trained_on": cfg.data.dataset,
+                    "trained_subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,
+                    "backbone": cfg.backbone})
+    from mmrl import __version__
+
+    res["version"] = __version__
+    out = None
+    if output_dir is not None:
+        out = Path(output_dir) / f"{dataset_slug(splits.name)}-{subsample}.json"
+    elif run_dir is not None:
+        out = eval_result_path(run_dir, splits.name, subsample)
+    if run_dir is not None:
+        res["run"] = str(run_dir)
+    if out is not None:
+        write_json_atomic(res, out)
+        res["path"] = str(out)
+    LOG.info("%s %s (%s logits%s): accuracy %.2f%% (n=%d)", splits.name, subsample, kind,
+             f", beta {res['beta']}" if res.get("beta") is not None else "", res["accuracy"], res["n"])
+    return res
+
+
+def zeroshot(dataset: str, root: str | Path | None, subsample: str = "all", *, backbone: str = "ViT-B-16",
+             output: str | Path | None = None, shots: int = 16, seed: int = 1, split_file: str | None = None,
+             template: str | None = None, batch_size: int = 250, precision: str = "fp32",
+             device: str | None = None, num_workers: int = 0, predictions: str | Path | None = None,
+             cache_dir: str | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """CLIP zero-shot baseline with the dataset's single hand-written template.
+
+    Writes ``OUTPUT/eval/<Dataset>-<subsample>.json`` (same format as :func:`evaluate`) and
+    ``OUTPUT/run.json`` (method ``zeroshot``); OUTPUT defaults to
+    ``runs/zeroshot/<backbone>``. ``shots``/``seed`` only decide which classes are base and
+    novel (the labels present in the few-shot train split).
+    """
+    from mmrl import __version__
+    from mmrl.engine.rundir import read_run_info, write_run_info
+    from mmrl.engine.runtime import load_backbone_checked
+    from mmrl.models import ZeroShotCLIP
+
+    dataset = canonical_dataset(dataset)
+    out_dir = Path(output) if output is not None else Path("runs") / "zeroshot" / dataset_slug(backbone)
+    splits = eval_splits(None, dataset, root, subsample, shots=shots, seed=seed, split_file=split_file,
+                         cache_dir=cache_dir, template=template)
+    bb = load_backbone_checked(backbone, device=resolve_device(device or "auto"))
+    model = ZeroShotCLIP(bb)
+    res = _evaluate_model(model, None, dataset, subsample, "class", splits=splits, batch_size=batch_size,
+                          precision=precision, num_workers=num_workers, skip_bad=False, predictions=predictions,
+                          progress=progress)
+    res.update({"method": "zeroshot", "backbone": backbone, "shots": shots, "seed": seed,
+                "version": __version__})
+    path = eval_result_path(out_dir, splits.name, subsample)
+    write_json_atomic(res, path)
+    res["path"] = str(path)
+    if read_run_info(out_dir) is None:
+        write_run_info(out_dir, {"version": __version__, "method": "zeroshot", "backbone": backbone,
+                                 "status": "finished", "protocol": None, "dataset": None, "shots": None,
+                                 "seed": None, "timings": {}, "trainable_parameters": 0})
+    LOG.info("zero-shot %s %s: accuracy %.2f%% (n=%d)", splits.name, subsample, res["accuracy"], res["n"])
+    return res
+
+
+def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Path], *,
+            classes: Sequence[str] | None = None, dataset: str | None = None, root: str | Path | None = None,
+            subsample: str = "all", top_k: int = 5, logits: str = "auto", cfg: RunConfig | None = None,
+            template: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
+    """Class probabilities (softmax of the chosen logits) for image files.
+
+    Classes come from ``classes`` or from ``dataset`` (its ``subsample`` classes). With
+    ``logits='auto'``: fused when the classes are the run's training classes, else class.
+    Returns one ``{"image", "prediction", "top": [{"class", "probability"}], "logits"}`` per image.
+    """
+    from mmrl import data
+
+    run_dir = None
+    if isinstance(run_dir_or_model, (str, Path)):
+        run_dir = Path(run_dir_or_model)
+        model, cfg = load_run(run_dir, device=device)
+    else:
+        model = run_dir_or_model
+    if (classes is None) == (dataset is None):
+        raise ValueError("give either classes (a list of class names) or a dataset")
+    if classes is not None:
+        classnames = [c.strip() for c in classes if c.strip()]
+        if not classnames:
+            raise ValueError("the class list is empty")
+        if template is None:
+            template = (cfg.data.template if cfg else None) or _dataset_template(cfg)
+        trained = training_classnames(run_dir) if run_dir is not None else None
+        kind = logits if logits != "auto" else ("fused" if trained is not None and trained == classnames else "class")
+    else:
+        dataset = canonical_dataset(dataset)
+        if root is None and cfg is not None:
+            root = cfg.data.root
+        kind = choose_logits(cfg, dataset, subsample, logits)
+        splits = eval_splits(cfg, dataset, root, subsample, template=template)
+        classnames, template = splits.classnames, splits.template
+    transform = data.build_transform(False, model_image_size(model))
+    device_ = model_device(model)
+    model.eval()
+    model.set_classes(classnames, template)
+    out = []
+    with torch.no_grad():
+        text = model.encode_text()
+        for path in images:
+            x = transform(data.load_image(str(path))).unsqueeze(0).to(device_)
+            lg = model.logits(x, text)
+            chosen = (lg.fused if kind == "fused" else lg.class_)[0].float().cpu()
+            prob = chosen.softmax(-1)
+            k = min(top_k, len(classnames))
+            p, i = prob.topk(k)
+            out.append({"image": str(path), "prediction": classnames[int(i[0])], "logits": kind,
+                        "top": [{"class": classnames[int(j)], "probability": float(q)} for q, j in zip(p, i)]})
+    return out
+
+
+def _dataset_template(cfg: RunConfig | None) -> str:
+    from mmrl import data
+
+    if cfg is None:
+        return data.DEFAULT_TEMPLATE
+    try:
+        return data.dataset_template(cfg.data.dataset, cfg.data.root)
+    except Exception:  # user data that is not reachable any more: CLIP's generic prompt
+        return data.DEFAULT_TEMPLATE

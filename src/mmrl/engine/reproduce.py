@@ -1,0 +1,108 @@
+"""`mmrl reproduce`: run a protocol's whole grid (or a shard of it), then write the report.
+
+Finished runs are skipped, unfinished ones resumed (train is re-run on the
+same folder), cross-dataset runs whose training finished only get their
+missing target evaluations. See `mmrl.engine.sweep` for claims and workers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from mmrl.engine import sweep
+from mmrl.engine.sweep import Cell, Outcome
+
+
+@dataclass
+class ReproduceResult:
+    cells: list[Cell]                     # the cells of this shard
+    outcomes: list[Outcome]
+    report_dir: Path | None = None
+    report_error: str | None = None
+
+    def by_status(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def ok(self) -> bool:
+        return not self.by_status("failed") and self.report_error is None
+
+
+def write_grid_spec(output: Path, cells: Sequence[Cell]) -> Path | None:
+    """Record the requested grid as `OUTPUT/<protocol>/<method>/grid-<hash>.json` (the report's "expected").
+
+    One file per distinct grid, named by its content hash, so concurrent
+    processes never rewrite each other's file; the report takes the union.
+    """
+    if not cells:
+        return None
+    spec = sweep.grid_spec(cells)
+    text = json.dumps(spec, sort_keys=True)
+    path = Path(output) / spec["protocol"] / spec["method"] / f"grid-{hashlib.sha1(text.encode()).hexdigest()[:10]}.json"
+    if not path.exists():
+        sweep.write_json_atomic(path, spec)
+    return path
+
+
+def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | str | None = None,
+              datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+              shots: Sequence[int] | None = None, backbone: str | None = None, sets: Sequence[str] = (),
+              devices: Sequence[str] | None = None, jobs: int = 1, shard: tuple[int, int] | None = None,
+              claim_timeout: float | None = 6 * 3600.0, heartbeat_s: float = 60.0,
+              run_train: Callable[[Cell], int] | None = None, run_eval: Callable[[Cell, str], int] | None = None,
+              runner_prefix: Sequence[str] | None = None, write_report: bool = True,
+              log: Callable[[str], None] = print) -> ReproduceResult:
+    """Run the grid of `protocol` for `method` under `output`, then write `output/report/`.
+
+    devices: run one cell per listed GPU at a time (each child gets
+    CUDA_VISIBLE_DEVICES); a GPU listed twice runs two cells. Without
+    devices, `jobs` CPU workers. shard: (I, N) keeps grid cells with
+    position % N == I. run_train / run_eval default to subprocesses of
+    `runner_prefix` (default `python -m mmrl`) logging to RUN_DIR/stdout.log.
+    """
+    output = Path(output)
+    grid = sweep.build_grid(protocol, method, output, datasets=datasets, seeds=seeds, shots=shots,
+                            root=root, backbone=backbone, sets=sets)
+    write_grid_spec(output, grid)
+    cells = sweep.take_shard(grid, *shard) if shard else grid
+    workers: list[str | None] = list(devices) if devices else [None] * max(1, jobs)
+    runner = sweep.SubprocessRunner(
+        runner_prefix, threads=None if devices else max(1, (os.cpu_count() or 1) // len(workers)))
+    train = run_train or runner.train
+    evaluate = run_eval or runner.evaluate
+    shard_note = f", shard {shard[0]}/{shard[1]}" if shard else ""
+    log(f"mmrl reproduce {protocol} {method}: {len(cells)} of {len(grid)} runs{shard_note}, "
+        f"{len(workers)} worker(s), output {output}")
+    if claim_timeout is not None:  # refresh held claims well within the timeout others apply
+        heartbeat_s = min(heartbeat_s, max(claim_timeout / 4, 0.05))
+    outcomes = sweep.run_cells(cells, train, evaluate, workers, claim_timeout, heartbeat_s, log,
+                               on_interrupt=runner.terminate_all)
+    result = ReproduceResult(cells, outcomes)
+    if write_report:
+        from mmrl.engine import report
+        try:
+            result.report_dir = report.write_report(output)
+        except Exception as e:  # the runs are safe on disk; say why the report failed
+            result.report_error = f"{type(e).__name__}: {e}"
+    log(summary(result))
+    return result
+
+
+def summary(result: ReproduceResult) -> str:
+    """Human-readable end-of-sweep summary (failures with their log paths)."""
+    counts = {s: len(result.by_status(s)) for s in ("done", "skipped", "elsewhere", "failed")}
+    lines = [f"summary: {counts['done']} run now, {counts['skipped']} already finished, "
+             f"{counts['elsewhere']} in progress elsewhere, {counts['failed']} failed"]
+    for o in result.by_status("elsewhere"):
+        lines.append(f"  in progress elsewhere: {o.cell.name} ({o.detail})")
+    for o in result.by_status("failed"):
+        lines.append(f"  FAILED: {o.cell.name}: {o.detail}\n          log: {o.log_path}")
+    if result.report_dir is not None:
+        lines.append(f"report: {result.report_dir / 'report.md'}")
+    if result.report_error is not None:
+        lines.append(f"report FAILED: {result.report_error}")
+    return "\n".join(lines)

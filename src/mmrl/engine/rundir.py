@@ -1,0 +1,149 @@
+"""The run directory: what a run writes, and how a finished run is loaded back.
+
+::
+
+    RUN_DIR/
+      config.yaml             fully resolved RunConfig (commented; `mmrl train --config` accepts it)
+      run.json                {"version", "method", "dataset", "protocol", "shots", "seed", "backbone",
+                               "status": running|finished|failed, "timings", "trainable_parameters", ...}
+      split.json              the exact split used (split-file format: train = the few-shot subset)
+      train.log               human-readable log (logger "mmrl")
+      metrics.jsonl           one JSON object per optimiser step
+      checkpoint.safetensors  training state after the last completed epoch (removed when finished)
+      adapter.safetensors     final adapter weights (trainable tensors only)
+      results.json            the protocol's results (e.g. base/novel/hm)
+      eval/<Dataset>-<subsample>.json           one evaluation (key "accuracy", percent)
+      eval/<Dataset>-<subsample>.predictions.jsonl  optional per-image predictions
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmrl.config import ConfigError, RunConfig, dataset_slug, dump_config, load_config
+from mmrl.engine.checkpoint import load_adapter, write_json_atomic, write_text_atomic
+
+CONFIG_FILE = "config.yaml"
+RUN_FILE = "run.json"
+SPLIT_FILE = "split.json"
+ADAPTER_FILE = "adapter.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+RESULTS_FILE = "results.json"
+EVAL_DIR = "eval"
+
+# Keys that may differ between a stored run and a re-run of it (they do not change the
+# trained weights): where the data lives, worker count, caches, device, evaluation.
+RESUME_IGNORED_PREFIXES = ("output", "data.root", "data.num_workers", "data.cache_dir", "data.skip_bad_images",
+                           "device", "eval.")
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def eval_result_path(run_dir: str | Path, dataset: str, subsample: str) -> Path:
+    """``RUN_DIR/eval/<Dataset>-<subsample>.json`` (dataset = canonical name, file-name safe)."""
+    return Path(run_dir) / EVAL_DIR / f"{dataset_slug(dataset)}-{subsample}.json"
+
+
+def read_run_info(run_dir: str | Path) -> dict | None:
+    p = Path(run_dir) / RUN_FILE
+    if not p.is_file():
+        return None
+    with open(p, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_run_info(run_dir: str | Path, info: dict) -> None:
+    write_json_atomic(info, Path(run_dir) / RUN_FILE)
+
+
+def new_run_info(cfg: RunConfig, status: str = "running", **extra: Any) -> dict:
+    from mmrl import __version__
+
+    info = {"version": __version__, "method": cfg.method.name, "dataset": cfg.data.dataset,
+            "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone,
+            "status": status, "timings": {}, "trainable_parameters": None}
+    info.update(extra)
+    return info
+
+
+def write_config(run_dir: str | Path, cfg: RunConfig) -> None:
+    from mmrl import __version__
+
+    header = (f"Resolved configuration of this run (mmrl {__version__}).\n"
+              "Rerun: mmrl train --resume RUN_DIR, or pass this file to --config.")
+    write_text_atomic(dump_config(cfg, header), Path(run_dir) / CONFIG_FILE)
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "target_beta":
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(stored: RunConfig, new: RunConfig) -> list[str]:
+    """Keys (outside RESUME_IGNORED_PREFIXES) whose values differ: ``key: old -> new``."""
+    a, b = flat(stored.to_dict()), flat(new.to_dict())
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k.startswith(RESUME_IGNORED_PREFIXES):
+            continue
+        if a.get(k) != b.get(k):
+            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
+
+
+def training_classnames(run_dir: str | Path) -> list[str] | None:
+    """Class names of the run's training split (from split.json), or None."""
+    p = Path(run_dir) / SPLIT_FILE
+    if not p.is_file():
+        return None
+    with open(p, encoding="utf-8") as f:
+        train = json.load(f).get("train", [])
+    names: dict[int, str] = {int(y): c for _, y, c in train}
+    return [names[y] for y in sorted(names)] if names else None
+
+
+def load_run(run_dir: str | Path, device: str | torch.device | None = None):
+    """Load a finished (or converted) run: ``(model, cfg)``.
+
+    The backbone named in the run's config is loaded, the method built from
+    ``cfg.method`` and the weights of ``adapter.safetensors`` loaded into it. The model is
+    in eval mode on ``device`` (None = the auto choice: CUDA when available).
+    """
+    from mmrl.engine.runtime import load_backbone_checked, resolve_device
+    from mmrl.models import MMRL
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG_FILE} "
+                                "(train one with `mmrl train` or convert one with `mmrl convert-official`)")
+    cfg = load_config(cfg_path)
+    adapter_path = run_dir / ADAPTER_FILE
+    if not adapter_path.is_file():
+        info = read_run_info(run_dir) or {}
+        raise FileNotFoundError(f"{run_dir}: no {ADAPTER_FILE} (run status: {info.get('status', 'unknown')}); "
+                                "resume the training with `mmrl train --resume RUN_DIR` first")
+    dev = torch.device(device) if isinstance(device, torch.device) else resolve_device(device or "auto")
+    backbone = load_backbone_checked(cfg.backbone, device=dev)
+    try:
+        cfg.method.validate(backbone.vision_layers, backbone.text_layers)
+    except ValueError as e:
+        raise ConfigError(f"{cfg_path}: {e}") from e
+    model = MMRL(backbone, cfg.method)
+    tensors, _ = load_adapter(adapter_path)
+    model.load_adapter_state_dict(tensors)
+    model.eval()
+    return model, cfg

@@ -1,0 +1,154 @@
+"""Devices, precision, logging and progress display shared by training and evaluation."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+import torch
+
+LOG = logging.getLogger("mmrl")
+T = TypeVar("T")
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# --------------------------------------------------------------------------- device / precision
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` checked to exist."""
+    from mmrl.config import ConfigError
+
+    spec = "auto" if spec is None else str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError as e:
+        raise ConfigError(f"device = {spec!r}: expected auto, cpu, cuda or cuda:N ({e})") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device = {spec!r}, but CUDA is not available here (use --device cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device = {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for ``bf16``/``fp16``; a no-op for ``fp32``."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+# --------------------------------------------------------------------------- logging
+class _Formatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | Path) -> Iterator[None]:
+    """Append the ``mmrl`` logger's records (INFO and up) to ``path`` while inside."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_Formatter())
+    handler.setLevel(logging.INFO)
+    old_level = LOG.level
+    if LOG.getEffectiveLevel() > logging.INFO:
+        LOG.setLevel(logging.INFO)
+    LOG.addHandler(handler)
+    try:
+        yield
+    finally:
+        LOG.removeHandler(handler)
+        handler.close()
+        LOG.setLevel(old_level)
+
+
+def setup_cli_logging(verbose: bool = False) -> None:
+    """Console output of the ``mmrl`` logger for the command line (stderr, once)."""
+    if any(getattr(h, "_mmrl_console", False) for h in LOG.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._mmrl_console = True  # type: ignore[attr-defined]
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+# --------------------------------------------------------------------------- progress
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def use_tty_progress(progress: bool | None) -> bool:
+    """None = a tqdm bar when stderr is a terminal."""
+    if progress is not None:
+        return progress
+    return sys.stderr.isatty()
+
+
+class Progress:
+    """Iterate with a tqdm bar (ETA) on a TTY, else plain log lines every ``interval`` s.
+
+    ``set(**values)`` shows running values (loss, accuracy) in the bar or the lines.
+    """
+
+    def __init__(self, iterable: Iterable[T], total: int, desc: str, tty: bool, interval: float = 30.0):
+        self.iterable, self.total, self.desc, self.interval = iterable, total, desc, interval
+        self.values: dict[str, str] = {}
+        self.bar = None
+        if tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def set(self, **values) -> None:
+        self.values = {k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in values.items()}
+        if self.bar is not None:
+            self.bar.set_postfix(self.values, refresh=False)
+
+    def __iter__(self) -> Iterator[T]:
+        start = last = time.monotonic()
+        done = 0
+        try:
+            for item in self.iterable:
+                yield item
+                done += 1
+                if self.bar is not None:
+                    self.bar.update(1)
+                    continue
+                now = time.monotonic()
+                if now - last >= self.interval and done < self.total:
+                    last = now
+                    eta = (now - start) / done * (self.total - done)
+                    extra = " ".join(f"{k} {v}" for k, v in self.values.items())
+                    LOG.info("%s: %d/%d %s (ETA %s)", self.desc, done, self.total, extra, _fmt_time(eta))
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+
+
+def load_backbone_checked(spec: str, device: torch.device | str = "cpu", pretrained: bool = True):
+    """``mmrl.models.load_backbone`` with a bad spec reported as a ConfigError (key ``backbone``)."""
+    from mmrl.config import ConfigError
+    from mmrl.models import load_backbone
+
+    try:
+        return load_backbone(spec, pretrained=pretrained, device=device)
+    except ValueError as e:
+        raise ConfigError(f"backbone = {spec!r}: {e}") from e

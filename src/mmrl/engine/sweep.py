@@ -1,0 +1,695 @@
+"""The reproduction grid, run states, claim files and parallel workers.
+
+A *cell* is one training run of the grid (one method, dataset, shot count and
+seed; for cross-dataset also the evaluations of its targets). `mmrl
+reproduce` builds the grid (`build_grid`), optionally keeps a shard of it
+(`take_shard`) and hands it to `run_cells`, which runs cells in worker threads
+(one per GPU of `--devices`, or `--jobs` CPU workers), each cell in its own
+subprocess with its own log `RUN_DIR/stdout.log`.
+
+Several processes (on one or several hosts) may work on the same output
+directory: before running a cell a worker creates the claim file
+`<RUN_DIR>.claim` (a sibling of the run folder) with O_CREAT|O_EXCL, so only
+one of them runs it. A claim of a dead process on this host is taken over; a
+claim of another host is respected until its modification time is older than
+`claim_timeout` seconds (the holder touches its claims every `heartbeat`
+seconds, so only abandoned claims age).
+
+Run folder layout: `OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>/`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+# The 11 datasets of the base-to-novel, few-shot and cross-dataset tables, in the papers' order.
+DATASETS: tuple[str, ...] = (
+    "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
+    "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101",
+)
+# Domain-generalisation targets (test-only ImageNet variants).
+VARIANTS: tuple[str, ...] = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
+ALL_DATASETS: tuple[str, ...] = DATASETS + VARIANTS
+PROTOCOLS: tuple[str, ...] = ("base2novel", "fewshot", "crossdataset")
+METHODS: tuple[str, ...] = ("mmrl", "mmrl++")
+DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
+DEFAULT_SHOTS: dict[str, tuple[int, ...]] = {
+    "base2novel": (16,), "fewshot": (1, 2, 4, 8, 16), "crossdataset": (16,),
+}
+CROSS_SOURCE = "ImageNet"
+# Cross-dataset targets (the 10 other datasets) followed by the domain-generalisation ones.
+CROSS_TARGETS: tuple[str, ...] = tuple(d for d in DATASETS if d != CROSS_SOURCE) + VARIANTS
+
+# Folder names of protocols.md and a few common short names -> canonical name.
+_ALIASES: dict[str, str] = {
+    "imagenet": "ImageNet", "caltech-101": "Caltech101", "caltech": "Caltech101",
+    "oxford_pets": "OxfordPets", "pets": "OxfordPets", "stanford_cars": "StanfordCars",
+    "cars": "StanfordCars", "oxford_flowers": "OxfordFlowers", "flowers": "OxfordFlowers",
+    "flowers102": "OxfordFlowers", "food-101": "Food101", "food": "Food101",
+    "fgvc_aircraft": "FGVCAircraft", "aircraft": "FGVCAircraft", "sun397": "SUN397", "sun": "SUN397",
+    "dtd": "DescribableTextures", "eurosat": "EuroSAT", "ucf101": "UCF101", "ucf": "UCF101",
+    "imagenetv2": "ImageNetV2", "imagenet-sketch": "ImageNetSketch", "imagenet_sketch": "ImageNetSketch",
+    "imagenet-adversarial": "ImageNetA", "imagenet-a": "ImageNetA",
+    "imagenet-rendition": "ImageNetR", "imagenet-r": "ImageNetR",
+}
+
+
+def canonical_dataset(name: str) -> str:
+    """Canonical name of a dataset given its canonical name (any case), its folder name or an alias."""
+    for canon in ALL_DATASETS:
+        if name.lower() == canon.lower():
+            return canon
+    try:
+        return _ALIASES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(ALL_DATASETS)} "
+                         f"(or a folder name such as dtd, eurosat, oxford_pets)") from None
+
+
+def run_dir_for(output: Path | str, protocol: str, method: str, dataset: str, shots: int, seed: int) -> Path:
+    """`OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>` (the layout the report reads)."""
+    return Path(output) / protocol / method / dataset / f"shots_{shots}" / f"seed_{seed}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid, with everything needed to launch it.
+
+    `targets` is empty except for cross-dataset, where it lists the datasets
+    evaluated (with `mmrl eval`) on the model trained on `dataset`.
+    `device` is filled in by the worker that runs the cell (None: inherit).
+    """
+    protocol: str
+    method: str
+    dataset: str
+    shots: int
+    seed: int
+    run_dir: Path
+    targets: tuple[str, ...] = ()
+    root: Path | None = None
+    backbone: str | None = None
+    sets: tuple[str, ...] = ()
+    device: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.protocol}/{self.method}/{self.dataset}/shots_{self.shots}/seed_{self.seed}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "stdout.log"
+
+    @property
+    def train_evals(self) -> tuple[str, ...]:
+        """Eval files (under RUN_DIR/eval/) a finished `mmrl train` leaves behind."""
+        if self.protocol == "base2novel":
+            return (f"{self.dataset}-base.json", f"{self.dataset}-new.json")
+        return (f"{self.dataset}-all.json",)
+
+    @property
+    def target_evals(self) -> tuple[str, ...]:
+        return tuple(f"{t}-all.json" for t in self.targets)
+
+
+def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequence[str] | None = None,
+               seeds: Sequence[int] | None = None, shots: Sequence[int] | None = None,
+               root: Path | str | None = None, backbone: str | None = None,
+               sets: Sequence[str] = ()) -> list[Cell]:
+    """The grid of a protocol in canonical order: dataset (papers' order), then shots, then seed.
+
+    The order does not depend on the order of the arguments, so `take_shard`
+    splits the same grid the same way on every machine. For cross-dataset,
+    `datasets` selects the targets (default: the 10 other datasets and the 4
+    ImageNet variants) and there is one cell per shot count and seed, trained
+    on ImageNet.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    seeds = sorted(set(int(s) for s in (seeds or DEFAULT_SEEDS)))
+    shot_list = sorted(set(int(k) for k in (shots or DEFAULT_SHOTS[protocol])))
+    if any(k < 1 for k in shot_list):
+        raise ValueError(f"shots must be >= 1, got {shot_list}")
+    chosen = None if not datasets else {canonical_dataset(d) for d in datasets}
+    common = dict(root=Path(root) if root is not None else None, backbone=backbone, sets=tuple(sets))
+    cells: list[Cell] = []
+    if protocol == "crossdataset":
+        targets = tuple(t for t in CROSS_TARGETS if chosen is None or t in chosen)
+        if chosen is not None and (bad := chosen - set(CROSS_TARGETS)):
+            raise ValueError(f"cross-dataset targets must be among {', '.join(CROSS_TARGETS)}; got {sorted(bad)}")
+        for k in shot_list:
+            for s in seeds:
+                cells.append(Cell(protocol, method, CROSS_SOURCE, k, s,
+                                  run_dir_for(output, protocol, method, CROSS_SOURCE, k, s), targets, **common))
+        return cells
+    if chosen is not None and (bad := chosen - set(DATASETS)):
+        raise ValueError(f"{protocol} runs on the 11 datasets {', '.join(DATASETS)}; got {sorted(bad)}")
+    for d in DATASETS:
+        if chosen is not None and d not in chosen:
+            continue
+        for k in shot_list:
+            for s in seeds:
+                cells.append(Cell(protocol, method, d, k, s, run_dir_for(output, protocol, method, d, k, s),
+                                  **common))
+    return cells
+
+
+def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """`"I/N"` (0-based I in [0, N)) -> (I, N); `"slurm"` reads a Slurm job array.
+
+    With `slurm`, I = SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN and
+    N = SLURM_ARRAY_TASK_COUNT, so both `--array=0-(N-1)` and `--array=1-N` work.
+    """
+    env = os.environ if environ is None else environ
+    if text.strip().lower() == "slurm":
+        try:
+            task = int(env["SLURM_ARRAY_TASK_ID"])
+            count = int(env["SLURM_ARRAY_TASK_COUNT"])
+            first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"--shard slurm needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT "
+                             f"in the environment (a Slurm job array): {e}") from None
+        index = task - first
+    else:
+        try:
+            i, n = text.split("/")
+            index, count = int(i), int(n)
+        except ValueError:
+            raise ValueError(f"--shard expects I/N (e.g. 0/4) or 'slurm', got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard {text!r}: need N >= 1 and 0 <= I < N (I is 0-based: "
+                         f"use --array=0-{max(count - 1, 0)} in Slurm, or --shard slurm)")
+    return index, count
+
+
+def take_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
+    """Cells whose position in the canonical grid is `index` modulo `count`."""
+    return [c for i, c in enumerate(cells) if i % count == index]
+
+
+# ----------------------------------------------------------------------------------------------
+# Run state
+# ----------------------------------------------------------------------------------------------
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when absent or unreadable (e.g. mid-write by a crashed writer)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON via a temporary file in the same folder and os.replace (readers never see half a file)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class CellState:
+    """What is left to do for a cell.
+
+    kind: "finished" (nothing), "fresh" (no run.json: train from scratch),
+    "resume" (run.json exists but the run is not finished: train again, it
+    resumes), "evals" (training finished, some cross-dataset targets not yet
+    evaluated) or "mismatch" (run.json describes another run).
+    """
+    kind: str
+    missing: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def cell_state(cell: Cell) -> CellState:
+    run = read_json(cell.run_dir / "run.json")
+    if run is None:
+        return CellState("fresh", cell.train_evals + cell.target_evals)
+    want = {"method": cell.method, "dataset": cell.dataset, "protocol": cell.protocol,
+            "shots": cell.shots, "seed": cell.seed}
+    if cell.backbone is not None:
+        want["backbone"] = cell.backbone
+    diff = {k: (run.get(k), v) for k, v in want.items() if k in run and run.get(k) != v}
+    if diff:
+        detail = "; ".join(f"{k}={have!r} in run.json, expected {exp!r}" for k, (have, exp) in diff.items())
+        return CellState("mismatch", (), f"{cell.run_dir / 'run.json'}: {detail}")
+    evals = cell.run_dir / "eval"
+    missing_train = tuple(n for n in cell.train_evals if not (evals / n).is_file())
+    missing_targets = tuple(n for n in cell.target_evals if not (evals / n).is_file())
+    if run.get("status") != "finished" or missing_train:
+        return CellState("resume", missing_train + missing_targets, f"status {run.get('status')!r}")
+    if missing_targets:
+        return CellState("evals", missing_targets)
+    return CellState("finished")
+
+
+# ----------------------------------------------------------------------------------------------
+# Claim files
+# ----------------------------------------------------------------------------------------------
+
+def claim_path(cell: Cell) -> Path:
+    """`<RUN_DIR>.claim`: beside the run folder so the run folder only holds what `mmrl train` writes."""
+    return cell.run_dir.with_name(cell.run_dir.name + ".claim")
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _proc_start(pid: int) -> str:
+    """Start time of a process (clock ticks since boot) or "" where /proc is not there; guards pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+HOST = socket.gethostname()
+BOOT_ID = _boot_id()
+
+
+def pid_alive(pid: int, proc_start: str = "") -> bool:
+    """Whether process `pid` on this host runs (and, if `proc_start` is known, is the same process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if proc_start:
+        now = _proc_start(pid)
+        if now and now != proc_start:
+            return False  # the pid was reused by another process
+    return True
+
+
+@dataclass
+class Claim:
+    """A claim this process holds."""
+    path: Path
+    token: str
+
+
+@dataclass
+class ClaimResult:
+    claim: Claim | None              # set when acquired
+    holder: dict | None = None       # the other holder's claim content when not acquired
+
+
+def _claim_is_stale(info: dict | None, mtime: float, timeout_s: float | None, now: float) -> bool:
+    if info is None:
+        # Unreadable: another process is between O_EXCL create and write, or crashed right there.
+        return now - mtime > 30.0
+    same_host = info.get("host") == HOST and info.get("boot_id", "") == BOOT_ID
+    if same_host and isinstance(info.get("pid"), int):
+        return not pid_alive(info["pid"], str(info.get("proc_start", "")))
+    return timeout_s is not None and now - mtime > timeout_s
+
+
+def _read_claim(path: Path) -> tuple[dict | None, float] | None:
+    """(content, mtime) of a claim file; None when it does not exist."""
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    return read_json(path), mtime
+
+
+def acquire_claim(path: Path, timeout_s: float | None = None) -> ClaimResult:
+    """Create the claim file `path` atomically; take it over when its holder is gone.
+
+    Returns the claim, or the current holder's content when another live
+    process holds it. Takeover of a stale claim happens under a short-lived
+    `<claim>.takeover` lock (itself O_EXCL) so two processes never both
+    remove a claim and both believe they hold it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        token = uuid.uuid4().hex
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            seen = _read_claim(path)
+            if seen is None:
+                continue  # released meanwhile: try again
+            info, mtime = seen
+            if not _claim_is_stale(info, mtime, timeout_s, time.time()):
+                return ClaimResult(None, info or {"host": "?", "pid": "?", "note": "being written"})
+            if not _take_over(path, info, mtime, timeout_s):
+                return ClaimResult(None, info or {"host": "?", "pid": "?"})
+            continue
+        content = {"host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
+                   "time": time.time(), "time_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
+        with os.fdopen(fd, "w") as f:
+            json.dump(content, f)
+            f.flush()
+            os.fsync(f.fileno())
+        return ClaimResult(Claim(path, token))
+    seen = _read_claim(path)
+    return ClaimResult(None, (seen[0] if seen else None) or {"host": "?", "pid": "?"})
+
+
+def _take_over(path: Path, judged: dict | None, judged_mtime: float, timeout_s: float | None) -> bool:
+    """Remove the stale claim `path` if it is still the one judged stale. True when removed."""
+    lock = path.with_name(path.name + ".takeover")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            if time.time() - lock.stat().st_mtime > 60.0:  # a taker died inside this short section
+                lock.unlink()
+        except FileNotFoundError:
+            pass
+        return False
+    os.close(fd)
+    try:
+        seen = _read_claim(path)
+        if seen is None:
+            return True
+        info, mtime = seen
+        same = (info or {}).get("token") == (judged or {}).get("token") and mtime == judged_mtime
+        if not same or not _claim_is_stale(info, mtime, timeout_s, time.time()):
+            return False
+        path.unlink()
+        return True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def release_claim(claim: Claim) -> None:
+    """Remove the claim file if it is still ours."""
+    info = read_json(claim.path)
+    if info is not None and info.get("token") == claim.token:
+        claim.path.unlink(missing_ok=True)
+
+
+def read_claim_holder(cell_run_dir: Path) -> dict | None:
+    """Content of the claim beside a run folder (for the report), or None."""
+    p = cell_run_dir.with_name(cell_run_dir.name + ".claim")
+    return read_json(p) if p.exists() else None
+
+
+class Heartbeat:
+    """Touches the held claims every `interval` seconds so other hosts see they are alive."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.claims: set[Path] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="claim-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self.claims.add(path)
+
+    def discard(self, path: Path) -> None:
+        with self._lock:
+            self.claims.discard(path)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                paths = list(self.claims)
+            for p in paths:
+                try:
+                    os.utime(p)
+                except OSError:
+                    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Runners
+# ----------------------------------------------------------------------------------------------
+
+class SubprocessRunner:
+    """Launches `mmrl train` / `mmrl eval` as subprocesses, output appended to RUN_DIR/stdout.log.
+
+    `prefix` is the command before the subcommand: `[python, -m, mmrl]` by
+    default, `[python, SCRIPT]` for a stand-in runner (tests). `threads`, when
+    set, becomes OMP_NUM_THREADS of the child unless the environment sets it,
+    so N CPU workers do not each start one thread per core.
+    """
+
+    def __init__(self, prefix: Sequence[str] | None = None, threads: int | None = None):
+        self.prefix = list(prefix) if prefix else [sys.executable, "-m", "mmrl"]
+        self.threads = threads
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+
+    def train_command(self, cell: Cell) -> list[str]:
+        cmd = self.prefix + ["train", "--method", cell.method, "--dataset", cell.dataset,
+                             "--protocol", cell.protocol, "--shots", str(cell.shots), "--seed", str(cell.seed),
+                             "--output", str(cell.run_dir)]
+        if cell.root is not None:
+            cmd += ["--root", str(cell.root)]
+        if cell.backbone is not None:
+            cmd += ["--backbone", cell.backbone]
+        for kv in cell.sets:
+            cmd += ["--set", kv]
+        # Re-running train on an unfinished folder resumes it anyway; `--resume` additionally makes
+        # train refuse to start from scratch. It needs the run's config.yaml, written before run.json.
+        if (cell.run_dir / "run.json").exists() and (cell.run_dir / "config.yaml").exists():
+            cmd.append("--resume")
+        return cmd
+
+    def eval_command(self, cell: Cell, target: str) -> list[str]:
+        cmd = self.prefix + ["eval", str(cell.run_dir), "--dataset", target, "--subsample", "all"]
+        if cell.root is not None:
+            cmd += ["--root", str(cell.root)]
+        return cmd
+
+    def train(self, cell: Cell) -> int:
+        return self._run(cell, self.train_command(cell))
+
+    def evaluate(self, cell: Cell, target: str) -> int:
+        return self._run(cell, self.eval_command(cell, target))
+
+    def _run(self, cell: Cell, cmd: list[str]) -> int:
+        env = dict(os.environ)
+        if cell.device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = cell.device
+        if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        cell.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(cell.log_path, "a") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} host={HOST} pid={os.getpid()} "
+                      f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}\n=== {' '.join(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+            with self._lock:
+                self._procs.add(proc)
+            try:
+                rc = proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
+            log.write(f"=== exit code {rc}\n")
+        return rc
+
+    def terminate_all(self) -> None:
+        """Stop the children this runner started (on Ctrl-C / SIGTERM of the sweep)."""
+        with self._lock:
+            procs = list(self._procs)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a list of cells
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What happened to a cell in this invocation.
+
+    status: "done" (ran now), "skipped" (already finished), "elsewhere"
+    (claimed by another live process), "failed".
+    """
+    cell: Cell
+    status: str
+    detail: str = ""
+    seconds: float = 0.0
+
+    @property
+    def log_path(self) -> Path:
+        return self.cell.log_path
+
+
+def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[Cell, str], int],
+             claim_timeout: float | None, heartbeat: Heartbeat | None = None,
+             on_start: Callable[[Cell], None] | None = None) -> Outcome:
+    """Bring one cell to "finished": skip, or claim it, train (fresh or resumed) and evaluate missing targets.
+
+    `on_start` is called once the cell is claimed and work on it begins.
+    """
+    t0 = time.time()
+    if cell_state(cell).kind == "finished":
+        return Outcome(cell, "skipped", "already finished")
+    got = acquire_claim(claim_path(cell), claim_timeout)
+    if got.claim is None:
+        h = got.holder or {}
+        return Outcome(cell, "elsewhere", f"claimed by {h.get('host', '?')} pid {h.get('pid', '?')} "
+                                          f"since {h.get('time_iso', '?')}")
+    if heartbeat is not None:
+        heartbeat.add(got.claim.path)
+    try:
+        # Re-check under the claim: another process may have finished it between our check and our claim.
+        state = cell_state(cell)
+        if state.kind == "finished":
+            return Outcome(cell, "skipped", "already finished")
+        if state.kind == "mismatch":
+            return Outcome(cell, "failed", state.detail)
+        if on_start is not None:
+            on_start(cell)
+        if state.kind in ("fresh", "resume"):
+            rc = run_train(cell)
+            if rc != 0:
+                return Outcome(cell, "failed", f"train exited with code {rc}", time.time() - t0)
+            state = cell_state(cell)
+            if state.kind not in ("finished", "evals"):
+                return Outcome(cell, "failed", f"train exited 0 but the run is not finished "
+                                               f"({state.detail}; missing {', '.join(state.missing)})",
+                               time.time() - t0)
+        errors = []
+        for target in cell.targets:
+            if (cell.run_dir / "eval" / f"{target}-all.json").is_file():
+                continue
+            rc = run_eval(cell, target)
+            if rc != 0 or not (cell.run_dir / "eval" / f"{target}-all.json").is_file():
+                errors.append(f"eval {target} exited with code {rc}" if rc else f"eval {target} wrote no file")
+        if errors:
+            return Outcome(cell, "failed", "; ".join(errors), time.time() - t0)
+        return Outcome(cell, "done", "", time.time() - t0)
+    except Exception:  # a runner bug must not stop the other workers
+        return Outcome(cell, "failed", traceback.format_exc(limit=3).strip(), time.time() - t0)
+    finally:
+        if heartbeat is not None:
+            heartbeat.discard(got.claim.path)
+        release_claim(got.claim)
+
+
+def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval: Callable[[Cell, str], int],
+              workers: Sequence[str | None] = (None,), claim_timeout: float | None = None,
+              heartbeat_s: float = 60.0, log: Callable[[str], None] = print,
+              on_interrupt: Callable[[], None] | None = None) -> list[Outcome]:
+    """Run `cells` with one thread per entry of `workers` (a CUDA_VISIBLE_DEVICES value, or None).
+
+    Each thread takes the next cell, sets its `device` and runs it (the runner
+    starts a subprocess, so the threads only wait). Outcomes are returned in
+    grid order. A failing cell does not stop the others. On Ctrl-C (or
+    SIGTERM turned into KeyboardInterrupt) no new cell starts, `on_interrupt`
+    stops the running children, the workers release their claims, and the
+    KeyboardInterrupt is re-raised.
+    """
+    todo: queue.Queue[tuple[int, Cell]] = queue.Queue()
+    for i, c in enumerate(cells):
+        todo.put((i, c))
+    outcomes: list[Outcome | None] = [None] * len(cells)
+    lock = threading.Lock()
+    total = len(cells)
+    stop = threading.Event()
+
+    def started(c: Cell) -> None:
+        where = f" on GPU {c.device}" if c.device is not None else ""
+        log(f"[{positions[c.run_dir]}/{total}] {c.name}: starting{where} (log: {c.log_path})")
+
+    positions = {c.run_dir: i + 1 for i, c in enumerate(cells)}
+
+    def worker(device: str | None) -> None:
+        while not stop.is_set():
+            try:
+                i, c = todo.get_nowait()
+            except queue.Empty:
+                return
+            c = dataclasses.replace(c, device=device)
+            out = run_cell(c, run_train, run_eval, claim_timeout, hb, on_start=started)
+            with lock:
+                outcomes[i] = out
+            if out.status == "skipped":
+                continue  # counted in the summary; one line per finished run would drown the rest
+            msg = {"done": f"done in {out.seconds:.0f} s", "elsewhere": f"in progress elsewhere ({out.detail})",
+                   "failed": f"FAILED: {out.detail} (log: {c.log_path})"}[out.status]
+            log(f"[{i + 1}/{total}] {c.name}: {msg}")
+
+    # Wait on an Event, not Thread.join: a join interrupted by Ctrl-C can mark a running thread as
+    # stopped (CPython bpo-45274 handling), and then we could no longer wait for it to clean up.
+    all_done = threading.Event()
+    running = [len(workers)]
+
+    def run_worker(device: str | None) -> None:
+        try:
+            worker(device)
+        finally:
+            with lock:
+                running[0] -= 1
+                if running[0] == 0:
+                    all_done.set()
+
+    with Heartbeat(heartbeat_s) as hb:
+        try:
+            for j, d in enumerate(workers):
+                threading.Thread(target=run_worker, args=(d,), name=f"worker-{j}", daemon=True).start()
+            while not all_done.wait(0.2):  # short waits so Ctrl-C reaches the main thread
+                pass
+        except KeyboardInterrupt:
+            stop.set()
+            if on_interrupt is not None:
+                on_interrupt()
+            all_done.wait(60.0)  # let the workers record their outcome and release their claims
+            raise
+    return [o for o in outcomes if o is not None]
+
+
+def grid_spec(cells: Iterable[Cell]) -> dict:
+    """The grid as data (written to `<protocol>/<method>/grid-*.json` so the report knows what is expected)."""
+    cells = list(cells)
+    return {
+        "protocol": cells[0].protocol if cells else None,
+        "method": cells[0].method if cells else None,
+        "datasets": sorted({c.dataset for c in cells}, key=ALL_DATASETS.index),
+        "targets": list(cells[0].targets) if cells else [],
+        "shots": sorted({c.shots for c in cells}),
+        "seeds": sorted({c.seed for c in cells}),
+    }

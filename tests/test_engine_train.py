@@ -1,0 +1,214 @@
+"""End to end through `mmrl.cli.main`: train + evaluate every method x protocol with the tiny
+CLIP, the run-directory format, eval/predict/zeroshot outputs, decoupled-inference choices."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from helpers import (make_benchmark_dataset, make_folder_dataset, read_jsonl, tiny_method_overrides,
+                     tiny_train_argv, write_tiny_clip)
+from mmrl.cli import main
+from mmrl.config import load_config
+from mmrl.engine import evaluate, load_run
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("engine_train")
+    clip = write_tiny_clip(base / "tiny_clip.pt")
+    root = base / "data"
+    make_benchmark_dataset(root, "DescribableTextures")
+    make_benchmark_dataset(root, "EuroSAT")
+    folder = make_folder_dataset(base / "pets")
+    return {"clip": clip, "root": root, "base": base, "folder": folder}
+
+
+def _train(world, name, **kw):
+    out = world["base"] / name
+    assert main(tiny_train_argv(world["clip"], world["root"], out, **kw)) == 0
+    return out
+
+
+def _json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("method", ["mmrl", "mmrl++"])
+@pytest.mark.parametrize("protocol", ["base2novel", "fewshot", "crossdataset"])
+def test_train_then_eval(world, method, protocol):
+    run = _train(world, f"{method}-{protocol}", method=method, protocol=protocol)
+    names = {p.name for p in run.iterdir()}
+    assert {"config.yaml", "run.json", "split.json", "train.log", "metrics.jsonl", "adapter.safetensors",
+            "results.json", "eval"} <= names
+    assert "checkpoint.safetensors" not in names  # removed once finished
+    info = _json(run / "run.json")
+    assert info["status"] == "finished"
+    assert (info["method"], info["dataset"], info["protocol"], info["shots"], info["seed"]) == \
+        (method, "DescribableTextures", protocol, 2, 1)
+    assert info["backbone"] == str(world["clip"]) and info["version"]
+    assert {"setup_s", "train_s", "eval_s", "total_s"} <= set(info["timings"])
+    model, cfg = load_run(run, device="cpu")
+    assert info["trainable_parameters"] == model.num_trainable_parameters() > 0
+    assert cfg == load_config(run / "config.yaml") and cfg.method.name == method
+    split = _json(run / "split.json")
+    n_classes = 2 if protocol == "base2novel" else 4
+    assert len(split["train"]) == 2 * n_classes  # 2 shots per training class
+    results = _json(run / "results.json")
+    if protocol == "base2novel":
+        base = _json(run / "eval" / "DescribableTextures-base.json")
+        novel = _json(run / "eval" / "DescribableTextures-new.json")
+        assert (base["logits"], novel["logits"]) == ("fused", "class")
+        assert results["base"] == base["accuracy"] and results["novel"] == novel["accuracy"]
+        b, n = base["accuracy"], novel["accuracy"]
+        assert results["hm"] == pytest.approx(2 * b * n / (b + n) if b + n else 0.0)
+    else:
+        res = _json(run / "eval" / "DescribableTextures-all.json")
+        assert res["logits"] == "fused" and results["accuracy"] == res["accuracy"]
+        assert res["n"] == 8 and len(res["per_class"]) == 4
+    # another dataset: class-only logits; MMRL++ cross-dataset uses that target's published beta
+    assert main(["eval", str(run), "--dataset", "eurosat", "--progress", "lines"]) == 0
+    other = _json(run / "eval" / "EuroSAT-all.json")
+    assert other["logits"] == "class" and other["n"] == 8 and 0 <= other["accuracy"] <= 100
+    if method == "mmrl++":
+        assert other["beta"] == (0.3 if protocol == "crossdataset" else cfg.method.beta)
+    else:
+        assert other["beta"] is None
+    assert model.cfg.beta == cfg.method.beta
+
+
+def test_run_dir_logs_and_metrics(world):
+    run = _train(world, "logs", protocol="fewshot", extra=["--set", "optim.epochs=3"])
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert len(rows) == 3 * 2  # 8 train images / batch 4 = 2 steps per epoch
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    for r in rows:
+        assert {"step", "epoch", "lr", "loss", "ce_class", "ce_rep", "reg_image", "reg_text", "accuracy"} <= set(r)
+        assert all(math.isfinite(r[k]) for k in ("loss", "ce_class", "ce_rep", "reg_image", "reg_text"))
+    log = (run / "train.log").read_text()
+    assert "epoch 1/3" in log and "epoch 3/3" in log and "finished" in log
+
+
+def test_eval_predictions_file(world):
+    run = _train(world, "preds", protocol="base2novel")
+    pred_file = world["base"] / "preds.jsonl"
+    assert main(["eval", str(run), "--dataset", "DescribableTextures", "--subsample", "base",
+                 "--predictions", str(pred_file), "--progress", "lines"]) == 0
+    res = _json(run / "eval" / "DescribableTextures-base.json")
+    rows = read_jsonl(pred_file)
+    split_test = {r[0] for r in _json(run / "split.json")["test"]}
+    assert len(rows) == res["n"] == len(split_test)
+    for r in rows:
+        assert {"image", "label", "prediction", "logits"} <= set(r)
+        assert r["image"] in split_test
+        assert len(r["logits"]) == 2 and r["logits_kind"] == "fused"
+        assert r["prediction"] == max(range(2), key=lambda i: r["logits"][i])
+    acc = 100.0 * sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    assert res["accuracy"] == pytest.approx(acc)
+    # same numbers as the evaluation done right after training (deterministic evaluation)
+    assert res["accuracy"] == _json(run / "results.json")["base"]
+    # forcing class logits on the base classes
+    forced = evaluate(run, "dtd", subsample="base", logits="class", output_dir=world["base"] / "forced")
+    assert forced["logits"] == "class" and (world["base"] / "forced" / "DescribableTextures-base.json").is_file()
+
+
+def test_predict_command(world, capsys):
+    run = _train(world, "predict", protocol="fewshot")
+    split = _json(run / "split.json")
+    img = world["root"] / "dtd" / "images" / split["test"][0][0]
+    capsys.readouterr()
+    assert main(["predict", str(run), str(img), "--classes", "banded,blotchy,braided,bubbly", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 1 and out[0]["logits"] == "fused"  # the run's training classes
+    probs = [t["probability"] for t in out[0]["top"]]
+    assert len(probs) == 4 and probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+    assert main(["predict", str(run), str(img), "--classes", "cat,dog", "--top-k", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["logits"] == "class" and len(out[0]["top"]) == 1
+    assert main(["predict", str(run), str(img), "--dataset", "eurosat", "--root", str(world["root"])]) == 0
+    assert "class logits" in capsys.readouterr().out
+
+
+def test_zeroshot_command(world):
+    out = world["base"] / "zs"
+    preds = world["base"] / "zs.jsonl"
+    assert main(["zeroshot", "--dataset", "dtd", "--root", str(world["root"]), "--backbone", str(world["clip"]),
+                 "--output", str(out), "--subsample", "new", "--shots", "2", "--num-workers", "0",
+                 "--predictions", str(preds), "--progress", "lines"]) == 0
+    res = _json(out / "eval" / "DescribableTextures-new.json")
+    rows = read_jsonl(preds)
+    assert res["method"] == "zeroshot" and res["n"] == len(rows) == 4 and res["n_classes"] == 2
+    assert res["accuracy"] == pytest.approx(100.0 * sum(r["prediction"] == r["label"] for r in rows) / len(rows))
+    assert _json(out / "run.json")["method"] == "zeroshot"
+
+
+def test_folder_dataset(world):
+    run = _train(world, "folder", dataset=f"folder:{world['folder']}", protocol="fewshot")
+    res = _json(run / "results.json")
+    assert 0 <= res["accuracy"] <= 100
+    assert (run / "eval" / "folder_pets-all.json").is_file()
+
+
+def test_finished_run_is_not_retrained_and_other_config_is_refused(world, capsys):
+    run = _train(world, "again", protocol="fewshot")
+    mtime = (run / "adapter.safetensors").stat().st_mtime_ns
+    assert main(tiny_train_argv(world["clip"], world["root"], run, protocol="fewshot")) == 0
+    assert (run / "adapter.safetensors").stat().st_mtime_ns == mtime
+    capsys.readouterr()
+    assert main(tiny_train_argv(world["clip"], world["root"], run, protocol="fewshot",
+                                extra=["--set", "optim.lr=0.01"])) == 2
+    err = capsys.readouterr().err
+    assert "different configuration" in err and "optim.lr" in err
+
+
+def test_default_run_dir(world, monkeypatch):
+    monkeypatch.chdir(world["base"])
+    argv = ["train", "--method", "mmrl", "--dataset", "dtd", "--protocol", "fewshot", "--root", str(world["root"]),
+            "--backbone", str(world["clip"]), "--shots", "1", "--seed", "3", "--progress", "lines"]
+    for item in tiny_method_overrides("mmrl"):
+        argv += ["--set", item]
+    assert main(argv) == 0
+    assert (world["base"] / "runs/fewshot/mmrl/DescribableTextures/shots_1/seed_3/results.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["mmrl", "mmrl++"])
+def test_training_learns(world, method):
+    # the tiny images are separable by colour: a working optimiser loop must fit them
+    run = _train(world, f"learn-{method}", method=method, shots=3,
+                 extra=["--set", "optim.epochs=8", "--set", "optim.lr=1e-2", "--set", "method.reg_weight=0"])
+    rows = read_jsonl(run / "metrics.jsonl")
+    first = [r["loss"] for r in rows if r["epoch"] == 0]
+    last = [r["loss"] for r in rows if r["epoch"] == 7]
+    assert sum(last) / len(last) < 0.5 * sum(first) / len(first)
+    assert _json(run / "results.json")["accuracy"] > 50.0  # chance is 25% (4 classes)
+
+
+def test_bf16_autocast_train_and_eval_on_cpu(world):
+    run = _train(world, "bf16", extra=["--precision", "bf16", "--set", "eval.precision=bf16"])
+    assert _json(run / "run.json")["precision"] == "bf16"
+    res = _json(run / "eval" / "DescribableTextures-all.json")
+    assert res["precision"] == "bf16" and res["n"] == 8
+
+
+def test_backbone_dependent_setting_fails_before_writing(world, capsys):
+    out = world["base"] / "too-deep"
+    argv = tiny_train_argv(world["clip"], world["root"], out, extra=["--set", "method.first_rep_block=5"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "method.first_rep_block" in err and "3 vision" in err
+    assert not out.exists()
+
+
+def test_missing_data_is_reported_and_unstarted_run_can_be_replaced(world, capsys):
+    out = world["base"] / "nodata"
+    assert main(tiny_train_argv(world["clip"], world["base"] / "no-such-root", out)) == 1
+    assert "dtd" in capsys.readouterr().err
+    assert _json(out / "run.json")["status"] == "failed"
+    # nothing was trained there, so a corrected command with another config may reuse the folder
+    assert main(tiny_train_argv(world["clip"], world["root"], out, extra=["--set", "optim.lr=2e-3"])) == 0
+    assert _json(out / "run.json")["status"] == "finished"
