@@ -4,6 +4,8 @@ Logits (decoupled inference, method.md): `auto` = fused on the classes the run w
 trained on (same dataset, training subsample), class-only on novel classes and other
 datasets; MMRL++ uses the per-target beta of the run's eval.target_beta. Results go to
 RUN_DIR/eval/<Dataset>-<subsample>.json.
+Under `torchrun --nproc_per_node N -m mmrl eval ...` the test set is sharded over the
+processes, with the same results and predictions as one process.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from mmrl.engine import distributed
     from mmrl.engine.runtime import setup_cli_logging
 
     setup_cli_logging()
@@ -42,6 +45,8 @@ def main(args: argparse.Namespace) -> int:
                        predictions=args.predictions, output_dir=args.output_dir, batch_size=args.batch_size,
                        precision=args.precision, device=args.device, num_workers=args.num_workers,
                        progress=progress_value(args))
+        if not distributed.env_info().is_main:
+            return 0  # under torchrun rank 0 reports
         if args.json:
             print(json.dumps(res, indent=2))
         else:
@@ -50,4 +55,5 @@ def main(args: argparse.Namespace) -> int:
                   f"{res['macro_accuracy']:.2f}%  n={res['n']}  ({res['logits']} logits{beta})  -> {res.get('path')}")
         return 0
 
-    return run_reporting_errors(go)
+    # under torchrun: a failing rank names itself and leaves the process group at once
+    return distributed.run_cli(lambda: run_reporting_errors(go))

@@ -4,6 +4,9 @@ Configuration layers (later wins): preset <method>-<protocol>.yaml -> per-datase
 (presets/datasets.yaml) -> --config FILE -> flags (--shots, --seed, ...) -> --set key=value.
 Re-running the same command on an unfinished run directory resumes it; `--resume RUN_DIR`
 resumes from the run's stored config.
+
+Under `torchrun --nproc_per_node N -m mmrl train ...` the run is trained data-parallel
+(DistributedDataParallel) with the same trajectory as one process; see docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ def build_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    from mmrl.engine import distributed
     from mmrl.engine.runtime import setup_cli_logging
 
     setup_cli_logging()
@@ -83,6 +87,8 @@ def main(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"--resume: {cfg.run_dir()} holds no run to resume")
         results = train(cfg, progress=progress_value(args))
+        if not distributed.env_info().is_main:
+            return 0  # under torchrun rank 0 reports
         if args.json:
             print(json.dumps(results, indent=2))
         elif "hm" in results:
@@ -92,4 +98,5 @@ def main(args: argparse.Namespace) -> int:
             print(f"{results['dataset']}: accuracy {results['accuracy']:.2f}%   ({cfg.run_dir()})")
         return 0
 
-    return run_reporting_errors(go)
+    # under torchrun: a failing rank names itself and leaves the process group at once
+    return distributed.run_cli(lambda: run_reporting_errors(go))

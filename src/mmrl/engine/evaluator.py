@@ -4,6 +4,10 @@ Decoupled inference (method.md): ``fused`` logits on the classes the model was t
 (same dataset, the training subsample or a subset of it), ``class`` logits on novel
 classes and on other datasets. An MMRL++ model evaluated on another dataset uses that
 dataset's beta from ``cfg.eval.target_beta`` (the published cross-dataset betas) when listed.
+
+Under ``torchrun`` :func:`evaluate` shards the test set over the ranks by whole evaluation
+batches and gathers the logits, so accuracy and predictions equal a single-process
+evaluation's (bit for bit: every image is computed in the same batch); only rank 0 writes.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 
 from mmrl.config import RunConfig, canonical_dataset, dataset_slug
+from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import write_json_atomic
 from mmrl.engine.rundir import eval_result_path, load_run, training_classnames
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
@@ -85,14 +90,20 @@ def eval_splits(cfg: RunConfig | None, dataset: str, root: str | Path | None, su
 @torch.no_grad()
 def run_inference(model: nn.Module, items: Sequence, classnames: list[str], template: str, kind: str, *,
                   batch_size: int = 250, precision: str = "fp32", num_workers: int = 0, skip_bad: bool = False,
-                  progress: bool | None = None, desc: str = "eval") -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                  progress: bool | None = None, desc: str = "eval", dist_info: ddp_util.DistInfo | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Logits of ``kind`` for every item: ``(logits (N, C) fp32 CPU, labels (N,), item indices)``.
 
     Items dropped as unreadable (``skip_bad``) are absent from the returned indices.
+    With ``dist_info`` of several ranks (every rank must call this), each rank computes a
+    contiguous share of the evaluation batches (the same batches as one process) and the
+    results are gathered on every rank in item order.
     """
     from torch.utils.data import DataLoader
 
     from mmrl import data
+
+    info = dist_info or ddp_util.DistInfo()
 
     device = model_device(model)
     was_training = model.training
@@ -105,10 +116,16 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
                                skip_bad=skip_bad)
         kept = {id(d): i for i, d in enumerate(items)}
         index_map = [kept[id(d)] for d in ds.items]
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            pin_memory=device.type == "cuda")
+        if info.enabled:
+            starts = range(0, len(ds), batch_size)
+            mine = [list(range(starts[b], min(starts[b] + batch_size, len(ds))))
+                    for b in ddp_util.shard_indices(len(starts), info)]
+            loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, pin_memory=device.type == "cuda")
+        else:
+            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                pin_memory=device.type == "cuda")
         out_logits, out_labels, out_idx = [], [], []
-        it = Progress(loader, total=len(loader), desc=desc, tty=use_tty_progress(progress))
+        it = Progress(loader, total=len(loader), desc=desc, tty=use_tty_progress(progress) and info.is_main)
         for images, labels, idx in it:
             images = images.to(device, non_blocking=True)
             with autocast(device, precision):
@@ -121,9 +138,15 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
         model.train(was_training)
         if hasattr(model, "clip"):
             model.clip.eval()
-    if not out_logits:
-        return torch.zeros(0, len(classnames)), torch.zeros(0, dtype=torch.long), []
-    return torch.cat(out_logits), torch.cat(out_labels), out_idx
+    if out_logits:
+        result = torch.cat(out_logits), torch.cat(out_labels), out_idx
+    else:
+        result = torch.zeros(0, len(classnames)), torch.zeros(0, dtype=torch.long), []
+    if info.enabled:  # shards are contiguous runs of batches in rank order: concatenation = item order
+        parts = ddp_util.all_gather_objects(result, info)
+        result = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                  [i for p in parts for i in p[2]])
+    return result
 
 
 def summarize(logits: torch.Tensor, labels: torch.Tensor, classnames: list[str]) -> dict[str, Any]:
@@ -164,7 +187,8 @@ def write_predictions(path: str | Path, items: Sequence, idx: list[int], logits:
 
 def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsample: str, kind: str, *,
                     splits, batch_size: int, precision: str, num_workers: int, skip_bad: bool,
-                    predictions: str | Path | None, progress: bool | None) -> dict[str, Any]:
+                    predictions: str | Path | None, progress: bool | None,
+                    dist_info: ddp_util.DistInfo | None = None) -> dict[str, Any]:
     beta = eval_beta(model, cfg, dataset)
     old_beta = model.cfg.beta if beta is not None else None
     t0 = time.time()
@@ -174,7 +198,7 @@ def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsa
         logits, labels, idx = run_inference(
             model, splits.test, splits.classnames, splits.template, kind, batch_size=batch_size,
             precision=precision, num_workers=num_workers, skip_bad=skip_bad, progress=progress,
-            desc=f"eval {splits.name}-{subsample}")
+            desc=f"eval {splits.name}-{subsample}", dist_info=dist_info)
     finally:
         if old_beta is not None:
             model.cfg.beta = old_beta
@@ -182,7 +206,8 @@ def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsa
            "logits": kind, "beta": beta, "template": splits.template, "precision": precision,
            "time_s": round(time.time() - t0, 3)}
     if predictions is not None:
-        write_predictions(predictions, splits.test, idx, logits, labels, splits.classnames, kind)
+        if dist_info is None or dist_info.is_main:
+            write_predictions(predictions, splits.test, idx, logits, labels, splits.classnames, kind)
         res["predictions"] = str(predictions)
     return res
 
@@ -214,6 +239,10 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
 
     An in-memory model keeps the evaluated class set afterwards (``set_classes``); its
     ``cfg.beta`` is restored.
+
+    Under ``torchrun`` (or with an initialised process group, for an in-memory model)
+    every rank must call this: the test set is sharded over the ranks, every rank returns
+    the same results, and only rank 0 writes files.
     """
     if subsample not in ("all", "base", "new"):
         raise ValueError(f"subsample={subsample!r}; expected all, base or new")
@@ -223,9 +252,14 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
     run_dir = None
     if isinstance(run_dir_or_model, (str, Path)):
         run_dir = Path(run_dir_or_model)
-        model, cfg = load_run(run_dir, device=device)
+        dinfo = ddp_util.init_distributed(device or "auto")  # single process: a no-op
+        if dinfo.enabled:  # this rank's GPU
+            device = ddp_util.local_device(resolve_device(device or "auto"), dinfo)
+        with ddp_util.local_rank0_first(dinfo):
+            model, cfg = load_run(run_dir, device=device)
     else:
         model = run_dir_or_model
+        dinfo = ddp_util.current()
     if root is None and cfg is not None:
         root = cfg.data.root
     kind = choose_logits(cfg, dataset, subsample, logits)
@@ -235,7 +269,8 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
         batch_size=batch_size or (cfg.eval.batch_size if cfg else 250),
         precision=precision or (cfg.eval.precision if cfg else "fp32"),
         num_workers=num_workers if num_workers is not None else (cfg.data.num_workers if cfg else 0),
-        skip_bad=bool(cfg.data.skip_bad_images) if cfg else False, predictions=predictions, progress=progress)
+        skip_bad=bool(cfg.data.skip_bad_images) if cfg else False, predictions=predictions, progress=progress,
+        dist_info=dinfo)
     if cfg is not None:
         res.update({"method": cfg.method.name, "protocol": cfg.protocol, "trained_on": cfg.data.dataset,
                     "trained_subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,
@@ -251,7 +286,8 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
     if run_dir is not None:
         res["run"] = str(run_dir)
     if out is not None:
-        write_json_atomic(res, out)
+        if dinfo.is_main:
+            write_json_atomic(res, out)
         res["path"] = str(out)
     LOG.info("%s %s (%s logits%s): accuracy %.2f%% (n=%d)", splits.name, subsample, kind,
              f", beta {res['beta']}" if res.get("beta") is not None else "", res["accuracy"], res["n"])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 
-from mmrl.engine.distributed import global_batches
+import torch
+
+from mmrl.engine.distributed import global_batches, rank_slice
 
 
 def lr_at_epoch(epoch: int, optim) -> float:
@@ -30,25 +32,43 @@ def lr_at_epoch(epoch: int, optim) -> float:
     return float(o.lr * (1.0 + math.cos(math.pi * (epoch - W) / E)) / 2.0)
 
 
-def epoch_batches(seed: int, epoch: int, n: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                  drop_last: bool = True) -> list[list[int]]:
-    """This process's batches of one epoch, as lists of dataset indices.
+def rank_batches(seed: int, epoch: int, n: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = True) -> list[tuple[list[int], torch.Tensor, int]]:
+    """This process's share of every global batch of one epoch.
 
     The order is ONE permutation of ``range(n)`` seeded from (seed, epoch)
     (:func:`mmrl.engine.distributed.global_batches`), cut into global batches of
     ``batch_size``. Like Dassl's training loader, the last incomplete global batch is
-    dropped when there is at least one full batch (``drop_last``). With ``world_size > 1``
-    each rank takes its contiguous slice of every global batch (``torch.tensor_split``), so
-    the union over ranks is the single-process batch.
+    dropped when there is at least one full batch (``drop_last``). Each rank takes its
+    contiguous slice of every global batch (:func:`mmrl.engine.distributed.rank_slice`).
+
+    Returns one ``(indices, weights (b,), global batch size)`` per global batch: the dataset
+    indices this rank loads, 1 for a real sample and 0 for the padding sample of a rank
+    that got no sample, and the denominator of the batch mean. Every rank gets the same
+    number of batches, so data-parallel ranks step together.
     """
     if n <= 0:
         return []
     batches = global_batches(n, batch_size, seed, epoch)
     if drop_last and n >= batch_size and len(batches[-1]) < batch_size:
         batches = batches[:-1]
-    if world_size > 1:
-        batches = [b.tensor_split(world_size)[rank] for b in batches]
-    return [b.tolist() for b in batches]
+    out = []
+    for b in batches:
+        idx, w = rank_slice(b, rank, world_size)
+        out.append((idx.tolist(), w, len(b)))
+    return out
+
+
+def epoch_batches(seed: int, epoch: int, n: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                  drop_last: bool = True) -> list[list[int]]:
+    """This process's batches of one epoch, as lists of dataset indices (see :func:`rank_batches`).
+
+    With ``world_size = 1`` these are the global batches; with ``world_size > 1`` each
+    rank's slice of them, so the union over ranks is the single-process batch (a rank
+    without a sample in a short batch gets the padding sample that :func:`rank_batches`
+    marks with weight 0).
+    """
+    return [idx for idx, _, _ in rank_batches(seed, epoch, n, batch_size, rank, world_size, drop_last)]
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:

@@ -7,9 +7,18 @@ seeded from (seed, epoch, index) (:class:`mmrl.data.ImageDataset`); the learning
 function of the epoch (:func:`mmrl.engine.schedule.lr_at_epoch`). A checkpoint written
 atomically after every epoch therefore lets a crashed (or ``kill -9``-ed) run continue to
 bit-identical weights on the CPU.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same trajectory is computed data-parallel with
+``DistributedDataParallel``: every rank takes its slice of each global batch
+(:func:`mmrl.engine.schedule.rank_batches`), the loss is given the global batch size, the
+world size and per-sample weights so that DDP's gradient average is the single-process
+gradient, the step metrics are summed over ranks, and the final evaluation is sharded over
+the ranks (:mod:`mmrl.engine.distributed`). Only rank 0 writes the run directory and
+logs; the decision to start, resume or return a finished run is rank 0's, broadcast.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -21,12 +30,13 @@ from typing import Any, Callable
 import torch
 
 from mmrl.config import ConfigError, RunConfig, canonical_dataset, load_config, validate
+from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import (load_checkpoint, save_adapter, save_checkpoint, set_rng_state,
                                     write_json_atomic)
 from mmrl.engine.runtime import (Progress, autocast, load_backbone_checked, log_to_file, resolve_device,
                                  resolve_precision, use_tty_progress)
-from mmrl.engine.schedule import epoch_batches, lr_at_epoch
+from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches
 
 LOG = logging.getLogger("mmrl")
 
@@ -65,24 +75,61 @@ def _truncate_metrics(path: Path, keep_before_epoch: int) -> None:
     tmp.replace(path)
 
 
-def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device,
-               precision: str, step: int, where: str, **loss_kw):
-    """One optimiser step on one batch; returns the LossOutput.
-
-    ``loss_kw`` goes to ``model.loss`` (data parallelism passes the global ``batch_size``,
-    per-sample ``weights`` and ``world_size`` there). Raises NonFiniteLossError BEFORE any
-    parameter changes if the loss is not finite.
-    """
-    with autocast(device, precision):
-        out = model.loss(images, labels, **loss_kw)
+def optimizer_step(out, optimizer, scaler, *, step: int, where: str, loss: torch.Tensor | None = None) -> None:
+    """Backpropagate ``out.total`` and step. Raises NonFiniteLossError BEFORE any parameter
+    changes if ``loss`` (default ``out.total``; the loss summed over ranks under data
+    parallelism, so that all ranks stop together) is not finite."""
     total = out.total.float()
-    if not torch.isfinite(total):
-        raise NonFiniteLossError(f"non-finite training loss ({total.item()}) at step {step} ({where})")
+    seen = total if loss is None else loss
+    if not torch.isfinite(seen):
+        raise NonFiniteLossError(f"non-finite training loss ({seen.item()}) at step {step} ({where})")
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     scaler.step(optimizer)
     scaler.update()
+
+
+def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device,
+               precision: str, step: int, where: str, **loss_kw):
+    """One optimiser step on one batch; returns the LossOutput.
+
+    ``loss_kw`` goes to ``model.loss``. Raises NonFiniteLossError BEFORE any parameter
+    changes if the loss is not finite. (Data parallelism calls the DDP wrapper's forward
+    and :func:`optimizer_step` itself, see :func:`_ddp_train_step`.)
+    """
+    with autocast(device, precision):
+        out = model.loss(images, labels, **loss_kw)
+    optimizer_step(out, optimizer, scaler, step=step, where=where)
     return out
+
+
+def _ddp_train_step(ddp, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                    global_batch: int, *, info: ddp_util.DistInfo, device: torch.device, precision: str,
+                    step: int, where: str):
+    """One data-parallel step on this rank's slice of a global batch.
+
+    The forward goes through the DDP wrapper (its reducer averages the gradients over
+    ranks in backward); ``MMRL.loss`` gets the global batch size, the world size and the
+    per-sample weights, so the averaged gradient is the single-process gradient of the
+    global batch. Returns ``(LossOutput, metrics)`` where metrics (float64, CPU) are the
+    GLOBAL batch's ``[loss, ce_class, ce_rep, reg_image, reg_text, accuracy]``: the
+    per-sample terms summed over ranks, ``loss = sum_ranks sample_part + lambda reg_text``,
+    accuracy = summed correct / summed real samples. The sum is one collective before the
+    backward pass, so a non-finite loss on any rank stops every rank at the same step.
+    """
+    with autocast(device, precision):
+        out = ddp(images, labels, batch_size=global_batch, weights=weights, world_size=info.world_size)
+    with torch.no_grad():
+        real = weights > 0
+        correct = ((out.logits.fused.argmax(-1) == labels) & real).sum()
+        part = torch.stack([out.sample_part.float(), out.ce_class.float(), out.ce_rep.float(),
+                            out.reg_image.float(), correct.float(), real.sum().float()]).double()
+        part = ddp_util.all_reduce_sum(part, info).cpu()
+    reg_text = out.reg_text.detach().double().cpu()  # the same on every rank (same text parameters)
+    loss = part[0] + ddp.module.cfg.reg_weight * reg_text
+    optimizer_step(out, optimizer, scaler, step=step, where=where, loss=loss)
+    metrics = torch.stack([loss, part[1], part[2], part[3], reg_text, part[4] / part[5].clamp(min=1)])
+    return out, metrics
 
 
 def _prepare_run_dir(cfg: RunConfig, run_dir: Path) -> dict | None:
@@ -118,11 +165,16 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
     to paths/device/eval settings): a finished run returns its stored results, an
     unfinished one resumes from its last checkpoint. A different config there is an error.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this and trains its share of
+    each global batch (see the module docstring); every rank returns the same results, only
+    rank 0 writes. The process group is joined here if needed and left to the caller.
+
     Args:
         cfg: the resolved configuration (see :func:`mmrl.config.resolve_config`).
         progress: tqdm bars (True), plain periodic log lines (False) or auto (None: bars on a TTY).
         on_epoch_end: called after each epoch's checkpoint with
-            ``{"epoch", "step", "lr", "loss", "accuracy", "run_dir"}`` (``epoch`` = epochs done).
+            ``{"epoch", "step", "lr", "loss", "accuracy", "run_dir"}`` (``epoch`` = epochs done);
+            under torchrun on rank 0 only.
     Returns:
         ``{"protocol", "method", "dataset", ..., "accuracy"}`` or, for base-to-novel,
         ``{"base", "novel", "hm"}``; also written to ``RUN_DIR/results.json``.
@@ -138,41 +190,54 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
                           "or 'new', not 'all'")
     run_dir = cfg.run_dir()
     cfg.output = str(run_dir)
-    done = _prepare_run_dir(cfg, run_dir)
+    dinfo = ddp_util.init_distributed(cfg.device)  # single process: a no-op
+    is_main = dinfo.is_main
+    # rank 0 owns the run directory: its decision (fresh / resume / finished) holds for all ranks
+    done = ddp_util.on_main(lambda: _prepare_run_dir(cfg, run_dir), dinfo)
     if done is not None:
         LOG.info("%s: already finished; results: %s", run_dir, _results_line(done))
         return done
     # settings that need the backbone are checked before anything is written
-    device = resolve_device(cfg.device)
+    device = ddp_util.local_device(resolve_device(cfg.device), dinfo)
     precision = resolve_precision(cfg.precision, device)
-    backbone = load_backbone_checked(cfg.backbone, device=device)
+    with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
+        backbone = load_backbone_checked(cfg.backbone, device=device)
     try:
         cfg.method.validate(backbone.vision_layers, backbone.text_layers)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rd.write_config(run_dir, cfg)
-    old = rd.read_run_info(run_dir) or {}
-    info = rd.new_run_info(cfg, status="running", started=old.get("started") or rd.now_iso(),
-                           attempts=int(old.get("attempts", 0)) + 1)
-    info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
-    rd.write_run_info(run_dir, info)
-    t_start = time.time()
-    with log_to_file(run_dir / rd.LOG_FILE):
-        try:
-            results = _train_and_evaluate(cfg, run_dir, info, backbone, device, precision, progress, on_epoch_end)
-        except BaseException as e:
-            info.update(status="failed", error=f"{type(e).__name__}: {e}", failed=rd.now_iso())
-            rd.write_run_info(run_dir, info)
-            LOG.error("run failed: %s: %s", type(e).__name__, e)
-            raise
-        info.update(status="finished", finished=rd.now_iso())
-        info["timings"]["total_s"] = round(time.time() - t_start, 3)  # this attempt's wall time
-        info.pop("error", None)
+    info: dict[str, Any] = {"timings": {}}
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rd.write_config(run_dir, cfg)
+        old = rd.read_run_info(run_dir) or {}
+        info = rd.new_run_info(cfg, status="running", started=old.get("started") or rd.now_iso(),
+                               attempts=int(old.get("attempts", 0)) + 1)
+        if dinfo.enabled:
+            info["world_size"] = dinfo.world_size
+        info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
         rd.write_run_info(run_dir, info)
-        ckpt = run_dir / rd.CHECKPOINT_FILE
-        if ckpt.is_file():
-            ckpt.unlink()  # adapter.safetensors holds the final weights
+    t_start = time.time()
+    with (log_to_file(run_dir / rd.LOG_FILE) if is_main else contextlib.nullcontext()):
+        try:
+            results = _train_and_evaluate(cfg, run_dir, info, backbone, device, precision, progress, on_epoch_end,
+                                          dinfo)
+        except BaseException as e:
+            error = ddp_util.describe_error(e) if dinfo.enabled else f"{type(e).__name__}: {e}"
+            if is_main:
+                info.update(status="failed", error=error, failed=rd.now_iso())
+                rd.write_run_info(run_dir, info)
+            where = f" on rank {dinfo.rank} of {dinfo.world_size}" if dinfo.enabled else ""
+            LOG.error("run failed%s: %s", where, error)
+            raise
+        if is_main:
+            info.update(status="finished", finished=rd.now_iso())
+            info["timings"]["total_s"] = round(time.time() - t_start, 3)  # this attempt's wall time
+            info.pop("error", None)
+            rd.write_run_info(run_dir, info)
+            ckpt = run_dir / rd.CHECKPOINT_FILE
+            if ckpt.is_file():
+                ckpt.unlink()  # adapter.safetensors holds the final weights
         LOG.info("finished %s: %s", run_dir, _results_line(results))
     return results
 
@@ -184,8 +249,8 @@ def _results_line(r: dict) -> str:
 
 
 def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, device: torch.device, precision: str,
-                        progress: bool | None, on_epoch_end: Callable[[dict[str, Any]], None] | None
-                        ) -> dict[str, Any]:
+                        progress: bool | None, on_epoch_end: Callable[[dict[str, Any]], None] | None,
+                        dinfo: ddp_util.DistInfo = ddp_util.DistInfo()) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from mmrl import data
@@ -193,9 +258,12 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     from mmrl.models import MMRL
 
     t_setup = time.time()
+    is_main, W = dinfo.is_main, dinfo.world_size
     LOG.info("run %s: %s, %s, %s, %d shots, seed %d, backbone %s, device %s, precision %s", run_dir,
              cfg.method.name, cfg.protocol, cfg.data.dataset, cfg.data.shots, cfg.seed, cfg.backbone, device,
              precision)
+    if dinfo.enabled:
+        LOG.info("data parallel: %d processes (torchrun), global batch %d", W, cfg.optim.batch_size)
     data.set_random_seed(cfg.seed)
     splits = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
                                  subsample=cfg.data.subsample, split_file=cfg.data.split_file,
@@ -203,14 +271,16 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     if splits.test_only or not splits.train:
         raise data.DataError(f"{splits.name} has no training images (test-only dataset?); train on a dataset "
                              "with a train split")
-    data.write_split_file(splits, run_dir / rd.SPLIT_FILE)
+    if is_main:
+        data.write_split_file(splits, run_dir / rd.SPLIT_FILE)
     LOG.info("%s", splits.summary())
 
-    torch.manual_seed(cfg.seed)  # model init depends on the seed only
+    torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
     model = MMRL(backbone, dataclasses.replace(cfg.method))
     info["trainable_parameters"] = model.num_trainable_parameters()
     info["device"], info["precision"] = str(device), precision
-    rd.write_run_info(run_dir, info)
+    if is_main:
+        rd.write_run_info(run_dir, info)
     model.set_classes(splits.classnames, splits.template)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr_at_epoch(0, cfg.optim), betas=cfg.optim.betas,
@@ -220,7 +290,10 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     ckpt_path = run_dir / rd.CHECKPOINT_FILE
     metrics_path = run_dir / rd.METRICS_FILE
     start_epoch = step = 0
-    if ckpt_path.is_file():
+    # rank 0 decides; every rank then reads the same checkpoint (the run directory must be
+    # visible to all nodes to resume a multi-node run)
+    resume = ddp_util.broadcast_object(ckpt_path.is_file() if is_main else None, dinfo)
+    if resume:
         ck = load_checkpoint(ckpt_path)
         model.load_adapter_state_dict(ck.adapter)
         optimizer.load_state_dict(ck.optimizer)
@@ -229,8 +302,9 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
         set_rng_state(ck.rng_tensors, ck.rng_json)
         start_epoch, step = ck.epoch, ck.step
         LOG.info("resuming from %s: %d of %d epochs done (step %d)", ckpt_path, start_epoch, cfg.optim.epochs, step)
-        _truncate_metrics(metrics_path, start_epoch)
-    elif metrics_path.exists():
+        if is_main:
+            _truncate_metrics(metrics_path, start_epoch)
+    elif is_main and metrics_path.exists():
         metrics_path.unlink()
 
     train_ds = data.ImageDataset(splits.train, data.build_transform(True, backbone.image_size), seed=cfg.seed,
@@ -238,19 +312,31 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     n = len(train_ds)
     if n == 0:
         raise data.DataError(f"{splits.name}: no readable training images")
+    if dinfo.enabled:
+        counts = ddp_util.all_gather_objects(n, dinfo)
+        if len(set(counts)) > 1:
+            raise data.DataError(f"{splits.name}: the ranks read different numbers of training images {counts} "
+                                 "(every node must see the same data under data.root)")
+        # DDP broadcasts rank 0's parameters (identical anyway: same seed, same checkpoint) and
+        # averages gradients; optimizer, checkpoints and the adapter file use `model` itself
+        ddp = ddp_util.wrap_ddp(model, device)
     E, bs = cfg.optim.epochs, cfg.optim.batch_size
-    tty = use_tty_progress(progress)
+    tty = use_tty_progress(progress) and is_main
     timings = info.setdefault("timings", {})
     timings["setup_s"] = round(time.time() - t_setup, 3)
     train_s = float(timings.get("train_s", 0.0))
-    with open(metrics_path, "a", encoding="utf-8") as metrics:
+    with (open(metrics_path, "a", encoding="utf-8") if is_main else contextlib.nullcontext()) as metrics:
         for epoch in range(start_epoch, E):
             t_epoch = time.time()
             lr = lr_at_epoch(epoch, cfg.optim)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             train_ds.set_epoch(epoch)
-            batches = epoch_batches(cfg.seed, epoch, n, bs)
+            if dinfo.enabled:
+                plan = rank_batches(cfg.seed, epoch, n, bs, dinfo.rank, W)  # this rank's slice of each global batch
+                batches = [idx for idx, _, _ in plan]
+            else:
+                batches = epoch_batches(cfg.seed, epoch, n, bs)
             loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.data.num_workers,
                                 pin_memory=device.type == "cuda")
             model.train()
@@ -261,46 +347,59 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 where = f"epoch {epoch + 1}/{E}, batch {b + 1}/{len(batches)}"
+                ddp_util.failure_hook(dinfo.rank, step + 1)  # testing aid, inactive unless MMRL_TEST_FAIL_RANK is set
                 try:
-                    out = train_step(model, optimizer, scaler, images, labels, device=device, precision=precision,
-                                     step=step + 1, where=where)
+                    if dinfo.enabled:
+                        _, weights, global_batch = plan[b]
+                        out, vals = _ddp_train_step(ddp, optimizer, scaler, images, labels, weights.to(device),
+                                                    global_batch, info=dinfo, device=device, precision=precision,
+                                                    step=step + 1, where=where)
+                    else:
+                        out = train_step(model, optimizer, scaler, images, labels, device=device,
+                                         precision=precision, step=step + 1, where=where)
                 except NonFiniteLossError as e:
                     kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {ckpt_path}"
                             if ckpt_path.is_file() else "no checkpoint was written yet")
                     raise NonFiniteLossError(f"{e}; training stopped, {kept}. Try a lower optim.lr or "
                                              "precision fp32/bf16") from None
                 step += 1
-                with torch.no_grad():
-                    acc = (out.logits.fused.argmax(-1) == labels).float().mean()
-                    vals = torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
-                                        out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
+                if not dinfo.enabled:
+                    with torch.no_grad():
+                        acc = (out.logits.fused.argmax(-1) == labels).float().mean()
+                        vals = torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
+                                            out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
                 sums += vals
                 v = vals.tolist()
-                metrics.write(json.dumps({"step": step, "epoch": epoch, "batch": b, "lr": lr, "loss": v[0],
-                                          "ce_class": v[1], "ce_rep": v[2], "reg_image": v[3], "reg_text": v[4],
-                                          "accuracy": 100.0 * v[5]}) + "\n")
-                metrics.flush()
+                if is_main:
+                    metrics.write(json.dumps({"step": step, "epoch": epoch, "batch": b, "lr": lr, "loss": v[0],
+                                              "ce_class": v[1], "ce_rep": v[2], "reg_image": v[3],
+                                              "reg_text": v[4], "accuracy": 100.0 * v[5]}) + "\n")
+                    metrics.flush()
                 bar.set(loss=v[0], acc=100.0 * v[5])
             nb = max(len(batches), 1)
             mean = (sums / nb).tolist()
-            save_checkpoint(ckpt_path, epoch=epoch + 1, step=step, model=model, optimizer=optimizer, scaler=scaler)
+            if is_main:
+                save_checkpoint(ckpt_path, epoch=epoch + 1, step=step, model=model, optimizer=optimizer,
+                                scaler=scaler)
             dt = time.time() - t_epoch
             train_s += dt
             timings["train_s"] = round(train_s, 3)
             info["epochs_done"] = epoch + 1
-            rd.write_run_info(run_dir, info)
+            if is_main:
+                rd.write_run_info(run_dir, info)
             LOG.info("epoch %d/%d: lr %.3g, loss %.4f (ce_class %.4f, ce_rep %.4f, reg_image %.4f, reg_text %.4f),"
                      " train acc %.2f%%, %.1fs", epoch + 1, E, lr, *mean[:5], 100.0 * mean[5], dt)
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and is_main:
                 on_epoch_end({"epoch": epoch + 1, "step": step, "lr": lr, "loss": mean[0],
                               "accuracy": 100.0 * mean[5], "run_dir": str(run_dir)})
 
-    save_adapter(model.adapter_state_dict(), run_dir / rd.ADAPTER_FILE,
-                 metadata={"method": model.settings(), "backbone": cfg.backbone, "dataset": cfg.data.dataset,
-                           "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed})
+    if is_main:
+        save_adapter(model.adapter_state_dict(), run_dir / rd.ADAPTER_FILE,
+                     metadata={"method": model.settings(), "backbone": cfg.backbone, "dataset": cfg.data.dataset,
+                               "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed})
 
     t_eval = time.time()
-    model.eval()
+    model.eval()  # under torchrun the evaluations below are sharded over the ranks (same results everywhere)
     eval_kw = dict(cfg=cfg, output_dir=run_dir / rd.EVAL_DIR, progress=progress)
     results: dict[str, Any] = {"protocol": cfg.protocol, "method": cfg.method.name, "dataset": cfg.data.dataset,
                                "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone}
@@ -316,8 +415,9 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     else:
         results["accuracy"] = main["accuracy"]
     timings["eval_s"] = round(time.time() - t_eval, 3)
-    write_json_atomic(results, run_dir / rd.RESULTS_FILE)
+    if is_main:
+        write_json_atomic(results, run_dir / rd.RESULTS_FILE)
     return results
 
 
-__all__ = ["train", "train_step", "NonFiniteLossError", "harmonic_mean"]
+__all__ = ["train", "train_step", "optimizer_step", "NonFiniteLossError", "harmonic_mean"]
