@@ -212,3 +212,18 @@ def test_missing_data_is_reported_and_unstarted_run_can_be_replaced(world, capsy
     # nothing was trained there, so a corrected command with another config may reuse the folder
     assert main(tiny_train_argv(world["clip"], world["root"], out, extra=["--set", "optim.lr=2e-3"])) == 0
     assert _json(out / "run.json")["status"] == "finished"
+
+
+def test_template_and_split_file_flags(world, tmp_path):
+    """--template reaches the prompts of training and evaluation; eval --split-file evaluates the
+    test list of an exported split file."""
+    run = _train(world, "template-run", protocol="base2novel", extra=["--template", "a blurry photo of {}."])
+    assert load_config(run / "config.yaml").data.template == "a blurry photo of {}."
+    assert _json(run / "eval" / "DescribableTextures-base.json")["template"] == "a blurry photo of {}."
+    split = tmp_path / "split.json"
+    assert main(["data", "split", "--dataset", "dtd", "--root", str(world["root"]), "--shots", "2", "--seed", "1",
+                 "--subsample", "new", "--out", str(split)]) == 0
+    assert main(["eval", str(run), "--dataset", "dtd", "--root", str(world["root"]), "--split-file", str(split),
+                 "--template", "{} texture.", "--subsample", "new"]) == 0
+    res = _json(run / "eval" / "DescribableTextures-new.json")
+    assert res["template"] == "{} texture." and res["n"] == len(_json(split)["test"])

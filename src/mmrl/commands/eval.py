@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset name or alias, or folder:PATH")
     p.add_argument("--root", help="data root (default: the run's data.root)")
     p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes to evaluate")
+    p.add_argument("--split-file", help="evaluate on the test list of this split file (e.g. from mmrl data split)")
+    p.add_argument("--template", help="prompt template with one {} (default: the run's / the dataset's)")
     p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
                    help="logits that decide: auto = the protocol's choice")
     p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
@@ -44,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
         res = evaluate(args.run_dir, args.dataset, args.root, args.subsample, logits=args.logits,
                        predictions=args.predictions, output_dir=args.output_dir, batch_size=args.batch_size,
                        precision=args.precision, device=args.device, num_workers=args.num_workers,
-                       progress=progress_value(args))
+                       split_file=args.split_file, template=args.template, progress=progress_value(args))
         if not distributed.env_info().is_main:
             return 0  # under torchrun rank 0 reports
         if args.json:

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. optim.lr=2e-3 or method.reg_weight=0.5 (repeatable)")
     p.add_argument("--split-file", help="split file (split-file format) used verbatim instead of the dataset's")
+    p.add_argument("--template", help="prompt template with one {} (data.template; default: the dataset's, "
+                                      "'a photo of a {}.' for your own folders)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="training precision")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
@@ -41,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _flags(args: argparse.Namespace) -> dict:
     return {"data.root": args.root, "data.shots": args.shots, "seed": args.seed, "backbone": args.backbone,
-            "output": args.output, "data.split_file": args.split_file, "device": args.device,
+            "output": args.output, "data.split_file": args.split_file, "data.template": args.template,
+            "device": args.device,
             "precision": args.precision}
 
 

@@ -167,6 +167,11 @@ def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequ
     return cells
 
 
+_TORCHRUN_VARS = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                            "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                            "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS"})
+
+
 def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     """`"I/N"` (0-based I in [0, N)) -> (I, N); `"slurm"` reads a Slurm job array.
 
@@ -502,7 +507,8 @@ class SubprocessRunner:
         return self._run(cell, self.eval_command(cell, target))
 
     def _run(self, cell: Cell, cmd: list[str]) -> int:
-        env = dict(os.environ)
+        # each run is its own single-process job: never inherit a surrounding torchrun's group
+        env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARS}
         if cell.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = cell.device
         if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:

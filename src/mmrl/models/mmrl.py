@@ -100,11 +100,29 @@ def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None, is_cau
 
 def _qkv(blk: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(B, N, D) normed tokens -> q, k, v each (B, heads, N, D / heads)."""
+    return _project(blk, h, 0, 3).unbind(0)  # unbind: one gradient buffer, not three zero-filled
+
+
+def _project(blk: nn.Module, h: Tensor, first: int, count: int) -> Tensor:
+    """``count`` of the q/k/v projections (0 = q, 1 = k, 2 = v) starting at ``first``:
+    (B, N, D) normed tokens -> (count, B, heads, N, D / heads)."""
     attn = blk.attn
     B, N, D = h.shape
-    qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
-    qkv = qkv.view(B, N, 3, attn.num_heads, D // attn.num_heads).permute(2, 0, 3, 1, 4)
-    return qkv[0], qkv[1], qkv[2]
+    rows = slice(first * D, (first + count) * D)
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[rows]
+    out = F.linear(h, attn.in_proj_weight[rows], bias)
+    return out.view(B, N, count, attn.num_heads, D // attn.num_heads).permute(2, 0, 3, 1, 4)
+
+
+def _run_block_rows(blk: nn.Module, x: Tensor, n_out: int) -> Tensor:
+    """A block whose output is read only at the first ``n_out`` tokens (the last block:
+    CLS and the slots). Keys and values come from all N tokens; queries, out_proj and the
+    MLP run for the first ``n_out`` tokens alone -- exact, since everything after the
+    attention is per token. (B, N, D) -> (B, n_out, D)."""
+    h = blk.ln_1(x)
+    q = _project(blk, h[:, :n_out], 0, 1)[0]
+    k, v = _project(blk, h, 1, 2).unbind(0)
+    return _finish_block(blk, x[:, :n_out], F.scaled_dot_product_attention(q, k, v))
 
 
 def _finish_block(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
@@ -113,6 +131,30 @@ def _finish_block(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
     o = blk.attn.out_proj(o.transpose(1, 2).reshape(B, N, H * hd))
     x = x + blk.ls_1(o)
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+# Rows (token positions x classes) a text bucket must save to pay for its own pass: on the
+# CPU a pass costs about as much as a few rows; on a GPU rows are cheap and launches are not.
+_BUCKET_COST_ROWS = {"cpu": 16, "default": 1024}
+
+
+def _length_buckets(lengths: list[int], max_buckets: int = 4, cost_per_bucket: int = 16) -> list[tuple[int, int, int]]:
+    """Cut ascending ``lengths`` into at most ``max_buckets`` runs minimising
+    ``sum(run size * longest in run) + cost_per_bucket * runs`` (the token rows the text
+    tower computes, padding included). Returns (start, end, longest) per run."""
+    cuts = [0] + [i + 1 for i in range(len(lengths)) if i + 1 == len(lengths) or lengths[i + 1] != lengths[i]]
+
+    def cost(a: int, b: int) -> int:  # one run from cut a to cut b
+        return (cuts[b] - cuts[a]) * lengths[cuts[b] - 1] + cost_per_bucket
+
+    # best[j] = (cost, runs) of covering lengths[:cuts[j]]; relaxed once per allowed run
+    best: list[tuple[float, list[int]]] = [(0, [0])] + [(math.inf, [])] * (len(cuts) - 1)
+    answer = (math.inf, [])
+    for _ in range(max_buckets):
+        best = [(math.inf, [])] + [min(((best[a][0] + cost(a, b), best[a][1] + [b]) for a in range(b)),
+                                       key=lambda t: t[0]) for b in range(1, len(cuts))]
+        answer = min(answer, best[-1], key=lambda t: t[0])
+    return [(cuts[a], cuts[b], lengths[cuts[b] - 1]) for a, b in zip(answer[1], answer[1][1:])]
 
 
 def run_block_reference(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -306,8 +348,9 @@ class MMRL(nn.Module):
 
         Caches (non-persistent buffers): ``text_tokens`` (C, ctx), ``eot`` (C,) EOT positions,
         ``text_hidden_J`` (C, T, d_t) the hidden states entering block J cut after the
-        longest EOT (T = max EOT + 1), and ``text_teacher`` (C, d_e) frozen CLIP's text
-        features (the regulariser's t_zs).
+        longest EOT (T = max EOT + 1), ``text_teacher`` (C, d_e) frozen CLIP's text
+        features (the regulariser's t_zs), and for the fast path ``text_order`` (C,) the
+        classes sorted by EOT, cut into ``_text_buckets`` (start, end, longest EOT) runs.
         """
         if not classnames:
             raise ValueError("set_classes: empty class list")
@@ -329,6 +372,11 @@ class MMRL(nn.Module):
         self.register_buffer("eot", eot, persistent=False)
         self.register_buffer("text_hidden_J", h, persistent=False)
         self.register_buffer("text_teacher", teacher, persistent=False)
+        # fast path: classes of similar prompt length share a pass cut after their own longest EOT
+        order = torch.argsort(eot, stable=True)
+        per_bucket = _BUCKET_COST_ROWS.get(device.type, _BUCKET_COST_ROWS["default"])
+        self._text_buckets = _length_buckets(eot[order].tolist(), cost_per_bucket=per_bucket)
+        self.register_buffer("text_order", order, persistent=False)
 
     def _text_stem(self, tokens: Tensor) -> Tensor:
         """(C, T) ids -> (C, T, d_t) token + positional embeddings."""
@@ -348,31 +396,51 @@ class MMRL(nn.Module):
 
     def _encode_text_fast(self) -> Tensor:
         # The prefix [SOT, R_1..R_K] sees only itself under the causal mask, so it is the same
-        # for every class: run it once (batch 1) and let each class's words attend to its
-        # keys/values. Words/EOT of class c: positions 1..T-1 of the cached states.
-        K, J0 = self.K, self.J0
-        h = self.text_hidden_J
-        C, T, _ = h.shape
-        rep = self.rep_tokens
+        # for every class: run it once (batch 1) and keep its keys/values of each block.
+        K = self.K
+        blocks = self.clip.transformer.resblocks[self.J0:]
+        last = len(blocks) - 1
+        h, rep = self.text_hidden_J, self.rep_tokens
         prefix = torch.cat([h[:1, :1], self.text_aligner.map(0, rep).unsqueeze(0).to(h.dtype)], dim=1)
-        words = h[:, 1:]                                       # (C, T-1, d_t)
-        n_w = T - 1
-        # words attend to the whole prefix and causally to themselves
-        mask = torch.ones(n_w, 1 + K + n_w, dtype=torch.bool, device=h.device)
-        mask[:, 1 + K:] = torch.ones(n_w, n_w, dtype=torch.bool, device=h.device).tril_()
-        for i, blk in enumerate(self.clip.transformer.resblocks[J0:]):
+        prefix_kv = []
+        for i, blk in enumerate(blocks):
             if i > 0:
                 new = self.text_aligner.map(i, rep).unsqueeze(0).to(prefix.dtype)
                 prefix = torch.cat([prefix[:, :1], self.refresh_slots(prefix[:, 1:], new)], dim=1)
-            qp, kp, vp = _qkv(blk, blk.ln_1(prefix))
-            qw, kw, vw = _qkv(blk, blk.ln_1(words))
-            o_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)
-            k = torch.cat([kp.expand(C, -1, -1, -1), kw], dim=2)
-            v = torch.cat([vp.expand(C, -1, -1, -1), vw], dim=2)
-            o_w = F.scaled_dot_product_attention(qw, k, v, attn_mask=mask)
-            prefix = _finish_block(blk, prefix, o_p)
-            words = _finish_block(blk, words, o_w)
-        return self._text_head(words, self.eot - 1)
+            q, k, v = _qkv(blk, blk.ln_1(prefix))
+            prefix_kv.append((k, v))
+            if i < last:  # the prefix's output after the last block is never read
+                prefix = _finish_block(blk, prefix, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+        # Words and EOT of class c are positions 1..EOT_c of its cached states. Each bucket of
+        # classes is cut after its own longest EOT (exact: causal mask); its words attend to
+        # the whole prefix and causally to themselves. Only the EOT token's output is read, so
+        # the last block runs for that token alone (keys/values still from every word).
+        outs = []
+        for start, end, n_w in self._text_buckets:
+            idx = self.text_order[start:end]
+            words = h[idx, 1:1 + n_w]                                        # (n, n_w, d_t)
+            n = words.shape[0]
+            at_eot = (torch.arange(n, device=h.device), self.eot[idx] - 1)   # EOT's row in words
+            mask = torch.ones(n_w, 1 + K + n_w, dtype=torch.bool, device=h.device)
+            mask[:, 1 + K:].tril_()
+            for i, blk in enumerate(blocks):
+                hw = blk.ln_1(words)
+                if i < last:
+                    q, k, v = _qkv(blk, hw)
+                    m = mask
+                else:
+                    q = _project(blk, hw[at_eot].unsqueeze(1), 0, 1)[0]      # (n, heads, 1, hd)
+                    k, v = _project(blk, hw, 1, 2).unbind(0)
+                    m = mask[at_eot[1]][:, None, None]                       # (n, 1, 1, 1 + K + n_w)
+                    words = words[at_eot].unsqueeze(1)
+                kp, vp = prefix_kv[i]
+                k = torch.cat([kp.expand(n, -1, -1, -1), k], dim=2)
+                v = torch.cat([vp.expand(n, -1, -1, -1), v], dim=2)
+                words = _finish_block(blk, words, F.scaled_dot_product_attention(q, k, v, attn_mask=m))
+            outs.append(words[:, 0])
+        x = torch.cat(outs)[self.text_order.argsort()]                      # back to class order
+        return self.clip.ln_final(x) @ self.clip.text_projection
 
     def _encode_text_reference(self) -> Tensor:
         # The direct way: full context (77) through blocks 1..J-1, insert the tokens after SOT,
@@ -443,12 +511,24 @@ class MMRL(nn.Module):
             for blk in blocks[: self.J0]:
                 x = run_block(blk, x)
             f_t = None
-            if teacher:
+            if teacher:  # only the teacher's CLS is read: its last block runs for CLS alone
                 t = x
-                for blk in blocks[self.J0:]:
+                for blk in blocks[self.J0:-1]:
                     t = run_block(blk, t)
+                t = _run_block_rows(blocks[-1], t, 1)
                 f_t = self.clip.visual.ln_post(t[:, 0]) @ self.clip.visual.proj
-        f_c, f_r = self._vision_heads(self._vision_adapted(x, run_block))
+        # Blocks J..L as in _vision_adapted, but: slots refreshed with slice_scatter (its
+        # backward is one masked copy instead of zero-filled buffers for each slice of a
+        # cat), and the last block runs for the tokens the heads read, CLS and the K slots.
+        K, B, rep = self.K, x.shape[0], self.rep_tokens
+        x = torch.cat([x[:, :1], self.vision_aligner.map(0, rep).to(x.dtype).expand(B, -1, -1), x[:, 1:]], dim=1)
+        adapted = blocks[self.J0:]
+        for i, blk in enumerate(adapted):
+            if i > 0:
+                new = self.vision_aligner.map(i, rep).to(x.dtype).expand(B, -1, -1)
+                x = x.slice_scatter(self.refresh_slots(x[:, 1:1 + K], new), dim=1, start=1, end=1 + K)
+            x = run_block(blk, x) if i < len(adapted) - 1 else _run_block_rows(blk, x, 1 + K)
+        f_c, f_r = self._vision_heads(x)
         return ImageFeatures(f_c, f_r, f_t)
 
     # ---------------------------------------------------------------- logits and loss
