@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="pretrain the tiny CLIP contrastively on generated image-caption pairs (CPU)")
     p.add_argument("--out", help="safetensors file to write, metrics beside it as .json "
                                  "(default: the checkpoint inside the package)")
-    for flag, kind, text in (("--seed", int, "seed (0)"), ("--steps", int, "training steps (2000)"),
+    for flag, kind, text in (("--seed", int, "seed (0)"), ("--steps", int, "training steps (1500)"),
                              ("--batch-size", int, "batch size (256)"), ("--lr", float, "peak learning rate (2e-3)"),
                              ("--warmup-steps", int, "linear warm-up steps (100)"),
                              ("--threads", int, "CPU threads, fixed so that a seed repeats exactly (2)"),
