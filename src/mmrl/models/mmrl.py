@@ -106,12 +106,17 @@ def _qkv(blk: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def _project(blk: nn.Module, h: Tensor, first: int, count: int) -> Tensor:
     """``count`` of the q/k/v projections (0 = q, 1 = k, 2 = v) starting at ``first``:
     (B, N, D) normed tokens -> (count, B, heads, N, D / heads)."""
-    attn = blk.attn
     B, N, D = h.shape
+    out = _in_proj(blk, h, first, count)
+    return out.view(B, N, count, blk.attn.num_heads, D // blk.attn.num_heads).permute(2, 0, 3, 1, 4)
+
+
+def _in_proj(blk: nn.Module, h: Tensor, first: int = 0, count: int = 3) -> Tensor:
+    """Normed tokens (..., D) -> ``count`` of q, k, v side by side (..., count * D)."""
+    D = h.shape[-1]
     rows = slice(first * D, (first + count) * D)
-    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[rows]
-    out = F.linear(h, attn.in_proj_weight[rows], bias)
-    return out.view(B, N, count, attn.num_heads, D // attn.num_heads).permute(2, 0, 3, 1, 4)
+    bias = blk.attn.in_proj_bias
+    return F.linear(h, blk.attn.in_proj_weight[rows], None if bias is None else bias[rows])
 
 
 def _run_block_rows(blk: nn.Module, x: Tensor, n_out: int) -> Tensor:
@@ -128,33 +133,13 @@ def _run_block_rows(blk: nn.Module, x: Tensor, n_out: int) -> Tensor:
 def _finish_block(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
     """Attention output (B, heads, N, hd) -> residual + out_proj, then the MLP half."""
     B, H, N, hd = o.shape
-    o = blk.attn.out_proj(o.transpose(1, 2).reshape(B, N, H * hd))
-    x = x + blk.ls_1(o)
+    return _finish_tokens(blk, x, o.transpose(1, 2).reshape(B, N, H * hd))
+
+
+def _finish_tokens(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
+    """Tokens x (..., D) and their attention output with heads merged (..., D) -> block output."""
+    x = x + blk.ls_1(blk.attn.out_proj(o))
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-
-
-# Rows (token positions x classes) a text bucket must save to pay for its own pass: on the
-# CPU a pass costs about as much as a few rows; on a GPU rows are cheap and launches are not.
-_BUCKET_COST_ROWS = {"cpu": 16, "default": 1024}
-
-
-def _length_buckets(lengths: list[int], max_buckets: int = 4, cost_per_bucket: int = 16) -> list[tuple[int, int, int]]:
-    """Cut ascending ``lengths`` into at most ``max_buckets`` runs minimising
-    ``sum(run size * longest in run) + cost_per_bucket * runs`` (the token rows the text
-    tower computes, padding included). Returns (start, end, longest) per run."""
-    cuts = [0] + [i + 1 for i in range(len(lengths)) if i + 1 == len(lengths) or lengths[i + 1] != lengths[i]]
-
-    def cost(a: int, b: int) -> int:  # one run from cut a to cut b
-        return (cuts[b] - cuts[a]) * lengths[cuts[b] - 1] + cost_per_bucket
-
-    # best[j] = (cost, runs) of covering lengths[:cuts[j]]; relaxed once per allowed run
-    best: list[tuple[float, list[int]]] = [(0, [0])] + [(math.inf, [])] * (len(cuts) - 1)
-    answer = (math.inf, [])
-    for _ in range(max_buckets):
-        best = [(math.inf, [])] + [min(((best[a][0] + cost(a, b), best[a][1] + [b]) for a in range(b)),
-                                       key=lambda t: t[0]) for b in range(1, len(cuts))]
-        answer = min(answer, best[-1], key=lambda t: t[0])
-    return [(cuts[a], cuts[b], lengths[cuts[b] - 1]) for a, b in zip(answer[1], answer[1][1:])]
 
 
 def run_block_reference(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -349,8 +334,11 @@ class MMRL(nn.Module):
         Caches (non-persistent buffers): ``text_tokens`` (C, ctx), ``eot`` (C,) EOT positions,
         ``text_hidden_J`` (C, T, d_t) the hidden states entering block J cut after the
         longest EOT (T = max EOT + 1), ``text_teacher`` (C, d_e) frozen CLIP's text
-        features (the regulariser's t_zs), and for the fast path ``text_order`` (C,) the
-        classes sorted by EOT, cut into ``_text_buckets`` (start, end, longest EOT) runs.
+        features (the regulariser's t_zs). For the fast path, the words and EOT of every
+        prompt (positions 1..EOT) packed without padding: ``text_words`` (W, d_t) their states
+        entering block J, ``text_word_index`` (W,) the row of each in a padded (C * (T - 1))
+        layout, ``text_eot_row`` (C,) each EOT's packed row and ``text_word_mask``
+        (T - 1, 1 + K + T - 1) the keys [prefix, words] each word position may attend to.
         """
         if not classnames:
             raise ValueError("set_classes: empty class list")
@@ -372,11 +360,15 @@ class MMRL(nn.Module):
         self.register_buffer("eot", eot, persistent=False)
         self.register_buffer("text_hidden_J", h, persistent=False)
         self.register_buffer("text_teacher", teacher, persistent=False)
-        # fast path: classes of similar prompt length share a pass cut after their own longest EOT
-        order = torch.argsort(eot, stable=True)
-        per_bucket = _BUCKET_COST_ROWS.get(device.type, _BUCKET_COST_ROWS["default"])
-        self._text_buckets = _length_buckets(eot[order].tolist(), cost_per_bucket=per_bucket)
-        self.register_buffer("text_order", order, persistent=False)
+        # fast path: the words of all prompts packed (no padding), see _encode_text_fast
+        n_w = T - 1
+        is_word = torch.arange(1, T, device=device) <= eot[:, None]    # (C, T - 1): positions 1..EOT
+        mask = torch.ones(n_w, 1 + self.K + n_w, dtype=torch.bool, device=device)
+        mask[:, 1 + self.K:].tril_()                                    # prefix: all; words: causal
+        self.register_buffer("text_words", h[:, 1:][is_word], persistent=False)
+        self.register_buffer("text_word_index", is_word.flatten().nonzero().squeeze(1), persistent=False)
+        self.register_buffer("text_eot_row", eot.cumsum(0) - 1, persistent=False)
+        self.register_buffer("text_word_mask", mask, persistent=False)
 
     def _text_stem(self, tokens: Tensor) -> Tensor:
         """(C, T) ids -> (C, T, d_t) token + positional embeddings."""
@@ -395,52 +387,55 @@ class MMRL(nn.Module):
         return self._encode_text_reference() if reference else self._encode_text_fast()
 
     def _encode_text_fast(self) -> Tensor:
-        # The prefix [SOT, R_1..R_K] sees only itself under the causal mask, so it is the same
-        # for every class: run it once (batch 1) and keep its keys/values of each block.
-        K = self.K
         blocks = self.clip.transformer.resblocks[self.J0:]
         last = len(blocks) - 1
+        H, D = blocks[0].attn.num_heads, self.text_words.shape[-1]
         h, rep = self.text_hidden_J, self.rep_tokens
+
+        def heads(x: Tensor) -> Tensor:  # (B, N, D) -> (B, heads, N, D / heads)
+            return x.unflatten(-1, (H, -1)).transpose(1, 2)
+
+        # The prefix [SOT, R_1..R_K] sees only itself under the causal mask, so it is the same
+        # for every class: run it once (batch 1) and keep its q/k/v of each block.
         prefix = torch.cat([h[:1, :1], self.text_aligner.map(0, rep).unsqueeze(0).to(h.dtype)], dim=1)
-        prefix_kv = []
+        prefix_qkv = []                                                      # (1, 1 + K, 3D) per block
         for i, blk in enumerate(blocks):
             if i > 0:
                 new = self.text_aligner.map(i, rep).unsqueeze(0).to(prefix.dtype)
                 prefix = torch.cat([prefix[:, :1], self.refresh_slots(prefix[:, 1:], new)], dim=1)
-            q, k, v = _qkv(blk, blk.ln_1(prefix))
-            prefix_kv.append((k, v))
+            prefix_qkv.append(_in_proj(blk, blk.ln_1(prefix)))
             if i < last:  # the prefix's output after the last block is never read
+                q, k, v = (heads(t) for t in prefix_qkv[i].chunk(3, dim=-1))
                 prefix = _finish_block(blk, prefix, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
-        # Words and EOT of class c are positions 1..EOT_c of its cached states. Each bucket of
-        # classes is cut after its own longest EOT (exact: causal mask); its words attend to
-        # the whole prefix and causally to themselves. Only the EOT token's output is read, so
-        # the last block runs for that token alone (keys/values still from every word).
-        outs = []
-        for start, end, n_w in self._text_buckets:
-            idx = self.text_order[start:end]
-            words = h[idx, 1:1 + n_w]                                        # (n, n_w, d_t)
-            n = words.shape[0]
-            at_eot = (torch.arange(n, device=h.device), self.eot[idx] - 1)   # EOT's row in words
-            mask = torch.ones(n_w, 1 + K + n_w, dtype=torch.bool, device=h.device)
-            mask[:, 1 + K:].tril_()
-            for i, blk in enumerate(blocks):
-                hw = blk.ln_1(words)
-                if i < last:
-                    q, k, v = _qkv(blk, hw)
-                    m = mask
-                else:
-                    q = _project(blk, hw[at_eot].unsqueeze(1), 0, 1)[0]      # (n, heads, 1, hd)
-                    k, v = _project(blk, hw, 1, 2).unbind(0)
-                    m = mask[at_eot[1]][:, None, None]                       # (n, 1, 1, 1 + K + n_w)
-                    words = words[at_eot].unsqueeze(1)
-                kp, vp = prefix_kv[i]
-                k = torch.cat([kp.expand(n, -1, -1, -1), k], dim=2)
-                v = torch.cat([vp.expand(n, -1, -1, -1), v], dim=2)
-                words = _finish_block(blk, words, F.scaled_dot_product_attention(q, k, v, attn_mask=m))
-            outs.append(words[:, 0])
-        x = torch.cat(outs)[self.text_order.argsort()]                      # back to class order
-        return self.clip.ln_final(x) @ self.clip.text_projection
+        # Words and EOT of all classes, packed (W rows, no padding): all but attention is per
+        # token and runs on the packed rows. For attention, q/k/v go to a padded (C, T - 1)
+        # layout whose padding lies after each EOT, where the causal mask hides it from every
+        # real token; keys/values are [prefix, words]. Only the EOT outputs are read, so the
+        # last block runs its query, out_proj and MLP for the EOT tokens alone.
+        words, index, mask = self.text_words, self.text_word_index, self.text_word_mask
+        C, n_w = self.eot.shape[0], mask.shape[0]
+
+        def padded(rows: Tensor) -> Tensor:  # packed (W, m) -> (C, T - 1, m), zeros after EOT
+            return rows.new_zeros(C * n_w, rows.shape[-1]).index_copy(0, index, rows).view(C, n_w, -1)
+
+        for i, blk in enumerate(blocks):
+            hw = blk.ln_1(words)
+            if i < last:
+                q, k, v = padded(_in_proj(blk, hw)).chunk(3, dim=-1)
+                m = mask
+            else:
+                k, v = padded(_in_proj(blk, hw, 1, 2)).chunk(2, dim=-1)
+                q = _in_proj(blk, hw[self.text_eot_row], 0, 1).unsqueeze(1)     # (C, 1, D)
+                m = mask[self.eot - 1][:, None, None]                           # (C, 1, 1, 1 + K + T - 1)
+                words = words[self.text_eot_row]
+            _, pk, pv = prefix_qkv[i].chunk(3, dim=-1)
+            k = torch.cat([pk.expand(C, -1, -1), k], dim=1)
+            v = torch.cat([pv.expand(C, -1, -1), v], dim=1)
+            o = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=m)
+            o = o.transpose(1, 2).flatten(2)                                     # (C, T - 1 or 1, D)
+            words = _finish_tokens(blk, words, o.reshape(C * n_w, D)[index] if i < last else o[:, 0])
+        return self.clip.ln_final(words) @ self.clip.text_projection
 
     def _encode_text_reference(self) -> Tensor:
         # The direct way: full context (77) through blocks 1..J-1, insert the tokens after SOT,

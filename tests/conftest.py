@@ -1,0 +1,10 @@
+"""Test-session settings."""
+import os
+import sys
+from pathlib import Path
+
+# OpenMP threads that spin while waiting slow CPU tests down many times over when another
+# process shares the cores; must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# tests import their shared helpers (tests/helpers.py, tests/fixtures_data.py) by module name
+sys.path.insert(0, str(Path(__file__).resolve().parent))
