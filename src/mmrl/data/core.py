@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from mmrl.fileio import write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
+
 LOG = logging.getLogger("mmrl.data")
 
 # lower-case suffixes of the files we treat as images when listing folders
@@ -200,28 +202,6 @@ def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
 def path_key(path: Path) -> str:
     """Short stable key of an absolute path, used to name cache entries."""
     return hashlib.sha1(str(Path(path).absolute()).encode()).hexdigest()[:12]
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write `text` to `path` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_json_atomic(obj: object, path: str | Path, *, indent: int | None = 4) -> None:
-    write_text_atomic(json.dumps(obj, indent=indent) + "\n", path)
 
 
 def read_json(path: Path | str, what: str = "JSON file") -> object:

@@ -29,36 +29,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from mmrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
+
 CHECKPOINT_FORMAT = "mmrl-checkpoint-1"
 ADAPTER_FORMAT = "mmrl-adapter-1"
-
-
-def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_text_atomic(text: str, path: str | Path) -> None:
-    write_bytes_atomic(text.encode("utf-8"), path)
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
 def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
