@@ -17,9 +17,11 @@ from mmrl.toyworld.demo import DemoConfig, format_table, run_demo
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("demo")
-    return run_demo(DemoConfig(out=out, seed=1), progress=False)
+    threads = torch.get_num_threads()
+    result = run_demo(DemoConfig(out=out, seed=1, threads=2), progress=False)
+    assert torch.get_num_threads() == threads  # the process-wide setting is given back
+    return result
 
 
 def _avg(demo, method):

@@ -85,11 +85,19 @@ def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
     """Run the whole demo; returns {"rows": [...], "average": {...}, "seconds": ...}."""
     import torch
 
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run_demo(cfg, progress)
+    finally:  # the thread count is process-wide: give the caller back its own
+        torch.set_num_threads(threads_before)
+
+
+def _run_demo(cfg: DemoConfig, progress: str | bool | None) -> dict:
     from mmrl.config import resolve_config
     from mmrl.engine import evaluate, train, zeroshot
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     t0 = time.time()
     folders = ensure_tasks(cfg)
     rows = []
