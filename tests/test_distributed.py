@@ -252,3 +252,27 @@ def test_resume_under_torchrun_after_a_crash(world, runs, crashed):
     assert [(r["step"], r["loss"]) for r in a] == [(r["step"], r["loss"]) for r in b]
     ra, rb = _json(runs["ddp"] / "results.json"), _json(out / "results.json")
     assert {k: ra[k] for k in ("base", "novel", "hm")} == {k: rb[k] for k in ("base", "novel", "hm")}
+
+
+# --------------------------------------------------------------------------- backend override
+def test_backend_override_is_checked_before_joining(monkeypatch):
+    from mmrl.config import ConfigError
+    from mmrl.engine.distributed import init_distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("MMRL_DIST_BACKEND", "mpi")
+    with pytest.raises(ConfigError, match="MMRL_DIST_BACKEND='mpi': expected nccl or gloo"):
+        init_distributed("cpu")
+
+
+def test_backend_override_lets_ranks_share_gpus(monkeypatch):
+    from mmrl.engine.distributed import local_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    info = DistInfo(rank=1, world_size=2, local_rank=1)
+    assert local_device(torch.device("cuda"), info) == torch.device("cuda", 1)  # default: one GPU per rank
+    monkeypatch.setenv("MMRL_DIST_BACKEND", "gloo")
+    assert local_device(torch.device("cuda"), info) == torch.device("cuda", 0)  # round-robin over 1 GPU
+    assert local_device(torch.device("cpu"), info) == torch.device("cpu")

@@ -15,6 +15,11 @@ gathered logits are bit-identical to a single-process evaluation.
 
 Single process (no ``WORLD_SIZE`` > 1 in the environment) everything here is a no-op.
 
+``MMRL_DIST_BACKEND=nccl|gloo`` overrides the backend (default: NCCL when the device is CUDA,
+else gloo). With it set, local ranks are placed on the GPUs round-robin (``cuda:LOCAL_RANK %
+count``), so several processes can share one GPU: gloo on CUDA tensors allows that (NCCL
+refuses two ranks on one device); useful to test data parallelism on a one-GPU machine.
+
 Testing aid: ``MMRL_TEST_FAIL_RANK=R`` (and optionally ``MMRL_TEST_FAIL_STEP=S``, default
 1) makes rank R raise a RuntimeError just before optimiser step S of ``mmrl train``
 (:func:`failure_hook`), to check that a failing rank stops the whole job.
@@ -83,28 +88,39 @@ def init_distributed(device: str | torch.device | None = "auto") -> DistInfo:
     if dist.is_initialized():
         return current()
     spec = "auto" if device is None else str(device)
-    use_nccl = torch.cuda.is_available() and (spec == "auto" or spec.startswith("cuda"))
-    if use_nccl:
-        if env.local_rank >= torch.cuda.device_count():
+    on_cuda = torch.cuda.is_available() and (spec == "auto" or spec.startswith("cuda"))
+    forced = os.environ.get("MMRL_DIST_BACKEND", "")
+    if forced not in ("", "nccl", "gloo"):
+        raise ConfigError(f"MMRL_DIST_BACKEND={forced!r}: expected nccl or gloo")
+    backend = forced or ("nccl" if on_cuda else "gloo")
+    if on_cuda:
+        if not forced and env.local_rank >= torch.cuda.device_count():
             raise ConfigError(f"LOCAL_RANK {env.local_rank}, but only {torch.cuda.device_count()} CUDA device(s) "
                               "here: start at most one process per GPU (torchrun --nproc_per_node)")
-        torch.cuda.set_device(env.local_rank)
+        torch.cuda.set_device(_gpu_index(env.local_rank))
     timeout_s = os.environ.get("MMRL_DIST_TIMEOUT_S", "1800")
     try:
         timeout = timedelta(seconds=float(timeout_s))
     except ValueError:
         raise ConfigError(f"MMRL_DIST_TIMEOUT_S={timeout_s!r}: expected a number of seconds") from None
-    dist.init_process_group("nccl" if use_nccl else "gloo", timeout=timeout)
+    dist.init_process_group(backend, timeout=timeout)
     info = current()
     if not info.is_main:
         LOG.setLevel(logging.WARNING)  # progress and results come from rank 0 only
     return info
 
 
+def _gpu_index(local_rank: int) -> int:
+    """This process's GPU: its local rank, round-robin when ``MMRL_DIST_BACKEND`` lets ranks share GPUs."""
+    if os.environ.get("MMRL_DIST_BACKEND"):
+        return local_rank % max(torch.cuda.device_count(), 1)
+    return local_rank
+
+
 def local_device(device: torch.device, info: DistInfo) -> torch.device:
     """Under torchrun a CUDA device means this process's GPU, ``cuda:LOCAL_RANK``."""
     if info.enabled and device.type == "cuda":
-        return torch.device("cuda", info.local_rank)
+        return torch.device("cuda", _gpu_index(info.local_rank))
     return device
 
 
