@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrl.engine import report, sweep
+from mmrl import report
+from mmrl.engine import sweep
 from mmrl.engine.sweep import DATASETS
 
 # Values are written with many digits and compared after the same float arithmetic in another
@@ -113,7 +114,7 @@ def test_base2novel_finished(full_b2n):
     assert float(r["published_hm"]) == 81.20
     runs = list(csv.DictReader(io.StringIO((out / "runs.csv").read_text())))
     assert len(runs) == 11 * 3 * 2
-    png = out / "base2novel_mmrl.png"
+    png = out / "base2novel.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
@@ -161,7 +162,7 @@ def test_base2novel_partial(tmp_path):
     rows = list(csv.DictReader(io.StringIO((out_dir / "base2novel.csv").read_text())))
     euro = next(r for r in rows if r["dataset"] == "EuroSAT")
     assert euro["seeds_done"] == "0" and euro["base_mean"] == ""
-    assert (out_dir / "base2novel_mmrl.png").stat().st_size > 5000
+    assert (out_dir / "base2novel.png").stat().st_size > 5000
 
 
 def test_fewshot_with_grid_file_and_zeroshot(tmp_path):

@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "class probabilities for image files with a trained run"),
     "convert-official": ("convert_official", "turn the authors' released checkpoint into a run directory"),
     "reproduce": ("reproduce", "run a protocol's whole grid (parallel, sharded, resumable), then report"),
-    "report": ("report", "tables and plots of a (partial) sweep folder, with the published numbers"),
+    "report": ("report", "tables and figures (Markdown, HTML, CSV) of every run under a folder, beside the "
+                         "published numbers"),
 }
 
 

@@ -32,8 +32,8 @@ from typing import Any, Iterable, Optional, Union
 import yaml
 
 from mmrl.models.mmrl import METHODS, MethodConfig
+from mmrl.vocab import PROTOCOLS, dataset_slug
 
-PROTOCOLS = ("base2novel", "fewshot", "crossdataset")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 SUBSAMPLES = ("all", "base", "new")
@@ -108,14 +108,6 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d["optim"]["betas"] = list(self.optim.betas)
         return d
-
-
-def dataset_slug(name: str) -> str:
-    """A file-name-safe form of a dataset name (``folder:/a/b`` -> ``folder_b``-like)."""
-    if ":" in name:
-        prefix, _, rest = name.partition(":")
-        name = f"{prefix}_{Path(rest.rstrip('/')).name or rest}"
-    return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "dataset"
 
 
 # One line per key: the README's config table and the comments of dumped config files.

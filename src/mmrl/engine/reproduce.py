@@ -83,9 +83,9 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
                                on_interrupt=runner.terminate_all)
     result = ReproduceResult(cells, outcomes)
     if write_report:
-        from mmrl.engine import report
+        from mmrl.report import write_report as write_report_files
         try:
-            result.report_dir = report.write_report(output)
+            result.report_dir = write_report_files(output)
         except Exception as e:  # the runs are safe on disk; say why the report failed
             result.report_error = f"{type(e).__name__}: {e}"
     log(summary(result))

@@ -24,18 +24,13 @@ from typing import Any
 
 import torch
 
-from mmrl.config import ConfigError, RunConfig, dataset_slug, dump_config, load_config
+from mmrl.config import ConfigError, RunConfig, dump_config, load_config
 from mmrl.engine.checkpoint import load_adapter, write_json_atomic, write_text_atomic
+from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
+    ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, RESULTS_FILE, RUN_FILE, SPLIT_FILE,
+    eval_file_name,
+)
 
-CONFIG_FILE = "config.yaml"
-RUN_FILE = "run.json"
-SPLIT_FILE = "split.json"
-ADAPTER_FILE = "adapter.safetensors"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
-RESULTS_FILE = "results.json"
-EVAL_DIR = "eval"
 
 # Keys that may differ between a stored run and a re-run of it (they do not change the
 # trained weights): where the data lives, worker count, caches, device, evaluation.
@@ -49,7 +44,7 @@ def now_iso() -> str:
 
 def eval_result_path(run_dir: str | Path, dataset: str, subsample: str) -> Path:
     """``RUN_DIR/eval/<Dataset>-<subsample>.json`` (dataset = canonical name, file-name safe)."""
-    return Path(run_dir) / EVAL_DIR / f"{dataset_slug(dataset)}-{subsample}.json"
+    return Path(run_dir) / EVAL_DIR / eval_file_name(dataset, subsample)
 
 
 def read_run_info(run_dir: str | Path) -> dict | None:

@@ -34,23 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-# The 11 datasets of the base-to-novel, few-shot and cross-dataset tables, in the papers' order.
-DATASETS: tuple[str, ...] = (
-    "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
-    "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101",
+# The project's vocabulary lives in mmrl.vocab (torch-free); the names are re-exported for the sweep's users.
+from mmrl.vocab import (  # noqa: F401
+    ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS, METHODS, PROTOCOLS, VARIANTS,
+    sweep_run_dir,
 )
-# Domain-generalisation targets (test-only ImageNet variants).
-VARIANTS: tuple[str, ...] = ("ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR")
-ALL_DATASETS: tuple[str, ...] = DATASETS + VARIANTS
-PROTOCOLS: tuple[str, ...] = ("base2novel", "fewshot", "crossdataset")
-METHODS: tuple[str, ...] = ("mmrl", "mmrl++")
-DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
-DEFAULT_SHOTS: dict[str, tuple[int, ...]] = {
-    "base2novel": (16,), "fewshot": (1, 2, 4, 8, 16), "crossdataset": (16,),
-}
-CROSS_SOURCE = "ImageNet"
-# Cross-dataset targets (the 10 other datasets) followed by the domain-generalisation ones.
-CROSS_TARGETS: tuple[str, ...] = tuple(d for d in DATASETS if d != CROSS_SOURCE) + VARIANTS
 
 # Folder names of protocols.md and a few common short names -> canonical name.
 _ALIASES: dict[str, str] = {
@@ -80,7 +68,7 @@ def canonical_dataset(name: str) -> str:
 
 def run_dir_for(output: Path | str, protocol: str, method: str, dataset: str, shots: int, seed: int) -> Path:
     """`OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>` (the layout the report reads)."""
-    return Path(output) / protocol / method / dataset / f"shots_{shots}" / f"seed_{seed}"
+    return sweep_run_dir(output, protocol, method, dataset, shots, seed)
 
 
 @dataclass(frozen=True)

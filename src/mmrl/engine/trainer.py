@@ -37,17 +37,13 @@ from mmrl.engine.checkpoint import (load_checkpoint, save_adapter, save_checkpoi
 from mmrl.engine.runtime import (Progress, autocast, load_backbone_checked, log_to_file, resolve_device,
                                  resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches
+from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN/inf; the run stopped and kept its last good checkpoint."""
-
-
-def harmonic_mean(a: float, b: float) -> float:
-    """HM = 2ab / (a + b) (0 when both are 0)."""
-    return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
 def _read_results(run_dir: Path) -> dict | None:

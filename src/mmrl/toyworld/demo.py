@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from mmrl.toyworld.tasks import TASKS
+from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
 TOY_PRESET = Path(__file__).resolve().parent.parent / "presets" / "toy.yaml"
@@ -77,8 +78,7 @@ def ensure_tasks(cfg: DemoConfig) -> dict[str, Path]:
     return folders
 
 
-def hm(base: float, novel: float) -> float:
-    return 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
+hm = harmonic_mean  # the name this module's callers use
 
 
 def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:

@@ -1,0 +1,182 @@
+"""Build the report: scan the folder, group and summarise each protocol through the dispatch table,
+then write report.json, report.md, report.html, runs.csv, <protocol>.csv and the figures.
+
+Statistics: mean over seeds and the population standard deviation (numpy's default, as
+CoOp's parse_test_res.py); see the protocol modules for what each table holds.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Sequence
+
+from mmrl.fileio import write_json_atomic, write_text_atomic
+from mmrl.report.document import DASH, Block, Bullets, Heading, Table, Text, mean_std
+from mmrl.report.group import DISPLAY, Series, dataset_order, missing_entries, series_of
+from mmrl.report.protocols import PROTOCOLS
+from mmrl.report.published import load_published
+from mmrl.report.scan import ZEROSHOT, Found, Run, scan
+from mmrl.report.stats import stat_dict
+
+STD_NOTE = "population standard deviation over seeds (numpy default, as CoOp's parse_test_res.py)"
+
+
+def zeroshot_values(found: Found) -> dict[str, list[float]]:
+    """Zero-shot accuracies: "<dataset>-<subsample>" -> values (one per zero-shot run folder)."""
+    out: dict[str, list[float]] = {}
+    for r in found.runs:
+        if r.method == ZEROSHOT and r.state == "finished":
+            for key, e in r.evals.items():
+                out.setdefault(key, []).append(e.accuracy)
+    return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _run_record(r: Run, series: Series) -> dict:
+    return {"series": series.key, "method": r.method, "dataset": r.name, "shots": r.shots, "seed": r.seed,
+            "state": r.state, "run_dir": str(r.path), "acc": {k: e.accuracy for k, e in r.evals.items()}}
+
+
+def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
+    """Everything the report shows, as JSON-ready data (this is report.json)."""
+    root = Path(output)
+    found = scan(root)
+    published = load_published()
+    zs = zeroshot_values(found)
+    result: dict = {"version": 1, "output": str(root), "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "std": STD_NOTE, "n_run_folders": len(found.runs), "protocols": {}, "notes": []}
+    for name, proto in PROTOCOLS.items():
+        if protocols and name not in protocols:
+            continue
+        series = series_of(found, name, proto.SHOTS_IN_TABLE)
+        if not series:
+            continue
+        section: dict = {"methods": {}, "missing": [], "runs": []}
+        for s in series:
+            entry = {"label": s.label, "method": s.method, "grid": s.grid(), "n_finished": s.n_finished,
+                     "n_expected": len(s.runs)}
+            entry.update(proto.summarise(s))
+            section["methods"][s.key] = entry
+            section["missing"] += missing_entries(s, root, proto.required_evals)
+            section["runs"] += [_run_record(r, s) for r in s.runs]
+            result["notes"] += [f"`{_rel(dup.path, root)}` is another run of `{_rel(kept.path, root)}` "
+                                f"({s.label}, {kept.name}, {kept.shots} shots, seed {kept.seed}): not counted"
+                                for dup, kept in s.duplicates]
+        z = proto.zeroshot(zs, section["methods"])
+        if z:
+            section["zeroshot"] = z
+        section["published"] = published.get(name) or {}
+        result["protocols"][name] = section
+    if zs:
+        result["zeroshot"] = {k: stat_dict(v) for k, v in sorted(zs.items())}
+    result["notes"] += [f"`{_rel(Path(p), root)}`: looks like a run folder but names no method; skipped"
+                        for p in found.skipped]
+    unplaced = [r for r in found.runs if r.method != ZEROSHOT and (r.protocol not in PROTOCOLS or r.name is None
+                                                                     or r.shots is None or r.seed is None)]
+    result["notes"] += [f"`{_rel(r.path, root)}`: protocol, dataset, shots or seed unknown; not in the tables"
+                        for r in unplaced]
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The document
+# ----------------------------------------------------------------------------------------------
+
+def document(data: dict, figures: dict[str, str]) -> list[Block]:
+    """The whole report as blocks; ``figures``: protocol -> figure file written beside the report."""
+    published = load_published()
+    out: list[Block] = [Heading(1, "MMRL report"),
+                        Text(f"Runs under `{data['output']}` — generated {data['generated']}. "
+                             f"{data['n_run_folders']} run folder(s) found.")]
+    if not data["protocols"] and not data.get("zeroshot"):
+        out.append(Text("No runs found: no folder under it holds run.json, config.yaml or eval/*.json "
+                        "(what `mmrl train`, `mmrl zeroshot`, `mmrl convert-official` and `mmrl reproduce` write)."))
+    if data["protocols"]:
+        rows = [[PROTOCOLS[p].TITLE, e["label"], f"{e['n_finished']}/{e['n_expected']}"]
+                for p, sec in data["protocols"].items() for e in sec["methods"].values()]
+        out.append(Table(["Protocol", "Series", "Runs finished"], rows))
+    for name, sec in data["protocols"].items():
+        out += PROTOCOLS[name].document(sec, published, figures.get(name))
+        n_fin = sum(e["n_finished"] for e in sec["methods"].values())
+        n_exp = sum(e["n_expected"] for e in sec["methods"].values())
+        out.append(Text(f"**Runs: {n_fin}/{n_exp} finished.**"))
+        if sec["missing"]:
+            items = []
+            for e in sec["missing"]:
+                extra = f" — {e['detail']}" if e.get("detail") else ""
+                log = f" (log: `{e['log']}`)" if e.get("log") else ""
+                items.append(f"`{e['run']}`: {e['state']}{extra}{log}")
+            out += [Text(f"Missing or unfinished ({len(sec['missing'])}):"), Bullets(items)]
+    if data.get("zeroshot"):
+        out += [Heading(2, "CLIP zero-shot"),
+                Text("Every zero-shot evaluation found (`mmrl zeroshot`), mean ± std over the runs that "
+                     "evaluated it.")]
+        by_ds: dict[str, dict[str, dict]] = {}
+        for key, s in data["zeroshot"].items():
+            d, sub = key.rsplit("-", 1)
+            by_ds.setdefault(d, {})[sub] = s
+        rows = [[d] + [mean_std(by_ds[d].get(sub), empty=DASH) for sub in ("all", "base", "new")]
+                + [str(max(s["n"] for s in by_ds[d].values()))] for d in dataset_order(by_ds)]
+        out.append(Table(["Dataset", "All classes", "Base classes", "Novel classes", "Runs"], rows))
+    if data["notes"]:
+        out += [Heading(2, "Notes"), Bullets(data["notes"])]
+    return out
+
+
+def runs_csv(data: dict) -> str:
+    """One row per (run, eval file): every number the tables are built from."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["protocol", "method", "dataset", "shots", "seed", "state", "eval", "accuracy", "run_dir"])
+    for protocol, sec in data["protocols"].items():
+        for r in sec["runs"]:
+            if not r["acc"]:
+                w.writerow([protocol, r["method"], r["dataset"], r["shots"], r["seed"], r["state"], "", "",
+                            r["run_dir"]])
+            for key, acc in sorted(r["acc"].items()):
+                w.writerow([protocol, r["method"], r["dataset"], r["shots"], r["seed"], r["state"], key, repr(acc),
+                            r["run_dir"]])
+    return buf.getvalue()
+
+
+def _series_labels(data: dict) -> list[str]:
+    """Every series label of the report, methods in their canonical order (MMRL first)."""
+    entries = [e for sec in data["protocols"].values() for e in sec["methods"].values()]
+    methods = [m for m in DISPLAY if m != ZEROSHOT]
+    entries.sort(key=lambda e: (methods.index(e["method"]) if e["method"] in methods else len(methods), e["label"]))
+    return [e["label"] for e in entries]
+
+
+def write_report(output: Path | str, protocols: Sequence[str] | None = None, out: Path | str | None = None,
+                 plots: bool = True) -> Path:
+    """Write report.md, report.html, report.json, runs.csv, <protocol>.csv and the figures into ``out``
+    (default OUTPUT/report); returns ``out``."""
+    from mmrl.report.document import to_html, to_markdown
+    from mmrl.report.plotting import series_colors
+
+    output = Path(output)
+    out = Path(out) if out is not None else output / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    data = collect(output, protocols)
+    published = load_published()
+    figures: dict[str, str] = {}
+    colors = series_colors(_series_labels(data))
+    for name, proto in PROTOCOLS.items():
+        target = out / proto.FIGURE
+        if plots and name in data["protocols"] and proto.plot(data["protocols"][name], published, target, colors):
+            figures[name] = proto.FIGURE
+        elif target.exists():
+            target.unlink()  # a figure of an earlier report that this one does not have
+    blocks = document(data, figures)
+    write_json_atomic(data, out / "report.json")
+    write_text_atomic(to_markdown(blocks), out / "report.md")
+    write_text_atomic(to_html(blocks, f"MMRL report: {output}", out), out / "report.html")
+    write_text_atomic(runs_csv(data), out / "runs.csv")
+    for name, sec in data["protocols"].items():
+        write_text_atomic(PROTOCOLS[name].to_csv(sec, published), out / f"{name}.csv")
+    return out

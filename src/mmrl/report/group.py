@@ -1,0 +1,216 @@
+"""Group the runs of one protocol into series and cells, with the cells a sweep expects but lacks.
+
+A *series* is one line of a table: a method, plus whatever sets its runs apart from the
+method's other runs (converted official weights; for cross-dataset a source other than
+ImageNet; for base-to-novel a second shot count; a second backbone). A *cell* is one
+(dataset, shots, seed) of a series; its seeds are aggregated by the protocol modules.
+
+What is *expected* comes from the sweep layout only (ad-hoc runs show just what is there):
+for ``<base>/<protocol>/<method>/`` the union of its grid files (what `mmrl reproduce` was
+asked for), else the datasets and shot counts found there times the protocol's seeds
+(1, 2, 3) -- so one finished seed reads "1/3". Expected cells without a run folder become
+"missing" (or "claimed", when a claim file says a process is on it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from mmrl.report.scan import Found, Run, SweepCell, ZEROSHOT, describe_claim, sweep_cell
+from mmrl.vocab import ALL_DATASETS, CROSS_SOURCE, DEFAULT_SEEDS, sweep_run_dir
+
+DISPLAY = {"mmrl": "MMRL", "mmrl++": "MMRL++", ZEROSHOT: "CLIP zero-shot"}
+
+
+def display(method: str) -> str:
+    """The method's name in tables ("mmrl" -> "MMRL")."""
+    return DISPLAY.get(method, method)
+
+
+def dataset_order(names: Iterable[str]) -> list[str]:
+    """The benchmark datasets in the papers' order, then any other dataset (user data) sorted by name."""
+    names = set(names)
+    known = [d for d in ALL_DATASETS if d in names]
+    return known + sorted(names - set(known))
+
+
+@dataclass
+class Series:
+    """The runs of one table line: one run per (dataset, shots, seed) cell."""
+    key: str                      # report.json key: the method, plus what sets the series apart
+    method: str
+    label: str                    # the table label ("MMRL", "MMRL (official weights)")
+    protocol: str
+    runs: list[Run]
+    expected: dict[tuple[str, int], set[int]]  # (dataset, shots) -> seeds expected (grid, or found)
+    targets: list[str]            # cross-dataset: targets the grid files ask for
+    duplicates: list[tuple[Run, Run]] = field(default_factory=list)  # (not counted, counted)
+
+    @property
+    def datasets(self) -> list[str]:
+        return dataset_order(r.name for r in self.runs)
+
+    @property
+    def shots(self) -> list[int]:
+        return sorted({r.shots for r in self.runs})
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({r.seed for r in self.runs})
+
+    @property
+    def n_finished(self) -> int:
+        return sum(r.state == "finished" for r in self.runs)
+
+    def expected_seeds(self, dataset: str, shots: int) -> list[int]:
+        return sorted(self.expected.get((dataset, shots), ()))
+
+    def finished(self, dataset: str | None = None, shots: int | None = None) -> list[Run]:
+        return [r for r in self.runs if r.state == "finished" and (dataset is None or r.name == dataset)
+                and (shots is None or r.shots == shots)]
+
+    def grid(self) -> dict:
+        return {"datasets": self.datasets, "shots": self.shots, "seeds": self.seeds, "targets": list(self.targets)}
+
+
+def _short_backbone(spec: str) -> str:
+    return Path(spec).name if "/" in spec else spec
+
+
+@dataclass
+class _Family:
+    """One ``<base>/<protocol>/<method>/`` folder of the sweep layout."""
+    base: Path
+    method: str
+    specs: list[dict] = field(default_factory=list)
+    cells: list[SweepCell] = field(default_factory=list)
+
+
+def _expected_cells(found: Found, protocol: str, trained: list[Run]) -> tuple[list[tuple[Run, bool]], dict]:
+    """Runs at the expected cells of the sweep families (found ones, and placeholders for the rest)
+    and the targets each family's grid files ask for: ([(run, is_placeholder)], {run path: targets})."""
+    families: dict[tuple[Path, str], _Family] = {}
+    for (base, p, m), specs in found.grids.items():
+        if p == protocol:
+            families.setdefault((base, m), _Family(base, m)).specs += specs
+    for r in trained:
+        if r.cell is not None and r.cell.protocol == protocol:
+            families.setdefault((r.cell.base, r.cell.method), _Family(r.cell.base, r.cell.method)).cells.append(r.cell)
+    for path in found.claims:
+        c = sweep_cell(path, found.root)
+        if c is not None and c.protocol == protocol:
+            families.setdefault((c.base, c.method), _Family(c.base, c.method)).cells.append(c)
+    by_path = {r.path: r for r in trained}
+    out: list[tuple[Run, bool]] = []
+    targets: dict[Path, list[str]] = {}
+    for fam in families.values():
+        if fam.specs:
+            datasets = {d for s in fam.specs for d in s.get("datasets", [])}
+            shots = {int(k) for s in fam.specs for k in s.get("shots", [])}
+            seeds = {int(k) for s in fam.specs for k in s.get("seeds", [])}
+            fam_targets = dataset_order({t for s in fam.specs for t in s.get("targets", [])})
+        else:  # no grid file: what is there, with the protocol's seeds
+            datasets = {c.dataset for c in fam.cells}
+            shots = {c.shots for c in fam.cells}
+            seeds = {c.seed for c in fam.cells} | set(DEFAULT_SEEDS)
+            fam_targets = []
+        mine = [r for r in trained if r.cell is not None
+                and (r.cell.base, r.cell.protocol, r.cell.method) == (fam.base, protocol, fam.method)]
+        names = {r.cell.dataset: r.name for r in mine}             # folder name -> table name
+        backbones = {r.backbone for r in mine if r.backbone}
+        for d in datasets:
+            for k in shots:
+                for s in seeds:
+                    path = sweep_run_dir(fam.base, protocol, fam.method, d, k, s)
+                    targets[path] = fam_targets
+                    if path in by_path:
+                        out.append((by_path[path], False))
+                        continue
+                    claim = found.claims.get(path)
+                    out.append((Run(path=path, method=fam.method, protocol=protocol, dataset=d, name=names.get(d, d),
+                                    shots=k, seed=s, backbone=next(iter(backbones)) if len(backbones) == 1 else None,
+                                    state="missing" if claim is None else "claimed", evals={},
+                                    detail=describe_claim(claim),
+                                    cell=SweepCell(fam.base, protocol, fam.method, d, k, s)), True))
+    return out, targets
+
+
+def series_of(found: Found, protocol: str, shots_in_table: bool) -> list[Series]:
+    """The series of ``protocol``: every trained or converted run whose run.json (or config, or
+    path) names the protocol, plus the sweep's expected cells. ``shots_in_table``: the protocol's
+    table has a column per shot count (few-shot) or a block per shot count (cross-dataset);
+    otherwise a second shot count makes a series of its own."""
+    trained = [r for r in found.runs if r.protocol == protocol and r.method != ZEROSHOT
+               and r.name is not None and r.shots is not None and r.seed is not None]
+    expected_runs, targets_at = _expected_cells(found, protocol, trained)
+    placeholders = [r for r, is_new in expected_runs if is_new]
+    everything = trained + placeholders
+    shot_counts: dict[str, set[int]] = {}
+    backbones: dict[str, set[str]] = {}
+    for r in everything:
+        shot_counts.setdefault(r.method, set()).add(r.shots)
+        if r.backbone:
+            backbones.setdefault(r.method, set()).add(r.backbone)
+
+    def key_of(r: Run) -> tuple[str, str]:
+        quals = []
+        if r.official:
+            quals.append("official weights")
+        if protocol == "crossdataset" and r.name != CROSS_SOURCE:
+            quals.append(f"trained on {r.name}")
+        if not shots_in_table and len(shot_counts[r.method]) > 1:
+            quals.append(f"{r.shots} shots")
+        if len(backbones.get(r.method, ())) > 1 and r.backbone:
+            quals.append(_short_backbone(r.backbone))
+        q = f" ({', '.join(quals)})" if quals else ""
+        return r.method + q, display(r.method) + q
+
+    groups: dict[str, Series] = {}
+    expected_cells = {r.path for r, _ in expected_runs}
+    for r in everything:
+        key, label = key_of(r)
+        s = groups.setdefault(key, Series(key, r.method, label, protocol, [], {}, []))
+        s.runs.append(r)
+        s.expected.setdefault((r.name, r.shots), set()).add(r.seed)
+        if r.path in expected_cells:
+            s.targets = dataset_order(set(s.targets) | set(targets_at.get(r.path, [])))
+    for s in groups.values():
+        s.runs, s.duplicates = _one_per_cell(s.runs)
+    methods = [m for m in DISPLAY if m != ZEROSHOT]
+    return sorted(groups.values(), key=lambda s: (methods.index(s.method) if s.method in methods else len(methods),
+                                                  s.method, s.key))
+
+
+def _one_per_cell(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """One run per (dataset, shots, seed): a finished one before others, the latest finished first;
+    the others are returned as duplicates (not counted)."""
+    cells: dict[tuple[str, int, int], list[Run]] = {}
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        cells.setdefault((r.name, r.shots, r.seed), []).append(r)
+    kept, dups = [], []
+    for group in cells.values():
+        best = max(group, key=lambda r: (r.state == "finished", r.finished_at))
+        kept.append(best)
+        dups += [(r, best) for r in group if r is not best]
+    return kept, dups
+
+
+def missing_entries(series: Series, root: Path, required: Callable[[Series, Run], list[str]]) -> list[dict]:
+    """What is not there yet: runs not finished (with their state, claim and log) and finished runs
+    lacking evaluations the protocol needs (``required(series, run)`` -> eval keys)."""
+    out = []
+    order = {d: i for i, d in enumerate(series.datasets)}
+    for r in sorted(series.runs, key=lambda r: (order[r.name], r.shots, r.seed, str(r.path))):
+        rel = str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path)
+        if r.state != "finished":
+            e = {"run": rel, "state": r.state, "detail": r.detail}
+            if r.log is not None:
+                e["log"] = str(r.log)
+            out.append(e)
+            continue
+        lacking = [k for k in required(series, r) if k not in r.evals]
+        if lacking:
+            out.append({"run": rel, "state": "missing evals",
+                        "detail": ", ".join(k.removesuffix("-all") for k in lacking)})
+    return out

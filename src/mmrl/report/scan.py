@@ -1,0 +1,296 @@
+"""Find every run folder under a directory, whatever the layout, and read what it holds.
+
+A folder is a run when it holds the files a run writes (see :mod:`mmrl.engine.rundir`):
+``run.json`` (trained, converted or zero-shot runs), ``config.yaml`` (a run that stopped
+before writing run.json) or ``eval/*.json`` (evaluations only, e.g. zero-shot results kept
+without run.json). The walk does not descend into run folders. Besides runs it collects what
+`mmrl reproduce` leaves: grid files (``<base>/<protocol>/<method>/grid-*.json``, the requested
+grid) and claim files (``<run folder>.claim``, a run being worked on).
+
+Identity of a run (protocol, method, dataset, shots, seed, backbone) comes from run.json,
+else config.yaml, else the sweep layout of its path
+(``<base>/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>``), else the evaluation files'
+own fields; a folder named ``zeroshot`` on the path marks zero-shot results without run.json.
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mmrl.vocab import (
+    ALL_DATASETS, CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, GRID_FILE_GLOB, PROTOCOLS, RESULTS_FILE, RUN_FILE, SEED_PREFIX,
+    SHOTS_PREFIX, STDOUT_LOG, dataset_slug,
+)
+
+ZEROSHOT = "zeroshot"  # the method name zero-shot results carry (run.json / eval files)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when absent, unreadable or half-written by a crashed writer."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_yaml(path: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _int(x: object) -> int | None:
+    return x if isinstance(x, int) and not isinstance(x, bool) else None
+
+
+def _str(x: object) -> str | None:
+    return x if isinstance(x, str) and x else None
+
+
+@dataclass(frozen=True)
+class Eval:
+    """One evaluation file ``eval/<slug>-<subsample>.json``."""
+    dataset: str      # the evaluated dataset's name as recorded (e.g. "EuroSAT", "folder:pets")
+    subsample: str    # all | base | new
+    accuracy: float   # percent
+    file: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}-{self.subsample}"
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """Where a run folder sits in the sweep layout ``<base>/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>``."""
+    base: Path
+    protocol: str
+    method: str
+    dataset: str   # the folder name
+    shots: int
+    seed: int
+
+
+@dataclass
+class Run:
+    """One run folder (or, for an expected run of a sweep that has no folder yet, a placeholder).
+
+    state: "finished", "running" (not finished, a claim exists), "unfinished" (not finished,
+    no claim), "failed", "claimed" (no run.json yet, a claim exists) or "missing" (nothing).
+    """
+    path: Path
+    method: str | None
+    protocol: str | None = None
+    dataset: str | None = None    # as recorded: canonical name or user spec ("folder:/data/pets")
+    name: str | None = None       # the dataset's name in tables ("DescribableTextures", "folder:pets")
+    shots: int | None = None
+    seed: int | None = None
+    backbone: str | None = None
+    state: str = "finished"
+    evals: dict[str, Eval] = field(default_factory=dict)   # Eval.key -> Eval
+    detail: str = ""
+    official: bool = False        # converted from the authors' checkpoint (mmrl convert-official)
+    finished_at: str = ""         # run.json "finished", to pick the latest of duplicate runs
+    cell: SweepCell | None = None
+
+    def acc(self, dataset: str, subsample: str) -> float | None:
+        e = self.evals.get(f"{dataset}-{subsample}")
+        return None if e is None else e.accuracy
+
+    @property
+    def log(self) -> Path | None:
+        """The sweep's log of this run (``stdout.log``), if there is one."""
+        p = self.path / STDOUT_LOG
+        return p if p.exists() else None
+
+
+@dataclass
+class Found:
+    """Everything `scan` found under ``root``."""
+    root: Path
+    runs: list[Run]                                           # run folders (any state), sorted by path
+    grids: dict[tuple[Path, str, str], list[dict]]            # (base, protocol, method) -> grid specs
+    claims: dict[Path, dict]                                  # run folder -> claim content ({} if unreadable)
+    skipped: list[str] = field(default_factory=list)          # folders that look like runs but say too little
+
+
+def sweep_cell(path: Path, root: Path) -> SweepCell | None:
+    """The sweep-layout position of ``path`` (relative to ``root``), or None when it is not in that layout."""
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        return None
+    if len(parts) < 5:
+        return None
+    protocol, method, dataset, shots, seed = parts[-5:]
+    if protocol not in PROTOCOLS or not shots.startswith(SHOTS_PREFIX) or not seed.startswith(SEED_PREFIX):
+        return None
+    try:
+        k, s = int(shots[len(SHOTS_PREFIX):]), int(seed[len(SEED_PREFIX):])
+    except ValueError:
+        return None
+    return SweepCell(path.parents[4], protocol, method, dataset, k, s)
+
+
+def read_evals(run_dir: Path) -> dict[str, Eval]:
+    """The evaluations of a run folder: Eval.key -> Eval (files without a numeric accuracy are skipped)."""
+    out: dict[str, Eval] = {}
+    ev = run_dir / EVAL_DIR
+    if not ev.is_dir():
+        return out
+    for p in sorted(ev.glob("*.json")):
+        data = read_json(p)
+        if data is None or not isinstance(data.get("accuracy"), (int, float)) or "-" not in p.stem:
+            continue
+        stem_name, stem_sub = p.stem.rsplit("-", 1)
+        e = Eval(_str(data.get("dataset")) or stem_name, _str(data.get("subsample")) or stem_sub,
+                 float(data["accuracy"]), p)
+        out[e.key] = e
+    return out
+
+
+def short_name(dataset: str) -> str:
+    """The name the data layer gives a user dataset when nothing better is recorded
+    (``folder:/a/pets`` -> ``folder:pets``, ``manifest:/a/m.csv`` -> ``manifest:m``)."""
+    prefix, sep, rest = dataset.partition(":")
+    if not sep or prefix.lower() not in ("folder", "manifest", "dataset"):
+        return dataset
+    p = Path(rest.rstrip("/"))
+    if prefix.lower() == "manifest":
+        return f"manifest:{p.stem}"
+    if prefix.lower() == "dataset":
+        return p.parent.name if p.name == "dataset.json" else p.name
+    return f"folder:{p.name}"
+
+
+def own_name(dataset: str, run_dir: Path, evals: dict[str, Eval]) -> str:
+    """The table name of a run's own dataset: the canonical name of a benchmark; for user data the name
+    its evaluations recorded (results.json of `mmrl train`, else the eval file named after the dataset)."""
+    if dataset in ALL_DATASETS:
+        return dataset
+    results = read_json(run_dir / RESULTS_FILE) or {}
+    keys = results.get("evaluations")
+    if isinstance(keys, dict) and keys:
+        return next(iter(keys)).rsplit("-", 1)[0]
+    slug = dataset_slug(dataset)
+    for e in evals.values():
+        if e.file.stem.rsplit("-", 1)[0] == slug:
+            return e.dataset
+    return short_name(dataset)
+
+
+def describe_claim(claim: dict | None) -> str:
+    """'claimed by HOST pid PID since TIME' ('' without a claim)."""
+    if claim is None:
+        return ""
+    return f"claimed by {claim.get('host', '?')} pid {claim.get('pid', '?')} since {claim.get('time_iso', '?')}"
+
+
+def _identity_from_config(cfg: dict) -> dict:
+    method = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    return {"protocol": _str(cfg.get("protocol")), "method": _str(method.get("name")),
+            "dataset": _str(data.get("dataset")), "shots": _int(data.get("shots")), "seed": _int(cfg.get("seed")),
+            "backbone": _str(cfg.get("backbone"))}
+
+
+def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
+    """Read one run folder; None when nothing in it says which method produced it."""
+    info = read_json(run_dir / RUN_FILE)
+    cfg = None if info is not None else _read_yaml(run_dir / CONFIG_FILE)
+    evals = read_evals(run_dir)
+    cell = sweep_cell(run_dir, root)
+    ident: dict = {}
+    if info is not None:
+        ident = {"protocol": _str(info.get("protocol")), "method": _str(info.get("method")),
+                 "dataset": _str(info.get("dataset")), "shots": _int(info.get("shots")), "seed": _int(info.get("seed")),
+                 "backbone": _str(info.get("backbone"))}
+    elif cfg is not None:
+        ident = _identity_from_config(cfg)
+    if cell is not None:  # the sweep layout fills what the files do not say
+        for k, v in (("protocol", cell.protocol), ("method", cell.method), ("dataset", cell.dataset),
+                     ("shots", cell.shots), ("seed", cell.seed)):
+            if ident.get(k) is None:
+                ident[k] = v
+    if not ident.get("method") and evals:  # evaluations only: their own fields, or a "zeroshot" folder
+        first = read_json(next(iter(evals.values())).file) or {}
+        method = _str(first.get("method")) or (ZEROSHOT if ZEROSHOT in run_dir.relative_to(root).parts else None)
+        ident["method"] = method
+        if method and method != ZEROSHOT:
+            for k, v in (("protocol", _str(first.get("protocol"))), ("dataset", _str(first.get("trained_on"))),
+                         ("shots", _int(first.get("shots"))), ("seed", _int(first.get("seed"))),
+                         ("backbone", _str(first.get("backbone")))):
+                if ident.get(k) is None:
+                    ident[k] = v
+    if not ident.get("method"):
+        return None
+    claim = claims.get(run_dir)
+    claim_text = describe_claim(claim)
+    if info is not None:
+        status = info.get("status")
+        if status == "finished":
+            state, detail = "finished", ""
+        elif status == "failed":
+            state, detail = "failed", claim_text
+        elif claim is not None:
+            state, detail = "running", claim_text
+        else:
+            state, detail = "unfinished", f"status {status!r} and no claim (interrupted? re-run to resume)"
+    elif cfg is not None:
+        state = "running" if claim is not None else "unfinished"
+        detail = claim_text or f"{CONFIG_FILE} but no {RUN_FILE} (stopped while starting? re-run to resume)"
+    else:
+        state, detail = "finished", ""
+    dataset = ident.get("dataset")
+    source = (info or {}).get("source")
+    return Run(path=run_dir, method=ident["method"], protocol=ident.get("protocol"), dataset=dataset,
+               name=own_name(dataset, run_dir, evals) if dataset else None, shots=ident.get("shots"),
+               seed=ident.get("seed"), backbone=ident.get("backbone"), state=state, evals=evals, detail=detail,
+               official=isinstance(source, dict) and "official_checkpoint" in source,
+               finished_at=str((info or {}).get("finished", "")), cell=cell)
+
+
+def _is_run_folder(path: Path, files: set[str], dirs: set[str]) -> bool:
+    if RUN_FILE in files or CONFIG_FILE in files:
+        return True
+    return EVAL_DIR in dirs and any((path / EVAL_DIR).glob("*.json"))
+
+
+def scan(root: Path | str) -> Found:
+    """Walk ``root`` (symlinks not followed, hidden folders skipped) and read every run folder in it."""
+    root = Path(root)
+    run_dirs: list[Path] = []
+    grids: dict[tuple[Path, str, str], list[dict]] = {}
+    claims: dict[Path, dict] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files = set(filenames)
+        for fn in filenames:
+            if fn.endswith(CLAIM_SUFFIX):
+                claims[here / fn[: -len(CLAIM_SUFFIX)]] = read_json(here / fn) or {}
+            elif Path(fn).match(GRID_FILE_GLOB) and here != root and here.parent.name in PROTOCOLS:
+                spec = read_json(here / fn)
+                if spec is not None:
+                    grids.setdefault((here.parent.parent, here.parent.name, here.name), []).append(spec)
+        if _is_run_folder(here, files, set(dirnames)):
+            run_dirs.append(here)
+            dirnames[:] = []  # a run folder holds no other runs
+    runs, skipped = [], []
+    for d in sorted(run_dirs):
+        r = read_run(d, root, claims)
+        if r is None:
+            skipped.append(str(d))
+        else:
+            runs.append(r)
+    return Found(root, runs, grids, claims, skipped)

@@ -1,0 +1,87 @@
+"""Fake run folders in the exact file formats the engine writes, without torch.
+
+`write_run` writes what a finished `mmrl train` leaves for the report to read: run.json
+(``rundir.new_run_info`` + the trainer's extras), config.yaml (the keys that name the run, in
+the resolved config's nesting), results.json and eval/<slug>-<subsample>.json with every field
+the evaluator writes. `write_zeroshot` writes what `mmrl zeroshot` leaves. Used by the report
+tests and by benchmarks/report_time.py. The formats were copied from a real tiny run
+(tests/helpers.py + `mmrl train`); tests/test_report_layouts.py also checks the report on one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+from mmrl.vocab import dataset_slug, harmonic_mean
+
+VERSION = "0.1.0"
+
+
+def _dump(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def eval_record(dataset: str, subsample: str, accuracy: float, **extra: object) -> dict:
+    """An eval/<slug>-<subsample>.json as the evaluator writes it (per-class details left short)."""
+    rec = {"dataset": dataset, "subsample": subsample, "accuracy": accuracy, "macro_accuracy": accuracy,
+           "correct": 0, "n": 100, "n_classes": 10, "per_class": [], "logits": "fused", "beta": None,
+           "template": "a photo of a {}.", "precision": "fp32", "time_s": 0.01}
+    rec.update(extra)
+    return rec
+
+
+def write_run(run_dir: Path, protocol: str, method: str, dataset: str, shots: int, seed: int,
+              acc: Mapping[tuple[str, str], float], *, status: str = "finished", backbone: str = "ViT-B-16",
+              name: str | None = None, official: bool = False) -> Path:
+    """A run folder of `mmrl train` (or `mmrl convert-official` + `mmrl eval` when ``official``).
+
+    acc: (evaluated dataset name, subsample) -> accuracy (%), e.g. {("EuroSAT", "base"): 91.0};
+    name: the evaluated name of the run's own dataset when it is user data ("folder:pets").
+    """
+    run_dir = Path(run_dir)
+    info = {"version": VERSION, "method": method, "dataset": dataset, "protocol": protocol, "shots": shots,
+            "seed": seed, "backbone": backbone, "status": status, "timings": {}, "trainable_parameters": 6432,
+            "started": "2026-01-01T00:00:00+0000", "attempts": 1, "device": "cpu", "precision": "fp32",
+            "epochs_done": 2}
+    if status == "finished":
+        info["finished"] = "2026-01-01T00:01:00+0000"
+    if official:
+        info["source"] = {"official_checkpoint": "/ckpt/model.pth.tar-5"}
+    _dump(run_dir / "run.json", info)
+    (run_dir / "config.yaml").write_text(
+        f"protocol: {protocol}\nseed: {seed}\nbackbone: {backbone}\nmethod:\n  name: {method}\n"
+        f"data:\n  dataset: {dataset}\n  shots: {shots}\n", encoding="utf-8")
+    own = name or dataset
+    evaluations = {}
+    for (ds, sub), a in acc.items():
+        path = run_dir / "eval" / f"{dataset_slug(ds)}-{sub}.json"
+        _dump(path, eval_record(ds, sub, a, method=method, protocol=protocol, trained_on=dataset,
+                                trained_subsample="base" if protocol == "base2novel" else "all", shots=shots,
+                                seed=seed, backbone=backbone, version=VERSION))
+        if ds == own:
+            evaluations[f"{ds}-{sub}"] = str(path)
+    if status == "finished" and not official:
+        results = {"protocol": protocol, "method": method, "dataset": dataset, "shots": shots, "seed": seed,
+                   "backbone": backbone, "evaluations": evaluations}
+        if protocol == "base2novel" and (own, "base") in acc and (own, "new") in acc:
+            b, n = acc[(own, "base")], acc[(own, "new")]
+            results.update(base=b, novel=n, hm=harmonic_mean(b, n))
+        elif (own, "all") in acc:
+            results["accuracy"] = acc[(own, "all")]
+        _dump(run_dir / "results.json", results)
+    return run_dir
+
+
+def write_zeroshot(out_dir: Path, acc: Mapping[tuple[str, str], float], backbone: str = "ViT-B-16") -> Path:
+    """What `mmrl zeroshot --output OUT` leaves: OUT/run.json (method zeroshot) and OUT/eval/*.json."""
+    out_dir = Path(out_dir)
+    _dump(out_dir / "run.json", {"version": VERSION, "method": "zeroshot", "backbone": backbone,
+                                 "status": "finished", "protocol": None, "dataset": None, "shots": None,
+                                 "seed": None, "timings": {}, "trainable_parameters": 0})
+    for (ds, sub), a in acc.items():
+        _dump(out_dir / "eval" / f"{dataset_slug(ds)}-{sub}.json",
+              eval_record(ds, sub, a, logits="class", method="zeroshot", backbone=backbone, shots=16, seed=1,
+                          version=VERSION))
+    return out_dir
