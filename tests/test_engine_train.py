@@ -134,6 +134,31 @@ def test_predict_command(world, capsys):
     assert "class logits" in capsys.readouterr().out
 
 
+def test_predict_from_the_run_alone(world, capsys):
+    """Without --classes/--dataset: the run's training classes and template, fused logits -- the same
+    numbers as naming them; a run without split.json (a converted checkpoint) uses its dataset's."""
+    import shutil
+
+    run = _train(world, "predict-alone", protocol="base2novel")
+    assert _json(run / "run.json")["template"] == "{} texture."
+    trained = sorted({c for _, _, c in _json(run / "split.json")["train"]})
+    assert len(trained) == 2  # the base half of DTD's 4 classes
+    img = world["root"] / "dtd" / "images" / _json(run / "split.json")["test"][0][0]
+    capsys.readouterr()
+    assert main(["predict", str(run), str(img), str(img), "--top-k", "3", "--json"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert len(alone) == 2 and alone[0]["logits"] == "fused"
+    assert sorted(t["class"] for t in alone[0]["top"]) == trained
+    assert main(["predict", str(run), str(img), str(img), "--classes", ",".join(trained), "--template",
+                 "{} texture.", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == alone
+    converted = world["base"] / "predict-alone-no-split"
+    shutil.copytree(run, converted)
+    (converted / "split.json").unlink()
+    assert main(["predict", str(converted), str(img), str(img), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == alone
+
+
 def test_zeroshot_command(world):
     out = world["base"] / "zs"
     preds = world["base"] / "zs.jsonl"

@@ -10,8 +10,9 @@ from mmrl.engine.clitools import run_reporting_errors
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird"')
+    src = p.add_mutually_exclusive_group()  # neither: the run's own training classes
+    src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird" (default: the run\'s '
+                                       'training classes, fused logits)')
     src.add_argument("--dataset", help="take the classes of this dataset (with --root)")
     p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
     p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")

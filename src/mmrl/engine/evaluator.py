@@ -23,7 +23,7 @@ from torch import nn
 from mmrl.config import RunConfig, canonical_dataset, dataset_slug
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import write_json_atomic
-from mmrl.engine.rundir import eval_result_path, load_run, training_classnames
+from mmrl.engine.rundir import eval_result_path, load_run, training_classnames, training_template
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
 
 LOG = logging.getLogger("mmrl")
@@ -339,8 +339,11 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
             template: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
     """Class probabilities (softmax of the chosen logits) for image files.
 
-    Classes come from ``classes`` or from ``dataset`` (its ``subsample`` classes). With
-    ``logits='auto'``: fused when the classes are the run's training classes, else class.
+    Classes come from ``classes``, from ``dataset`` (its ``subsample`` classes), or, with
+    neither, from the run itself: its training classes (split.json) with its training template
+    (run.json), or for a run without split.json (a converted checkpoint) the classes of its
+    dataset and training subsample. With ``logits='auto'``: fused when the classes are the
+    run's training classes, else class.
     Returns one ``{"image", "prediction", "top": [{"class", "probability"}], "logits"}`` per image.
     """
     from mmrl import data
@@ -351,15 +354,23 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
         model, cfg = load_run(run_dir, device=device)
     else:
         model = run_dir_or_model
-    if (classes is None) == (dataset is None):
-        raise ValueError("give either classes (a list of class names) or a dataset")
+    if classes is not None and dataset is not None:
+        raise ValueError("give either classes (a list of class names) or a dataset, not both")
+    if classes is None and dataset is None:  # the run's own training classes
+        if run_dir is None or cfg is None:
+            raise ValueError("give classes (a list of class names) or a dataset: a model without its run "
+                             "folder records no classes")
+        classes = training_classnames(run_dir)
+        if classes is None:  # no split.json (a converted checkpoint): its dataset's training classes
+            dataset, subsample = cfg.data.dataset, cfg.data.subsample
     if classes is not None:
         classnames = [c.strip() for c in classes if c.strip()]
         if not classnames:
             raise ValueError("the class list is empty")
-        if template is None:
-            template = (cfg.data.template if cfg else None) or _dataset_template(cfg)
         trained = training_classnames(run_dir) if run_dir is not None else None
+        if template is None:
+            recorded = training_template(run_dir) if trained is not None and trained == classnames else None
+            template = recorded or (cfg.data.template if cfg else None) or _dataset_template(cfg)
         kind = logits if logits != "auto" else ("fused" if trained is not None and trained == classnames else "class")
     else:
         dataset = canonical_dataset(dataset)

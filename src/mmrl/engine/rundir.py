@@ -5,7 +5,8 @@
     RUN_DIR/
       config.yaml             fully resolved RunConfig (commented; `mmrl train --config` accepts it)
       run.json                {"version", "method", "dataset", "protocol", "shots", "seed", "backbone",
-                               "status": running|finished|failed, "timings", "trainable_parameters", ...}
+                               "status": running|finished|failed, "timings", "trainable_parameters",
+                               "template" (the prompt template trained with), ...}
       split.json              the exact split used (split-file format: train = the few-shot subset)
       train.log               human-readable log (logger "mmrl")
       metrics.jsonl           one JSON object per optimiser step
@@ -108,6 +109,13 @@ def training_classnames(run_dir: str | Path) -> list[str] | None:
         train = json.load(f).get("train", [])
     names: dict[int, str] = {int(y): c for _, y, c in train}
     return [names[y] for y in sorted(names)] if names else None
+
+
+def training_template(run_dir: str | Path) -> str | None:
+    """The prompt template the run was trained with (run.json "template"), or None for runs
+    that did not record it (written by mmrl train since this field exists)."""
+    t = (read_run_info(run_dir) or {}).get("template")
+    return t if isinstance(t, str) else None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device | None = None):

@@ -275,6 +275,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     model = MMRL(backbone, dataclasses.replace(cfg.method))
     info["trainable_parameters"] = model.num_trainable_parameters()
     info["device"], info["precision"] = str(device), precision
+    info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
     if is_main:
         rd.write_run_info(run_dir, info)
     model.set_classes(splits.classnames, splits.template)
