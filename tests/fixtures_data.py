@@ -75,6 +75,28 @@ def write_split_dataset(root: Path, folder: str, image_subdir: str, name: str, c
     return entries
 
 
+def stable_parts(relpaths_by_class: dict[str, list[str]], seed: int = 1) -> dict[str, str]:
+    """Ground truth of the user-data split (written from the rule in docs, not from the code):
+    u = first 8 bytes (big-endian) of SHA-256("<seed>:<relpath>") / 2**64; u < 0.5 train,
+    u < 0.7 val, else test -- except in a class where a part would be empty, which takes CoOp's
+    counts round(0.5 n) / round(0.2 n) / rest over its images sorted by u. -> {relpath: part}."""
+    out = {}
+    for paths in relpaths_by_class.values():
+        u = {p: int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "big") / 2 ** 64 for p in paths}
+        parts = {p: "train" if x < 0.5 else "val" if x < 0.7 else "test" for p, x in u.items()}
+        if len(set(parts.values())) < 3:
+            ranked = sorted(paths, key=lambda p: (u[p], p))
+            n, n_tr, n_va = len(paths), round(len(paths) * 0.5), round(len(paths) * 0.2)
+            parts = {p: "train" if i < n_tr else "val" if i < n_tr + n_va else "test" for i, p in enumerate(ranked)}
+        out.update(parts)
+    return out
+
+
+def parts_of(splits) -> dict[str, str]:
+    """{relpath: "train" | "val" | "test"} of a DatasetSplits."""
+    return {d.relpath: part for part in ("train", "val", "test") for d in getattr(splits, part)}
+
+
 def write_class_folders(image_dir: Path, counts: dict[str, int], ext: str = ".jpg") -> None:
     for c, n in counts.items():
         for i in range(n):

@@ -128,7 +128,7 @@ def make_folder_dataset(path: str | Path, classes: Sequence[str] = ("cat", "dog"
                         size: int = 32, seed: int = 0) -> Path:
     """Create a ``folder:PATH`` dataset: ``PATH/<class>/<class>_<i>.png``; returns PATH.
 
-    The data layer builds a 50/20/30 split from it (at least 4 images per class needed).
+    The data layer splits it 50/20/30 per class by a hash of each path (at least 4 images per class).
     """
     path = Path(path)
     for cls, color in zip(classes, _palette(len(classes))):

@@ -11,6 +11,8 @@ from fixtures_data import (  # noqa: F401  (isolated_cache is an autouse fixture
     coop_subsample,
     dassl_fewshot,
     isolated_cache,
+    parts_of,
+    stable_parts,
     write_class_folders,
     write_image,
     write_split_dataset,
@@ -28,13 +30,59 @@ def test_folder_dataset(tmp_path, isolated_cache):
     assert s.name == "folder:my_data" and s.image_dir == data
     assert s.classnames == ["Zebra_fish", "cat", "dog"]  # sorted folder names, kept as is
     assert s.template == "a photo of a {}."
-    assert (len(s.train), len(s.val), len(s.test)) == (2 + 2 + 3, 1 + 1 + 1, 1 + 2 + 2)
+    files = {c: [f"{c}/{c.lower()}_{i:03d}.png" for i in range(n)]
+             for c, n in {"cat": 5, "dog": 6, "Zebra_fish": 4}.items()}
+    assert parts_of(s) == stable_parts(files)  # each image's part from its path's hash
+    assert all({d.classname for d in part} == set(s.classnames) for part in (s.train, s.val, s.test))
     assert all(d.relpath.split("/")[0] == s.classnames[d.label] for d in s.train + s.val + s.test)
     assert load_dataset(f"folder:{data}", None).train == s.train  # deterministic
     other = load_dataset(f"folder:{data}", None, split_seed=2)
     assert {d.relpath for d in other.train} != {d.relpath for d in s.train}
     assert list(isolated_cache.rglob("split-seed1.json")) and list(isolated_cache.rglob("split-seed2.json"))
     assert load_dataset(f"folder:{data}", None, template="a {} in the wild.").template == "a {} in the wild."
+
+
+def test_folder_split_stays_put_when_images_come_and_go(tmp_path):
+    """Adding or removing images moves no other image between train, val and test (folder: and
+    manifest:), and each part follows the documented hash rule."""
+    data = tmp_path / "grow"
+    write_class_folders(data, {"ant": 30, "bee": 40})
+    before = parts_of(load_dataset(f"folder:{data}", None))
+    files = {c: [f"{c}/{c}_{i:03d}.jpg" for i in range(n)] for c, n in (("ant", 30), ("bee", 40))}
+    assert before == stable_parts(files)
+    write_image(data / "ant" / "ant_new.jpg")
+    write_image(data / "bee" / "bee_new.jpg")
+    gone = next(p for p, part in before.items() if part == "train")
+    (data / gone).unlink()
+    after = parts_of(load_dataset(f"folder:{data}", None))
+    assert set(after) == set(before) - {gone} | {"ant/ant_new.jpg", "bee/bee_new.jpg"}
+    assert all(after[p] == before[p] for p in before if p != gone)
+    # a manifest: one more row leaves every other row where it was
+    base = tmp_path / "m"
+    rows = _write_manifest_images(base, 25)
+    (base / "a.json").write_text(json.dumps(rows))
+    write_image(base / "imgs" / "red_extra.jpg")
+    (base / "b.json").write_text(json.dumps(rows + [{"path": "imgs/red_extra.jpg", "label": "red car"}]))
+    m1, m2 = (parts_of(load_dataset(f"manifest:{base / n}", None)) for n in ("a.json", "b.json"))
+    assert set(m2) - set(m1) == {"imgs/red_extra.jpg"} and all(m2[p] == m1[p] for p in m1)
+
+
+def test_stable_split_proportions_and_small_classes():
+    """50/20/30 in expectation on a large class (binomial: within 4 standard deviations), and every
+    part non-empty in small classes (the CoOp counts where the per-image rule leaves one empty)."""
+    from mmrl.data.splits import split_groups_stable
+
+    n = 3000
+    tr, va, te = split_groups_stable([(0, "c", [f"c/{i}.jpg" for i in range(n)])], "/img", 7, "test")
+    for got, p in ((len(tr), 0.5), (len(va), 0.2), (len(te), 0.3)):
+        assert abs(got - p * n) < 4 * (n * p * (1 - p)) ** 0.5, (got, p)
+    groups = [(y, f"k{y}", [f"k{y}/{i}.png" for i in range(4 + y)]) for y in range(9)]  # 4..12 images
+    tr, va, te = split_groups_stable(groups, "/img", 1, "test")
+    for y, _, paths in groups:
+        counts = [sum(d.label == y for d in part) for part in (tr, va, te)]
+        assert min(counts) >= 1 and sum(counts) == len(paths), (y, counts)
+    assert {(d.relpath, part) for part, items in (("train", tr), ("val", va), ("test", te)) for d in items} == \
+        set(stable_parts({c: p for _, c, p in groups}).items())
 
 
 def test_folder_path_relative_to_root_and_errors(tmp_path):
@@ -69,7 +117,7 @@ def test_manifest_csv_and_json(tmp_path):
     b = load_dataset(f"manifest:{base / 'list.json'}", None)
     assert a.classnames == b.classnames == ["blue car", "red car"]
     assert as_tuples(a.train) == as_tuples(b.train) and as_tuples(a.test) == as_tuples(b.test)
-    assert (len(a.train), len(a.val), len(a.test)) == (4, 2, 4)
+    assert parts_of(a) == stable_parts({c: [r["path"] for r in rows if r["label"] == c] for c in a.classnames})
     assert a.image_dir == base and a.train[0].impath == str(base / a.train[0].relpath)
     assert a.name == "manifest:list"
 
@@ -144,4 +192,6 @@ def test_dataset_json_without_split_file_builds_one(tmp_path):
     write_class_folders(task / "pics", {"x": 4, "y": 5})
     (task / "dataset.json").write_text(json.dumps({"name": "t", "image_dir": "pics"}))
     s = load_dataset(f"dataset:{task}", None)
-    assert s.classnames == ["x", "y"] and (len(s.train), len(s.val), len(s.test)) == (4, 2, 3)
+    assert s.classnames == ["x", "y"]
+    assert parts_of(s) == stable_parts({c: [f"{c}/{c}_{i:03d}.jpg" for i in range(n)]
+                                        for c, n in (("x", 4), ("y", 5))})

@@ -179,6 +179,30 @@ def test_folder_dataset(world):
     assert (run / "eval" / "folder_pets-all.json").is_file()
 
 
+def test_eval_of_a_user_dataset_uses_the_runs_split(world, tmp_path, caplog):
+    """`mmrl eval RUN` on the run's own folder: dataset evaluates the test list recorded in the run's
+    split.json, after images were removed and added, and says so."""
+    import logging
+
+    pets = make_folder_dataset(tmp_path / "pets", per_class=8)
+    run = _train(world, "folder-recorded", dataset=f"folder:{pets}", protocol="fewshot")
+    recorded = [e[0] for e in _json(run / "split.json")["test"]]
+    (pets / recorded[0]).unlink()
+    make_folder_dataset(tmp_path / "more", per_class=30, seed=5)  # 30 new images per class
+    for img in (tmp_path / "more").rglob("*.png"):
+        img.rename(pets / img.parent.name / f"new_{img.name}")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["eval", str(run), "--dataset", f"folder:{pets}", "--predictions", str(tmp_path / "p.jsonl"),
+                     "--progress", "lines"]) == 0
+    rows = read_jsonl(tmp_path / "p.jsonl")
+    assert [r["image"] for r in rows] == recorded[1:]
+    assert _json(run / "eval" / "folder_pets-all.json")["n"] == len(recorded) - 1
+    text = caplog.text
+    assert "1 test image(s) of the run's split" in text and "no longer exist" in text
+    assert "appeared since the run and are not evaluated" in text
+
+
 def test_finished_run_is_not_retrained_and_other_config_is_refused(world, capsys):
     run = _train(world, "again", protocol="fewshot")
     mtime = (run / "adapter.safetensors").stat().st_mtime_ns

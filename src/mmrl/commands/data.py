@@ -43,7 +43,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="cache folder (default: $MMRL_CACHE_DIR, else $XDG_CACHE_HOME/mmrl, else ~/.cache/mmrl)")
     p.add_argument("--split-seed", type=int, default=1,
-                   help="seed of the 50/20/30 split built when a dataset has no split file")
+                   help="seed of the 50/20/30 split built when a dataset has no split file (benchmarks: CoOp's "
+                        "recipe; your own data: the seed of the per-image hash)")
 
 
 def _setup_logging() -> None:

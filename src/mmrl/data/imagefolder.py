@@ -13,15 +13,15 @@
   folder is read like `folder:`.
 
 Labels are indices in the sorted class names (Python string order). When no
-split is given, the 50/20/30 per-class recipe of the CoOp folder datasets is
-applied with `random.Random(split_seed)` to each class's sorted file list, in
-sorted class order.
+split is given, each image's part (train/val/test, 50/20/30 per class) follows
+from a hash of the split seed and its relative path (`splits.split_groups_stable`),
+so adding or removing images never moves the others (except in classes of a few
+images, which keep at least one image in each part).
 """
 from __future__ import annotations
 
 import csv
 import logging
-import random
 from pathlib import Path
 
 from .core import (
@@ -38,9 +38,10 @@ from .core import (
     read_json,
     require_dir,
 )
-from .splits import read_split_file, save_built_split, split_groups
+from .splits import read_split_file, save_built_split, split_groups_stable
 
 USER_PREFIXES = ("folder:", "manifest:", "dataset:")
+STABLE_HOW = "50/20/30 per class from a hash of split seed {seed} and each image's path"
 
 
 def is_user_spec(name: str) -> bool:
@@ -93,9 +94,9 @@ def _locate_folder(path: Path, template: str | None) -> Located:
     def read(cache_dir: Path, split_seed: int):
         groups, classes = _folder_groups(path)
         source = f"{name} ({path})"
-        train, val, test = split_groups(groups, path, random.Random(split_seed), source)
+        train, val, test = split_groups_stable(groups, path, split_seed, source)
         save_built_split(train, val, test, name=name, dataset_dir=path, filename=f"split-seed{split_seed}.json",
-                         cache_dir=cache_dir, how=f"50/20/30 per class, split seed {split_seed}", level=logging.INFO)
+                         cache_dir=cache_dir, how=STABLE_HOW.format(seed=split_seed), level=logging.INFO)
         return train, val, test, classes
 
     return Located(name, path, path, check_template(template or DEFAULT_TEMPLATE, name), False, read)
@@ -156,9 +157,9 @@ def _locate_manifest(path: Path, template: str | None) -> Located:
                 raise DataError(f"{path}: image {p!r} is listed twice")
             seen.add(p)
         groups = [(cid[c], c, sorted(p for p, lab, _ in entries if lab == c)) for c in classes]
-        train, val, test = split_groups(groups, base, random.Random(split_seed), f"{name} ({path})")
+        train, val, test = split_groups_stable(groups, base, split_seed, f"{name} ({path})")
         save_built_split(train, val, test, name=name, dataset_dir=path, filename=f"split-seed{split_seed}.json",
-                         cache_dir=cache_dir, how=f"50/20/30 per class, split seed {split_seed}", level=logging.INFO)
+                         cache_dir=cache_dir, how=STABLE_HOW.format(seed=split_seed), level=logging.INFO)
         return train, val, test, classes
 
     return Located(name, base, base, check_template(template or DEFAULT_TEMPLATE, name), False, read)
@@ -191,9 +192,9 @@ def _locate_dataset_json(path: Path, template: str | None) -> Located:
     def read(cache_dir: Path, split_seed: int):
         if split_path is None:
             groups, classes = _folder_groups(image_dir)
-            train, val, test = split_groups(groups, image_dir, random.Random(split_seed), f"{name} ({image_dir})")
+            train, val, test = split_groups_stable(groups, image_dir, split_seed, f"{name} ({image_dir})")
             save_built_split(train, val, test, name=name, dataset_dir=path, filename=f"split-seed{split_seed}.json",
-                             cache_dir=cache_dir, how=f"50/20/30 per class, split seed {split_seed}", level=logging.INFO)
+                             cache_dir=cache_dir, how=STABLE_HOW.format(seed=split_seed), level=logging.INFO)
             return train, val, test, given_names or classes
         train, val, test = read_split_file(split_path, image_dir)
         return train, val, test, given_names

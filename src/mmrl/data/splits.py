@@ -9,6 +9,7 @@ reproduced without touching the caller's global RNG.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from .core import (
     DatasetSplits,
     DataError,
     Datum,
+    classnames_from_items,
     make_datum,
     path_key,
     read_json,
@@ -108,6 +110,79 @@ def split_groups(groups: Sequence[tuple[int, str, Sequence[str]]], image_dir: st
         for dst, ps in zip((train, val, test), parts):
             dst.extend(make_datum(image_dir, p, label, classname, source) for p in ps)
     return train, val, test
+
+
+def hash_fraction(seed: int, relpath: str) -> float:
+    """A number in [0, 1) fixed by ``seed`` and an image's relative path (SHA-256): where the image
+    falls in a user dataset's split, independently of every other image."""
+    digest = hashlib.sha256(f"{seed}:{relpath}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_groups_stable(groups: Sequence[tuple[int, str, Sequence[str]]], image_dir: str | Path, seed: int,
+                        source: str, p_trn: float = 0.5, p_val: float = 0.2
+                        ) -> tuple[list[Datum], list[Datum], list[Datum]]:
+    """The 50/20/30 per-class split of user data (``folder:``, ``manifest:``, ``dataset:`` without a
+    split), decided image by image so that adding or removing images moves no other image.
+
+    Each image's u = :func:`hash_fraction` (seed, relative path) puts it in train (u < p_trn), val
+    (u < p_trn + p_val) or test: the proportions are 50/20/30 in expectation (binomial per class).
+    A class where this would leave train, val or test empty (likely only for classes of a few
+    images: with 10 images ~13%, with 20 ~1%) takes CoOp's counts instead -- round(0.5 n) train,
+    round(0.2 n) val, the rest test -- over its images in u order, so every class keeps at least one
+    image in each part; only such small classes can see an image move when images come or go.
+    Items are returned per class in order of u.
+    """
+    train: list[Datum] = []
+    val: list[Datum] = []
+    test: list[Datum] = []
+    for label, classname, relpaths in groups:
+        n = len(relpaths)
+        if n < 4:
+            raise DataError(
+                f"{source}: class {classname!r} has {n} image(s); building a 50/20/30 train/val/test split "
+                "needs at least 4 images per class")
+        ranked = sorted(relpaths, key=lambda p: (hash_fraction(seed, p), p))
+        u = [hash_fraction(seed, p) for p in ranked]
+        n_train = sum(x < p_trn for x in u)
+        n_val = sum(p_trn <= x < p_trn + p_val for x in u)
+        if n_train == 0 or n_val == 0 or n_train + n_val == n:  # a part would be empty: CoOp's counts
+            n_train, n_val = round(n * p_trn), round(n * p_val)
+        parts = (ranked[:n_train], ranked[n_train:n_train + n_val], ranked[n_train + n_val:])
+        for dst, ps in zip((train, val, test), parts):
+            dst.extend(make_datum(image_dir, p, label, classname, source) for p in ps)
+    return train, val, test
+
+
+def recorded_split(current: DatasetSplits, split_path: str | Path) -> DatasetSplits:
+    """A run's own split (its split.json) on the dataset as it is now.
+
+    The recorded lists, labels and class names are kept (the run's classes); test images that no
+    longer exist are dropped, and a warning names how many test images disappeared, and how many
+    test images of the run's classes appeared in ``current`` (the split rebuilt now) without being
+    in the record (they are not evaluated: the record is the run's test set).
+    """
+    import os
+
+    split_path = Path(split_path)
+    train, val, test = read_split_file(split_path, current.image_dir)
+    classnames = classnames_from_items((train, val, test), str(split_path))
+    kept = [d for d in test if os.path.exists(d.impath)]
+    gone = [d.relpath for d in test if not os.path.exists(d.impath)]
+    recorded = {d.relpath for d in test}
+    names = set(classnames)
+    appeared = [d.relpath for d in current.test if d.classname in names and d.relpath not in recorded]
+    if gone:
+        LOG.warning("%s: %d test image(s) of the run's split %s no longer exist and are skipped (e.g. %s)",
+                    current.name, len(gone), split_path, ", ".join(gone[:3]))
+    if appeared:
+        LOG.warning("%s: %d test image(s) of the run's classes appeared since the run and are not evaluated "
+                    "(the run's split %s is its test set; e.g. %s)", current.name, len(appeared), split_path,
+                    ", ".join(appeared[:3]))
+    if not kept:
+        raise DataError(f"{current.name}: none of the {len(test)} test images of the run's split {split_path} "
+                        "exists any more")
+    return dataclasses.replace(current, train=train, val=val, test=kept, classnames=classnames)
 
 
 def split_trainval(trainval: Sequence[Datum], rng: random.Random, source: str, p_val: float = 0.2

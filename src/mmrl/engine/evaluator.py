@@ -23,7 +23,7 @@ from torch import nn
 from mmrl.config import RunConfig, canonical_dataset, dataset_slug
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import write_json_atomic
-from mmrl.engine.rundir import eval_result_path, load_run, training_classnames, training_template
+from mmrl.engine.rundir import SPLIT_FILE, eval_result_path, load_run, training_classnames, training_template
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
 
 LOG = logging.getLogger("mmrl")
@@ -66,20 +66,37 @@ def eval_beta(model: nn.Module, cfg: RunConfig | None, dataset: str) -> float | 
 
 def eval_splits(cfg: RunConfig | None, dataset: str, root: str | Path | None, subsample: str, *,
                 shots: int = 16, seed: int = 1, split_file: str | None = None, cache_dir: str | None = None,
-                template: str | None = None):
+                template: str | None = None, run_split: str | Path | None = None):
     """The splits to evaluate on. The run's own dataset uses the run's shots, seed, split file
     and template (base/novel classes depend on the few-shot train split); a run's split
-    file is used verbatim, so it only applies to the run's own subsample."""
+    file is used verbatim, so it only applies to the run's own subsample.
+
+    ``run_split``: the run's recorded split (RUN_DIR/split.json). On the run's own user dataset
+    (``folder:``, ``manifest:``, ``dataset:``), whose images may have changed since, its test list
+    is the test set (of the run's classes; images gone are skipped, images added are not
+    evaluated, both with a warning); benchmark datasets keep their fixed split files.
+    """
     from mmrl import data
+    from mmrl.data.imagefolder import is_user_spec
+    from mmrl.data.splits import recorded_split
 
     if cfg is not None and dataset == cfg.data.dataset:
         sf = split_file or (cfg.data.split_file if subsample == cfg.data.subsample else None)
         if cfg.data.split_file and sf is None:
             LOG.warning("the run's split file %s holds its %s classes only; evaluating subsample %r from the "
                         "dataset's own split", cfg.data.split_file, cfg.data.subsample, subsample)
-        return data.prepare_splits(dataset, root, shots=cfg.data.shots, seed=cfg.data_seed, subsample=subsample,
-                                   split_file=sf, cache_dir=cache_dir or cfg.data.cache_dir,
-                                   template=template or cfg.data.template)
+
+        def now(sub: str):
+            return data.prepare_splits(dataset, root, shots=cfg.data.shots, seed=cfg.data_seed, subsample=sub,
+                                       split_file=sf, cache_dir=cache_dir or cfg.data.cache_dir,
+                                       template=template or cfg.data.template)
+
+        use_record = (run_split is not None and sf is None and is_user_spec(dataset) and Path(run_split).is_file())
+        if use_record and subsample == cfg.data.subsample:
+            return recorded_split(now(subsample), run_split)
+        if use_record and cfg.data.subsample == "all":  # the record holds every class: take the asked half
+            return data.subsample_classes(recorded_split(now("all"), run_split), subsample)
+        return now(subsample)
     if cfg is not None:
         shots, seed = cfg.data.shots, cfg.data_seed
         cache_dir = cache_dir or cfg.data.cache_dir
@@ -263,7 +280,8 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
     if root is None and cfg is not None:
         root = cfg.data.root
     kind = choose_logits(cfg, dataset, subsample, logits)
-    splits = eval_splits(cfg, dataset, root, subsample, split_file=split_file, template=template)
+    splits = eval_splits(cfg, dataset, root, subsample, split_file=split_file, template=template,
+                         run_split=run_dir / SPLIT_FILE if run_dir is not None else None)
     res = _evaluate_model(
         model, cfg, dataset, subsample, kind, splits=splits,
         batch_size=batch_size or (cfg.eval.batch_size if cfg else 250),
