@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 from mmrl.report import published as pub
-from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, mean_std, num
+from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
 from mmrl.report.group import Series, dataset_order, display
 from mmrl.report.plotting import (ZEROSHOT, ZEROSHOT_PUBLISHED, BarSeries, grouped_bars, new_figure, ours_color,
                                   published_color, save_png)
@@ -204,10 +204,6 @@ def document(sec: dict, published: dict, figure: str | None) -> list[Block]:
 # CSV
 # ----------------------------------------------------------------------------------------------
 
-def _v(x: float | None) -> str:
-    return "" if x is None else repr(float(x))
-
-
 def _g(s: dict | None, key: str) -> float | None:
     return None if not s else s.get(key)
 
@@ -222,18 +218,18 @@ def to_csv(sec: dict, published: dict) -> str:
         method = _method_of(key, e) if key != "zeroshot" else display("zeroshot")
         for d, r in e["datasets"].items():
             p = pub.b2n_dataset(published, method, d) or {}
-            w.writerow([key, d, len(r["seeds"]), len(r["expected_seeds"]), _v(_g(r["base"], "mean")),
-                        _v(_g(r["base"], "std")), _v(_g(r["novel"], "mean")), _v(_g(r["novel"], "std")),
-                        _v(_g(r["hm"], "mean")), _v(_g(r["hm"], "std")), _v(r["hm_of_means"]),
-                        _v(p.get("base")), _v(p.get("novel")), _v(p.get("hm"))])
+            w.writerow([key, d, len(r["seeds"]), len(r["expected_seeds"]), csv_num(_g(r["base"], "mean")),
+                        csv_num(_g(r["base"], "std")), csv_num(_g(r["novel"], "mean")), csv_num(_g(r["novel"], "std")),
+                        csv_num(_g(r["hm"], "mean")), csv_num(_g(r["hm"], "std")), csv_num(r["hm_of_means"]),
+                        csv_num(p.get("base")), csv_num(p.get("novel")), csv_num(p.get("hm"))])
         a = e["average"]
         if not a["expected_datasets"]:
             continue
         p = pub.b2n_average(published, method) or {}
-        w.writerow([key, "Average", a["base"]["n"] if a.get("base") else 0, "", _v(_g(a.get("base"), "mean")),
-                    _v(_g(a.get("base"), "std")), _v(_g(a.get("novel"), "mean")), _v(_g(a.get("novel"), "std")),
-                    _v(_g(a.get("hm"), "mean")), _v(_g(a.get("hm"), "std")), _v(a.get("hm_of_means")),
-                    _v(p.get("base")), _v(p.get("novel")), _v(p.get("hm"))])
+        w.writerow([key, "Average", a["base"]["n"] if a.get("base") else 0, "", csv_num(_g(a.get("base"), "mean")),
+                    csv_num(_g(a.get("base"), "std")), csv_num(_g(a.get("novel"), "mean")), csv_num(_g(a.get("novel"), "std")),
+                    csv_num(_g(a.get("hm"), "mean")), csv_num(_g(a.get("hm"), "std")), csv_num(a.get("hm_of_means")),
+                    csv_num(p.get("base")), csv_num(p.get("novel")), csv_num(p.get("hm"))])
     return buf.getvalue()
 
 

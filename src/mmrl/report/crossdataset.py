@@ -12,7 +12,7 @@ import io
 from pathlib import Path
 
 from mmrl.report import published as pub
-from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, mean_std, num
+from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
 from mmrl.report.group import Series, dataset_order, display
 from mmrl.report.plotting import (ZEROSHOT, BarSeries, grouped_bars, new_figure, ours_color, published_color,
                                   save_png)
@@ -161,10 +161,6 @@ def document(sec: dict, published: dict, figure: str | None) -> list[Block]:
 # CSV
 # ----------------------------------------------------------------------------------------------
 
-def _v(x: float | None) -> str:
-    return "" if x is None else repr(float(x))
-
-
 def to_csv(sec: dict, published: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -177,9 +173,9 @@ def to_csv(sec: dict, published: dict) -> str:
         for c, r in t["targets"].items():
             a = r["acc"] or {}
             w.writerow([m, k, c, group_of(c, t["source"]), len(r["seeds"]), len(r["expected_seeds"]),
-                        _v(a.get("mean")), _v(a.get("std")), _v(pub.cross_target(published, mth, c))])
+                        csv_num(a.get("mean")), csv_num(a.get("std")), csv_num(pub.cross_target(published, mth, c))])
         for g, a in t["average"].items():
-            w.writerow([m, k, "Average", g, "", "", _v(a["acc"]), "", _v(pub.cross_average(published, mth, g))])
+            w.writerow([m, k, "Average", g, "", "", csv_num(a["acc"]), "", csv_num(pub.cross_average(published, mth, g))])
     return buf.getvalue()
 
 

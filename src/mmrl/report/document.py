@@ -24,6 +24,11 @@ def num(x: float | None) -> str:
     return DASH if x is None else f"{x:.2f}"
 
 
+def csv_num(x: float | None) -> str:
+    """A number in a CSV file: every digit (repr), or empty when there is none."""
+    return "" if x is None else repr(float(x))
+
+
 def mean_std(s: dict | None, expected: int | None = None, show_n: bool = False, empty: str = "missing") -> str:
     """'mean ± std' of a Stat dict ('mean' alone for one value), with '(n/expected)' when fewer seeds
     than expected; ``empty`` when there is no value."""

@@ -7,7 +7,7 @@ import io
 import math
 from pathlib import Path
 
-from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, mean_std, num
+from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
 from mmrl.report.group import Series, dataset_order
 from mmrl.report.plotting import ACC_LABEL, ZEROSHOT, new_figure, ours_color, save_png
 from mmrl.report.scan import Run
@@ -113,10 +113,6 @@ def document(sec: dict, published: dict, figure: str | None) -> list[Block]:
 # CSV
 # ----------------------------------------------------------------------------------------------
 
-def _v(x: float | None) -> str:
-    return "" if x is None else repr(float(x))
-
-
 def to_csv(sec: dict, published: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -125,11 +121,11 @@ def to_csv(sec: dict, published: dict) -> str:
         for d, per in e["datasets"].items():
             for k, r in per.items():
                 a = r["acc"] or {}
-                w.writerow([m, d, k, len(r["seeds"]), len(r["expected_seeds"]), _v(a.get("mean")), _v(a.get("std"))])
+                w.writerow([m, d, k, len(r["seeds"]), len(r["expected_seeds"]), csv_num(a.get("mean")), csv_num(a.get("std"))])
         for k, a in e["average"].items():
-            w.writerow([m, "Average", k, "", "", _v(a["acc"]), ""])
+            w.writerow([m, "Average", k, "", "", csv_num(a["acc"]), ""])
     for d, s in (sec.get("zeroshot") or {}).items():
-        w.writerow(["zeroshot", d, 0, s["n"] if s else 0, "", _v((s or {}).get("mean")), _v((s or {}).get("std"))])
+        w.writerow(["zeroshot", d, 0, s["n"] if s else 0, "", csv_num((s or {}).get("mean")), csv_num((s or {}).get("std"))])
     return buf.getvalue()
 
 
