@@ -249,6 +249,21 @@ def test_export_classes_flag_and_json(world, capsys):
     assert rel_err(clf.logits(clf.preprocess(images)), ref.logits(ref.preprocess(images))) < 1e-5
 
 
+def test_predict_uses_the_datasets_target_beta_as_eval_does(world, exported, capsys):
+    """`mmrl predict --dataset` decides classes, template, logit kind and (MMRL++) beta as
+    `mmrl eval` does: its probabilities are the softmax of eval's logits."""
+    case = exported["mmrl++|eurosat|torch"]
+    row = case["rows"][0]
+    assert main(["predict", str(world["runs"]["mmrl++"]), case["images"][0], "--dataset", "eurosat",
+                 "--top-k", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)[0]
+    prob = torch.tensor(row["logits"]).softmax(-1)
+    names = case["meta"]["classes"]
+    assert out["logits"] == "class"
+    assert {t["class"]: t["probability"] for t in out["top"]} == pytest.approx(
+        {names[i]: float(prob[i]) for i in range(4)}, rel=1e-5)
+
+
 # ------------------------------------------------------------------------------- errors
 def _one_line_error(capsys, argv, code=1) -> str:
     assert main(argv) == code

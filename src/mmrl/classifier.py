@@ -202,7 +202,7 @@ class Classifier:
     def with_classes(self, classes: Sequence[str], logits: str = "auto") -> "Classifier":
         """The same adapted model on another class set.
 
-        From a run: the class texts are encoded anew; ``logits='auto'`` gives class-token
+        From a run: the class texts are encoded anew (same template); ``logits='auto'`` gives class-token
         logits (fused only when ``classes`` are exactly the run's training classes, in order,
         as ``mmrl predict`` decides). From a loaded file (its text features are baked in): only
         a subset of its classes, and only for a file of class-token logits (each class's
