@@ -33,9 +33,11 @@ def main(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from mmrl.classifier import Classifier
-        from mmrl.engine.export import format_for
+        from mmrl.engine.export import format_for, require_onnx_export
 
-        fmt = format_for(args.output, args.format)  # a bad suffix fails before the model loads
+        fmt = format_for(args.output, args.format)  # a bad suffix or a missing package fails before the model loads
+        if fmt == "onnx":
+            require_onnx_export()
         classes = args.classes.split(",") if args.classes is not None else None
         clf = Classifier.from_run(args.run_dir, classes, dataset=args.dataset, root=args.root,
                                   subsample=args.subsample, logits=args.logits, template=args.template,

@@ -51,6 +51,12 @@ def _require(module: str, why: str):
                                      ) from e
 
 
+def require_onnx_export() -> None:
+    """Raise MissingDependencyError unless torch.onnx's exporter can run (onnxscript, onnx)."""
+    _require("onnxscript", "ONNX export (torch.onnx's exporter)")
+    _require("onnx", "ONNX export")
+
+
 def format_for(path: str | Path, fmt: str | None = None) -> str:
     """The file format: ``fmt`` if given, else from the suffix (.onnx -> onnx, .pt2 -> torch)."""
     if fmt is not None:
@@ -102,8 +108,7 @@ def write_exported(program: torch.export.ExportedProgram, metadata: dict[str, An
         torch.export.save(program, buf, extra_files={METADATA_FILE: text})
         data = buf.getvalue()
     elif fmt == "onnx":
-        _require("onnxscript", "ONNX export (torch.onnx's exporter)")
-        _require("onnx", "ONNX export")
+        require_onnx_export()
         size = metadata["input_size"]
         with contextlib.redirect_stdout(io.StringIO()):  # keep the command's output to its own lines
             onnx_program = torch.onnx.export(program, (torch.zeros(2, 3, size, size),), dynamo=True,
