@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("eval", "evaluate a run directory on any dataset (decoupled inference)"),
     "zeroshot": ("zeroshot", "CLIP zero-shot baseline with the dataset's hand-written template"),
     "predict": ("predict", "class probabilities for image files with a trained run"),
+    "export": ("export", "write a run as one self-contained ONNX / torch.export file: images in, class logits out"),
     "convert-official": ("convert_official", "turn the authors' released checkpoint into a run directory"),
     "reproduce": ("reproduce", "run a protocol's whole grid (parallel, sharded, resumable), then report"),
     "report": ("report", "tables and figures (Markdown, HTML, CSV) of every run under a folder, beside the "

@@ -19,13 +19,14 @@ from .datasets import (
     prepare_splits,
 )
 from .splits import fewshot, read_split_file, set_random_seed, subsample_classes, write_split_file
-from .transforms import CLIP_MEAN, CLIP_STD, build_transform
+from .transforms import CLIP_MEAN, CLIP_STD, build_transform, preprocessing_spec, transform_from_spec
 from .verify import VerifyReport, verify, verify_dataset
 
 __all__ = [
     "ALL_DATASETS", "BENCHMARK_11", "BENCHMARKS", "BadImageError", "CLIP_MEAN", "CLIP_STD", "DEFAULT_TEMPLATE",
     "DataError", "DatasetSplits", "Datum", "IMAGENET_VARIANTS", "ImageDataset", "MissingDataError",
     "VerifyReport", "build_loader", "build_transform", "canonical_name", "dataset_template", "default_cache_dir",
-    "fewshot", "find_bad_images", "load_dataset", "load_image", "locate", "prepare_splits", "read_split_file",
-    "sample_seed", "set_random_seed", "subsample_classes", "verify", "verify_dataset", "write_split_file",
+    "fewshot", "find_bad_images", "load_dataset", "load_image", "locate", "prepare_splits", "preprocessing_spec",
+    "read_split_file", "sample_seed", "set_random_seed", "subsample_classes", "transform_from_spec", "verify",
+    "verify_dataset", "write_split_file",
 ]

@@ -19,9 +19,33 @@ def build_transform(train: bool, resolution: int) -> T.Compose:
     """
     if not isinstance(resolution, int) or resolution <= 0:
         raise ValueError(f"resolution={resolution!r}; expected a positive int (the backbone's input size)")
-    if train:
-        head = [T.RandomResizedCrop(resolution, scale=(0.5, 1.0), interpolation=InterpolationMode.BICUBIC),
-                T.RandomHorizontalFlip()]
-    else:
-        head = [T.Resize(resolution, interpolation=InterpolationMode.BICUBIC), T.CenterCrop(resolution)]
+    if not train:
+        return transform_from_spec(preprocessing_spec(resolution))
+    head = [T.RandomResizedCrop(resolution, scale=(0.5, 1.0), interpolation=InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip()]
     return T.Compose([*head, T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+
+
+def preprocessing_spec(resolution: int) -> dict:
+    """The test-time preprocessing as data (what an exported model's file records):
+
+    ``{"resize": R, "interpolation": "bicubic", "crop": R, "mean": [3], "std": [3]}`` --
+    RGB image, resize so that its SHORTER side is ``resize`` pixels (bicubic; the longer side
+    ``int(resize * long / short)``), centre crop ``crop`` x ``crop``, scale to [0, 1], then
+    ``(x - mean) / std`` per channel; result (3, crop, crop) float32, channels first.
+    """
+    return {"resize": int(resolution), "interpolation": "bicubic", "crop": int(resolution),
+            "mean": list(CLIP_MEAN), "std": list(CLIP_STD)}
+
+
+def transform_from_spec(spec: dict) -> T.Compose:
+    """PIL RGB image -> (3, crop, crop) float tensor, from a :func:`preprocessing_spec` dict."""
+    try:
+        interp = InterpolationMode(spec["interpolation"])
+        resize, crop = int(spec["resize"]), int(spec["crop"])
+        mean, std = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"preprocessing {spec!r}: expected keys resize, interpolation, crop, mean, std "
+                         f"({type(e).__name__}: {e})") from e
+    return T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(crop), T.ToTensor(),
+                      T.Normalize(mean, std)])

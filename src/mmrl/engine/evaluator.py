@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -55,13 +56,78 @@ def choose_logits(cfg: RunConfig | None, dataset: str, subsample: str, requested
     return "class"
 
 
-def eval_beta(model: nn.Module, cfg: RunConfig | None, dataset: str) -> float | None:
-    """The beta an MMRL++ model uses on ``dataset`` (None for MMRL / zero-shot)."""
+def eval_beta(model: nn.Module, cfg: RunConfig | None, dataset: str | None) -> float | None:
+    """The beta an MMRL++ model uses on ``dataset`` (None for MMRL / zero-shot; the model's own
+    beta when ``dataset`` is None, i.e. a list of class names)."""
     if not getattr(model, "is_plus", False):
         return None
-    if cfg is not None and dataset != cfg.data.dataset and dataset in cfg.eval.target_beta:
+    if cfg is not None and dataset is not None and dataset != cfg.data.dataset and dataset in cfg.eval.target_beta:
         return float(cfg.eval.target_beta[dataset])
     return float(model.cfg.beta)
+
+
+@contextmanager
+def using_beta(model: nn.Module, beta: float | None) -> Iterator[None]:
+    """Within the block, an MMRL++ model blends with ``beta`` (None: leave it as it is)."""
+    if beta is None:
+        yield
+        return
+    old = model.cfg.beta
+    model.cfg.beta = beta
+    try:
+        yield
+    finally:
+        model.cfg.beta = old
+
+
+class ClassSet(NamedTuple):
+    """The classes a run is applied to and how: what `mmrl eval` / `mmrl predict` decide."""
+
+    classnames: list[str]
+    template: str
+    kind: str                # "fused" or "class"
+    beta: float | None       # MMRL++'s blend on these classes (None for MMRL)
+    dataset: str | None      # canonical dataset name when the classes came from a dataset
+
+
+def resolve_class_set(model: nn.Module, cfg: RunConfig | None, run_dir: str | Path | None, *,
+                      classes: Sequence[str] | None = None, dataset: str | None = None,
+                      root: str | Path | None = None, subsample: str = "all", logits: str = "auto",
+                      template: str | None = None) -> ClassSet:
+    """Classes from ``classes`` (a list of names), from ``dataset`` (its ``subsample``
+    classes, with its template, as `mmrl eval` evaluates them), or, with neither, from the run
+    itself: its training classes (split.json) with its training template (run.json), or for a
+    run without split.json (a converted checkpoint) its dataset's training subsample; the logit kind as decoupled
+    inference decides (``logits='auto'``): fused when the classes are the run's training
+    classes (the same names in the same order, or the training dataset and subsample), class
+    logits otherwise; MMRL++ uses a dataset's published target beta as :func:`eval_beta` says."""
+    if classes is not None and dataset is not None:
+        raise ValueError("give either classes (a list of class names) or a dataset, not both")
+    if logits not in LOGIT_KINDS:
+        raise ValueError(f"logits={logits!r}; expected one of {', '.join(LOGIT_KINDS)}")
+    if classes is None and dataset is None:  # the run's own training classes
+        if run_dir is None or cfg is None:
+            raise ValueError("give classes (a list of class names) or a dataset: a model without its run "
+                             "folder records no classes")
+        classes = training_classnames(run_dir)
+        if classes is None:  # no split.json (a converted checkpoint): its dataset's training classes
+            dataset, subsample = cfg.data.dataset, cfg.data.subsample
+    if classes is not None:
+        classnames = [c.strip() for c in classes if c.strip()]
+        if not classnames:
+            raise ValueError("the class list is empty")
+        trained = training_classnames(run_dir) if run_dir is not None else None
+        if template is None:
+            recorded = training_template(run_dir) if trained is not None and trained == classnames else None
+            template = recorded or (cfg.data.template if cfg else None) or _dataset_template(cfg)
+        kind = logits if logits != "auto" else ("fused" if trained is not None and trained == classnames else "class")
+        return ClassSet(classnames, template, kind, eval_beta(model, cfg, None), None)
+    dataset = canonical_dataset(dataset)
+    if root is None and cfg is not None:
+        root = cfg.data.root
+    kind = choose_logits(cfg, dataset, subsample, logits)
+    splits = eval_splits(cfg, dataset, root, subsample, template=template)
+    return ClassSet(list(splits.classnames), splits.template, kind, eval_beta(model, cfg, dataset), dataset)
 
 
 def eval_splits(cfg: RunConfig | None, dataset: str, root: str | Path | None, subsample: str, *,
@@ -207,18 +273,12 @@ def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsa
                     predictions: str | Path | None, progress: bool | None,
                     dist_info: ddp_util.DistInfo | None = None) -> dict[str, Any]:
     beta = eval_beta(model, cfg, dataset)
-    old_beta = model.cfg.beta if beta is not None else None
     t0 = time.time()
-    try:
-        if beta is not None:
-            model.cfg.beta = beta
+    with using_beta(model, beta):
         logits, labels, idx = run_inference(
             model, splits.test, splits.classnames, splits.template, kind, batch_size=batch_size,
             precision=precision, num_workers=num_workers, skip_bad=skip_bad, progress=progress,
             desc=f"eval {splits.name}-{subsample}", dist_info=dist_info)
-    finally:
-        if old_beta is not None:
-            model.cfg.beta = old_beta
     res = {"dataset": splits.name, "subsample": subsample, **summarize(logits, labels, splits.classnames),
            "logits": kind, "beta": beta, "template": splits.template, "precision": precision,
            "time_s": round(time.time() - t0, 3)}
@@ -358,10 +418,9 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
     """Class probabilities (softmax of the chosen logits) for image files.
 
     Classes come from ``classes``, from ``dataset`` (its ``subsample`` classes), or, with
-    neither, from the run itself: its training classes (split.json) with its training template
-    (run.json), or for a run without split.json (a converted checkpoint) the classes of its
-    dataset and training subsample. With ``logits='auto'``: fused when the classes are the
-    run's training classes, else class.
+    neither, from the run itself (see :func:`resolve_class_set`). With ``logits='auto'``: fused
+    when the classes are the run's training classes, else class (MMRL++ uses a dataset's target
+    beta as `mmrl eval` does).
     Returns one ``{"image", "prediction", "top": [{"class", "probability"}], "logits"}`` per image.
     """
     from mmrl import data
@@ -372,37 +431,15 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
         model, cfg = load_run(run_dir, device=device)
     else:
         model = run_dir_or_model
-    if classes is not None and dataset is not None:
-        raise ValueError("give either classes (a list of class names) or a dataset, not both")
-    if classes is None and dataset is None:  # the run's own training classes
-        if run_dir is None or cfg is None:
-            raise ValueError("give classes (a list of class names) or a dataset: a model without its run "
-                             "folder records no classes")
-        classes = training_classnames(run_dir)
-        if classes is None:  # no split.json (a converted checkpoint): its dataset's training classes
-            dataset, subsample = cfg.data.dataset, cfg.data.subsample
-    if classes is not None:
-        classnames = [c.strip() for c in classes if c.strip()]
-        if not classnames:
-            raise ValueError("the class list is empty")
-        trained = training_classnames(run_dir) if run_dir is not None else None
-        if template is None:
-            recorded = training_template(run_dir) if trained is not None and trained == classnames else None
-            template = recorded or (cfg.data.template if cfg else None) or _dataset_template(cfg)
-        kind = logits if logits != "auto" else ("fused" if trained is not None and trained == classnames else "class")
-    else:
-        dataset = canonical_dataset(dataset)
-        if root is None and cfg is not None:
-            root = cfg.data.root
-        kind = choose_logits(cfg, dataset, subsample, logits)
-        splits = eval_splits(cfg, dataset, root, subsample, template=template)
-        classnames, template = splits.classnames, splits.template
+    cs = resolve_class_set(model, cfg, run_dir, classes=classes, dataset=dataset, root=root, subsample=subsample,
+                           logits=logits, template=template)
+    classnames, kind = cs.classnames, cs.kind
     transform = data.build_transform(False, model_image_size(model))
     device_ = model_device(model)
     model.eval()
-    model.set_classes(classnames, template)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), using_beta(model, cs.beta):
+        model.set_classes(classnames, cs.template)
         text = model.encode_text()
         for path in images:
             x = transform(data.load_image(str(path))).unsqueeze(0).to(device_)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -152,6 +152,83 @@ def run_block_reference(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = No
 def causal_mask(n: int, device=None) -> Tensor:
     """Additive (n, n) mask as CLIP builds it: -inf above the diagonal."""
     return torch.full((n, n), float("-inf"), device=device).triu_(1)
+
+
+def refresh_slots(slots: Tensor, new: Tensor, beta: float | None) -> Tensor:
+    """Slot refresh before block i > J: ``new`` replaces the slots (MMRL, ``beta=None``) or
+    is blended in as ``beta * new + (1 - beta) * slots`` (MMRL++ PRC).
+
+    Args:
+        slots: (B, K, d) the slots leaving block i - 1; new: (B, K, d) or (K, d) the aligner's
+            output for block i.
+    Returns:
+        (B, K, d)
+    """
+    if beta is not None:
+        return beta * new + (1.0 - beta) * slots
+    return new.expand_as(slots)
+
+
+def fuse_logits(class_logits: Tensor, rep_logits: Tensor, alpha: float) -> Tensor:
+    """Decoupled inference's fused logits ``alpha l_c + (1 - alpha) l_r``, each (B, C)."""
+    return alpha * class_logits + (1 - alpha) * rep_logits
+
+
+def vision_stem(visual: nn.Module, images: Tensor) -> Tensor:
+    """open_clip ``VisionTransformer`` stem: (B, 3, H, W) -> (B, 1 + P, d_v): patches, CLS,
+    positional embedding, ln_pre."""
+    v = visual
+    x = v.conv1(images).flatten(2).transpose(1, 2)                  # (B, P, d_v)
+    cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
+    return v.ln_pre(v.patch_dropout(x))
+
+
+def vision_heads(visual: nn.Module, x: Tensor, K: int,
+                 rep_projection: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Output tokens (B, 1 + K + ..., d_v) -> f_c = ln_post(CLS) @ proj and
+    f_r = mean_k ln_post(rep token k) @ rep_projection (ln_post BEFORE the mean); each (B, d_e).
+    ``rep_projection=None``: f_c alone (f_r is None)."""
+    f_c = visual.ln_post(x[:, 0]) @ visual.proj
+    if rep_projection is None:
+        return f_c, None
+    f_r = visual.ln_post(x[:, 1:1 + K]).mean(dim=1) @ rep_projection
+    return f_c, f_r
+
+
+def cosine_logits(features: Tensor, text_normed: Tensor, scale: float) -> Tensor:
+    """``scale * cos``: features (B, d_e) unnormalised, text_normed (C, d_e) L2-normalised -> (B, C)."""
+    return scale * F.normalize(features, dim=-1) @ text_normed.t()
+
+
+def run_adapted_vision_blocks(blocks, x: Tensor, slot: Callable[[int], Tensor],
+                              refresh: Callable[[Tensor, Tensor], Tensor], n_out: int) -> Tensor:
+    """Image blocks J..L of the fast path: the K slots inserted after CLS before block J and
+    refreshed before every later block; the last block runs for the first ``n_out`` tokens only.
+
+    Slots are refreshed with slice_scatter (its backward is one masked copy instead of
+    zero-filled buffers for each slice of a cat).
+
+    Args:
+        blocks: the open_clip blocks J..L.
+        x: (B, 1 + P, d_v) tokens entering block J.
+        slot: ``slot(i)`` -> (K, d_v), the vision aligner's output for the i-th of these blocks
+            (0 = block J); image-independent.
+        refresh: ``refresh(slots (B, K, d_v), new (B, K, d_v)) -> (B, K, d_v)``.
+        n_out: tokens read after the last block (1 + K for both heads, 1 for CLS alone).
+    Returns:
+        (B, n_out, d_v)
+    """
+    B = x.shape[0]
+    new = slot(0).to(x.dtype)
+    K = new.shape[0]
+    x = torch.cat([x[:, :1], new.expand(B, -1, -1), x[:, 1:]], dim=1)
+    for i, blk in enumerate(blocks):
+        if i > 0:
+            new = slot(i).to(x.dtype).expand(B, -1, -1)
+            x = x.slice_scatter(refresh(x[:, 1:1 + K], new), dim=1, start=1, end=1 + K)
+        x = run_block(blk, x) if i < len(blocks) - 1 else _run_block_rows(blk, x, n_out)
+    return x
 
 
 # --------------------------------------------------------------------------- aligners
@@ -297,9 +374,7 @@ class MMRL(nn.Module):
 
     def refresh_slots(self, slots: Tensor, new: Tensor) -> Tensor:
         """Slot refresh before block i > J: replace (MMRL) or beta-blend (MMRL++ PRC)."""
-        if self.is_plus:
-            return self.cfg.beta * new + (1.0 - self.cfg.beta) * slots
-        return new.expand_as(slots)
+        return refresh_slots(slots, new, self.cfg.beta if self.is_plus else None)
 
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """The trainable tensors only (a few MB), detached, by name."""
@@ -461,19 +536,11 @@ class MMRL(nn.Module):
     # ---------------------------------------------------------------- vision tower
     def _vision_stem(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, 1 + P, d_v): patches, CLS, positional embedding, ln_pre."""
-        v = self.clip.visual
-        x = v.conv1(images).flatten(2).transpose(1, 2)                  # (B, P, d_v)
-        cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-        return v.ln_pre(v.patch_dropout(x))
+        return vision_stem(self.clip.visual, images)
 
     def _vision_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Output tokens (B, 1 + K + P, d_v) -> f_c = ln_post(CLS) @ proj and
-        f_r = mean_k ln_post(rep token k) @ proj_rep (ln_post BEFORE the mean)."""
-        v = self.clip.visual
-        f_c = v.ln_post(x[:, 0]) @ v.proj
-        f_r = v.ln_post(x[:, 1:1 + self.K]).mean(dim=1) @ self.rep_projection()
-        return f_c, f_r
+        """Output tokens (B, 1 + K + ..., d_v) -> (f_c, f_r), see :func:`vision_heads`."""
+        return vision_heads(self.clip.visual, x, self.K, self.rep_projection())
 
     def _vision_adapted(self, x: Tensor, block_fn) -> Tensor:
         """Blocks J..L with the K slots inserted after CLS (no positional embedding, no mask)."""
@@ -512,17 +579,9 @@ class MMRL(nn.Module):
                     t = run_block(blk, t)
                 t = _run_block_rows(blocks[-1], t, 1)
                 f_t = self.clip.visual.ln_post(t[:, 0]) @ self.clip.visual.proj
-        # Blocks J..L as in _vision_adapted, but: slots refreshed with slice_scatter (its
-        # backward is one masked copy instead of zero-filled buffers for each slice of a
-        # cat), and the last block runs for the tokens the heads read, CLS and the K slots.
-        K, B, rep = self.K, x.shape[0], self.rep_tokens
-        x = torch.cat([x[:, :1], self.vision_aligner.map(0, rep).to(x.dtype).expand(B, -1, -1), x[:, 1:]], dim=1)
-        adapted = blocks[self.J0:]
-        for i, blk in enumerate(adapted):
-            if i > 0:
-                new = self.vision_aligner.map(i, rep).to(x.dtype).expand(B, -1, -1)
-                x = x.slice_scatter(self.refresh_slots(x[:, 1:1 + K], new), dim=1, start=1, end=1 + K)
-            x = run_block(blk, x) if i < len(adapted) - 1 else _run_block_rows(blk, x, 1 + K)
+        rep = self.rep_tokens
+        x = run_adapted_vision_blocks(blocks[self.J0:], x, lambda i: self.vision_aligner.map(i, rep),
+                                      self.refresh_slots, 1 + self.K)
         f_c, f_r = self._vision_heads(x)
         return ImageFeatures(f_c, f_r, f_t)
 
@@ -531,10 +590,9 @@ class MMRL(nn.Module):
         """Cosine logits at the fixed scale; ``text`` (C, d_e) unnormalised."""
         t = F.normalize(text, dim=-1)
         s = self.cfg.logit_scale
-        lc = s * F.normalize(image.class_, dim=-1) @ t.t()
-        lr = s * F.normalize(image.rep, dim=-1) @ t.t()
-        a = self.cfg.alpha
-        return Logits(lc, lr, a * lc + (1 - a) * lr)
+        lc = cosine_logits(image.class_, t, s)
+        lr = cosine_logits(image.rep, t, s)
+        return Logits(lc, lr, fuse_logits(lc, lr, self.cfg.alpha))
 
     def logits(self, images: Tensor, text: Tensor | None = None, reference: bool = False) -> Logits:
         """All three kinds of logits (B, C); pass precomputed ``text`` features to evaluate

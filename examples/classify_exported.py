@@ -1,0 +1,85 @@
+"""Classify images with a file written by `mmrl export` -- without mmrl, CLIP or the class texts.
+
+Needs numpy, Pillow and either onnxruntime (for .onnx files) or torch (for .pt2 files)::
+
+    python classify_exported.py pets.onnx cat.jpg dog.jpg --top-k 3
+
+The file's metadata says everything needed: class names, logit kind, input size and the
+preprocessing (shorter side resized to `resize` with bicubic interpolation, centre crop
+`crop` x `crop`, RGB scaled to [0, 1], then `(x - mean) / std` per channel). The functions
+below reproduce torchvision's `Resize` / `CenterCrop` / `ToTensor` / `Normalize` on PIL
+images, so the batch equals the one `mmrl eval` builds.
+
+Copy this file into your application and keep `load` and `preprocess`; only `.pt2` loading
+uses torch (and `torch.export.load` may unpickle: load only files you trust).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+
+def load(path: str):
+    """-> (run, metadata): run(batch (N, 3, S, S) float32 ndarray) -> logits (N, C) float32 ndarray."""
+    if zipfile.is_zipfile(path):  # torch.export archive (.pt2)
+        import torch
+
+        extra = {"mmrl.json": ""}
+        module = torch.export.load(path, extra_files=extra).module()
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return module(torch.from_numpy(batch)).numpy()
+        return run, json.loads(extra["mmrl.json"])
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["mmrl"])
+
+    def run_onnx(batch: np.ndarray) -> np.ndarray:
+        return session.run(None, {meta["input"]["name"]: batch})[0]
+    return run_onnx, meta
+
+
+def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
+    """PIL image -> (3, crop, crop) float32, as metadata["preprocessing"] says."""
+    assert spec["interpolation"] == "bicubic"
+    img = image.convert("RGB")
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    size = spec["resize"]
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+    c = spec["crop"]
+    top, left = int(round((new_h - c) / 2.0)), int(round((new_w - c) / 2.0))
+    img = img.crop((left, top, left + c, top + c))
+    x = np.asarray(img, dtype=np.uint8).astype(np.float32) / np.float32(255)
+    x = (x - np.asarray(spec["mean"], dtype=np.float32)) / np.asarray(spec["std"], dtype=np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="file written by mmrl export (.onnx or .pt2)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=5)
+    args = p.parse_args()
+    run, meta = load(args.model)
+    batch = np.stack([preprocess(Image.open(f), meta["preprocessing"]) for f in args.images])
+    logits = run(batch)
+    prob = np.exp(logits - logits.max(axis=1, keepdims=True))
+    prob /= prob.sum(axis=1, keepdims=True)
+    for f, pr in zip(args.images, prob):
+        print(f"{f}:")
+        for i in np.argsort(-pr)[: args.top_k]:
+            print(f"  {100 * pr[i]:6.2f}%  {meta['classes'][i]}")
+
+
+if __name__ == "__main__":
+    main()

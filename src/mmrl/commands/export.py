@@ -1,0 +1,61 @@
+"""`mmrl export`: a trained run as one self-contained file (ONNX or torch.export) mapping a
+preprocessed image batch (N, 3, H, W) float32 to class logits (N, C), with its metadata."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (mmrl train / mmrl convert-official)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: *.onnx or *.pt2")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird" '
+                                       "(default: the run's training classes)")
+    src.add_argument("--dataset", help="take the classes (and template, MMRL++ beta) of this dataset, as mmrl eval does")
+    p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
+    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")
+    p.add_argument("--template", help="prompt template with one {} (default: the run's / dataset's)")
+    p.add_argument("--format", choices=["onnx", "torch"],
+                   help="onnx (onnxruntime) or torch (torch.export .pt2); default: from the suffix of FILE")
+    p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
+                   help="auto: fused on the run's training classes, else class-token logits")
+    p.add_argument("--json", action="store_true", help="print the file's metadata as JSON")
+
+
+def main(args: argparse.Namespace) -> int:
+    from mmrl.engine.clitools import run_reporting_errors
+    from mmrl.engine.runtime import setup_cli_logging
+
+    setup_cli_logging()
+
+    def go() -> int:
+        from pathlib import Path
+
+        from mmrl.classifier import Classifier
+        from mmrl.engine.export import format_for, require_onnx_export
+
+        fmt = format_for(args.output, args.format)  # a bad suffix or a missing package fails before the model loads
+        if fmt == "onnx":
+            require_onnx_export()
+        classes = args.classes.split(",") if args.classes is not None else None
+        clf = Classifier.from_run(args.run_dir, classes, dataset=args.dataset, root=args.root,
+                                  subsample=args.subsample, logits=args.logits, template=args.template,
+                                  device="cpu")
+        path = clf.export(args.output, fmt)
+        meta = clf.metadata
+        if args.json:
+            print(json.dumps({"path": str(path), "format": fmt, "bytes": Path(path).stat().st_size, **meta}, indent=2))
+        else:
+            size = meta["input_size"]
+            print(f"{path}: {fmt}, {len(meta['classes'])} classes, {meta['logits']} logits, input (N, 3, {size}, "
+                  f"{size}) float32, {Path(path).stat().st_size / 2**20:.1f} MiB")
+        return 0
+
+    return run_reporting_errors(go, extra=_user_errors())
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from mmrl.engine.export import MissingDependencyError
+
+    return (MissingDependencyError, ValueError)
