@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 import yaml
 
 from mmrl.engine import sweep
+from mmrl.engine.lock import read_holder, run_lock_path
 from mmrl.engine.sweep import ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, VARIANTS
 
 DISPLAY = {"mmrl": "MMRL", "mmrl++": "MMRL++", "zeroshot": "CLIP zero-shot"}
@@ -179,7 +180,8 @@ def _grid(protocol: str, mdir: Path) -> Grid:
 def _run(protocol: str, method: str, dataset: str, shots: int, seed: int, output: Path) -> Run:
     rd = sweep.run_dir_for(output, protocol, method, dataset, shots, seed)
     run = sweep.read_json(rd / "run.json")
-    holder = sweep.read_claim_holder(rd)
+    # a sweep's claim beside the folder, else the writer lock of a process training it by hand
+    holder = sweep.read_claim_holder(rd) or read_holder(run_lock_path(rd))
     claim = f"claimed by {holder.get('host', '?')} pid {holder.get('pid', '?')} since {holder.get('time_iso', '?')}" \
         if holder else ""
     if run is None:

@@ -26,6 +26,7 @@ import torch
 
 from mmrl.config import ConfigError, RunConfig, dataset_slug, dump_config, load_config
 from mmrl.engine.checkpoint import load_adapter, write_json_atomic, write_text_atomic
+from mmrl.errors import CorruptFileError
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -56,8 +57,15 @@ def read_run_info(run_dir: str | Path) -> dict | None:
     p = Path(run_dir) / RUN_FILE
     if not p.is_file():
         return None
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(p, encoding="utf-8") as f:
+            info = json.load(f)
+    except ValueError as e:
+        raise CorruptFileError(f"{p}: not valid JSON ({e}); the run's status file is damaged: delete it to let "
+                               "`mmrl train` treat the folder as a run to resume or replace") from e
+    if not isinstance(info, dict):
+        raise CorruptFileError(f"{p}: expected a JSON object, found {type(info).__name__}")
+    return info
 
 
 def write_run_info(run_dir: str | Path, info: dict) -> None:
@@ -115,6 +123,17 @@ def training_classnames(run_dir: str | Path) -> list[str] | None:
     return [names[y] for y in sorted(names)] if names else None
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``RUN_DIR/config.yaml``; FileNotFoundError saying what a run directory is when it is absent."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        what = "does not exist" if not run_dir.exists() else f"is not a run directory (no {CONFIG_FILE})"
+        raise FileNotFoundError(f"{run_dir} {what}; give the folder of a run trained with `mmrl train` "
+                                "or converted with `mmrl convert-official`")
+    return cfg_path
+
+
 def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     """Load a finished (or converted) run: ``(model, cfg)``.
 
@@ -126,10 +145,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     from mmrl.models import MMRL
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG_FILE} "
-                                "(train one with `mmrl train` or convert one with `mmrl convert-official`)")
+    cfg_path = check_run_dir(run_dir)
     cfg = load_config(cfg_path)
     adapter_path = run_dir / ADAPTER_FILE
     if not adapter_path.is_file():
@@ -143,7 +159,23 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     except ValueError as e:
         raise ConfigError(f"{cfg_path}: {e}") from e
     model = MMRL(backbone, cfg.method)
-    tensors, _ = load_adapter(adapter_path)
-    model.load_adapter_state_dict(tensors)
+    try:
+        tensors, _ = load_adapter(adapter_path)
+        model.load_adapter_state_dict(tensors)
+    except CorruptFileError as e:
+        raise CorruptFileError(f"{e}; {adapter_recovery(run_dir)}") from e
+    except ValueError as e:  # names, shapes: the file belongs to another run, or the config was edited
+        raise CorruptFileError(f"{adapter_path} does not fit the run's {CONFIG_FILE} ({e}); "
+                               f"{adapter_recovery(run_dir)}") from e
     model.eval()
     return model, cfg
+
+
+def adapter_recovery(run_dir: str | Path) -> str:
+    """How to go on when a run's adapter file cannot be used."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir) or {}
+    if info.get("source"):
+        return "convert the official checkpoint again with `mmrl convert-official` into this folder or another one"
+    return (f"train the run again: delete {run_dir / ADAPTER_FILE} and run `mmrl train --resume {run_dir}` "
+            "(it resumes from the last checkpoint when one is left, else starts over with the same config)")
