@@ -124,3 +124,17 @@ def test_probe_reports_an_unreachable_host(monkeypatch):
     assert "no connection" in bb.unreachable(f"127.0.0.1:{port}", timeout_s=2)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # only the proxy can tell: the download tries
     assert bb.unreachable(f"127.0.0.1:{port}", timeout_s=2) is None
+
+
+def test_an_openai_copy_on_disk_is_named_as_the_way_on(tmp_path, monkeypatch, fake_open_clip):
+    """open_clip fetches ViT-B-16's weights from the hub; OpenAI's own file in ~/.cache/clip (from an
+    older open_clip or the `clip` package) is not used by it, but `--backbone FILE` reads it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    pcfg = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
+    copy = tmp_path / ".cache" / "clip" / os.path.basename(pcfg["url"])
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(b"weights")
+    monkeypatch.setattr(bb, "cached_weights", lambda pcfg: None)
+    monkeypatch.setattr(bb, "unreachable", lambda host: "no connection: simulated")
+    with pytest.raises(BackboneUnavailableError, match=f"--backbone {copy}, found on this machine"):
+        bb._open_clip_model("ViT-B-16", "openai", True, "ViT-B-16")

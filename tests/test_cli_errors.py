@@ -315,10 +315,21 @@ def test_other_everyday_mistakes(world, cli, tmp_path):
         (tiny_train_argv(world["clip"], world["root"], tmp_path / "r2", extra=["--set", "optim.lrr=1"]), 2,
          "did you mean"),
         (["describe", "--backbone", tmp_path / "nope.pt"], 1, "backbone file not found"),
+        (tiny_train_argv(world["clip"], world["root"], tmp_path / "r3", extra=["--split-file", tmp_path / "s.json"]),
+         1, "data.split_file: no such file"),
+        (tiny_train_argv(world["clip"], world["root"], tmp_path / "r4", extra=["--device", "cuda:99"]), 2, "cuda:99"),
     ]
     for argv, status, words in cases:
         rc, _, err = cli(argv)
         assert rc == status and words in _one_line(err), (argv, err)
+    assert not (tmp_path / "r3").exists()  # found out before anything was written
+    # counts that must be positive: argparse's usage error (status 2), never a torch error later
+    for argv in (["eval", world["run"], "--dataset", "dtd", "--batch-size", "0"],
+                 ["eval", world["run"], "--dataset", "dtd", "--num-workers", "-1"],
+                 ["zeroshot", "--dataset", "dtd", "--batch-size", "-5"]):
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in argv])
+        assert e.value.code == 2
 
 
 # --------------------------------------------------------------------------- unexpected errors, --debug

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+from mmrl.engine.clitools import (add_progress_flag, nonnegative_int, positive_int, progress_value,
+                                  run_reporting_errors)
 
 
 SKIP_BAD_HINT = " (to skip unreadable images instead: --skip-bad-images)"
@@ -29,10 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
                    help="logits that decide: auto = the protocol's choice")
     p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
-    p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's eval.batch_size)")
+    p.add_argument("--batch-size", type=positive_int, help="evaluation batch (default: the run's eval.batch_size)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the run's eval.precision")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--num-workers", type=int, help="data-loading workers (default: the run's data.num_workers)")
+    p.add_argument("--num-workers", type=nonnegative_int, help="data-loading workers (default: the run's data.num_workers)")
     p.add_argument("--output-dir", help="folder for the result JSON (default RUN_DIR/eval; use it for a run "
                                         "folder you cannot write into)")
     p.add_argument("--skip-bad-images", action="store_true", default=None,

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+from mmrl.engine.clitools import (add_progress_flag, nonnegative_int, positive_int, progress_value,
+                                  run_reporting_errors)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,10 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed that decides base/novel classes")
     p.add_argument("--template", help="prompt template with one {} (default: the dataset's)")
     p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--num-workers", type=int, help="data-loading workers (default: one per CPU, at most 4)")
+    p.add_argument("--num-workers", type=nonnegative_int, help="data-loading workers (default: one per CPU, at most 4)")
     p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable test images")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_progress_flag(p)

@@ -106,6 +106,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size, a count)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. data-loading workers, 0 = the main process)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, lo: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {lo}") from None
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {lo}")
+    return value
+
+
 def add_progress_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
                    help="progress display: tqdm bars (bar), periodic log lines (lines), or bars on a terminal")

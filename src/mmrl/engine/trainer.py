@@ -233,6 +233,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     # where the data is (a user folder that is not there), and settings that need the backbone,
     # are checked before anything is written
     data.locate(cfg.data.dataset, cfg.data.root, template=cfg.data.template)
+    if cfg.data.split_file is not None and not Path(cfg.data.split_file).is_file():
+        raise data.MissingDataError(f"data.split_file: no such file: {cfg.data.split_file}")
     device = ddp_util.local_device(resolve_device(cfg.device), dinfo)
     precision = resolve_precision(cfg.precision, device)
     with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet

@@ -285,11 +285,13 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
                 return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
         except Exception as e:  # open_clip wraps every download failure (RuntimeError, FileNotFoundError...)
             problem = " ".join(f"{type(e).__name__}: {e}".split())
+    local = _url_cached(pcfg) if pcfg.get("hf_hub") else None  # an OpenAI-format copy open_clip would not use
+    example = f"--backbone {local}, found on this machine" if local else \
+        f"e.g. --backbone /path/{name}.pt, or --backbone {name}:/path/open_clip_model.safetensors"
     raise BackboneUnavailableError(
         f"backbone {spec!r}: the pretrained weights of {name} ({tag}) are not cached on this machine and could not "
         f"be downloaded from {host} ({problem}). Ways on: connect to the internet once (they are then cached in "
-        f"{_cache_hint(pcfg)}); or --backbone PATH to a local OpenAI/open_clip weights file (e.g. "
-        f"--backbone /path/{name}.pt, or --backbone {name}:/path/open_clip_model.safetensors); "
+        f"{_cache_hint(pcfg)}); or --backbone PATH to a local OpenAI/open_clip weights file ({example}); "
         f"or --backbone toy-clip (the tiny CLIP shipped with mmrl, for trying it out)")
 
 
@@ -310,27 +312,30 @@ def _hf_files(pcfg: dict) -> tuple[str, list[str]] | None:
 
 
 def cached_weights(pcfg: dict) -> str | None:
-    """Local path of a pretrained tag's weights when cached (Hugging Face cache or open_clip's
-    URL cache ``~/.cache/clip``), else None. Never touches the network."""
+    """Local path of a pretrained tag's weights when cached where open_clip will look for them
+    (the Hugging Face cache for a tag with a hub entry, else open_clip's URL cache
+    ``~/.cache/clip``), else None. Never touches the network."""
     files = _hf_files(pcfg)
-    if files is not None:
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError:
-            files = None
-        else:
-            repo, names = files
-            for fn in names:
-                try:
-                    return hf_hub_download(repo_id=repo, filename=fn, local_files_only=True)
-                except Exception:  # not cached (LocalEntryNotFoundError and kin across versions)
-                    continue
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        files = None
+    if files is not None:  # open_clip prefers the hub when the tag has an entry there
+        repo, names = files
+        for fn in names:
+            try:
+                return hf_hub_download(repo_id=repo, filename=fn, local_files_only=True)
+            except Exception:  # not cached (LocalEntryNotFoundError and kin across versions)
+                continue
+        return None
+    return _url_cached(pcfg)
+
+
+def _url_cached(pcfg: dict) -> str | None:
+    """open_clip's copy of a tag's URL download (``~/.cache/clip/<file>``, e.g. OpenAI's ``ViT-B-16.pt``)."""
     url = pcfg.get("url", "")
-    if url:
-        p = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
-        if p.is_file():
-            return str(p)
-    return None
+    p = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url) if url else None
+    return str(p) if p is not None and p.is_file() else None
 
 
 def _hub_endpoint() -> str:
