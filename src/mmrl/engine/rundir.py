@@ -5,7 +5,8 @@
     RUN_DIR/
       config.yaml             fully resolved RunConfig (commented; `mmrl train --config` accepts it)
       run.json                {"version", "method", "dataset", "protocol", "shots", "seed", "backbone",
-                               "status": running|finished|failed, "timings", "trainable_parameters", ...}
+                               "status": running|finished|failed|interrupted, "timings",
+                               "trainable_parameters", ...}
       split.json              the exact split used (split-file format: train = the few-shot subset)
       train.log               human-readable log (logger "mmrl")
       metrics.jsonl           one JSON object per optimiser step
@@ -14,6 +15,7 @@
       results.json            the protocol's results (e.g. base/novel/hm)
       eval/<Dataset>-<subsample>.json           one evaluation (key "accuracy", percent)
       eval/<Dataset>-<subsample>.predictions.jsonl  optional per-image predictions
+      .lock                   while a command writes here: its writer lock (mmrl.engine.lock.RunDirLock)
 """
 from __future__ import annotations
 

@@ -176,6 +176,10 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
     each global batch (see the module docstring); every rank returns the same results, only
     rank 0 writes. The process group is joined here if needed and left to the caller.
 
+    The run directory has one writer: this function holds its lock (``RUN_DIR/.lock``,
+    :class:`mmrl.engine.lock.RunDirLock`; under torchrun rank 0 holds it for the job) from
+    before the decision to start, resume or return until the last file is written.
+
     Args:
         cfg: the resolved configuration (see :func:`mmrl.config.resolve_config`).
         progress: tqdm bars (True), plain periodic log lines (False) or auto (None: bars on a TTY).
@@ -185,10 +189,6 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
     Returns:
         ``{"protocol", "method", "dataset", ..., "accuracy"}`` or, for base-to-novel,
         ``{"base", "novel", "hm"}``; also written to ``RUN_DIR/results.json``.
-    The run directory has one writer: this function holds its lock (``RUN_DIR/.lock``,
-    :class:`mmrl.engine.lock.RunDirLock`; under torchrun rank 0 holds it for the job) from
-    before the decision to start, resume or return until the last file is written.
-
     Raises:
         ConfigError: before any work, for invalid settings; NonFiniteLossError: the loss
         became NaN/inf (the run is marked failed, the last good checkpoint kept);
