@@ -351,6 +351,50 @@ def test_oxford_flowers_built_from_mat(tmp_path, monkeypatch):
     assert {d.relpath for d in s.train + s.val + s.test} == {f"image_{i:05d}.jpg" for i in range(1, 10)}
 
 
+def _savemat(path, data: dict) -> None:
+    scipy_io = pytest.importorskip("scipy.io")  # a dependency (pyproject); skipped only where it is absent
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy_io.savemat(str(path), data)
+
+
+def _cars_annotations(rows) -> np.ndarray:
+    """A 1 x N MATLAB struct array laid out as in the Stanford Cars devkit (bbox_*, class, fname)."""
+    fields = ["bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname"]
+    rec = np.zeros((1, len(rows)), dtype=[(f, "O") for f in fields])
+    for i, (fname, cls) in enumerate(rows):
+        box = [np.array([[v]], dtype=np.uint16) for v in (3, 5, 120, 90)]
+        rec[0, i] = (*box, np.array([[cls]], dtype=np.uint8), fname)
+    return rec
+
+
+def test_stanford_cars_built_from_real_mat_files(tmp_path):
+    """The .mat files written by scipy itself, in the devkit's layout: the reader needs scipy (a dependency)."""
+    d = tmp_path / "stanford_cars"
+    train_rows = [(f"{i:05d}.jpg", 1 + i % 2) for i in range(10)]
+    test_rows = [(f"{i:05d}.jpg", 1 + i % 2) for i in range(4)]
+    names = np.empty((1, 2), dtype=object)
+    names[0, 0], names[0, 1] = "AM General Hummer SUV 2000", "Acura RL Sedan 2012"  # a 1 x 196 cell array
+    _savemat(d / "devkit" / "cars_train_annos.mat", {"annotations": _cars_annotations(train_rows)})
+    _savemat(d / "cars_test_annos_withlabels.mat", {"annotations": _cars_annotations(test_rows)})
+    _savemat(d / "devkit" / "cars_meta.mat", {"class_names": names})
+    s = load_dataset("cars", tmp_path)
+    assert s.classnames == ["2000 AM General Hummer SUV", "2012 Acura RL Sedan"]  # year moved first
+    assert (len(s.train), len(s.val), len(s.test)) == (8, 2, 4)
+    assert [(d.relpath, d.label) for d in s.test] == [(f"cars_test/{f}", c - 1) for f, c in test_rows]
+    assert sorted(d.relpath for d in s.train + s.val) == [f"cars_train/{f}" for f, _ in train_rows]
+
+
+def test_oxford_flowers_built_from_real_mat_file(tmp_path):
+    d = tmp_path / "oxford_flowers"
+    _savemat(d / "imagelabels.mat", {"labels": np.array([[2, 1, 2, 1, 2, 1, 2, 1, 2]], dtype=np.float64)})
+    (d / "cat_to_name.json").write_text(json.dumps({"1": "pink primrose", "2": "globe thistle"}))
+    s = load_dataset("flowers", tmp_path)
+    assert s.classnames == ["pink primrose", "globe thistle"]
+    assert (len(s.train), len(s.val), len(s.test)) == (2 + 2, 1 + 1, 2 + 1)
+    assert s.train[0].label == 1  # label 2 appears first in the label file, visited first
+    assert {d.relpath for d in s.train + s.val + s.test} == {f"image_{i:05d}.jpg" for i in range(1, 10)}
+
+
 def test_missing_split_without_raw_data_is_clear(tmp_path):
     (tmp_path / "stanford_cars").mkdir()
     with pytest.raises(MissingDataError, match="split_zhou_StanfordCars.json"):

@@ -1,8 +1,12 @@
 """The `mmrl` command line.
 
 Each subcommand lives in its own module under `mmrl.commands` and exposes
-`add_arguments(parser)` and `main(args) -> int`; this file only maps names to
-modules (imported lazily so `mmrl --help` stays fast).
+`add_arguments(parser)` and `main(args) -> int`; this file maps names to
+modules (imported lazily so `mmrl --help` stays fast) and is the last line of
+error handling: a mistake the user can fix is ONE line `mmrl: error: ...` and a
+non-zero exit status, Ctrl-C is one line `mmrl: interrupted: ...` (status 130),
+an unexpected error is one line that says how to see its traceback. `--debug`
+(anywhere on the command line) or MMRL_DEBUG=1 shows every traceback.
 """
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DEBUG_HELP = "show full tracebacks of errors (same as MMRL_DEBUG=1)"
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: X)" only where there is a meaningful default (not None/[]/False)."""
 
@@ -48,23 +55,50 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mmrl", description="MMRL / MMRL++ few-shot adaptation of CLIP.")
     parser.add_argument("--version", action="version", version=f"mmrl {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         mod = importlib.import_module(f"mmrl.commands.{module}")
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=_HelpFormatter)
         mod.add_arguments(p)
+        # also accepted after the subcommand; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         p.set_defaults(_main=mod.main)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mmrl.engine.clitools import (debug_enabled, error_line, report_error, set_debug,
+                                      sigterm_as_interrupt, user_errors)
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_debug(getattr(args, "debug", False))
     if not getattr(args, "_main", None):
         parser.print_help()
         return 2
-    return int(args._main(args) or 0)
+    try:
+        with sigterm_as_interrupt():
+            return int(args._main(args) or 0)
+    except KeyboardInterrupt as e:
+        if debug_enabled():
+            raise
+        from mmrl.errors import RunInterrupted
+
+        what = error_line(e) if isinstance(e, RunInterrupted) else "stopped before finishing"
+        print(f"mmrl: interrupted: {what}", file=sys.stderr, flush=True)
+        return 130
+    except user_errors() + (OSError,) as e:  # OSError: a full disk, a permission, ... names its file
+        if debug_enabled():
+            raise
+        return report_error(e)
+    except Exception as e:  # a bug or a case nobody foresaw: one line, and how to see more
+        if debug_enabled():
+            raise
+        print(f"mmrl: error: {type(e).__name__}: {error_line(e)} (unexpected; run again with --debug, or "
+              "MMRL_DEBUG=1, for the full traceback, and please report it)", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Optional, Union
 
 import yaml
 
+from mmrl.errors import UserError
 from mmrl.models.mmrl import METHODS, MethodConfig
 from mmrl.vocab import PROTOCOLS, dataset_slug
 
@@ -41,7 +42,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DATASET_OVERRIDES_FILE = PRESET_DIR / "datasets.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key or value is invalid (raised before any work starts)."""
 
 
@@ -55,7 +56,7 @@ class DataConfig:
     subsample: str = "all"             # training classes: all | base | new
     split_file: Optional[str] = None   # split file used verbatim (no few-shot, no base/novel)
     template: Optional[str] = None     # prompt template with one {}; null = the dataset's
-    num_workers: int = 4               # data-loading worker processes (0 = in the main process)
+    num_workers: Optional[int] = None  # data-loading worker processes (0 = main process); null = min(4, CPUs)
     skip_bad_images: bool = False      # skip unreadable images instead of failing
     cache_dir: Optional[str] = None    # where built splits are cached; null = ~/.cache/mmrl
 
@@ -135,7 +136,7 @@ KEY_DOCS: dict[str, str] = {
     "data.subsample": "training classes: all / base / new (base2novel trains on base)",
     "data.split_file": "split file (split-file format, e.g. a run's split.json) used verbatim: no few-shot, no base/novel; null = the dataset's",
     "data.template": "prompt template with one {}; null = the dataset's hand-written template",
-    "data.num_workers": "data-loading worker processes (0 = load in the main process)",
+    "data.num_workers": "data-loading worker processes (0 = load in the main process); null = as many as the CPUs this process may use, at most 4",
     "data.skip_bad_images": "skip unreadable images (logged) instead of failing",
     "data.cache_dir": "cache for splits built from raw data; null = $MMRL_CACHE_DIR or ~/.cache/mmrl",
     "optim.lr": "peak learning rate (cosine schedule)",
@@ -364,10 +365,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("data.dataset", cfg.data.dataset, "a dataset name (--dataset)")
     for key, v, lo in (("data.shots", cfg.data.shots, 1), ("optim.epochs", cfg.optim.epochs, 1),
                        ("optim.batch_size", cfg.optim.batch_size, 1), ("eval.batch_size", cfg.eval.batch_size, 1),
-                       ("data.num_workers", cfg.data.num_workers, 0), ("optim.warmup_epochs", cfg.optim.warmup_epochs, 0),
+                       ("optim.warmup_epochs", cfg.optim.warmup_epochs, 0),
                        ("seed", cfg.seed, 0)):
         if v < lo:
             bad(key, v, f"an integer >= {lo}")
+    if cfg.data.num_workers is not None and cfg.data.num_workers < 0:
+        bad("data.num_workers", cfg.data.num_workers, "an integer >= 0 or null (as many as the CPUs, at most 4)")
     if cfg.data.seed is not None and cfg.data.seed < 0:
         bad("data.seed", cfg.data.seed, "an integer >= 0 or null")
     if cfg.optim.warmup_epochs >= cfg.optim.epochs and cfg.optim.warmup_epochs > 0:

@@ -37,3 +37,35 @@ def write_text_atomic(text: str, path: str | Path) -> None:
 
 def write_json_atomic(obj: Any, path: str | Path, *, indent: int | None = 2) -> None:
     write_text_atomic(json.dumps(obj, indent=indent) + "\n", path)
+
+
+def read_json_or_none(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or None when absent, unreadable or not an object
+    (e.g. cut short by a writer that crashed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_writable_dir(folder: str | Path, hint: str) -> Path:
+    """Create ``folder`` (and parents) if needed and prove that files can be created in it.
+
+    Raises :class:`mmrl.errors.NotWritableError` naming the folder, the reason and ``hint``
+    (how to write elsewhere) -- before any work whose result would then be lost. A real
+    file is created and removed: permission bits, read-only mounts and full disks all show.
+    """
+    from mmrl.errors import NotWritableError
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mmrl-write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise NotWritableError(f"cannot write into {folder}: {reason}; {hint}") from e
+    return folder

@@ -3,7 +3,8 @@
 Logits (decoupled inference, method.md): `auto` = fused on the classes the run was
 trained on (same dataset, training subsample), class-only on novel classes and other
 datasets; MMRL++ uses the per-target beta of the run's eval.target_beta. Results go to
-RUN_DIR/eval/<Dataset>-<subsample>.json.
+RUN_DIR/eval/<Dataset>-<subsample>.json (or --output-dir), checked to be writable before the work;
+writing into RUN_DIR holds its writer lock (one writer per run folder).
 Under `torchrun --nproc_per_node N -m mmrl eval ...` the test set is sharded over the
 processes, with the same results and predictions as one process.
 """
@@ -12,7 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+from mmrl.engine.clitools import (add_progress_flag, nonnegative_int, positive_int, progress_value,
+                                  run_reporting_errors)
+
+
+SKIP_BAD_HINT = " (to skip unreadable images instead: --skip-bad-images)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,11 +30,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
                    help="logits that decide: auto = the protocol's choice")
     p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
-    p.add_argument("--batch-size", type=int, help="evaluation batch (default: the run's eval.batch_size)")
+    p.add_argument("--batch-size", type=positive_int, help="evaluation batch (default: the run's eval.batch_size)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the run's eval.precision")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--num-workers", type=int, help="data-loading workers (default: the run's data.num_workers)")
-    p.add_argument("--output-dir", help="folder for the result JSON (default RUN_DIR/eval)")
+    p.add_argument("--num-workers", type=nonnegative_int, help="data-loading workers (default: the run's data.num_workers)")
+    p.add_argument("--output-dir", help="folder for the result JSON (default RUN_DIR/eval; use it for a run "
+                                        "folder you cannot write into)")
+    p.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="skip unreadable test images (default: the run's data.skip_bad_images)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_progress_flag(p)
 
@@ -46,7 +54,8 @@ def main(args: argparse.Namespace) -> int:
         res = evaluate(args.run_dir, args.dataset, args.root, args.subsample, logits=args.logits,
                        predictions=args.predictions, output_dir=args.output_dir, batch_size=args.batch_size,
                        precision=args.precision, device=args.device, num_workers=args.num_workers,
-                       split_file=args.split_file, template=args.template, progress=progress_value(args))
+                       split_file=args.split_file, template=args.template, progress=progress_value(args),
+                       skip_bad=args.skip_bad_images)
         if not distributed.env_info().is_main:
             return 0  # under torchrun rank 0 reports
         if args.json:
@@ -57,5 +66,7 @@ def main(args: argparse.Namespace) -> int:
                   f"{res['macro_accuracy']:.2f}%  n={res['n']}  ({res['logits']} logits{beta})  -> {res.get('path')}")
         return 0
 
+    from mmrl.data import BadImageError
+
     # under torchrun: a failing rank names itself and leaves the process group at once
-    return distributed.run_cli(lambda: run_reporting_errors(go))
+    return distributed.run_cli(lambda: run_reporting_errors(go, hints={BadImageError: SKIP_BAD_HINT}))

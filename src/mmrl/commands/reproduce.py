@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 from mmrl.engine import sweep
+from mmrl.engine.clitools import sigterm_as_interrupt
 
 RUNNER_ENV = "MMRL_REPRODUCE_RUNNER"
 
@@ -47,10 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", default=os.environ.get(RUNNER_ENV), help=argparse.SUPPRESS)
 
 
-def _raise_interrupt(signum, frame):  # SIGTERM (e.g. scancel) -> same clean-up as Ctrl-C
-    raise KeyboardInterrupt
-
-
 def main(args: argparse.Namespace) -> int:
     from mmrl.engine.reproduce import reproduce
 
@@ -70,16 +66,13 @@ def main(args: argparse.Namespace) -> int:
         return 2
     prefix = [sys.executable, args.runner] if args.runner else None
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    except ValueError:  # not the main thread (called from Python code)
-        previous = None
-    try:
-        result = reproduce(args.protocol, args.method, args.output, root=args.root, datasets=args.datasets,
-                           seeds=args.seeds, shots=args.shots, backbone=args.backbone, sets=args.sets,
-                           devices=devices, jobs=args.jobs, shard=shard,
-                           claim_timeout=None if args.claim_timeout < 0 else args.claim_timeout,
-                           runner_prefix=prefix, write_report=not args.no_report,
-                           log=lambda s: print(s, flush=True))
+        with sigterm_as_interrupt():  # SIGTERM (e.g. scancel) -> same clean-up as Ctrl-C
+            result = reproduce(args.protocol, args.method, args.output, root=args.root, datasets=args.datasets,
+                               seeds=args.seeds, shots=args.shots, backbone=args.backbone, sets=args.sets,
+                               devices=devices, jobs=args.jobs, shard=shard,
+                               claim_timeout=None if args.claim_timeout < 0 else args.claim_timeout,
+                               runner_prefix=prefix, write_report=not args.no_report,
+                               log=lambda s: print(s, flush=True))
     except ValueError as e:
         print(f"mmrl reproduce: error: {e}", file=sys.stderr)
         return 2
@@ -87,7 +80,4 @@ def main(args: argparse.Namespace) -> int:
         print("mmrl reproduce: interrupted; finished runs are kept, unfinished ones resume next time",
               file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return 0 if result.ok else 1

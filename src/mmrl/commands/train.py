@@ -17,6 +17,9 @@ from pathlib import Path
 from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
 
 
+SKIP_BAD_HINT = " (to skip unreadable images instead: --set data.skip_bad_images=true)"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["mmrl", "mmrl++"], help="method (required unless --resume)")
     p.add_argument("--dataset", help="dataset name or alias (dtd, eurosat, imagenet, ...) or folder:PATH")
@@ -101,5 +104,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"{results['dataset']}: accuracy {results['accuracy']:.2f}%   ({cfg.run_dir()})")
         return 0
 
+    from mmrl.data import BadImageError
+
     # under torchrun: a failing rank names itself and leaves the process group at once
-    return distributed.run_cli(lambda: run_reporting_errors(go))
+    return distributed.run_cli(lambda: run_reporting_errors(go, hints={BadImageError: SKIP_BAD_HINT}))

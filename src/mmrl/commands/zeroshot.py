@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+from mmrl.engine.clitools import (add_progress_flag, nonnegative_int, positive_int, progress_value,
+                                  run_reporting_errors)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,10 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="seed that decides base/novel classes")
     p.add_argument("--template", help="prompt template with one {} (default: the dataset's)")
     p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--num-workers", type=nonnegative_int, help="data-loading workers (default: one per CPU, at most 4)")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip unreadable test images")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_progress_flag(p)
 
@@ -39,7 +41,8 @@ def main(args: argparse.Namespace) -> int:
         res = zeroshot(args.dataset, args.root, args.subsample, backbone=args.backbone, output=args.output,
                        shots=args.shots, seed=args.seed, template=args.template, batch_size=args.batch_size,
                        precision=args.precision, device=args.device, num_workers=args.num_workers,
-                       predictions=args.predictions, progress=progress_value(args))
+                       predictions=args.predictions, progress=progress_value(args),
+                       skip_bad=args.skip_bad_images)
         if args.json:
             print(json.dumps(res, indent=2))
         else:
@@ -47,4 +50,7 @@ def main(args: argparse.Namespace) -> int:
                   f"n={res['n']}  -> {res['path']}")
         return 0
 
-    return run_reporting_errors(go)
+    from mmrl.commands.eval import SKIP_BAD_HINT
+    from mmrl.data import BadImageError
+
+    return run_reporting_errors(go, hints={BadImageError: SKIP_BAD_HINT})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from mmrl.errors import UserError
 from mmrl.fileio import write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
 
 LOG = logging.getLogger("mmrl.data")
@@ -28,11 +29,11 @@ IMAGE_EXTENSIONS = frozenset(
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset is present but its content is not what was expected."""
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """A file or folder a dataset needs does not exist."""
 
 
@@ -78,6 +79,20 @@ class Located:
     template: str
     test_only: bool
     read: Reader
+
+
+_logged_once: set[str] = set()
+
+
+def log_once(key: str, level: int, msg: str, *args: object) -> None:
+    """Log ``msg`` at ``level`` the first time ``key`` is seen in this process, at DEBUG after.
+
+    A run reads its dataset several times (training split, then each evaluation); a note
+    such as "built a split from the raw data" is news only the first time.
+    """
+    first = key not in _logged_once
+    _logged_once.add(key)
+    LOG.log(level if first else logging.DEBUG, msg, *args)
 
 
 # --------------------------------------------------------------------------- paths

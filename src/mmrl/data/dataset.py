@@ -1,30 +1,47 @@
 """The torch Dataset over a list of `Datum`, with per-sample deterministic augmentation."""
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
+import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
+
+from mmrl.errors import UserError
 
 from .core import LOG, Datum
 
 
-class BadImageError(RuntimeError):
+class BadImageError(UserError, RuntimeError):
     """An image file is missing or cannot be decoded (the message names the file)."""
 
 
 def load_image(path: str) -> Image.Image:
-    """Open with PIL and convert to RGB; any failure becomes BadImageError naming `path`."""
+    """Open with PIL and convert to RGB; any failure becomes BadImageError naming `path`.
+
+    (The commands add how to skip such images: ``--set data.skip_bad_images=true`` for
+    ``mmrl train``, ``--skip-bad-images`` for ``mmrl eval`` / ``zeroshot``; in Python,
+    ``ImageDataset(..., skip_bad=True)``.)
+    """
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise BadImageError(f"cannot read image {path}: {type(e).__name__}: {e} "
-                            "(skip_bad=True skips unreadable images)") from e
+        if os.path.isdir(path):
+            raise BadImageError(f"cannot read image {path}: it is a folder, not an image file") from e
+        if not os.path.exists(path):
+            raise BadImageError(f"cannot read image {path}: no such file") from e
+        if isinstance(e, UnidentifiedImageError):  # its message repeats the path
+            raise BadImageError(f"cannot read image {path}: not an image file that PIL can decode") from e
+        reason = " ".join(str(e).split())
+        raise BadImageError(f"cannot read image {path}: {type(e).__name__}: {reason}") from e
 
 
 def find_bad_images(items: Sequence[Datum], *, decode: bool = True, workers: int | None = None
@@ -111,7 +128,56 @@ class ImageDataset(Dataset):
         return x, d.label, index
 
 
-def build_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0,
+DEFAULT_MAX_WORKERS = 4
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset/Slurm), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_num_workers(cap: int = DEFAULT_MAX_WORKERS) -> int:
+    """Data-loading workers when ``data.num_workers`` is null: one per usable CPU, at most ``cap``
+    (more workers than CPUs only compete with the training process, and torch warns)."""
+    return max(1, min(cap, usable_cpus()))
+
+
+def resolve_num_workers(num_workers: int | None) -> int:
+    """``num_workers`` as given, or :func:`default_num_workers` for None."""
+    return default_num_workers() if num_workers is None else int(num_workers)
+
+
+def end_with_parent(parent_pid: int, worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: the worker is killed when its parent dies, even by kill -9.
+
+    Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (torch's own watchdog notices a dead parent
+    only every 5 s). The signal follows the *thread* that started the worker, so iterate
+    loaders from a thread that lives as long as they do (the main thread here). A parent
+    that died before the call leaves the worker re-parented: it exits at once.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # no libc symbol: keep torch's watchdog
+        return
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+def worker_options(num_workers: int | None) -> dict[str, Any]:
+    """``num_workers`` and ``worker_init_fn`` keyword arguments of a DataLoader: None = the
+    machine's default, workers that end with this process."""
+    n = resolve_num_workers(num_workers)
+    return {"num_workers": n, "worker_init_fn": functools.partial(end_with_parent, os.getpid()) if n > 0 else None}
+
+
+def build_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int | None = 0,
                  pin_memory: bool | None = None, sampler=None, seed: int = 0) -> DataLoader:
     """A DataLoader like Dassl's: train shuffles (generator seeded with `seed`) and drops the last
     incomplete batch when there is at least one full batch; pin_memory defaults to CUDA availability."""
@@ -121,6 +187,6 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int
         gen.manual_seed(seed)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
-        num_workers=workers, pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        **worker_options(workers), pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         drop_last=train and len(dataset) >= batch_size, generator=gen,
     )

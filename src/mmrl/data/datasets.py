@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import random
@@ -31,6 +32,7 @@ from .core import (
     MissingDataError,
     check_template,
     classnames_from_items,
+    log_once,
     list_dirs,
     list_images,
     make_datum,
@@ -461,7 +463,8 @@ def locate(name: str, root: str | Path | None, *, template: str | None = None) -
         if split_path.is_file():
             train, val, test = read_split_file(split_path, img)
             return train, val, test, None
-        LOG.info("%s: %s not found; building the split from the raw data (%s)", canon, split_path, b.build_how)
+        log_once(f"building-split:{split_path}", logging.INFO, "%s: %s not found; building the split from the raw "
+                 "data (%s)", canon, split_path, b.build_how)
         try:
             train, val, test = b.build(d, img, random.Random(split_seed))
         except MissingDataError as e:

@@ -48,12 +48,24 @@ def is_user_spec(name: str) -> bool:
     return name.lower().startswith(USER_PREFIXES)
 
 
-def _resolve(path_text: str, root: Path | None) -> Path:
-    """A user path: absolute, else relative to the working directory, else to `root`."""
+def _candidates(path_text: str, root: Path | None) -> list[Path]:
+    """Where a user path may be: as given if absolute, else relative to the working directory, then to `root`."""
     p = Path(path_text).expanduser()
-    if p.is_absolute() or p.exists() or root is None:
-        return p.absolute()
-    return (root / p).absolute()
+    if p.is_absolute():
+        return [p]
+    return [p.absolute()] + ([(root / p).absolute()] if root is not None else [])
+
+
+def _resolve(spec: str, path_text: str, root: Path | None) -> Path:
+    """The first existing candidate of :func:`_candidates`; MissingDataError naming every place searched."""
+    places = _candidates(path_text, root)
+    for p in places:
+        if p.exists():
+            return p
+    where = " and ".join(str(p) for p in places)
+    hint = "" if root is not None or Path(path_text).expanduser().is_absolute() else \
+        " (a relative path is also looked for under --root)"
+    raise MissingDataError(f"--dataset {spec!r}: {path_text} not found; looked in {where}{hint}")
 
 
 def _inside(base: Path, rel: str, source: str) -> Path:
@@ -65,7 +77,7 @@ def locate_user(spec: str, root: Path | None, template: str | None) -> Located:
     prefix = prefix.lower()
     if not rest:
         raise DataError(f"--dataset {spec!r}: expected {prefix}:PATH")
-    path = _resolve(rest, root)
+    path = _resolve(spec, rest, root)
     if prefix == "manifest":
         return _locate_manifest(path, template)
     if prefix == "dataset" and path.name == "dataset.json":

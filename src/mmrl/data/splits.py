@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import (
-    LOG,
+    log_once,
     DatasetSplits,
     DataError,
     Datum,
@@ -283,8 +283,9 @@ def save_built_split(train: Sequence[Datum], val: Sequence[Datum], test: Sequenc
     try:
         write_text_atomic(split_file_text(train, val, test), out)
     except OSError as e:
-        LOG.warning("%s: built a split from raw data (%s) but could not write it to %s: %s", name, how, out, e)
+        log_once(f"built-split:{out}", logging.WARNING, "%s: built a split from raw data (%s) but could not write "
+                 "it to %s: %s", name, how, out, e)
         return None
-    LOG.log(level, "%s: no split file in %s; built one from the raw data (%s) and wrote it to %s",
-            name, dataset_dir, how, out)
+    log_once(f"built-split:{out}", level, "%s: no split file in %s; built one from the raw data (%s) and wrote it "
+             "to %s", name, dataset_dir, how, out)
     return out

@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
+from mmrl.errors import CorruptFileError
 from mmrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "mmrl-checkpoint-1"
@@ -46,15 +47,34 @@ def save_adapter(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
     write_bytes_atomic(save(_contiguous(tensors), metadata=meta), path)
 
 
+def _damaged(path: Path, what: str, e: BaseException) -> CorruptFileError:
+    reason = " ".join(str(e).split()) or type(e).__name__
+    return CorruptFileError(f"{path}: not a readable {what} ({type(e).__name__}: {reason}); "
+                            "the file is truncated or damaged")
+
+
 def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read an adapter file: (tensors on CPU, metadata dict)."""
+    """Read an adapter file: (tensors on CPU, metadata dict).
+
+    Raises CorruptFileError naming the file when it is truncated or not a safetensors file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"adapter file not found: {path}")
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return tensors, json.loads(meta.get("info", "{}"))
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        info = json.loads(meta.get("info", "{}"))
+    except Exception as e:  # safetensors raises its own SafetensorError; JSON errors of damaged metadata
+        raise _damaged(path, "adapter file", e) from e
+    return tensors, info
+
+
+def checkpoint_recovery(path: str | Path) -> str:
+    """How to go on when a run's training checkpoint cannot be used (it is the only one kept)."""
+    return (f"to train this run again from its first epoch delete it (rm {path}) and rerun the same command, "
+            "or train into another --output")
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -120,15 +140,38 @@ def save_checkpoint(path: str | Path, *, epoch: int, step: int, model: torch.nn.
     write_bytes_atomic(save(_contiguous(tensors), metadata=meta), path)
 
 
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """Epochs a checkpoint file covers (its metadata only), or None when absent or unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(meta["epoch"]) if meta.get("format") == CHECKPOINT_FORMAT else None
+    except Exception:  # absent, damaged: nothing to tell
+        return None
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved)."""
+    """Read a checkpoint written by :func:`save_checkpoint` (no pickle involved).
+
+    Raises CorruptFileError naming the file (and how to go on) when it is truncated,
+    damaged or not an mmrl checkpoint.
+    """
     path = Path(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an mmrl training checkpoint (format {meta.get('format')!r})")
-    tensors = load_file(str(path))
-    state = json.loads(meta["state"])
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CorruptFileError(f"{path}: not an mmrl training checkpoint (format {meta.get('format')!r}); "
+                                   + checkpoint_recovery(path))
+        tensors = load_file(str(path))
+        state = json.loads(meta["state"])
+        int(meta["epoch"]), int(meta["step"])
+    except CorruptFileError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # safetensors' SafetensorError, JSON and key errors of a damaged file
+        raise CorruptFileError(f"{_damaged(path, 'training checkpoint', e)}; {checkpoint_recovery(path)}") from e
     adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():

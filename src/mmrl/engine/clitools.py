@@ -1,29 +1,129 @@
-"""Helpers shared by the engine's subcommands (mmrl.commands.train, eval, ...): error reporting, flags."""
+"""Helpers shared by the subcommands (mmrl.commands.train, eval, ...): error reporting, debug mode, flags.
+
+Errors a user can fix (:class:`mmrl.errors.UserError` and its kin) are printed as ONE line,
+``mmrl: error: ...``, with a non-zero exit status and no traceback; ``mmrl --debug`` (or
+``MMRL_DEBUG=1`` in the environment) lets every exception through with its full traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
+import signal
 import sys
-from typing import Callable
+from typing import Callable, Iterator, Mapping
 
-# Errors a user can fix (bad config, missing data, wrong file): one clear line, no traceback.
+DEBUG_ENV = "MMRL_DEBUG"
+_debug_flag = False
+
+
+def set_debug(on: bool) -> None:
+    """Debug mode of this process (``--debug``); the environment variable also turns it on."""
+    global _debug_flag
+    _debug_flag = bool(on)
+
+
+def debug_enabled() -> bool:
+    """``--debug`` was given, or ``MMRL_DEBUG`` is set to 1/true/yes/on."""
+    return _debug_flag or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is meant for the user: one line, no traceback.
+
+    ``UserError`` covers ConfigError, DataError, MissingDataError, BadImageError,
+    NonFiniteLossError, RunLockedError, NotWritableError, CorruptFileError and
+    BackboneUnavailableError; a plain FileNotFoundError names the missing path.
+    """
+    from mmrl.errors import UserError
+
+    return (UserError, FileNotFoundError)
+
+
+_WORKER_TRACEBACK = "Original Traceback (most recent call last)"
+_EXC_PREFIX = re.compile(r"^[A-Za-z_][\w.]*: ")
+
+
+def error_line(e: BaseException) -> str:
+    """The exception's message on one line.
+
+    An exception raised in a DataLoader worker process is re-raised in the main process
+    with a message that embeds the worker's traceback; its last line is the original
+    ``Type: message``, of which the message is kept.
+    """
+    msg = str(e)
+    if _WORKER_TRACEBACK in msg:
+        lines = [ln for ln in msg.splitlines() if ln.strip()]
+        msg = _EXC_PREFIX.sub("", lines[-1].strip(), count=1) if lines else msg
+    return " ".join(ln.strip() for ln in msg.splitlines() if ln.strip()) or type(e).__name__
+
+
+def exit_status(e: BaseException) -> int:
+    """2 for a configuration error (like argparse's usage errors), else 1."""
     from mmrl.config import ConfigError
-    from mmrl.data import DataError, MissingDataError
-    from mmrl.engine.trainer import NonFiniteLossError
 
-    return (ConfigError, DataError, MissingDataError, FileNotFoundError, NonFiniteLossError)
+    return 2 if isinstance(e, ConfigError) else 1
 
 
-def run_reporting_errors(fn: Callable[[], int], extra: tuple[type[BaseException], ...] = ()) -> int:
-    """Run ``fn``; print a user-fixable error (``user_errors()`` and ``extra``) as
-    ``mmrl: error: ...`` and return 2 (config) or 1."""
-    from mmrl.config import ConfigError
+def report_error(e: BaseException, hint: str = "") -> int:
+    """Print ``mmrl: error: <message><hint>`` on stderr; return the exit status."""
+    print(f"mmrl: error: {error_line(e)}{hint}", file=sys.stderr, flush=True)
+    return exit_status(e)
 
+
+def run_reporting_errors(fn: Callable[[], int], extra: tuple[type[BaseException], ...] = (),
+                         hints: Mapping[type[BaseException], str] | None = None) -> int:
+    """Run ``fn``; print a user-fixable error (``user_errors()`` and ``extra``) as one line
+    ``mmrl: error: ...`` and return 2 (config) or 1. ``hints`` maps an exception type to
+    text appended to its message (e.g. the flag of this command that skips bad images).
+    In debug mode the exception propagates with its traceback."""
     try:
         return fn()
     except user_errors() + tuple(extra) as e:
-        print(f"mmrl: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+        if debug_enabled():
+            raise
+        hint = next((h for t, h in (hints or {}).items() if isinstance(e, t)), "")
+        return report_error(e, hint)
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM (kill, scancel, a sweep stopping its runs) -> as Ctrl-C
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Inside, SIGTERM raises KeyboardInterrupt (so a run stops cleanly, marked interrupted).
+    Outside the main thread (Python code calling a command from a thread) nothing changes."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a batch size, a count)."""
+    return _int_at_least(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (e.g. data-loading workers, 0 = the main process)."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, lo: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {lo}") from None
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {lo}")
+    return value
 
 
 def add_progress_flag(p: argparse.ArgumentParser) -> None:

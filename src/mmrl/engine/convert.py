@@ -5,9 +5,10 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmrl.config import ConfigError, Override, resolve_config
+from mmrl.config import ConfigError, Override, RunConfig, resolve_config
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import save_adapter
+from mmrl.engine.lock import RunDirLock
 
 LOG = logging.getLogger("mmrl")
 
@@ -20,12 +21,8 @@ def convert_official(checkpoint: str | Path, method: str, backbone: str, dataset
 
     The config is resolved as for ``mmrl train`` (preset + per-dataset values, e.g. d_r 2048
     for MMRL on EuroSAT), so the adapter's shapes are checked against the model those
-    settings build on ``backbone``. Returns the run directory.
+    settings build on ``backbone``. Returns the run directory, written under its writer lock.
     """
-    from mmrl.engine.runtime import load_backbone_checked
-    from mmrl.models import MMRL
-    from mmrl.models.official import load_official_adapter
-
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"official checkpoint not found: {checkpoint}")
@@ -34,6 +31,16 @@ def convert_official(checkpoint: str | Path, method: str, backbone: str, dataset
                                 "output": str(output) if output is not None else None})
     run_dir = cfg.run_dir()
     cfg.output = str(run_dir)
+    with RunDirLock.acquire(run_dir, "mmrl convert-official", hint="choose another --output"):
+        return _convert(checkpoint, cfg, run_dir)
+
+
+def _convert(checkpoint: Path, cfg: RunConfig, run_dir: Path) -> Path:
+    """:func:`convert_official` once the run directory's writer lock is held."""
+    from mmrl.engine.runtime import load_backbone_checked
+    from mmrl.models import MMRL
+    from mmrl.models.official import load_official_adapter
+
     # shapes only: an open_clip name is built without downloading weights
     bb = load_backbone_checked(cfg.backbone, pretrained=False)
     try:

@@ -249,10 +249,11 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
     """Run ``fn`` on rank 0 only and give every rank its result.
 
     If it raises there, every rank raises: rank 0 the original exception, the others a
-    ConfigError with the same message when it was one (so all ranks exit alike), else a
-    RuntimeError naming rank 0's error. Single process: just ``fn()``.
+    ConfigError (or a UserError) with the same message when it was one (so all ranks exit
+    alike, with one line), else a RuntimeError naming rank 0's error. Single process: just ``fn()``.
     """
     from mmrl.config import ConfigError
+    from mmrl.errors import UserError
 
     if not info.enabled:
         return fn()
@@ -262,13 +263,18 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
             result = fn()
         except Exception as e:  # reported to the other ranks, then re-raised below
             err = e
-            error = (type(e).__name__, str(e), isinstance(e, ConfigError))
+            error = (type(e).__name__, str(e), "config" if isinstance(e, ConfigError)
+                     else "user" if isinstance(e, UserError) else "")
     result, error = broadcast_object((result, error), info)
     if err is not None:
         raise err
     if error is not None:
-        name, msg, is_config = error
-        raise ConfigError(msg) if is_config else RuntimeError(f"rank 0 failed: {name}: {msg}")
+        name, msg, kind = error
+        if kind == "config":
+            raise ConfigError(msg)
+        if kind == "user":
+            raise UserError(msg)
+        raise RuntimeError(f"rank 0 failed: {name}: {msg}")
     return result
 
 

@@ -11,6 +11,7 @@ evaluation's (bit for bit: every image is computed in the same batch); only rank
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -24,11 +25,48 @@ from torch import nn
 from mmrl.config import RunConfig, canonical_dataset, dataset_slug
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import write_json_atomic
-from mmrl.engine.rundir import SPLIT_FILE, eval_result_path, load_run, training_classnames, training_template
+from mmrl.engine.rundir import (EVAL_DIR, SPLIT_FILE, check_run_dir, eval_result_path, load_run,
+                                training_classnames, training_template)
+from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
+from mmrl.fileio import check_writable_dir
 
 LOG = logging.getLogger("mmrl")
 LOGIT_KINDS = ("auto", "fused", "class")
+# how to go on when the result cannot be written where it would go (said BEFORE the work)
+EVAL_ELSEWHERE = "write the result elsewhere with --output-dir DIR"
+PREDICTIONS_ELSEWHERE = "write the predictions elsewhere with --predictions FILE"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _writable_outputs(run_dir: Path | None, out_dir: Path | None, predictions: str | Path | None,
+                      command: str, dinfo: ddp_util.DistInfo, hint: str = EVAL_ELSEWHERE) -> Iterator[None]:
+    """Before any work: prove that the result (and predictions) can be written, and hold the
+    run folder's writer lock while writing into it (rank 0 under torchrun)."""
+    held: list[RunDirLock] = []
+
+    def prepare() -> None:
+        if run_dir is not None and out_dir is not None and _inside(out_dir, run_dir):
+            held.append(RunDirLock.acquire(run_dir, command, hint=hint))
+        if out_dir is not None:
+            check_writable_dir(out_dir, hint)
+        if predictions is not None:
+            check_writable_dir(Path(predictions).absolute().parent, PREDICTIONS_ELSEWHERE)
+
+    try:
+        ddp_util.on_main(prepare, dinfo)
+        yield
+    finally:
+        for h in held:
+            h.release()
 
 
 def model_image_size(model: nn.Module) -> int:
@@ -172,12 +210,14 @@ def eval_splits(cfg: RunConfig | None, dataset: str, root: str | Path | None, su
 
 @torch.no_grad()
 def run_inference(model: nn.Module, items: Sequence, classnames: list[str], template: str, kind: str, *,
-                  batch_size: int = 250, precision: str = "fp32", num_workers: int = 0, skip_bad: bool = False,
+                  batch_size: int = 250, precision: str = "fp32", num_workers: int | None = 0,
+                  skip_bad: bool = False,
                   progress: bool | None = None, desc: str = "eval", dist_info: ddp_util.DistInfo | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Logits of ``kind`` for every item: ``(logits (N, C) fp32 CPU, labels (N,), item indices)``.
 
     Items dropped as unreadable (``skip_bad``) are absent from the returned indices.
+    ``num_workers`` None = the machine's default (:func:`mmrl.data.default_num_workers`).
     With ``dist_info`` of several ranks (every rank must call this), each rank computes a
     contiguous share of the evaluation batches (the same batches as one process) and the
     results are gathered on every rank in item order.
@@ -203,9 +243,10 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
             starts = range(0, len(ds), batch_size)
             mine = [list(range(starts[b], min(starts[b] + batch_size, len(ds))))
                     for b in ddp_util.shard_indices(len(starts), info)]
-            loader = DataLoader(ds, batch_sampler=mine, num_workers=num_workers, pin_memory=device.type == "cuda")
+            loader = DataLoader(ds, batch_sampler=mine, **data.worker_options(num_workers),
+                                pin_memory=device.type == "cuda")
         else:
-            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+            loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **data.worker_options(num_workers),
                                 pin_memory=device.type == "cuda")
         out_logits, out_labels, out_idx = [], [], []
         it = Progress(loader, total=len(loader), desc=desc, tty=use_tty_progress(progress) and info.is_main)
@@ -294,7 +335,7 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
              predictions: str | Path | None = None, output_dir: str | Path | None = None,
              batch_size: int | None = None, precision: str | None = None, device: str | None = None,
              num_workers: int | None = None, split_file: str | None = None, template: str | None = None,
-             progress: bool | None = None) -> dict[str, Any]:
+             progress: bool | None = None, skip_bad: bool | None = None) -> dict[str, Any]:
     """Evaluate a run directory (or an in-memory model) on ``dataset``'s test split.
 
     Args:
@@ -310,6 +351,7 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
             ``eval.precision`` and ``data.num_workers``.
         device: where a run directory's model is loaded (default ``auto``); an in-memory
             model is evaluated where it is.
+        skip_bad: skip unreadable test images (default: the run's ``data.skip_bad_images``).
     Returns:
         the results dict (``accuracy`` in percent, ``macro_accuracy``, ``per_class``, ``n``,
         ``logits`` kind, ``beta`` for MMRL++, ...), also written as JSON.
@@ -320,6 +362,10 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
     Under ``torchrun`` (or with an initialised process group, for an in-memory model)
     every rank must call this: the test set is sharded over the ranks, every rank returns
     the same results, and only rank 0 writes files.
+
+    Before any work the output folder (and the predictions' folder) is proven writable
+    (NotWritableError otherwise, saying how to write elsewhere); writing into a run
+    directory holds its writer lock (RunLockedError while another process writes there).
     """
     if subsample not in ("all", "base", "new"):
         raise ValueError(f"subsample={subsample!r}; expected all, base or new")
@@ -329,14 +375,29 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
     run_dir = None
     if isinstance(run_dir_or_model, (str, Path)):
         run_dir = Path(run_dir_or_model)
+        check_run_dir(run_dir)
         dinfo = ddp_util.init_distributed(device or "auto")  # single process: a no-op
+    else:
+        dinfo = ddp_util.current()
+    out_dir = Path(output_dir) if output_dir is not None else run_dir / EVAL_DIR if run_dir is not None else None
+    with _writable_outputs(run_dir, out_dir, predictions, "mmrl eval", dinfo):
+        return _evaluate(run_dir_or_model, run_dir, out_dir, dataset, root, subsample, cfg=cfg, logits=logits,
+                         predictions=predictions, batch_size=batch_size, precision=precision, device=device,
+                         num_workers=num_workers, split_file=split_file, template=template, progress=progress,
+                         skip_bad=skip_bad, dinfo=dinfo)
+
+
+def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, dataset: str, root, subsample: str, *,
+              cfg: RunConfig | None, logits: str, predictions, batch_size, precision, device, num_workers,
+              split_file, template, progress, skip_bad, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
+    """:func:`evaluate` once its outputs are known to be writable (and the run directory locked)."""
+    if run_dir is not None:
         if dinfo.enabled:  # this rank's GPU
             device = ddp_util.local_device(resolve_device(device or "auto"), dinfo)
         with ddp_util.local_rank0_first(dinfo):
             model, cfg = load_run(run_dir, device=device)
     else:
         model = run_dir_or_model
-        dinfo = ddp_util.current()
     if root is None and cfg is not None:
         root = cfg.data.root
     kind = choose_logits(cfg, dataset, subsample, logits)
@@ -347,8 +408,8 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
         batch_size=batch_size or (cfg.eval.batch_size if cfg else 250),
         precision=precision or (cfg.eval.precision if cfg else "fp32"),
         num_workers=num_workers if num_workers is not None else (cfg.data.num_workers if cfg else 0),
-        skip_bad=bool(cfg.data.skip_bad_images) if cfg else False, predictions=predictions, progress=progress,
-        dist_info=dinfo)
+        skip_bad=skip_bad if skip_bad is not None else bool(cfg.data.skip_bad_images) if cfg else False,
+        predictions=predictions, progress=progress, dist_info=dinfo)
     if cfg is not None:
         res.update({"method": cfg.method.name, "protocol": cfg.protocol, "trained_on": cfg.data.dataset,
                     "trained_subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,
@@ -357,10 +418,8 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
 
     res["version"] = __version__
     out = None
-    if output_dir is not None:
-        out = Path(output_dir) / f"{dataset_slug(splits.name)}-{subsample}.json"
-    elif run_dir is not None:
-        out = eval_result_path(run_dir, splits.name, subsample)
+    if out_dir is not None:
+        out = out_dir / f"{dataset_slug(splits.name)}-{subsample}.json"
     if run_dir is not None:
         res["run"] = str(run_dir)
     if out is not None:
@@ -375,28 +434,41 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
 def zeroshot(dataset: str, root: str | Path | None, subsample: str = "all", *, backbone: str = "ViT-B-16",
              output: str | Path | None = None, shots: int = 16, seed: int = 1, split_file: str | None = None,
              template: str | None = None, batch_size: int = 250, precision: str = "fp32",
-             device: str | None = None, num_workers: int = 0, predictions: str | Path | None = None,
-             cache_dir: str | None = None, progress: bool | None = None) -> dict[str, Any]:
+             device: str | None = None, num_workers: int | None = 0, predictions: str | Path | None = None,
+             cache_dir: str | None = None, progress: bool | None = None, skip_bad: bool = False) -> dict[str, Any]:
     """CLIP zero-shot baseline with the dataset's single hand-written template.
 
     Writes ``OUTPUT/eval/<Dataset>-<subsample>.json`` (same format as :func:`evaluate`) and
     ``OUTPUT/run.json`` (method ``zeroshot``); OUTPUT defaults to
     ``runs/zeroshot/<backbone>``. ``shots``/``seed`` only decide which classes are base and
-    novel (the labels present in the few-shot train split).
+    novel (the labels present in the few-shot train split). OUTPUT is locked like a run
+    directory while written and proven writable before the work. ``num_workers`` None =
+    :func:`mmrl.data.default_num_workers`.
     """
+    dataset = canonical_dataset(dataset)
+    out_dir = Path(output) if output is not None else Path("runs") / "zeroshot" / dataset_slug(backbone)
+    with _writable_outputs(out_dir, out_dir / EVAL_DIR, predictions, "mmrl zeroshot", ddp_util.DistInfo(),
+                           hint="write elsewhere with --output DIR"):
+        return _zeroshot(dataset, root, subsample, out_dir, backbone=backbone, shots=shots, seed=seed,
+                         split_file=split_file, template=template, batch_size=batch_size, precision=precision,
+                         device=device, num_workers=num_workers, predictions=predictions, cache_dir=cache_dir,
+                         progress=progress, skip_bad=skip_bad)
+
+
+def _zeroshot(dataset: str, root, subsample: str, out_dir: Path, *, backbone: str, shots: int, seed: int,
+              split_file, template, batch_size: int, precision: str, device, num_workers, predictions, cache_dir,
+              progress, skip_bad: bool) -> dict[str, Any]:
     from mmrl import __version__
     from mmrl.engine.rundir import read_run_info, write_run_info
     from mmrl.engine.runtime import load_backbone_checked
     from mmrl.models import ZeroShotCLIP
 
-    dataset = canonical_dataset(dataset)
-    out_dir = Path(output) if output is not None else Path("runs") / "zeroshot" / dataset_slug(backbone)
     splits = eval_splits(None, dataset, root, subsample, shots=shots, seed=seed, split_file=split_file,
                          cache_dir=cache_dir, template=template)
     bb = load_backbone_checked(backbone, device=resolve_device(device or "auto"))
     model = ZeroShotCLIP(bb)
     res = _evaluate_model(model, None, dataset, subsample, "class", splits=splits, batch_size=batch_size,
-                          precision=precision, num_workers=num_workers, skip_bad=False, predictions=predictions,
+                          precision=precision, num_workers=num_workers, skip_bad=skip_bad, predictions=predictions,
                           progress=progress)
     res.update({"method": "zeroshot", "backbone": backbone, "shots": shots, "seed": seed,
                 "version": __version__})
@@ -414,17 +486,24 @@ def zeroshot(dataset: str, root: str | Path | None, subsample: str = "all", *, b
 def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Path], *,
             classes: Sequence[str] | None = None, dataset: str | None = None, root: str | Path | None = None,
             subsample: str = "all", top_k: int = 5, logits: str = "auto", cfg: RunConfig | None = None,
-            template: str | None = None, device: str | None = None) -> list[dict[str, Any]]:
+            template: str | None = None, device: str | None = None, skip_bad: bool = False
+            ) -> list[dict[str, Any]]:
     """Class probabilities (softmax of the chosen logits) for image files.
 
-    Classes come from ``classes``, from ``dataset`` (its ``subsample`` classes), or, with
-    neither, from the run itself (see :func:`resolve_class_set`). With ``logits='auto'``: fused
-    when the classes are the run's training classes, else class (MMRL++ uses a dataset's target
-    beta as `mmrl eval` does).
-    Returns one ``{"image", "prediction", "top": [{"class", "probability"}], "logits"}`` per image.
+    Classes come from ``classes`` (at least 2 distinct names), from ``dataset`` (its
+    ``subsample`` classes), or, with neither, from the run itself (see :func:`resolve_class_set`).
+    With ``logits='auto'``: fused when the classes are the run's training classes, else class
+    (MMRL++ uses a dataset's target beta as `mmrl eval` does). Returns one ``{"image",
+    "prediction", "top": [{"class", "probability"}], "logits"}`` per image, in order; an image
+    that cannot be read raises BadImageError, or with ``skip_bad`` gives ``{"image", "error"}``
+    and the others are still predicted.
     """
     from mmrl import data
 
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k}: expected a number >= 1")
+    if classes is not None:
+        check_class_list(classes)
     run_dir = None
     if isinstance(run_dir_or_model, (str, Path)):
         run_dir = Path(run_dir_or_model)
@@ -442,7 +521,14 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
         model.set_classes(classnames, cs.template)
         text = model.encode_text()
         for path in images:
-            x = transform(data.load_image(str(path))).unsqueeze(0).to(device_)
+            try:
+                img = data.load_image(str(path))
+            except data.BadImageError as e:
+                if not skip_bad:
+                    raise
+                out.append({"image": str(path), "error": str(e)})
+                continue
+            x = transform(img).unsqueeze(0).to(device_)
             lg = model.logits(x, text)
             chosen = (lg.fused if kind == "fused" else lg.class_)[0].float().cpu()
             prob = chosen.softmax(-1)
@@ -451,6 +537,24 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
             out.append({"image": str(path), "prediction": classnames[int(i[0])], "logits": kind,
                         "top": [{"class": classnames[int(j)], "probability": float(q)} for q, j in zip(p, i)]})
     return out
+
+
+def check_class_list(classes: Sequence[str]) -> list[str]:
+    """The stripped class names; ValueError for an empty name, fewer than 2 names (one class
+    always gets 100%) or a name given twice."""
+    names = [str(c).strip() for c in classes]
+    if not any(names):
+        raise ValueError("no class names given")
+    if any(not n for n in names):
+        raise ValueError(f"an empty class name in {names!r} (two commas in a row, or one at an end?)")
+    if len(names) < 2:
+        raise ValueError(f"{len(names)} class name(s) {names!r}: give at least 2 (a single class always gets 100%)")
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"class {n!r} is listed twice")
+        seen.add(n)
+    return names
 
 
 def _dataset_template(cfg: RunConfig | None) -> str:

@@ -5,8 +5,8 @@
     RUN_DIR/
       config.yaml             fully resolved RunConfig (commented; `mmrl train --config` accepts it)
       run.json                {"version", "method", "dataset", "protocol", "shots", "seed", "backbone",
-                               "status": running|finished|failed, "timings", "trainable_parameters",
-                               "template" (the prompt template trained with), ...}
+                               "status": running|finished|failed|interrupted, "timings",
+                               "trainable_parameters", "template" (the prompt template trained with), ...}
       split.json              the exact split used (split-file format: train = the few-shot subset)
       train.log               human-readable log (logger "mmrl")
       metrics.jsonl           one JSON object per optimiser step
@@ -15,6 +15,7 @@
       results.json            the protocol's results (e.g. base/novel/hm)
       eval/<Dataset>-<subsample>.json           one evaluation (key "accuracy", percent)
       eval/<Dataset>-<subsample>.predictions.jsonl  optional per-image predictions
+      .lock                   while a command writes here: its writer lock (mmrl.engine.lock.RunDirLock)
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's
     ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, RESULTS_FILE, RUN_FILE, SPLIT_FILE,
     eval_file_name,
 )
+from mmrl.errors import CorruptFileError
 
 
 # Keys that may differ between a stored run and a re-run of it (they do not change the
@@ -52,8 +54,15 @@ def read_run_info(run_dir: str | Path) -> dict | None:
     p = Path(run_dir) / RUN_FILE
     if not p.is_file():
         return None
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(p, encoding="utf-8") as f:
+            info = json.load(f)
+    except ValueError as e:
+        raise CorruptFileError(f"{p}: not valid JSON ({e}); the run's status file is damaged: delete it to let "
+                               "`mmrl train` treat the folder as a run to resume or replace") from e
+    if not isinstance(info, dict):
+        raise CorruptFileError(f"{p}: expected a JSON object, found {type(info).__name__}")
+    return info
 
 
 def write_run_info(run_dir: str | Path, info: dict) -> None:
@@ -118,6 +127,17 @@ def training_template(run_dir: str | Path) -> str | None:
     return t if isinstance(t, str) else None
 
 
+def check_run_dir(run_dir: str | Path) -> Path:
+    """``RUN_DIR/config.yaml``; FileNotFoundError saying what a run directory is when it is absent."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        what = "does not exist" if not run_dir.exists() else f"is not a run directory (no {CONFIG_FILE})"
+        raise FileNotFoundError(f"{run_dir} {what}; give the folder of a run trained with `mmrl train` "
+                                "or converted with `mmrl convert-official`")
+    return cfg_path
+
+
 def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     """Load a finished (or converted) run: ``(model, cfg)``.
 
@@ -129,10 +149,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     from mmrl.models import MMRL
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: no {CONFIG_FILE} "
-                                "(train one with `mmrl train` or convert one with `mmrl convert-official`)")
+    cfg_path = check_run_dir(run_dir)
     cfg = load_config(cfg_path)
     adapter_path = run_dir / ADAPTER_FILE
     if not adapter_path.is_file():
@@ -146,7 +163,23 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     except ValueError as e:
         raise ConfigError(f"{cfg_path}: {e}") from e
     model = MMRL(backbone, cfg.method)
-    tensors, _ = load_adapter(adapter_path)
-    model.load_adapter_state_dict(tensors)
+    try:
+        tensors, _ = load_adapter(adapter_path)
+        model.load_adapter_state_dict(tensors)
+    except CorruptFileError as e:
+        raise CorruptFileError(f"{e}; {adapter_recovery(run_dir)}") from e
+    except ValueError as e:  # names, shapes: the file belongs to another run, or the config was edited
+        raise CorruptFileError(f"{adapter_path} does not fit the run's {CONFIG_FILE} ({e}); "
+                               f"{adapter_recovery(run_dir)}") from e
     model.eval()
     return model, cfg
+
+
+def adapter_recovery(run_dir: str | Path) -> str:
+    """How to go on when a run's adapter file cannot be used."""
+    run_dir = Path(run_dir)
+    info = read_run_info(run_dir) or {}
+    if info.get("source"):
+        return "convert the official checkpoint again with `mmrl convert-official` into this folder or another one"
+    return (f"train the run again: delete {run_dir / ADAPTER_FILE} and run `mmrl train --resume {run_dir}` "
+            "(it resumes from the last checkpoint when one is left, else starts over with the same config)")

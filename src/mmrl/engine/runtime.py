@@ -53,6 +53,15 @@ def autocast(device: torch.device, precision: str):
 
 
 # --------------------------------------------------------------------------- logging
+# ``LOG.error(..., extra=FILE_ONLY)``: into train.log, not onto the console (where the command
+# line prints the same error as its one line).
+FILE_ONLY = {"mmrl_file_only": True}
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "mmrl_file_only", False)
+
+
 class _Formatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -84,6 +93,7 @@ def setup_cli_logging(verbose: bool = False) -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(_not_file_only)
     handler._mmrl_console = True  # type: ignore[attr-defined]
     LOG.addHandler(handler)
     LOG.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -13,7 +13,11 @@ directory: before running a cell a worker creates the claim file
 one of them runs it. A claim of a dead process on this host is taken over; a
 claim of another host is respected until its modification time is older than
 `claim_timeout` seconds (the holder touches its claims every `heartbeat`
-seconds, so only abandoned claims age).
+seconds, so only abandoned claims age). Claims are the lock files of
+`mmrl.engine.lock`; each child `mmrl train` / `mmrl eval` additionally holds
+the run folder's own writer lock `RUN_DIR/.lock` while it writes (another
+file, so a child never waits for its parent's claim), which also keeps a
+user's manual `mmrl train --output` on the same folder out.
 
 Run folder layout: `OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>/`.
 """
@@ -23,17 +27,20 @@ import dataclasses
 import json
 import os
 import queue
-import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+# Claims are lock files of the same mechanism as the run folders' writer lock (mmrl.engine.lock);
+# its names are re-exported here for the sweep's users.
+from mmrl.engine.lock import (BOOT_ID, HOST, Claim, ClaimResult, Heartbeat, _proc_start, acquire_claim,  # noqa: F401
+                              describe_holder, pid_alive, release_claim)
+from mmrl.fileio import read_json_or_none
 # The project's vocabulary lives in mmrl.vocab (torch-free); the names are re-exported for the sweep's users.
 from mmrl.vocab import (  # noqa: F401
     ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS, METHODS, PROTOCOLS, VARIANTS,
@@ -199,12 +206,7 @@ def take_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
 
 def read_json(path: Path) -> dict | None:
     """The JSON object in `path`, or None when absent or unreadable (e.g. mid-write by a crashed writer)."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_or_none(path)
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -264,187 +266,14 @@ def cell_state(cell: Cell) -> CellState:
 # ----------------------------------------------------------------------------------------------
 
 def claim_path(cell: Cell) -> Path:
-    """`<RUN_DIR>.claim`: beside the run folder so the run folder only holds what `mmrl train` writes."""
+    """`<RUN_DIR>.claim`: beside the run folder, which holds the child's own writer lock (`RUN_DIR/.lock`)."""
     return cell.run_dir.with_name(cell.run_dir.name + ".claim")
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _proc_start(pid: int) -> str:
-    """Start time of a process (clock ticks since boot) or "" where /proc is not there; guards pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-HOST = socket.gethostname()
-BOOT_ID = _boot_id()
-
-
-def pid_alive(pid: int, proc_start: str = "") -> bool:
-    """Whether process `pid` on this host runs (and, if `proc_start` is known, is the same process)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    if proc_start:
-        now = _proc_start(pid)
-        if now and now != proc_start:
-            return False  # the pid was reused by another process
-    return True
-
-
-@dataclass
-class Claim:
-    """A claim this process holds."""
-    path: Path
-    token: str
-
-
-@dataclass
-class ClaimResult:
-    claim: Claim | None              # set when acquired
-    holder: dict | None = None       # the other holder's claim content when not acquired
-
-
-def _claim_is_stale(info: dict | None, mtime: float, timeout_s: float | None, now: float) -> bool:
-    if info is None:
-        # Unreadable: another process is between O_EXCL create and write, or crashed right there.
-        return now - mtime > 30.0
-    same_host = info.get("host") == HOST and info.get("boot_id", "") == BOOT_ID
-    if same_host and isinstance(info.get("pid"), int):
-        return not pid_alive(info["pid"], str(info.get("proc_start", "")))
-    return timeout_s is not None and now - mtime > timeout_s
-
-
-def _read_claim(path: Path) -> tuple[dict | None, float] | None:
-    """(content, mtime) of a claim file; None when it does not exist."""
-    try:
-        mtime = path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    return read_json(path), mtime
-
-
-def acquire_claim(path: Path, timeout_s: float | None = None) -> ClaimResult:
-    """Create the claim file `path` atomically; take it over when its holder is gone.
-
-    Returns the claim, or the current holder's content when another live
-    process holds it. Takeover of a stale claim happens under a short-lived
-    `<claim>.takeover` lock (itself O_EXCL) so two processes never both
-    remove a claim and both believe they hold it.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        token = uuid.uuid4().hex
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            seen = _read_claim(path)
-            if seen is None:
-                continue  # released meanwhile: try again
-            info, mtime = seen
-            if not _claim_is_stale(info, mtime, timeout_s, time.time()):
-                return ClaimResult(None, info or {"host": "?", "pid": "?", "note": "being written"})
-            if not _take_over(path, info, mtime, timeout_s):
-                return ClaimResult(None, info or {"host": "?", "pid": "?"})
-            continue
-        content = {"host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
-                   "time": time.time(), "time_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        return ClaimResult(Claim(path, token))
-    seen = _read_claim(path)
-    return ClaimResult(None, (seen[0] if seen else None) or {"host": "?", "pid": "?"})
-
-
-def _take_over(path: Path, judged: dict | None, judged_mtime: float, timeout_s: float | None) -> bool:
-    """Remove the stale claim `path` if it is still the one judged stale. True when removed."""
-    lock = path.with_name(path.name + ".takeover")
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        try:
-            if time.time() - lock.stat().st_mtime > 60.0:  # a taker died inside this short section
-                lock.unlink()
-        except FileNotFoundError:
-            pass
-        return False
-    os.close(fd)
-    try:
-        seen = _read_claim(path)
-        if seen is None:
-            return True
-        info, mtime = seen
-        same = (info or {}).get("token") == (judged or {}).get("token") and mtime == judged_mtime
-        if not same or not _claim_is_stale(info, mtime, timeout_s, time.time()):
-            return False
-        path.unlink()
-        return True
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def release_claim(claim: Claim) -> None:
-    """Remove the claim file if it is still ours."""
-    info = read_json(claim.path)
-    if info is not None and info.get("token") == claim.token:
-        claim.path.unlink(missing_ok=True)
 
 
 def read_claim_holder(cell_run_dir: Path) -> dict | None:
     """Content of the claim beside a run folder (for the report), or None."""
     p = cell_run_dir.with_name(cell_run_dir.name + ".claim")
     return read_json(p) if p.exists() else None
-
-
-class Heartbeat:
-    """Touches the held claims every `interval` seconds so other hosts see they are alive."""
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self.claims: set[Path] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="claim-heartbeat", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def add(self, path: Path) -> None:
-        with self._lock:
-            self.claims.add(path)
-
-    def discard(self, path: Path) -> None:
-        with self._lock:
-            self.claims.discard(path)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                paths = list(self.claims)
-            for p in paths:
-                try:
-                    os.utime(p)
-                except OSError:
-                    pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -501,6 +330,10 @@ class SubprocessRunner:
             env["CUDA_VISIBLE_DEVICES"] = cell.device
         if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(self.threads)
+        from mmrl.engine.clitools import DEBUG_ENV, debug_enabled
+
+        if debug_enabled():  # `mmrl --debug reproduce`: the runs' logs get full tracebacks too
+            env[DEBUG_ENV] = "1"
         cell.run_dir.mkdir(parents=True, exist_ok=True)
         with open(cell.log_path, "a") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} host={HOST} pid={os.getpid()} "

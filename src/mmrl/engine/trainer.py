@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -32,17 +33,20 @@ import torch
 from mmrl.config import ConfigError, RunConfig, canonical_dataset, load_config, validate
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
-from mmrl.engine.checkpoint import (load_checkpoint, save_adapter, save_checkpoint, set_rng_state,
-                                    write_json_atomic)
-from mmrl.engine.runtime import (Progress, autocast, load_backbone_checked, log_to_file, resolve_device,
-                                 resolve_precision, use_tty_progress)
+from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, save_adapter,
+                                    save_checkpoint, set_rng_state, write_json_atomic)
+from mmrl.engine.clitools import error_line
+from mmrl.engine.lock import RunDirLock
+from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_checked, log_to_file,
+                                 resolve_device, resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches
+from mmrl.errors import CorruptFileError, RunInterrupted, UserError
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN/inf; the run stopped and kept its last good checkpoint."""
 
 
@@ -50,8 +54,11 @@ def _read_results(run_dir: Path) -> dict | None:
     p = run_dir / rd.RESULTS_FILE
     if not p.is_file():
         return None
-    with open(p, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(p, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError:  # damaged: the results are computed again
+        return None
 
 
 def _truncate_metrics(path: Path, keep_before_epoch: int) -> None:
@@ -165,6 +172,10 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
     each global batch (see the module docstring); every rank returns the same results, only
     rank 0 writes. The process group is joined here if needed and left to the caller.
 
+    The run directory has one writer: this function holds its lock (``RUN_DIR/.lock``,
+    :class:`mmrl.engine.lock.RunDirLock`; under torchrun rank 0 holds it for the job) from
+    before the decision to start, resume or return until the last file is written.
+
     Args:
         cfg: the resolved configuration (see :func:`mmrl.config.resolve_config`).
         progress: tqdm bars (True), plain periodic log lines (False) or auto (None: bars on a TTY).
@@ -176,7 +187,11 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
         ``{"base", "novel", "hm"}``; also written to ``RUN_DIR/results.json``.
     Raises:
         ConfigError: before any work, for invalid settings; NonFiniteLossError: the loss
-        became NaN/inf (the run is marked failed, the last good checkpoint kept).
+        became NaN/inf (the run is marked failed, the last good checkpoint kept);
+        RunLockedError: another live process writes into the run directory;
+        NotWritableError: the run directory cannot be written (before any work);
+        RunInterrupted: Ctrl-C/SIGTERM (the run is marked ``interrupted``; the message says
+        where it stopped and the command that resumes it).
     """
     cfg = copy.deepcopy(cfg)
     cfg.data.dataset = canonical_dataset(cfg.data.dataset) if cfg.data.dataset else cfg.data.dataset
@@ -187,13 +202,35 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
     run_dir = cfg.run_dir()
     cfg.output = str(run_dir)
     dinfo = ddp_util.init_distributed(cfg.device)  # single process: a no-op
+    held: list[RunDirLock] = []  # rank 0's writer lock of the run directory
+
+    def lock() -> None:
+        held.append(RunDirLock.acquire(run_dir, "mmrl train", hint="choose another --output"))
+
+    ddp_util.on_main(lock, dinfo)  # a refusal on rank 0 stops every rank
+    try:
+        return _train_locked(cfg, run_dir, dinfo, progress, on_epoch_end)
+    finally:
+        for h in held:
+            h.release()
+
+
+def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progress: bool | None,
+                  on_epoch_end: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """:func:`train` once the run directory's writer lock is held."""
     is_main = dinfo.is_main
     # rank 0 owns the run directory: its decision (fresh / resume / finished) holds for all ranks
     done = ddp_util.on_main(lambda: _prepare_run_dir(cfg, run_dir), dinfo)
     if done is not None:
         LOG.info("%s: already finished; results: %s", run_dir, _results_line(done))
         return done
-    # settings that need the backbone are checked before anything is written
+    from mmrl import data
+
+    # where the data is (a user folder that is not there), and settings that need the backbone,
+    # are checked before anything is written
+    data.locate(cfg.data.dataset, cfg.data.root, template=cfg.data.template)
+    if cfg.data.split_file is not None and not Path(cfg.data.split_file).is_file():
+        raise data.MissingDataError(f"data.split_file: no such file: {cfg.data.split_file}")
     device = ddp_util.local_device(resolve_device(cfg.device), dinfo)
     precision = resolve_precision(cfg.precision, device)
     with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
@@ -218,13 +255,25 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
         try:
             results = _train_and_evaluate(cfg, run_dir, info, backbone, device, precision, progress, on_epoch_end,
                                           dinfo)
+        except KeyboardInterrupt:
+            where = _where_stopped(info, cfg.optim.epochs, run_dir / rd.CHECKPOINT_FILE if is_main else None)
+            msg = (f"training stopped {where}; {run_dir} is marked interrupted; resume with: "
+                   f"mmrl train --resume {shlex.quote(str(run_dir.absolute()))}")
+            if is_main:
+                info.update(status="interrupted", interrupted=rd.now_iso(), stopped=where)
+                info.pop("error", None)
+                rd.write_run_info(run_dir, info)
+            LOG.warning("interrupted: %s", msg, extra=FILE_ONLY)  # the command line prints it once
+            raise RunInterrupted(msg) from None
         except BaseException as e:
-            error = ddp_util.describe_error(e) if dinfo.enabled else f"{type(e).__name__}: {e}"
+            error = ddp_util.describe_error(e) if dinfo.enabled else f"{type(e).__name__}: {error_line(e)}"
             if is_main:
                 info.update(status="failed", error=error, failed=rd.now_iso())
                 rd.write_run_info(run_dir, info)
             where = f" on rank {dinfo.rank} of {dinfo.world_size}" if dinfo.enabled else ""
-            LOG.error("run failed%s: %s", where, error)
+            # one process: the command line reports the error itself (one line); under torchrun the
+            # rank's own line says which rank failed
+            LOG.error("run failed%s: %s", where, error, extra=None if dinfo.enabled else FILE_ONLY)
             raise
         if is_main:
             info.update(status="finished", finished=rd.now_iso())
@@ -236,6 +285,36 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
                 ckpt.unlink()  # adapter.safetensors holds the final weights
         LOG.info("finished %s: %s", run_dir, _results_line(results))
     return results
+
+
+def _where_stopped(info: dict, epochs: int, ckpt_path: Path | None) -> str:
+    """Where a run stopped: the epochs done (``info["epochs_done"]``, or the checkpoint on disk,
+    from which a resume starts, when that is further: the stop may have come just after it
+    was written)."""
+    on_disk = checkpoint_epoch(ckpt_path) if ckpt_path is not None else None
+    if "epochs_done" not in info and on_disk is None:
+        return "before its first epoch began"
+    done = max(int(info.get("epochs_done", 0)), on_disk or 0)
+    if done >= epochs:
+        return f"after its last epoch (all {epochs} trained; the final evaluation runs on resume)"
+    kept = f"; {done} done, kept in {rd.CHECKPOINT_FILE}" if done else ""
+    return f"in epoch {done + 1} of {epochs}{kept}"
+
+
+def _check_training_classes(splits) -> None:
+    """Refuse, before training, a training split with fewer than 2 classes (the loss of a
+    one-class classifier is 0 whatever the weights; a base-to-novel run would then also lack
+    novel classes to evaluate)."""
+    from mmrl import data
+
+    labels = sorted({d.label for d in splits.train})
+    if len(labels) >= 2:
+        return
+    names = ", ".join(repr(splits.classnames[y]) for y in labels) or "none"
+    raise data.DataError(
+        f"{splits.name}: the training split has {len(labels)} class ({names}); training needs at least 2 classes "
+        "(base-to-novel trains on the first half of the classes, so its dataset needs at least 3); "
+        "add class folders, or check --dataset / data.split_file")
 
 
 def _results_line(r: dict) -> str:
@@ -267,6 +346,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     if splits.test_only or not splits.train:
         raise data.DataError(f"{splits.name} has no training images (test-only dataset?); train on a dataset "
                              "with a train split")
+    _check_training_classes(splits)
     if is_main:
         data.write_split_file(splits, run_dir / rd.SPLIT_FILE)
     LOG.info("%s", splits.summary())
@@ -291,18 +371,23 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     # visible to all nodes to resume a multi-node run)
     resume = ddp_util.broadcast_object(ckpt_path.is_file() if is_main else None, dinfo)
     if resume:
-        ck = load_checkpoint(ckpt_path)
-        model.load_adapter_state_dict(ck.adapter)
-        optimizer.load_state_dict(ck.optimizer)
-        if ck.scaler and scaler.is_enabled():
-            scaler.load_state_dict(ck.scaler)
-        set_rng_state(ck.rng_tensors, ck.rng_json)
+        ck = load_checkpoint(ckpt_path)  # CorruptFileError (naming the file and the way out) if unreadable
+        try:
+            model.load_adapter_state_dict(ck.adapter)
+            optimizer.load_state_dict(ck.optimizer)
+            if ck.scaler and scaler.is_enabled():
+                scaler.load_state_dict(ck.scaler)
+            set_rng_state(ck.rng_tensors, ck.rng_json)
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CorruptFileError(f"{ckpt_path} does not fit this run ({e}); {checkpoint_recovery(ckpt_path)}") \
+                from e
         start_epoch, step = ck.epoch, ck.step
         LOG.info("resuming from %s: %d of %d epochs done (step %d)", ckpt_path, start_epoch, cfg.optim.epochs, step)
         if is_main:
             _truncate_metrics(metrics_path, start_epoch)
     elif is_main and metrics_path.exists():
         metrics_path.unlink()
+    info["epochs_done"] = start_epoch
 
     train_ds = data.ImageDataset(splits.train, data.build_transform(True, backbone.image_size), seed=cfg.seed,
                                  skip_bad=cfg.data.skip_bad_images)
@@ -334,7 +419,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
                 batches = [idx for idx, _, _ in plan]
             else:
                 batches = epoch_batches(cfg.seed, epoch, n, bs)
-            loader = DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.data.num_workers,
+            loader = DataLoader(train_ds, batch_sampler=batches, **data.worker_options(cfg.data.num_workers),
                                 pin_memory=device.type == "cuda")
             model.train()
             model.clip.eval()  # the frozen backbone stays in eval mode
@@ -378,10 +463,10 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
             if is_main:
                 save_checkpoint(ckpt_path, epoch=epoch + 1, step=step, model=model, optimizer=optimizer,
                                 scaler=scaler)
+            info["epochs_done"] = epoch + 1  # at once: an interruption from here on resumes after this epoch
             dt = time.time() - t_epoch
             train_s += dt
             timings["train_s"] = round(train_s, 3)
-            info["epochs_done"] = epoch + 1
             if is_main:
                 rd.write_run_info(run_dir, info)
             LOG.info("epoch %d/%d: lr %.3g, loss %.4f (ce_class %.4f, ce_rep %.4f, reg_image %.4f, reg_text %.4f),"

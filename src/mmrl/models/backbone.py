@@ -21,16 +21,27 @@ Every backbone is an :class:`open_clip.model.CLIP` in fp32, frozen and in eval m
 plus CLIP's BPE tokenizer. OpenAI weights were trained with QuickGELU: we set it
 from the pretrained tag's metadata (or always, for OpenAI-format files) so the user
 never has to know.
+
+Pretrained weights of an open_clip name are loaded from the local cache without any
+network access when they are there. When they are not, the download server is probed
+first (a few seconds at most): without a connection :class:`BackboneUnavailableError`
+says so at once and names the ways on, instead of minutes of retries and a traceback.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
+
+from mmrl.errors import BackboneUnavailableError
 
 TOY_CLIP_NAME = "toy-clip"
 TOY_CLIP_FILE = Path(__file__).resolve().parent.parent / "toyworld" / "tiny_clip.safetensors"
@@ -246,7 +257,8 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
 
         if not Path(tag).is_file():
             raise FileNotFoundError(f"backbone {spec!r}: checkpoint file not found: {tag}")
-        clip = open_clip.create_model(name, pretrained=None)
+        with _quiet_open_clip():
+            clip = open_clip.create_model(name, pretrained=None)
         missing, unexpected = clip.load_state_dict(load_clip_state_dict(tag), strict=False)
         missing = [k for k in missing if k != "attn_mask"]
         if missing or unexpected:
@@ -257,5 +269,167 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
     if tag not in tags:
         raise ValueError(f"backbone {spec!r}: open_clip has no pretrained tag {tag!r} for {name}; "
                          f"available: {tags}")
-    quick_gelu = bool(open_clip.get_pretrained_cfg(name, tag).get("quick_gelu", False))
-    return open_clip.create_model(name, pretrained=tag if pretrained else None, force_quick_gelu=quick_gelu)
+    pcfg = open_clip.get_pretrained_cfg(name, tag)
+    quick_gelu = bool(pcfg.get("quick_gelu", False))
+    if not pretrained:  # the architecture only (describe, shapes): nothing to download, nothing to say
+        with _quiet_open_clip():
+            return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    if cached_weights(pcfg) is not None:
+        with _quiet_open_clip(), _hub_offline():  # from the cache, no network round trips
+            return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
+    host = _download_host(pcfg)
+    problem = "HF_HUB_OFFLINE is set" if _hub_offline_mode() else unreachable(host)
+    if problem is None:
+        try:
+            with _quiet_open_clip():
+                return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
+        except Exception as e:  # open_clip wraps every download failure (RuntimeError, FileNotFoundError...)
+            problem = " ".join(f"{type(e).__name__}: {e}".split())
+    local = _url_cached(pcfg) if pcfg.get("hf_hub") else None  # an OpenAI-format copy open_clip would not use
+    example = f"--backbone {local}, found on this machine" if local else \
+        f"e.g. --backbone /path/{name}.pt, or --backbone {name}:/path/open_clip_model.safetensors"
+    raise BackboneUnavailableError(
+        f"backbone {spec!r}: the pretrained weights of {name} ({tag}) are not cached on this machine and could not "
+        f"be downloaded from {host} ({problem}). Ways on: connect to the internet once (they are then cached in "
+        f"{_cache_hint(pcfg)}); or --backbone PATH to a local OpenAI/open_clip weights file ({example}); "
+        f"or --backbone toy-clip (the tiny CLIP shipped with mmrl, for trying it out)")
+
+
+# --------------------------------------------------------------------------- weights cache / network
+def _hf_files(pcfg: dict) -> tuple[str, list[str]] | None:
+    """(repo id, candidate file names in open_clip's order: safetensors first) of a tag's hub entry."""
+    hub = pcfg.get("hf_hub", "")
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)  # as open_clip: 'org/model/' = the default file name
+    filename = filename or "open_clip_pytorch_model.bin"
+    names = []
+    if filename == "open_clip_pytorch_model.bin":
+        names.append("open_clip_model.safetensors")
+    elif filename.endswith((".bin", ".pth")):
+        names.append(filename[:-4] + ".safetensors")
+    return repo, names + [filename]
+
+
+def cached_weights(pcfg: dict) -> str | None:
+    """Local path of a pretrained tag's weights when cached where open_clip will look for them
+    (the Hugging Face cache for a tag with a hub entry, else open_clip's URL cache
+    ``~/.cache/clip``), else None. Never touches the network."""
+    files = _hf_files(pcfg)
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        files = None
+    if files is not None:  # open_clip prefers the hub when the tag has an entry there
+        repo, names = files
+        for fn in names:
+            try:
+                return hf_hub_download(repo_id=repo, filename=fn, local_files_only=True)
+            except Exception:  # not cached (LocalEntryNotFoundError and kin across versions)
+                continue
+        return None
+    return _url_cached(pcfg)
+
+
+def _url_cached(pcfg: dict) -> str | None:
+    """open_clip's copy of a tag's URL download (``~/.cache/clip/<file>``, e.g. OpenAI's ``ViT-B-16.pt``)."""
+    url = pcfg.get("url", "")
+    p = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url) if url else None
+    return str(p) if p is not None and p.is_file() else None
+
+
+def _hub_endpoint() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(getattr(constants, "ENDPOINT", "https://huggingface.co"))
+    except ImportError:
+        return "https://huggingface.co"
+
+
+def _download_host(pcfg: dict) -> str:
+    """host[:port] open_clip downloads a tag's weights from (the hub when it has an entry there)."""
+    url = _hub_endpoint() if pcfg.get("hf_hub") else pcfg.get("url", "") or _hub_endpoint()
+    parts = urlsplit(url)
+    return parts.netloc or parts.path
+
+
+def _hub_offline_mode() -> bool:
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return False
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Hugging Face hub offline mode while inside: a cached file is used as it is, without the
+    request that checks for a newer one (which, offline, is retried for ~25 s per file)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    old = getattr(constants, "HF_HUB_OFFLINE", None)
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def unreachable(host: str, timeout_s: float = 5.0) -> str | None:
+    """Why ``host`` (``name[:port]``, default port 443) cannot be reached, or None when a TCP
+    connection opens (or a proxy is configured: only the proxy can tell, so the download tries)."""
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None
+    name, _, port = host.partition(":")
+    try:
+        with socket.create_connection((name, int(port or 443)), timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"no connection: {e.strerror or e}"
+
+
+def _cache_hint(pcfg: dict) -> str:
+    if pcfg.get("hf_hub"):
+        try:
+            from huggingface_hub import constants
+
+            return str(getattr(constants, "HF_HUB_CACHE", "~/.cache/huggingface/hub"))
+        except ImportError:
+            pass
+    return "~/.cache/clip"
+
+
+class _DropOpenClipRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"{os.sep}open_clip{os.sep}" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Silence open_clip's own log records while it builds a model.
+
+    open_clip logs through the root logger: an expected "No pretrained weights loaded ...
+    initialized randomly" when the architecture is built without weights on purpose, and
+    download errors that :class:`BackboneUnavailableError` says better. Its first
+    ``logging.warning`` would also install a root handler (``basicConfig``) that prints every
+    later library warning a second time; a temporary NullHandler prevents that.
+    """
+    root = logging.getLogger()
+    guard = logging.NullHandler() if not root.handlers else None
+    drop = _DropOpenClipRecords()
+    if guard is not None:
+        root.addHandler(guard)
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if guard is not None:
+            root.removeHandler(guard)

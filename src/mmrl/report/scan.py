@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from mmrl.engine.lock import read_holder, run_lock_path
 from mmrl.vocab import (
     ALL_DATASETS, CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, GRID_FILE_GLOB, PROTOCOLS, RESULTS_FILE, RUN_FILE, SEED_PREFIX,
     SHOTS_PREFIX, STDOUT_LOG, dataset_slug,
@@ -234,7 +235,8 @@ def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
                     ident[k] = v
     if not ident.get("method"):
         return None
-    claim = claims.get(run_dir)
+    # a sweep's claim beside the folder, else the writer lock of a process working in it by hand
+    claim = claims.get(run_dir) or read_holder(run_lock_path(run_dir))
     claim_text = describe_claim(claim)
     if info is not None:
         status = info.get("status")
