@@ -214,14 +214,14 @@ def test_convert_official_takes_the_lock(world, tmp_path, capsys):
 
 
 def test_report_shows_a_locked_run_as_running(tmp_path):
-    from mmrl.engine import report
+    from mmrl.report.scan import Run, scan
 
     rd = sweep.run_dir_for(tmp_path, "fewshot", "mmrl", "EuroSAT", 16, 1)
     rd.mkdir(parents=True)
     (rd / "run.json").write_text(json.dumps({"status": "running", "method": "mmrl", "dataset": "EuroSAT"}))
 
-    def state() -> report.Run:
-        return next(r for r in report.scan_method(tmp_path, "fewshot", "mmrl")[1] if r.run_dir == rd)
+    def state() -> Run:
+        return next(r for r in scan(tmp_path).runs if r.path == rd)
 
     with RunDirLock.acquire(rd, "mmrl train"):
         assert state().state == "running" and f"pid {os.getpid()}" in state().detail

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import (
-    log_once,
+    LOG,
     DatasetSplits,
     DataError,
     Datum,
     classnames_from_items,
+    log_once,
     make_datum,
     path_key,
     read_json,
