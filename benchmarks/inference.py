@@ -99,7 +99,6 @@ def setup(work: Path, n_classes: list[int]) -> dict:
 # --------------------------------------------------------------------------- workers
 def worker(cfg: dict) -> dict:
     """One engine in this process: throughput at each batch size, logits of the fixed batch."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(cfg["threads"])

@@ -195,3 +195,16 @@ def test_interrupt_stops_new_cells_and_releases_claims(tmp_path):
                         on_interrupt=stopped.set)
     assert calls == [cells[0].name]
     assert not list(tmp_path.glob("**/*.claim"))
+
+
+def test_one_alias_table_for_train_and_sweeps(tmp_path):
+    """`mmrl reproduce --datasets` accepts every name `mmrl train --dataset` accepts (one table)."""
+    from mmrl import data, vocab
+
+    names = (list(vocab.DATASET_ALIASES) + list(vocab.DATASET_FOLDERS.values()) + list(vocab.ALL_DATASETS)
+             + ["textures", "in1k", "imagenet-v2", "fgvc", "sketch", "ImageNet_A", "Food-101", "OXFORD PETS"])
+    for name in names:
+        assert sweep.canonical_dataset(name) == data.canonical_name(name) == vocab.canonical_benchmark(name), name
+    cells = sweep.build_grid("fewshot", "mmrl", tmp_path, datasets=["textures", "fgvc"], shots=[1], seeds=[1])
+    assert [c.dataset for c in cells] == ["FGVCAircraft", "DescribableTextures"]
+    assert vocab.canonical_benchmark("mnist") is None

@@ -32,8 +32,7 @@ from typing import Any, Iterable, Optional, Union
 import yaml
 
 from mmrl.errors import UserError
-from mmrl.models.mmrl import METHODS, MethodConfig
-from mmrl.vocab import PROTOCOLS, dataset_slug
+from mmrl.vocab import METHODS, PROTOCOLS, MethodConfig, dataset_slug
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")

@@ -1,5 +1,6 @@
-"""The project's vocabulary, torch-free: methods, protocols, benchmark datasets, the run-folder
-layout and its file names, and the harmonic mean.
+"""The project's vocabulary, torch-free: methods and their settings (:class:`MethodConfig`),
+protocols, benchmark datasets and THE alias table, the run-folder layout and its file names,
+and the harmonic mean.
 
 Everything that only needs these names (``mmrl report``, sweep planning) imports this module
 instead of the model or the config, so it starts without importing torch.
@@ -7,6 +8,7 @@ instead of the model or the config, so it starts without importing torch.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 METHODS: tuple[str, ...] = ("mmrl", "mmrl++")
@@ -23,6 +25,40 @@ ALL_DATASETS: tuple[str, ...] = DATASETS + VARIANTS
 CROSS_SOURCE = "ImageNet"
 # Cross-dataset targets (the 10 other datasets) followed by the domain-generalisation ones.
 CROSS_TARGETS: tuple[str, ...] = tuple(d for d in DATASETS if d != CROSS_SOURCE) + VARIANTS
+
+# Each benchmark's folder under the data root (CoOp's DATASETS.md layout).
+DATASET_FOLDERS: dict[str, str] = {
+    "ImageNet": "imagenet", "Caltech101": "caltech-101", "OxfordPets": "oxford_pets",
+    "StanfordCars": "stanford_cars", "OxfordFlowers": "oxford_flowers", "Food101": "food-101",
+    "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397", "DescribableTextures": "dtd", "EuroSAT": "eurosat",
+    "UCF101": "ucf101", "ImageNetV2": "imagenetv2", "ImageNetSketch": "imagenet-sketch",
+    "ImageNetA": "imagenet-adversarial", "ImageNetR": "imagenet-rendition",
+}
+# Short names users type, besides the canonical names and the folder names. THE alias table:
+# every command that takes a dataset name resolves it with :func:`canonical_benchmark`.
+DATASET_ALIASES: dict[str, str] = {
+    "in1k": "ImageNet", "imagenet1k": "ImageNet", "caltech": "Caltech101", "pets": "OxfordPets",
+    "cars": "StanfordCars", "flowers": "OxfordFlowers", "flowers102": "OxfordFlowers", "food": "Food101",
+    "aircraft": "FGVCAircraft", "fgvc": "FGVCAircraft", "sun": "SUN397", "textures": "DescribableTextures",
+    "ucf": "UCF101", "sketch": "ImageNetSketch",
+}
+
+
+def _fold(name: str) -> str:
+    """Case, '-', '_' and spaces do not matter in dataset names."""
+    return re.sub(r"[\s_\-]", "", name).lower()
+
+
+_BENCHMARK_NAMES: dict[str, str] = {**{_fold(n): n for n in ALL_DATASETS},
+                                    **{_fold(f): n for n, f in DATASET_FOLDERS.items()},
+                                    **{_fold(a): n for a, n in DATASET_ALIASES.items()}}
+
+
+def canonical_benchmark(name: str) -> str | None:
+    """The canonical name of a benchmark given that name, its folder name or an alias
+    (``dtd``, ``textures``, ``imagenet-a``, ``in1k`` ...); None when ``name`` is none of them."""
+    return _BENCHMARK_NAMES.get(_fold(name))
+
 
 # The protocols' grids: the papers average seeds 1, 2, 3.
 DEFAULT_SEEDS: tuple[int, ...] = (1, 2, 3)
@@ -74,3 +110,44 @@ def eval_file_name(dataset: str, subsample: str) -> str:
 def harmonic_mean(a: float, b: float) -> float:
     """HM = 2ab / (a + b) (0 when both are 0): the base-to-novel summary of Base and Novel accuracy."""
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------- the method's settings
+@dataclass
+class MethodConfig:
+    """Settings of MMRL / MMRL++ (the ``method`` section of a run config)."""
+
+    name: str = "mmrl"            # "mmrl" or "mmrl++"
+    n_rep_tokens: int = 5         # K: number of representation tokens
+    rep_dim: int = 512            # d_r: width of the shared representation space
+    first_rep_block: int = 6      # J (1-indexed): first block of each tower that sees the tokens
+    alpha: float = 0.7            # weight of the class-token logits / loss (1 - alpha: representation)
+    beta: float = 0.9             # MMRL++ slot blend: beta * new + (1 - beta) * previous (unused by MMRL)
+    reg_weight: float = 1.0       # lambda: weight of both consistency regularisers
+    proj_lora_rank: int = 64      # MMRL++: rank of A B in proj_rep = proj + A B
+    aligner_lora_rank: int = 4    # MMRL++: rank of the per-block residual A_i B_i of SRRA
+    logit_scale: float = 100.0    # fixed logit scale (not CLIP's learned one)
+
+    def validate(self, vision_layers: int | None = None, text_layers: int | None = None) -> None:
+        """Raise ValueError naming the first invalid key."""
+        def bad(key: str, msg: str):
+            raise ValueError(f"method.{key} = {getattr(self, key)!r}: {msg}")
+
+        if self.name not in METHODS:
+            bad("name", f"expected one of {METHODS}")
+        for key in ("n_rep_tokens", "rep_dim", "proj_lora_rank", "aligner_lora_rank"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "expected an integer >= 1")
+        if not 0.0 <= self.alpha <= 1.0:
+            bad("alpha", "expected a value in [0, 1]")
+        if not 0.0 <= self.beta <= 1.0:
+            bad("beta", "expected a value in [0, 1]")
+        if self.reg_weight < 0:
+            bad("reg_weight", "expected lambda >= 0")
+        if not self.logit_scale > 0:
+            bad("logit_scale", "expected a positive scale")
+        depth = min(d for d in (vision_layers, text_layers, 10**9) if d is not None)
+        if not isinstance(self.first_rep_block, int) or not 1 <= self.first_rep_block <= depth:
+            bad("first_rep_block", f"expected a block number J in 1..{depth} (1-indexed; both towers must "
+                                   f"have at least J blocks; this backbone has {vision_layers} vision and "
+                                   f"{text_layers} text blocks). MMRL needs a ViT CLIP with at least J blocks")

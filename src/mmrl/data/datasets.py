@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from mmrl import vocab
+
 from .core import (
     DEFAULT_TEMPLATE,
     LOG,
@@ -54,12 +56,10 @@ from .splits import (
     subsample_classes,
 )
 
-BENCHMARK_11: list[str] = [
-    "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101",
-    "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101",
-]
-IMAGENET_VARIANTS: list[str] = ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
-ALL_DATASETS: list[str] = BENCHMARK_11 + IMAGENET_VARIANTS
+# the vocabulary's names, as lists (this module's interface)
+BENCHMARK_11: list[str] = list(vocab.DATASETS)
+IMAGENET_VARIANTS: list[str] = list(vocab.VARIANTS)
+ALL_DATASETS: list[str] = list(vocab.ALL_DATASETS)
 
 Splits3 = tuple[list[Datum], list[Datum], list[Datum]]
 # builder(dataset_dir, image_dir, rng) -> (train, val, test): CoOp's recipe when the split file is missing
@@ -351,74 +351,57 @@ _FOLDER_HOW = "per class 50/20/30 after a seeded shuffle of the sorted file list
 _TRAINVAL_HOW = "official train+val / test lists, 20% of train+val per class to val"
 
 
-def _zhou(name: str, folder: str, image_subdir: str, template: str, layout: str,
+def _zhou(name: str, image_subdir: str, template: str, layout: str,
           build: Builder | None, how: str) -> Benchmark:
-    return Benchmark(name, folder, image_subdir, template, layout, split_file=f"split_zhou_{name}.json",
+    return Benchmark(name, vocab.DATASET_FOLDERS[name], image_subdir, template, layout, split_file=f"split_zhou_{name}.json",
                      build=build, build_how=how)
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
-    Benchmark("ImageNet", "imagenet", "images", DEFAULT_TEMPLATE,
+    Benchmark("ImageNet", vocab.DATASET_FOLDERS["ImageNet"], "images", DEFAULT_TEMPLATE,
               "imagenet/classnames.txt, imagenet/images/train/<wnid>/*, imagenet/images/val/<wnid>/*",
               read=_read_imagenet),
-    _zhou("Caltech101", "caltech-101", "101_ObjectCategories", DEFAULT_TEMPLATE,
+    _zhou("Caltech101", "101_ObjectCategories", DEFAULT_TEMPLATE,
           "caltech-101/101_ObjectCategories/<class>/*.jpg, caltech-101/split_zhou_Caltech101.json",
           _folder_builder(_CALTECH_IGNORED, _CALTECH_RENAMES), _FOLDER_HOW),
-    _zhou("OxfordPets", "oxford_pets", "images", "a photo of a {}, a type of pet.",
+    _zhou("OxfordPets", "images", "a photo of a {}, a type of pet.",
           "oxford_pets/images/*.jpg, oxford_pets/split_zhou_OxfordPets.json "
           "(or oxford_pets/annotations/{trainval,test}.txt to build it)", _build_pets, _TRAINVAL_HOW),
-    _zhou("StanfordCars", "stanford_cars", "", DEFAULT_TEMPLATE,
+    _zhou("StanfordCars", "", DEFAULT_TEMPLATE,
           "stanford_cars/cars_train/*.jpg, stanford_cars/cars_test/*.jpg, stanford_cars/split_zhou_StanfordCars.json",
           _build_cars, _TRAINVAL_HOW),
-    _zhou("OxfordFlowers", "oxford_flowers", "jpg", "a photo of a {}, a type of flower.",
+    _zhou("OxfordFlowers", "jpg", "a photo of a {}, a type of flower.",
           "oxford_flowers/jpg/*.jpg, oxford_flowers/split_zhou_OxfordFlowers.json "
           "(or imagelabels.mat + cat_to_name.json to build it)", _build_flowers, "per class 50/20/30"),
-    _zhou("Food101", "food-101", "images", "a photo of {}, a type of food.",
+    _zhou("Food101", "images", "a photo of {}, a type of food.",
           "food-101/images/<class>/*.jpg, food-101/split_zhou_Food101.json", _folder_builder(), _FOLDER_HOW),
-    Benchmark("FGVCAircraft", "fgvc_aircraft", "images", "a photo of a {}, a type of aircraft.",
+    Benchmark("FGVCAircraft", vocab.DATASET_FOLDERS["FGVCAircraft"], "images", "a photo of a {}, a type of aircraft.",
               "fgvc_aircraft/images/*.jpg, fgvc_aircraft/variants.txt, "
               "fgvc_aircraft/images_variant_{train,val,test}.txt", read=_read_fgvc),
-    _zhou("SUN397", "sun397", "SUN397", DEFAULT_TEMPLATE,
+    _zhou("SUN397", "SUN397", DEFAULT_TEMPLATE,
           "sun397/SUN397/<letter>/<class>/*.jpg, sun397/split_zhou_SUN397.json "
           "(or ClassName.txt, Training_01.txt, Testing_01.txt to build it)", _build_sun397, _TRAINVAL_HOW),
-    _zhou("DescribableTextures", "dtd", "images", "{} texture.",
+    _zhou("DescribableTextures", "images", "{} texture.",
           "dtd/images/<class>/*.jpg, dtd/split_zhou_DescribableTextures.json", _folder_builder(), _FOLDER_HOW),
-    _zhou("EuroSAT", "eurosat", "2750", "a centered satellite photo of {}.",
+    _zhou("EuroSAT", "2750", "a centered satellite photo of {}.",
           "eurosat/2750/<class>/*.jpg, eurosat/split_zhou_EuroSAT.json",
           _folder_builder(renames=_EUROSAT_RENAMES), _FOLDER_HOW),
-    _zhou("UCF101", "ucf101", "UCF-101-midframes", "a photo of a person doing {}.",
+    _zhou("UCF101", "UCF-101-midframes", "a photo of a person doing {}.",
           "ucf101/UCF-101-midframes/<Action_Name>/*.jpg, ucf101/split_zhou_UCF101.json "
           "(or ucf101/ucfTrainTestlist/ to build it)", _build_ucf101, _TRAINVAL_HOW),
-    Benchmark("ImageNetV2", "imagenetv2", "imagenetv2-matched-frequency-format-val", DEFAULT_TEMPLATE,
+    Benchmark("ImageNetV2", vocab.DATASET_FOLDERS["ImageNetV2"], "imagenetv2-matched-frequency-format-val", DEFAULT_TEMPLATE,
               "imagenetv2/imagenetv2-matched-frequency-format-val/<0..999>/*, imagenetv2/classnames.txt",
               read=_read_imagenetv2, test_only=True),
-    Benchmark("ImageNetSketch", "imagenet-sketch", "images", DEFAULT_TEMPLATE,
+    Benchmark("ImageNetSketch", vocab.DATASET_FOLDERS["ImageNetSketch"], "images", DEFAULT_TEMPLATE,
               "imagenet-sketch/images/<wnid>/*, imagenet-sketch/classnames.txt",
               read=_wnid_folder_reader(()), test_only=True),
-    Benchmark("ImageNetA", "imagenet-adversarial", "imagenet-a", DEFAULT_TEMPLATE,
+    Benchmark("ImageNetA", vocab.DATASET_FOLDERS["ImageNetA"], "imagenet-a", DEFAULT_TEMPLATE,
               "imagenet-adversarial/imagenet-a/<wnid>/*, imagenet-adversarial/classnames.txt",
               read=_wnid_folder_reader(("README.txt",)), test_only=True),
-    Benchmark("ImageNetR", "imagenet-rendition", "imagenet-r", DEFAULT_TEMPLATE,
+    Benchmark("ImageNetR", vocab.DATASET_FOLDERS["ImageNetR"], "imagenet-r", DEFAULT_TEMPLATE,
               "imagenet-rendition/imagenet-r/<wnid>/*, imagenet-rendition/classnames.txt",
               read=_wnid_folder_reader(("README.txt",)), test_only=True),
 ]}
-
-_EXTRA_ALIASES = {
-    "in1k": "ImageNet", "imagenet1k": "ImageNet", "caltech": "Caltech101", "pets": "OxfordPets",
-    "cars": "StanfordCars", "flowers": "OxfordFlowers", "flowers102": "OxfordFlowers", "food": "Food101",
-    "aircraft": "FGVCAircraft", "fgvc": "FGVCAircraft", "sun": "SUN397", "dtd": "DescribableTextures",
-    "textures": "DescribableTextures", "ucf": "UCF101", "sketch": "ImageNetSketch",
-    "imagenetadversarial": "ImageNetA", "imagenetrendition": "ImageNetR",
-}
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]", "", name).lower()
-
-
-_ALIASES = {**{_norm(n): n for n in ALL_DATASETS}, **{_norm(b.folder): n for n, b in BENCHMARKS.items()},
-            **_EXTRA_ALIASES}
-
 
 def canonical_name(name: str) -> str:
     """Benchmark alias (case-insensitive, '-', '_' and spaces ignored) -> canonical Dassl name.
@@ -430,7 +413,7 @@ def canonical_name(name: str) -> str:
         raise ValueError(f"dataset name {name!r} is empty")
     if is_user_spec(name):
         return name
-    hit = _ALIASES.get(_norm(name))
+    hit = vocab.canonical_benchmark(name)
     if hit:
         return hit
     p = Path(name).expanduser()

@@ -44,33 +44,17 @@ from mmrl.fileio import read_json_or_none
 # The project's vocabulary lives in mmrl.vocab (torch-free); the names are re-exported for the sweep's users.
 from mmrl.vocab import (  # noqa: F401
     ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS, METHODS, PROTOCOLS, VARIANTS,
-    sweep_run_dir,
+    canonical_benchmark, sweep_run_dir,
 )
 
-# Folder names of protocols.md and a few common short names -> canonical name.
-_ALIASES: dict[str, str] = {
-    "imagenet": "ImageNet", "caltech-101": "Caltech101", "caltech": "Caltech101",
-    "oxford_pets": "OxfordPets", "pets": "OxfordPets", "stanford_cars": "StanfordCars",
-    "cars": "StanfordCars", "oxford_flowers": "OxfordFlowers", "flowers": "OxfordFlowers",
-    "flowers102": "OxfordFlowers", "food-101": "Food101", "food": "Food101",
-    "fgvc_aircraft": "FGVCAircraft", "aircraft": "FGVCAircraft", "sun397": "SUN397", "sun": "SUN397",
-    "dtd": "DescribableTextures", "eurosat": "EuroSAT", "ucf101": "UCF101", "ucf": "UCF101",
-    "imagenetv2": "ImageNetV2", "imagenet-sketch": "ImageNetSketch", "imagenet_sketch": "ImageNetSketch",
-    "imagenet-adversarial": "ImageNetA", "imagenet-a": "ImageNetA",
-    "imagenet-rendition": "ImageNetR", "imagenet-r": "ImageNetR",
-}
-
-
 def canonical_dataset(name: str) -> str:
-    """Canonical name of a dataset given its canonical name (any case), its folder name or an alias."""
-    for canon in ALL_DATASETS:
-        if name.lower() == canon.lower():
-            return canon
-    try:
-        return _ALIASES[name.lower()]
-    except KeyError:
+    """Canonical name of a benchmark given its name (any case), its folder name or an alias
+    (the one table, :data:`mmrl.vocab.DATASET_ALIASES`)."""
+    canon = canonical_benchmark(name)
+    if canon is None:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(ALL_DATASETS)} "
-                         f"(or a folder name such as dtd, eurosat, oxford_pets)") from None
+                         f"(or a folder name or short form such as dtd, eurosat, oxford_pets, textures)")
+    return canon
 
 
 def run_dir_for(output: Path | str, protocol: str, method: str, dataset: str, shots: int, seed: int) -> Path:

@@ -26,7 +26,7 @@ Choices where the spec is silent (also in docs):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, NamedTuple
 
 import torch
@@ -34,49 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmrl.models.backbone import Backbone
-
-METHODS = ("mmrl", "mmrl++")
-
-
-# --------------------------------------------------------------------------- config
-@dataclass
-class MethodConfig:
-    """Settings of MMRL / MMRL++ (the ``method`` section of a run config)."""
-
-    name: str = "mmrl"            # "mmrl" or "mmrl++"
-    n_rep_tokens: int = 5         # K: number of representation tokens
-    rep_dim: int = 512            # d_r: width of the shared representation space
-    first_rep_block: int = 6      # J (1-indexed): first block of each tower that sees the tokens
-    alpha: float = 0.7            # weight of the class-token logits / loss (1 - alpha: representation)
-    beta: float = 0.9             # MMRL++ slot blend: beta * new + (1 - beta) * previous (unused by MMRL)
-    reg_weight: float = 1.0       # lambda: weight of both consistency regularisers
-    proj_lora_rank: int = 64      # MMRL++: rank of A B in proj_rep = proj + A B
-    aligner_lora_rank: int = 4    # MMRL++: rank of the per-block residual A_i B_i of SRRA
-    logit_scale: float = 100.0    # fixed logit scale (not CLIP's learned one)
-
-    def validate(self, vision_layers: int | None = None, text_layers: int | None = None) -> None:
-        """Raise ValueError naming the first invalid key."""
-        def bad(key: str, msg: str):
-            raise ValueError(f"method.{key} = {getattr(self, key)!r}: {msg}")
-
-        if self.name not in METHODS:
-            bad("name", f"expected one of {METHODS}")
-        for key in ("n_rep_tokens", "rep_dim", "proj_lora_rank", "aligner_lora_rank"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                bad(key, "expected an integer >= 1")
-        if not 0.0 <= self.alpha <= 1.0:
-            bad("alpha", "expected a value in [0, 1]")
-        if not 0.0 <= self.beta <= 1.0:
-            bad("beta", "expected a value in [0, 1]")
-        if self.reg_weight < 0:
-            bad("reg_weight", "expected lambda >= 0")
-        if not self.logit_scale > 0:
-            bad("logit_scale", "expected a positive scale")
-        depth = min(d for d in (vision_layers, text_layers, 10**9) if d is not None)
-        if not isinstance(self.first_rep_block, int) or not 1 <= self.first_rep_block <= depth:
-            bad("first_rep_block", f"expected a block number J in 1..{depth} (1-indexed; both towers must "
-                                   f"have at least J blocks; this backbone has {vision_layers} vision and "
-                                   f"{text_layers} text blocks). MMRL needs a ViT CLIP with at least J blocks")
+from mmrl.vocab import METHODS, MethodConfig  # noqa: F401 (part of this module's interface)
 
 
 # --------------------------------------------------------------------------- blocks

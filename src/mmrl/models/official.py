@@ -28,10 +28,10 @@ from pathlib import Path
 from torch import Tensor
 
 from mmrl.models.safe_load import load_dassl_checkpoint
+from mmrl.vocab import METHODS
 
 __all__ = ["check_adapter_shapes", "convert_official_state_dict", "load_official_adapter"]
 
-METHODS = ("mmrl", "mmrl++")
 
 # Official name (after the prefix) -> our name, per method.
 _RULES: dict[str, list[tuple[re.Pattern[str], str]]] = {
