@@ -12,6 +12,7 @@ import pytest
 from mmrl import report
 from mmrl.engine import sweep
 from mmrl.engine.sweep import DATASETS
+from mmrl.fileio import write_json_atomic
 
 # Values are written with many digits and compared after the same float arithmetic in another
 # order, so only rounding differences (~1e-12) remain.
@@ -169,7 +170,7 @@ def test_fewshot_with_grid_file_and_zeroshot(tmp_path):
     out = tmp_path / "sweep"
     spec = {"protocol": "fewshot", "method": "mmrl++", "datasets": ["Caltech101", "EuroSAT"], "targets": [],
             "shots": [1, 2, 4], "seeds": [1, 2]}
-    sweep.write_json_atomic(out / "fewshot" / "mmrl++" / "grid-test.json", spec)
+    write_json_atomic(spec, out / "fewshot" / "mmrl++" / "grid-test.json")
 
     def acc(d, k, s):
         return {"Caltech101": 80.0, "EuroSAT": 50.0}[d] + 3.0 * k + 0.7 * s
@@ -206,7 +207,7 @@ def test_crossdataset_and_zeroshot_rows(tmp_path):
     out = tmp_path / "sweep"
     spec = {"protocol": "crossdataset", "method": "mmrl", "datasets": ["ImageNet"],
             "targets": ["Caltech101", "EuroSAT", "ImageNetV2", "ImageNetA"], "shots": [16], "seeds": [1, 2]}
-    sweep.write_json_atomic(out / "crossdataset" / "mmrl" / "grid-test.json", spec)
+    write_json_atomic(spec, out / "crossdataset" / "mmrl" / "grid-test.json")
     vals = {1: {"ImageNet": 72.0, "Caltech101": 94.0, "EuroSAT": 45.0, "ImageNetV2": 64.0, "ImageNetA": 50.0},
             2: {"ImageNet": 72.6, "Caltech101": 93.0, "EuroSAT": 49.0, "ImageNetV2": 65.0}}  # seed 2 lacks A
     for s, v in vals.items():

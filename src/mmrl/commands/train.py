@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+from mmrl.vocab import CONFIG_FILE
 
 
 SKIP_BAD_HINT = " (to skip unreadable images instead: --set data.skip_bad_images=true)"
@@ -57,7 +58,7 @@ def build_config(args: argparse.Namespace):
 
     if isinstance(args.resume, str):
         run_dir = Path(args.resume)
-        cfg_path = run_dir / "config.yaml"
+        cfg_path = run_dir / CONFIG_FILE
         if not cfg_path.is_file():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
         cfg = load_config(cfg_path)
@@ -88,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
         from mmrl.engine.trainer import train
 
         cfg = build_config(args)
-        if args.resume is True and not (cfg.run_dir() / "config.yaml").is_file():
+        if args.resume is True and not (cfg.run_dir() / CONFIG_FILE).is_file():
             from mmrl.config import ConfigError
 
             raise ConfigError(f"--resume: {cfg.run_dir()} holds no run to resume")

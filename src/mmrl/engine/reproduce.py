@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 
 from mmrl.engine import sweep
 from mmrl.engine.sweep import Cell, Outcome
+from mmrl.fileio import write_json_atomic
 
 
 @dataclass
@@ -44,7 +45,7 @@ def write_grid_spec(output: Path, cells: Sequence[Cell]) -> Path | None:
     text = json.dumps(spec, sort_keys=True)
     path = Path(output) / spec["protocol"] / spec["method"] / f"grid-{hashlib.sha1(text.encode()).hexdigest()[:10]}.json"
     if not path.exists():
-        sweep.write_json_atomic(path, spec)
+        write_json_atomic(spec, path)
     return path
 
 

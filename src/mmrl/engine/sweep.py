@@ -24,7 +24,6 @@ Run folder layout: `OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>/`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import queue
 import subprocess
@@ -40,11 +39,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 # its names are re-exported here for the sweep's users.
 from mmrl.engine.lock import (BOOT_ID, HOST, Claim, ClaimResult, Heartbeat, _proc_start, acquire_claim,  # noqa: F401
                               describe_holder, pid_alive, release_claim)
-from mmrl.fileio import read_json_or_none
+from mmrl.fileio import read_json_or_none as read_json
 # The project's vocabulary lives in mmrl.vocab (torch-free); the names are re-exported for the sweep's users.
 from mmrl.vocab import (  # noqa: F401
     ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS, METHODS, PROTOCOLS, VARIANTS,
-    canonical_benchmark, sweep_run_dir,
+    CONFIG_FILE, EVAL_DIR, RUN_FILE, STDOUT_LOG, canonical_benchmark, eval_file_name, sweep_run_dir,
 )
 
 def canonical_dataset(name: str) -> str:
@@ -88,18 +87,18 @@ class Cell:
 
     @property
     def log_path(self) -> Path:
-        return self.run_dir / "stdout.log"
+        return self.run_dir / STDOUT_LOG
 
     @property
     def train_evals(self) -> tuple[str, ...]:
         """Eval files (under RUN_DIR/eval/) a finished `mmrl train` leaves behind."""
         if self.protocol == "base2novel":
-            return (f"{self.dataset}-base.json", f"{self.dataset}-new.json")
-        return (f"{self.dataset}-all.json",)
+            return (eval_file_name(self.dataset, "base"), eval_file_name(self.dataset, "new"))
+        return (eval_file_name(self.dataset, "all"),)
 
     @property
     def target_evals(self) -> tuple[str, ...]:
-        return tuple(f"{t}-all.json" for t in self.targets)
+        return tuple(eval_file_name(t, "all") for t in self.targets)
 
 
 def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequence[str] | None = None,
@@ -188,27 +187,6 @@ def take_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
 # Run state
 # ----------------------------------------------------------------------------------------------
 
-def read_json(path: Path) -> dict | None:
-    """The JSON object in `path`, or None when absent or unreadable (e.g. mid-write by a crashed writer)."""
-    return read_json_or_none(path)
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON via a temporary file in the same folder and os.replace (readers never see half a file)."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 @dataclass
 class CellState:
     """What is left to do for a cell.
@@ -224,7 +202,7 @@ class CellState:
 
 
 def cell_state(cell: Cell) -> CellState:
-    run = read_json(cell.run_dir / "run.json")
+    run = read_json(cell.run_dir / RUN_FILE)
     if run is None:
         return CellState("fresh", cell.train_evals + cell.target_evals)
     want = {"method": cell.method, "dataset": cell.dataset, "protocol": cell.protocol,
@@ -234,8 +212,8 @@ def cell_state(cell: Cell) -> CellState:
     diff = {k: (run.get(k), v) for k, v in want.items() if k in run and run.get(k) != v}
     if diff:
         detail = "; ".join(f"{k}={have!r} in run.json, expected {exp!r}" for k, (have, exp) in diff.items())
-        return CellState("mismatch", (), f"{cell.run_dir / 'run.json'}: {detail}")
-    evals = cell.run_dir / "eval"
+        return CellState("mismatch", (), f"{cell.run_dir / RUN_FILE}: {detail}")
+    evals = cell.run_dir / EVAL_DIR
     missing_train = tuple(n for n in cell.train_evals if not (evals / n).is_file())
     missing_targets = tuple(n for n in cell.target_evals if not (evals / n).is_file())
     if run.get("status") != "finished" or missing_train:
@@ -291,7 +269,7 @@ class SubprocessRunner:
             cmd += ["--set", kv]
         # Re-running train on an unfinished folder resumes it anyway; `--resume` additionally makes
         # train refuse to start from scratch. It needs the run's config.yaml, written before run.json.
-        if (cell.run_dir / "run.json").exists() and (cell.run_dir / "config.yaml").exists():
+        if (cell.run_dir / RUN_FILE).exists() and (cell.run_dir / CONFIG_FILE).exists():
             cmd.append("--resume")
         return cmd
 
@@ -405,10 +383,10 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
                                time.time() - t0)
         errors = []
         for target in cell.targets:
-            if (cell.run_dir / "eval" / f"{target}-all.json").is_file():
+            if (cell.run_dir / EVAL_DIR / eval_file_name(target, "all")).is_file():
                 continue
             rc = run_eval(cell, target)
-            if rc != 0 or not (cell.run_dir / "eval" / f"{target}-all.json").is_file():
+            if rc != 0 or not (cell.run_dir / EVAL_DIR / eval_file_name(target, "all")).is_file():
                 errors.append(f"eval {target} exited with code {rc}" if rc else f"eval {target} wrote no file")
         if errors:
             return Outcome(cell, "failed", "; ".join(errors), time.time() - t0)

@@ -15,7 +15,6 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,22 +22,13 @@ from pathlib import Path
 import yaml
 
 from mmrl.engine.lock import read_holder, run_lock_path
+from mmrl.fileio import read_json_or_none as read_json
 from mmrl.vocab import (
     ALL_DATASETS, CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, GRID_FILE_GLOB, PROTOCOLS, RESULTS_FILE, RUN_FILE, SEED_PREFIX,
     SHOTS_PREFIX, STDOUT_LOG, dataset_slug,
 )
 
 ZEROSHOT = "zeroshot"  # the method name zero-shot results carry (run.json / eval files)
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``; None when absent, unreadable or half-written by a crashed writer."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_yaml(path: Path) -> dict | None:
