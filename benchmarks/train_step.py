@@ -15,7 +15,7 @@ Per (classes, method, path) one fresh subprocess measures:
     after setup, so it covers the steps only; it includes the model, ~0.6 GB);
   * evaluation throughput in images/s at ``--eval-batch``: the fast path encodes the class
     texts once (timed separately, ``text_once_s``) and then calls ``model.logits(images,
-    text)`` per batch; the reference path calls ``model.logits(images, reference=True)`` per
+    text)`` per batch; the reference path calls ``reference.logits(model, images)`` per
     batch, i.e. recomputes the text tower for every batch (the straightforward way).
 
 Usage (the documented CPU run; ~20-25 minutes on 2 cores)::
@@ -244,7 +244,7 @@ def run_one(cfg: dict) -> dict:
 
     import torch
 
-    from mmrl.models import MMRL, MethodConfig, load_backbone
+    from mmrl.models import MMRL, MethodConfig, load_backbone, reference
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -285,7 +285,7 @@ def run_one(cfg: dict) -> dict:
     def step(y=labels) -> float:
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = model.loss(images, y, reference=ref).total
+            loss = (reference.loss(model, images, y) if ref else model.loss(images, y)).total
         loss.float().backward()
         opt.step()
         return float(loss)
@@ -326,12 +326,12 @@ def run_one(cfg: dict) -> dict:
                 text = model.encode_text()
                 sync()
                 out["text_once_s"] = time.perf_counter() - t0
-            model.encode_image(eval_images[:2], reference=ref)  # warm-up (the text tower ran in the steps)
+            (reference.encode_image(model, eval_images[:2]) if ref else model.encode_image(eval_images[:2]))  # warm-up
             walls = []
             for _ in range(cfg["eval_batches"]):
                 sync()
                 t0 = time.perf_counter()
-                model.logits(eval_images, text, reference=ref)
+                reference.logits(model, eval_images) if ref else model.logits(eval_images, text)
                 sync()
                 walls.append(time.perf_counter() - t0)
         out["eval_s"] = statistics.median(walls)

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from mmrl.models import reference as reference_path
+
 # unit roundoff (half the gap between 1 and the next number) of each autocast dtype
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
@@ -38,11 +40,12 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def amp_outputs(model, images: torch.Tensor, labels: torch.Tensor, *, reference: bool,
                 dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
-    """The loss, the fused logits and every trainable gradient of one ``model.loss`` call,
+    """The loss, the fused logits and every trainable gradient of one training-loss call (the
+    fast path, or with ``reference`` :mod:`mmrl.models.reference`),
     under autocast to ``dtype`` on the images' device (None: no autocast), as float64."""
     model.zero_grad(set_to_none=True)
     with torch.autocast(images.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        out = model.loss(images, labels, reference=reference)
+        out = reference_path.loss(model, images, labels) if reference else model.loss(images, labels)
     out.total.backward()
     values = {"total": out.total.detach(), "logits.fused": out.logits.fused.detach()}
     values.update({f"grad {n}": p.grad for n, p in model.named_parameters() if p.requires_grad})

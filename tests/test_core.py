@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-import mmrl.models.mmrl as core
+import mmrl.models.reference as reference
 from mmrl.cli import main as cli_main
 from mmrl.models.backbone import Backbone, _frozen, _tokenizer, check_vit_clip, load_backbone
-from mmrl.models.mmrl import MMRL, MethodConfig, ZeroShotCLIP
+from mmrl.models.mmrl import MMRL, MethodConfig
+from mmrl.models.zeroshot import ZeroShotCLIP
 
 CLASSES = ["cat", "dog house", "golden_retriever", "a very long class name with many words in it"]
 TEMPLATE = "a photo of a {}."
@@ -57,14 +58,14 @@ class Recorder:
 
     def __init__(self, monkeypatch):
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
-        original = core.run_block_reference
+        original = reference.run_block_reference
 
         def wrapped(blk, x, attn_mask=None):
             y = original(blk, x, attn_mask)
             self.calls.append((x.detach(), y.detach()))
             return y
 
-        monkeypatch.setattr(core, "run_block_reference", wrapped)
+        monkeypatch.setattr(reference, "run_block_reference", wrapped)
 
 
 # ----------------------------------------------------------------------------- towers
@@ -90,7 +91,7 @@ def test_text_tokens_identical_across_classes_and_refresh(name, monkeypatch):
     model = make(name)
     rec = Recorder(monkeypatch)
     K, J0 = model.K, model.J0
-    model.encode_text(reference=True)
+    reference.encode_text(model)
     text_calls = rec.calls[-len(model.clip.transformer.resblocks):]
     late = text_calls[J0:]
     rep = model.rep_tokens
@@ -114,7 +115,7 @@ def test_vision_token_placement_refresh_and_pooling(name, monkeypatch):
     model = make(name)
     rec = Recorder(monkeypatch)
     x = images()
-    feats = model.encode_image(x, reference=True)
+    feats = reference.encode_image(model, x)
     K, J0 = model.K, model.J0
     blocks = model.clip.visual.transformer.resblocks
     calls = rec.calls[: len(blocks)]
@@ -148,7 +149,7 @@ def test_vision_token_placement_refresh_and_pooling(name, monkeypatch):
 def test_eot_read_at_eot_plus_k_and_causal_mask(monkeypatch):
     model = make("mmrl")
     rec = Recorder(monkeypatch)
-    t = model.encode_text(reference=True)
+    t = reference.encode_text(model)
     out = rec.calls[-1][1]
     K = model.K
     eot = model.text_tokens.argmax(-1)
@@ -159,11 +160,11 @@ def test_eot_read_at_eot_plus_k_and_causal_mask(monkeypatch):
     for c in range(len(CLASSES)):
         tokens[c, eot[c] + 1:] = torch.randint(1, 40000, (77 - eot[c] - 1,))
     model.register_buffer("text_tokens", tokens, persistent=False)
-    torch.testing.assert_close(model.encode_text(reference=True), t, rtol=0, atol=1e-10)
+    torch.testing.assert_close(reference.encode_text(model), t, rtol=0, atol=1e-10)
     # the words DO see the tokens: changing R changes every class's feature
     with torch.no_grad():
         model.rep_tokens.add_(0.5)
-    changed = (model.encode_text(reference=True) - t).norm(dim=-1)
+    changed = (reference.encode_text(model) - t).norm(dim=-1)
     assert (changed > 1e-6).all()
 
 

@@ -19,6 +19,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 
 from mmrl.models.backbone import Backbone, _frozen  # noqa: E402
+from mmrl.models import reference as reference_path  # noqa: E402
 from mmrl.models.mmrl import MMRL, MethodConfig  # noqa: E402
 from precision import UNIT_ROUNDOFF, amp_outputs, error_ratios, ratio_failures, rel_err  # noqa: E402
 
@@ -79,7 +80,7 @@ def make_model(clip, tokenizer, method: str, J: int, dtype: torch.dtype, seed: i
 def run(model: MMRL, images, labels, reference: bool):
     """Every loss term, every logits kind and every trainable tensor's gradient."""
     model.zero_grad(set_to_none=True)
-    out = model.loss(images, labels, reference=reference)
+    out = (reference_path.loss(model, images, labels) if reference else model.loss(images, labels))
     out.total.backward()
     values = {"total": out.total, "ce_class": out.ce_class, "ce_rep": out.ce_rep,
               "reg_image": out.reg_image, "reg_text": out.reg_text,
@@ -93,8 +94,8 @@ def run(model: MMRL, images, labels, reference: bool):
         values["1 - " + k] = 1 - values.pop(k)
     grads = {f"grad {n}": p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     with torch.no_grad():  # the evaluation entry point: text once, then images
-        text = model.encode_text(reference=reference)
-        ev = model.logits(images, text, reference=reference)
+        text = reference_path.encode_text(model) if reference else model.encode_text()
+        ev = (reference_path.logits(model, images, text) if reference else model.logits(images, text))
     values.update({"eval.text": text, "eval.class": ev.class_, "eval.rep": ev.rep, "eval.fused": ev.fused})
     return values, grads
 
@@ -185,7 +186,7 @@ def test_full_context_prompt(tiny_clip, tokenizer, method):
     assert model.eot.tolist()[1] == 76 and max(model.eot.tolist()[::2]) < 10
     with torch.no_grad():
         fast = model.encode_text()
-        ref = model.encode_text(reference=True)
+        ref = reference_path.encode_text(model)
     assert rel_err(fast, ref) < FP32_TOL
     check_paths(model, names, torch.float32, FP32_TOL)
 

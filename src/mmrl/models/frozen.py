@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmrl.models.mmrl import (MMRL, cosine_logits, fuse_logits, refresh_slots, run_adapted_vision_blocks,
-                              run_block, vision_heads, vision_stem)
+from mmrl.models.blocks import run_adapted_vision_blocks, run_block
+from mmrl.models.mmrl import MMRL, cosine_logits, fuse_logits, refresh_slots, vision_heads, vision_stem
 
 LOGIT_KINDS = ("fused", "class")
 

@@ -1,115 +1,40 @@
 """MMRL and MMRL++ on a frozen CLIP ViT, exact to the published method.
 
-Reads top to bottom: config -> transformer block with SDPA -> aligners -> the model
-(representation space, vision tower, text tower, logits, loss). The specification is
-``shared/spec/method.md``; notation: K tokens, representation width d_r, vision
-width d_v, text width d_t, joint embedding d_e, blocks 1-indexed, tokens in blocks
-J..L where L is each tower's last block.
+Reads top to bottom: the method's small functions (slot refresh, heads, logits) -> outputs ->
+the model (representation space, text tower, vision tower, logits, loss) -> zero-shot CLIP.
+The specification is ``shared/spec/method.md``; notation: K tokens, representation width d_r,
+vision width d_v, text width d_t, joint embedding d_e, blocks 1-indexed, tokens in blocks
+J..L where L is each tower's last block. The attention blocks live in
+:mod:`mmrl.models.blocks`, the aligners in :mod:`mmrl.models.aligners`.
 
-Two computations of the same math live here:
-
-* the **fast path** (default): blocks 1..J-1 of the image tower run once and the frozen
-  teacher branches off there; the text hidden states entering block J are cached per
-  class set, cut after the longest prompt's EOT, and the class-independent prefix
-  ``[SOT, R_1..R_K]`` runs once instead of once per class (its keys/values are shared);
-* the **reference path** (``reference=True``): a separate full frozen CLIP image pass for
-  the teacher and the full 77 + K text sequence of every class through every block, at
-  every step -- what the authors' code does. Tests check that both agree.
+This is the **fast path**: blocks 1..J-1 of the image tower run once and the frozen teacher
+branches off there; the text hidden states entering block J are cached per class set and the
+words of all prompts packed without padding; the class-independent prefix ``[SOT, R_1..R_K]``
+runs once instead of once per class; last blocks compute only the tokens that are read. Each
+saving is exact: :mod:`mmrl.models.reference` computes the spec the straightforward way (what
+the authors' code does) and the tests check that both agree (docs/performance.md).
 
 Choices where the spec is silent (also in docs):
 * J applies to both towers; tokens live from block J to the last block of EACH tower, so
   towers of different depth get different numbers of aligner maps.
 * ``K``, ``d_r``, J, the LoRA ranks follow :class:`MethodConfig`; widths follow the backbone.
 * Text-side blocks 1..J-1 run on the prompt cut after its longest EOT (exact under the
-  causal mask, also in the reference's zero-shot teacher features).
+  causal mask) for the cached states and the zero-shot teacher features.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmrl.models.aligners import BlockAligners, SharedResidualAligners
 from mmrl.models.backbone import Backbone
+from mmrl.models.blocks import finish_block, finish_tokens, in_proj, run_adapted_vision_blocks, run_block, run_block_rows
 from mmrl.vocab import METHODS, MethodConfig  # noqa: F401 (part of this module's interface)
-
-
-# --------------------------------------------------------------------------- blocks
-def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-    """One CLIP residual attention block with ``F.scaled_dot_product_attention``.
-
-    Same math as open_clip's ``ResidualAttentionBlock.forward`` (pre-LN attention, then
-    pre-LN MLP, optional LayerScale), but fused attention kernels.
-
-    Args:
-        blk: an open_clip ResidualAttentionBlock (``attn`` is an ``nn.MultiheadAttention``).
-        x: (B, N, D) tokens.
-        attn_mask: optional (N, N) bool (True = may attend) or additive float mask.
-    Returns:
-        (B, N, D)
-    """
-    q, k, v = _qkv(blk, blk.ln_1(x))
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-    return _finish_block(blk, x, o)
-
-
-def _qkv(blk: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(B, N, D) normed tokens -> q, k, v each (B, heads, N, D / heads)."""
-    return _project(blk, h, 0, 3).unbind(0)  # unbind: one gradient buffer, not three zero-filled
-
-
-def _project(blk: nn.Module, h: Tensor, first: int, count: int) -> Tensor:
-    """``count`` of the q/k/v projections (0 = q, 1 = k, 2 = v) starting at ``first``:
-    (B, N, D) normed tokens -> (count, B, heads, N, D / heads)."""
-    B, N, D = h.shape
-    out = _in_proj(blk, h, first, count)
-    return out.view(B, N, count, blk.attn.num_heads, D // blk.attn.num_heads).permute(2, 0, 3, 1, 4)
-
-
-def _in_proj(blk: nn.Module, h: Tensor, first: int = 0, count: int = 3) -> Tensor:
-    """Normed tokens (..., D) -> ``count`` of q, k, v side by side (..., count * D)."""
-    D = h.shape[-1]
-    rows = slice(first * D, (first + count) * D)
-    bias = blk.attn.in_proj_bias
-    return F.linear(h, blk.attn.in_proj_weight[rows], None if bias is None else bias[rows])
-
-
-def _run_block_rows(blk: nn.Module, x: Tensor, n_out: int) -> Tensor:
-    """A block whose output is read only at the first ``n_out`` tokens (the last block:
-    CLS and the slots). Keys and values come from all N tokens; queries, out_proj and the
-    MLP run for the first ``n_out`` tokens alone -- exact, since everything after the
-    attention is per token. (B, N, D) -> (B, n_out, D)."""
-    h = blk.ln_1(x)
-    q = _project(blk, h[:, :n_out], 0, 1)[0]
-    k, v = _project(blk, h, 1, 2).unbind(0)
-    return _finish_block(blk, x[:, :n_out], F.scaled_dot_product_attention(q, k, v))
-
-
-def _finish_block(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
-    """Attention output (B, heads, N, hd) -> residual + out_proj, then the MLP half."""
-    B, H, N, hd = o.shape
-    return _finish_tokens(blk, x, o.transpose(1, 2).reshape(B, N, H * hd))
-
-
-def _finish_tokens(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
-    """Tokens x (..., D) and their attention output with heads merged (..., D) -> block output."""
-    x = x + blk.ls_1(blk.attn.out_proj(o))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-
-
-def run_block_reference(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-    """The block through open_clip's own forward (``nn.MultiheadAttention``): the direct way."""
-    if not blk.attn.batch_first:
-        return blk(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
-    return blk(x, attn_mask=attn_mask)
-
-
-def causal_mask(n: int, device=None) -> Tensor:
-    """Additive (n, n) mask as CLIP builds it: -inf above the diagonal."""
-    return torch.full((n, n), float("-inf"), device=device).triu_(1)
 
 
 def refresh_slots(slots: Tensor, new: Tensor, beta: float | None) -> Tensor:
@@ -157,88 +82,6 @@ def vision_heads(visual: nn.Module, x: Tensor, K: int,
 def cosine_logits(features: Tensor, text_normed: Tensor, scale: float) -> Tensor:
     """``scale * cos``: features (B, d_e) unnormalised, text_normed (C, d_e) L2-normalised -> (B, C)."""
     return scale * F.normalize(features, dim=-1) @ text_normed.t()
-
-
-def run_adapted_vision_blocks(blocks, x: Tensor, slot: Callable[[int], Tensor],
-                              refresh: Callable[[Tensor, Tensor], Tensor], n_out: int) -> Tensor:
-    """Image blocks J..L of the fast path: the K slots inserted after CLS before block J and
-    refreshed before every later block; the last block runs for the first ``n_out`` tokens only.
-
-    Slots are refreshed with slice_scatter (its backward is one masked copy instead of
-    zero-filled buffers for each slice of a cat).
-
-    Args:
-        blocks: the open_clip blocks J..L.
-        x: (B, 1 + P, d_v) tokens entering block J.
-        slot: ``slot(i)`` -> (K, d_v), the vision aligner's output for the i-th of these blocks
-            (0 = block J); image-independent.
-        refresh: ``refresh(slots (B, K, d_v), new (B, K, d_v)) -> (B, K, d_v)``.
-        n_out: tokens read after the last block (1 + K for both heads, 1 for CLS alone).
-    Returns:
-        (B, n_out, d_v)
-    """
-    B = x.shape[0]
-    new = slot(0).to(x.dtype)
-    K = new.shape[0]
-    x = torch.cat([x[:, :1], new.expand(B, -1, -1), x[:, 1:]], dim=1)
-    for i, blk in enumerate(blocks):
-        if i > 0:
-            new = slot(i).to(x.dtype).expand(B, -1, -1)
-            x = x.slice_scatter(refresh(x[:, 1:1 + K], new), dim=1, start=1, end=1 + K)
-        x = run_block(blk, x) if i < len(blocks) - 1 else _run_block_rows(blk, x, n_out)
-    return x
-
-
-# --------------------------------------------------------------------------- aligners
-class BlockAligners(nn.ModuleList):
-    """MMRL: one affine map ``F^i: d_r -> d_out`` per token block, all seven starting as
-    copies of ONE freshly initialised ``nn.Linear`` (identical at step 0).
-
-    Parameters ``{i}.weight`` (d_out, d_r), ``{i}.bias`` (d_out,).
-    """
-
-    def __init__(self, rep_dim: int, out_dim: int, n_blocks: int):
-        proto = nn.Linear(rep_dim, out_dim)
-        super().__init__([nn.Linear(rep_dim, out_dim) for _ in range(n_blocks)])
-        with torch.no_grad():
-            for lin in self:
-                lin.weight.copy_(proto.weight)
-                lin.bias.copy_(proto.bias)
-
-    def map(self, i: int, rep: Tensor) -> Tensor:
-        """(K, d_r) -> (K, d_out) for the i-th token block (0 = block J)."""
-        return self[i](rep)
-
-
-class SharedResidualAligners(nn.Module):
-    """MMRL++ SRRA: ``F^i(R) = R (W + A_i B_i)^T + b_i``.
-
-    ``weight`` W (d_out, d_r) is shared by all blocks (the weight of one default-initialised
-    Linear); per block, ``A.{i}`` (d_out, r) kaiming-uniform(a=sqrt 5), ``B.{i}`` (r, d_r)
-    zeros and ``bias.{i}`` (d_out,) a trainable copy of that Linear's bias. At step 0 every
-    block's map equals the shared one.
-    """
-
-    def __init__(self, rep_dim: int, out_dim: int, n_blocks: int, rank: int):
-        super().__init__()
-        proto = nn.Linear(rep_dim, out_dim)
-        self.weight = nn.Parameter(proto.weight.detach().clone())
-        self.A = nn.ParameterList()
-        self.B = nn.ParameterList()
-        self.bias = nn.ParameterList()
-        for _ in range(n_blocks):
-            a = torch.empty(out_dim, rank)
-            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-            self.A.append(nn.Parameter(a))
-            self.B.append(nn.Parameter(torch.zeros(rank, rep_dim)))
-            self.bias.append(nn.Parameter(proto.bias.detach().clone()))
-
-    def __len__(self) -> int:
-        return len(self.A)
-
-    def map(self, i: int, rep: Tensor) -> Tensor:
-        """(K, d_r) -> (K, d_out) for the i-th token block (0 = block J)."""
-        return F.linear(rep, self.weight + self.A[i] @ self.B[i], self.bias[i])
 
 
 # --------------------------------------------------------------------------- outputs
@@ -413,13 +256,10 @@ class MMRL(nn.Module):
         return self.clip.ln_final(x[torch.arange(x.shape[0], device=x.device), pos]) @ self.clip.text_projection
 
     # ---------------------------------------------------------------- text tower
-    def encode_text(self, reference: bool = False) -> Tensor:
+    def encode_text(self) -> Tensor:
         """Text features ``t`` (C, d_e), unnormalised, of the current classes."""
         if not hasattr(self, "text_hidden_J"):
             raise RuntimeError("call set_classes(classnames, template) first")
-        return self._encode_text_reference() if reference else self._encode_text_fast()
-
-    def _encode_text_fast(self) -> Tensor:
         blocks = self.clip.transformer.resblocks[self.J0:]
         last = len(blocks) - 1
         H, D = blocks[0].attn.num_heads, self.text_words.shape[-1]
@@ -436,10 +276,10 @@ class MMRL(nn.Module):
             if i > 0:
                 new = self.text_aligner.map(i, rep).unsqueeze(0).to(prefix.dtype)
                 prefix = torch.cat([prefix[:, :1], self.refresh_slots(prefix[:, 1:], new)], dim=1)
-            prefix_qkv.append(_in_proj(blk, blk.ln_1(prefix)))
+            prefix_qkv.append(in_proj(blk, blk.ln_1(prefix)))
             if i < last:  # the prefix's output after the last block is never read
                 q, k, v = (heads(t) for t in prefix_qkv[i].chunk(3, dim=-1))
-                prefix = _finish_block(blk, prefix, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+                prefix = finish_block(blk, prefix, F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
         # Words and EOT of all classes, packed (W rows, no padding): all but attention is per
         # token and runs on the packed rows. For attention, q/k/v go to a padded (C, T - 1)
@@ -455,11 +295,11 @@ class MMRL(nn.Module):
         for i, blk in enumerate(blocks):
             hw = blk.ln_1(words)
             if i < last:
-                q, k, v = padded(_in_proj(blk, hw)).chunk(3, dim=-1)
+                q, k, v = padded(in_proj(blk, hw)).chunk(3, dim=-1)
                 m = mask
             else:
-                k, v = padded(_in_proj(blk, hw, 1, 2)).chunk(2, dim=-1)
-                q = _in_proj(blk, hw[self.text_eot_row], 0, 1).unsqueeze(1)     # (C, 1, D)
+                k, v = padded(in_proj(blk, hw, 1, 2)).chunk(2, dim=-1)
+                q = in_proj(blk, hw[self.text_eot_row], 0, 1).unsqueeze(1)     # (C, 1, D)
                 m = mask[self.eot - 1][:, None, None]                           # (C, 1, 1, 1 + K + T - 1)
                 words = words[self.text_eot_row]
             _, pk, pv = prefix_qkv[i].chunk(3, dim=-1)
@@ -467,29 +307,8 @@ class MMRL(nn.Module):
             v = torch.cat([pv.expand(C, -1, -1), v], dim=1)
             o = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=m)
             o = o.transpose(1, 2).flatten(2)                                     # (C, T - 1 or 1, D)
-            words = _finish_tokens(blk, words, o.reshape(C * n_w, D)[index] if i < last else o[:, 0])
+            words = finish_tokens(blk, words, o.reshape(C * n_w, D)[index] if i < last else o[:, 0])
         return self.clip.ln_final(words) @ self.clip.text_projection
-
-    def _encode_text_reference(self) -> Tensor:
-        # The direct way: full context (77) through blocks 1..J-1, insert the tokens after SOT,
-        # then 77 + K positions through J..L with CLIP's causal mask, for every class.
-        K, J0 = self.K, self.J0
-        tokens = self.text_tokens
-        x = self._text_stem(tokens)
-        blocks = self.clip.transformer.resblocks
-        mask = causal_mask(x.shape[1], x.device)
-        for blk in blocks[:J0]:
-            x = run_block_reference(blk, x, mask)
-        C = x.shape[0]
-        rep = self.rep_tokens
-        x = torch.cat([x[:, :1], self.text_aligner.map(0, rep).expand(C, -1, -1), x[:, 1:]], dim=1)
-        mask = causal_mask(x.shape[1], x.device)
-        for i, blk in enumerate(blocks[J0:]):
-            if i > 0:
-                new = self.text_aligner.map(i, rep).expand(C, -1, -1)
-                x = torch.cat([x[:, :1], self.refresh_slots(x[:, 1:1 + K], new), x[:, 1 + K:]], dim=1)
-            x = run_block_reference(blk, x, mask)
-        return self._text_head(x, self.eot + K)
 
     # ---------------------------------------------------------------- vision tower
     def _vision_stem(self, images: Tensor) -> Tensor:
@@ -500,32 +319,10 @@ class MMRL(nn.Module):
         """Output tokens (B, 1 + K + ..., d_v) -> (f_c, f_r), see :func:`vision_heads`."""
         return vision_heads(self.clip.visual, x, self.K, self.rep_projection())
 
-    def _vision_adapted(self, x: Tensor, block_fn) -> Tensor:
-        """Blocks J..L with the K slots inserted after CLS (no positional embedding, no mask)."""
-        B = x.shape[0]
-        rep = self.rep_tokens
-        x = torch.cat([x[:, :1], self.vision_aligner.map(0, rep).to(x.dtype).expand(B, -1, -1), x[:, 1:]], dim=1)
-        for i, blk in enumerate(self.clip.visual.transformer.resblocks[self.J0:]):
-            if i > 0:
-                new = self.vision_aligner.map(i, rep).to(x.dtype).expand(B, -1, -1)
-                x = torch.cat([x[:, :1], self.refresh_slots(x[:, 1:1 + self.K], new), x[:, 1 + self.K:]], dim=1)
-            x = block_fn(blk, x)
-        return x
-
-    def encode_image(self, images: Tensor, teacher: bool = False, reference: bool = False) -> ImageFeatures:
+    def encode_image(self, images: Tensor, teacher: bool = False) -> ImageFeatures:
         """Image features of a batch (B, 3, H, W); ``teacher=True`` also returns frozen
         CLIP's class feature of the same images (for the regulariser)."""
         blocks = self.clip.visual.transformer.resblocks
-        if reference:
-            x = self._vision_stem(images)
-            for blk in blocks[: self.J0]:
-                x = run_block_reference(blk, x)
-            f_c, f_r = self._vision_heads(self._vision_adapted(x, run_block_reference))
-            f_t = None
-            if teacher:
-                with torch.no_grad():
-                    f_t = self.clip.encode_image(images)  # a separate full frozen CLIP pass
-            return ImageFeatures(f_c, f_r, f_t)
         with torch.no_grad():  # blocks 1..J-1 are frozen and shared by teacher and student
             x = self._vision_stem(images)
             for blk in blocks[: self.J0]:
@@ -535,7 +332,7 @@ class MMRL(nn.Module):
                 t = x
                 for blk in blocks[self.J0:-1]:
                     t = run_block(blk, t)
-                t = _run_block_rows(blocks[-1], t, 1)
+                t = run_block_rows(blocks[-1], t, 1)
                 f_t = self.clip.visual.ln_post(t[:, 0]) @ self.clip.visual.proj
         rep = self.rep_tokens
         x = run_adapted_vision_blocks(blocks[self.J0:], x, lambda i: self.vision_aligner.map(i, rep),
@@ -552,18 +349,17 @@ class MMRL(nn.Module):
         lr = cosine_logits(image.rep, t, s)
         return Logits(lc, lr, fuse_logits(lc, lr, self.cfg.alpha))
 
-    def logits(self, images: Tensor, text: Tensor | None = None, reference: bool = False) -> Logits:
+    def logits(self, images: Tensor, text: Tensor | None = None) -> Logits:
         """All three kinds of logits (B, C); pass precomputed ``text`` features to evaluate
         many batches against one class set. The decoupled-inference choice (fused on
         training classes, class-only on novel ones) is the caller's."""
         if text is None:
-            text = self.encode_text(reference=reference)
-        return self.logits_from_features(self.encode_image(images, reference=reference), text)
+            text = self.encode_text()
+        return self.logits_from_features(self.encode_image(images), text)
 
-    def loss(self, images: Tensor, labels: Tensor, reference: bool = False, *, batch_size: int | None = None,
+    def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
              weights: Tensor | None = None, world_size: int = 1) -> LossOutput:
-        """The training loss of method.md:
-        ``alpha CE(l_c) + (1-alpha) CE(l_r) + lambda (1 - cos(f_c, f_c_zs)) + lambda (1 - cos(t, t_zs))``.
+        """The training loss of method.md (see :meth:`loss_from_features`).
 
         Args:
             images: (B, 3, H, W); labels: (B,) class indices.
@@ -576,13 +372,20 @@ class MMRL(nn.Module):
                 DDP's gradient AVERAGE equals the single-process gradient of the global
                 batch (the text regulariser is the same on every rank and is not scaled).
         """
-        feats = self.encode_image(images, teacher=True, reference=reference)
-        text = self.encode_text(reference=reference)
+        return self.loss_from_features(self.encode_image(images, teacher=True), self.encode_text(), labels,
+                                       batch_size=batch_size, weights=weights, world_size=world_size)
+
+    def loss_from_features(self, feats: ImageFeatures, text: Tensor, labels: Tensor, *,
+                           batch_size: int | None = None, weights: Tensor | None = None,
+                           world_size: int = 1) -> LossOutput:
+        """``alpha CE(l_c) + (1-alpha) CE(l_r) + lambda (1 - cos(f_c, f_c_zs)) + lambda (1 - cos(t, t_zs))``
+        from image features (with the teacher's) and text features (C, d_e); arguments as :meth:`loss`."""
         logits = self.logits_from_features(feats, text)
         a, lam = self.cfg.alpha, self.cfg.reg_weight
-        n = float(batch_size if batch_size is not None else images.shape[0])
+        B = labels.shape[0]
+        n = float(batch_size if batch_size is not None else B)
         dtype = logits.class_.dtype
-        w = torch.ones(images.shape[0], device=images.device, dtype=dtype) if weights is None else weights.to(logits.class_)
+        w = torch.ones(B, device=labels.device, dtype=dtype) if weights is None else weights.to(logits.class_)
         w = w / n
         ce_c = (F.cross_entropy(logits.class_, labels, reduction="none") * w).sum()
         ce_r = (F.cross_entropy(logits.rep, labels, reduction="none") * w).sum()
@@ -607,42 +410,4 @@ class MMRL(nn.Module):
         return d
 
 
-class ZeroShotCLIP(nn.Module):
-    """Plain frozen CLIP with one hand-written template per class: the baseline.
-
-    Same interface as :class:`MMRL` for evaluation (``set_classes``, ``encode_text``,
-    ``logits``); all three logit kinds are CLIP's logits at the fixed scale 100.
-    """
-
-    def __init__(self, backbone: Backbone, logit_scale: float = 100.0):
-        super().__init__()
-        self.clip = backbone.clip
-        self.tokenizer = backbone.tokenizer
-        self.logit_scale = logit_scale
-        self.classnames: list[str] = []
-
-    def set_classes(self, classnames: list[str], template: str) -> None:
-        prompts = [template.format(c.replace("_", " ")) for c in classnames]
-        tokens = self.tokenizer(prompts).to(self.clip.positional_embedding.device)
-        with torch.no_grad():
-            text = self.clip.encode_text(tokens)
-        self.classnames = list(classnames)
-        self.register_buffer("text_features", text, persistent=False)
-
-    def encode_text(self, reference: bool = False) -> Tensor:
-        return self.text_features
-
-    def logits(self, images: Tensor, text: Tensor | None = None, reference: bool = False) -> Logits:
-        text = self.text_features if text is None else text
-        f = F.normalize(self.clip.encode_image(images), dim=-1)
-        lc = self.logit_scale * f @ F.normalize(text, dim=-1).t()
-        return Logits(lc, lc, lc)
-
-
-def build_method(backbone: Backbone, cfg: MethodConfig | None) -> nn.Module:
-    """``cfg=None`` -> zero-shot CLIP; else MMRL / MMRL++ per ``cfg.name``."""
-    return ZeroShotCLIP(backbone) if cfg is None else MMRL(backbone, cfg)
-
-
-__all__ = ["MethodConfig", "MMRL", "ZeroShotCLIP", "Logits", "LossOutput", "ImageFeatures",
-           "build_method", "run_block", "METHODS"]
+__all__ = ["MethodConfig", "MMRL", "Logits", "LossOutput", "ImageFeatures", "METHODS"]
