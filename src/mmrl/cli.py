@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mmrl.engine.clitools import (debug_enabled, error_line, report_error, set_debug,
+    from mmrl.commands.common import (debug_enabled, error_line, report_error, set_debug,
                                       sigterm_as_interrupt, user_errors)
 
     parser = build_parser()

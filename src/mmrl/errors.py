@@ -8,6 +8,9 @@ damaged file, a busy run folder, no network for the default backbone) derives fr
 """
 from __future__ import annotations
 
+import os
+import re
+
 
 class UserError(Exception):
     """A mistake or a situation the user can fix; the message says what and how."""
@@ -36,5 +39,41 @@ class RunInterrupted(KeyboardInterrupt):
     """
 
 
+
+
+# ---------------------------------------------------------------------------- how errors are shown
+DEBUG_ENV = "MMRL_DEBUG"
+_debug_flag = False
+
+
+def set_debug(on: bool) -> None:
+    """Debug mode of this process (``--debug``); the environment variable also turns it on."""
+    global _debug_flag
+    _debug_flag = bool(on)
+
+
+def debug_enabled() -> bool:
+    """``--debug`` was given, or ``MMRL_DEBUG`` is set to 1/true/yes/on."""
+    return _debug_flag or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+_WORKER_TRACEBACK = "Original Traceback (most recent call last)"
+_EXC_PREFIX = re.compile(r"^[A-Za-z_][\w.]*: ")
+
+
+def error_line(e: BaseException) -> str:
+    """The exception's message on one line.
+
+    An exception raised in a DataLoader worker process is re-raised in the main process
+    with a message that embeds the worker's traceback; its last line is the original
+    ``Type: message``, of which the message is kept.
+    """
+    msg = str(e)
+    if _WORKER_TRACEBACK in msg:
+        lines = [ln for ln in msg.splitlines() if ln.strip()]
+        msg = _EXC_PREFIX.sub("", lines[-1].strip(), count=1) if lines else msg
+    return " ".join(ln.strip() for ln in msg.splitlines() if ln.strip()) or type(e).__name__
+
+
 __all__ = ["UserError", "RunLockedError", "NotWritableError", "CorruptFileError", "BackboneUnavailableError",
-           "RunInterrupted"]
+           "RunInterrupted", "DEBUG_ENV", "set_debug", "debug_enabled", "error_line"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmrl.engine.clitools import run_reporting_errors
+from mmrl.commands.common import run_reporting_errors
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mmrl.engine.clitools import run_reporting_errors
+    from mmrl.commands.common import run_reporting_errors
     from mmrl.engine.runtime import setup_cli_logging
 
     setup_cli_logging()

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from mmrl.engine.clitools import run_reporting_errors
+from mmrl.commands.common import run_reporting_errors
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import os
 import sys
 
 from mmrl.engine import sweep
-from mmrl.engine.clitools import sigterm_as_interrupt
+from mmrl.commands.common import sigterm_as_interrupt
 
 RUNNER_ENV = "MMRL_REPRODUCE_RUNNER"
 

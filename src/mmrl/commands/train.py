@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mmrl.engine.clitools import add_progress_flag, progress_value, run_reporting_errors
+from mmrl.commands.common import add_progress_flag, progress_value, run_reporting_errors
 from mmrl.vocab import CONFIG_FILE
 
 

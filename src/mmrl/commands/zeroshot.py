@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mmrl.engine.clitools import (add_progress_flag, nonnegative_int, positive_int, progress_value,
+from mmrl.commands.common import (add_progress_flag, nonnegative_int, positive_int, progress_value,
                                   run_reporting_errors)
 
 

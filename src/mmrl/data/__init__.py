@@ -6,7 +6,7 @@ Typical use::
     ds = ImageDataset(splits.train, build_transform(True, 224), seed=1)
 """
 from .core import DEFAULT_TEMPLATE, DatasetSplits, DataError, Datum, MissingDataError, default_cache_dir
-from .dataset import (BadImageError, ImageDataset, build_loader, default_num_workers, find_bad_images, load_image,
+from .loader import (BadImageError, ImageDataset, build_loader, default_num_workers, find_bad_images, load_image,
                       sample_seed, worker_options)
 from .datasets import (
     ALL_DATASETS,

@@ -292,7 +292,7 @@ class SubprocessRunner:
             env["CUDA_VISIBLE_DEVICES"] = cell.device
         if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(self.threads)
-        from mmrl.engine.clitools import DEBUG_ENV, debug_enabled
+        from mmrl.errors import DEBUG_ENV, debug_enabled
 
         if debug_enabled():  # `mmrl --debug reproduce`: the runs' logs get full tracebacks too
             env[DEBUG_ENV] = "1"

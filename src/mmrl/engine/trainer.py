@@ -35,12 +35,11 @@ from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, save_adapter,
                                     save_checkpoint, set_rng_state, write_json_atomic)
-from mmrl.engine.clitools import error_line
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_checked, log_to_file,
                                  resolve_device, resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches
-from mmrl.errors import CorruptFileError, RunInterrupted, UserError
+from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
