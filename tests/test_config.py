@@ -176,3 +176,24 @@ def test_cli_config_errors_fail_before_any_work(tmp_path, capsys):
     assert main(base + ["--set", "optim.batch_size=big"]) == 2
     assert "optim.batch_size" in capsys.readouterr().err
     assert not out.exists()  # nothing was created, no backbone or data was touched
+
+
+def test_each_key_documented_once_and_shown_everywhere():
+    """The fields' documentation is the one source: KEY_DOCS, the README's table, config.yaml's
+    comments and the flags' --help all show it."""
+    import argparse
+    from pathlib import Path
+
+    from mmrl.commands import train
+    from mmrl.config import RunConfig, dump_config, key_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert key_table() in readme  # regenerate with: python -m mmrl.config
+    dumped = dump_config(RunConfig())
+    for key, text in KEY_DOCS.items():
+        assert text and f"# {text}" in dumped, key
+    p = argparse.ArgumentParser()
+    train.add_arguments(p)
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["shots"] == f"{KEY_DOCS['data.shots']} (config key data.shots)"
+    assert helps["root"] == f"{KEY_DOCS['data.root']} (config key data.root)"

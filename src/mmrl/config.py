@@ -32,7 +32,7 @@ from typing import Any, Iterable, Optional, Union
 import yaml
 
 from mmrl.errors import UserError
-from mmrl.vocab import METHODS, PROTOCOLS, MethodConfig, dataset_slug
+from mmrl.vocab import METHODS, PROTOCOLS, MethodConfig, dataset_slug, doc
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -48,44 +48,58 @@ class ConfigError(UserError, ValueError):
 # --------------------------------------------------------------------------- dataclasses
 @dataclass
 class DataConfig:
-    dataset: str = ""                  # dataset name (Dassl name or alias, or folder:PATH ...)
-    root: str = "data"                 # folder holding the datasets in CoOp's layout
-    shots: int = 16                    # K-shot: training images per class
-    seed: Optional[int] = None         # few-shot sampling seed; null = the run's seed
-    subsample: str = "all"             # training classes: all | base | new
-    split_file: Optional[str] = None   # split file used verbatim (no few-shot, no base/novel)
-    template: Optional[str] = None     # prompt template with one {}; null = the dataset's
-    num_workers: Optional[int] = None  # data-loading worker processes (0 = main process); null = min(4, CPUs)
-    skip_bad_images: bool = False      # skip unreadable images instead of failing
-    cache_dir: Optional[str] = None    # where built splits are cached; null = ~/.cache/mmrl
+    dataset: str = doc(
+        "dataset: Dassl name or alias (dtd, eurosat, ...), or folder:PATH / manifest:FILE / dataset:PATH",
+        "")
+    root: str = doc("folder holding the datasets in CoOp's layout (DATASETS.md)", "data")
+    shots: int = doc("training images per class (few-shot K)", 16)
+    seed: Optional[int] = doc("few-shot sampling seed; null = the run seed (CoOp uses one seed for both)", None)
+    subsample: str = doc("training classes: all / base / new (base2novel trains on base)", "all")
+    split_file: Optional[str] = doc(
+        "split file (split-file format, e.g. a run's split.json) used verbatim: no few-shot, no base/novel; null = the dataset's",
+        None)
+    template: Optional[str] = doc("prompt template with one {}; null = the dataset's hand-written template", None)
+    num_workers: Optional[int] = doc(
+        "data-loading worker processes (0 = load in the main process); null = as many as the CPUs this process may use, at most 4",
+        None)
+    skip_bad_images: bool = doc("skip unreadable images (logged) instead of failing", False)
+    cache_dir: Optional[str] = doc(
+        "cache for splits built from raw data; null = $MMRL_CACHE_DIR or ~/.cache/mmrl",
+        None)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3                   # peak learning rate of the cosine schedule
-    weight_decay: float = 5e-4         # AdamW weight decay, on every trainable tensor
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
-    epochs: int = 10                   # E: number of epochs (warm-up included)
-    warmup_epochs: int = 1             # epochs at the constant warmup_lr before the cosine
-    warmup_lr: float = 1e-5            # learning rate of the warm-up epochs
-    batch_size: int = 4                # global training batch
+    lr: float = doc("peak learning rate (cosine schedule)", 1e-3)
+    weight_decay: float = doc("AdamW weight decay, applied to every trainable tensor", 5e-4)
+    betas: tuple[float, float] = doc("AdamW betas", (0.9, 0.999))
+    epochs: int = doc("E: number of epochs, warm-up included", 10)
+    warmup_epochs: int = doc("epochs at the constant warmup_lr before the cosine (0 = none)", 1)
+    warmup_lr: float = doc("learning rate of the warm-up epochs", 1e-5)
+    batch_size: int = doc("global training batch size (the loss is the mean over it)", 4)
 
 
 @dataclass
 class EvalConfig:
-    batch_size: int = 250              # test batch
-    precision: str = "fp32"            # fp32 | bf16 | fp16 (autocast) for evaluation
-    target_beta: dict[str, float] = field(default_factory=dict)  # MMRL++: beta per evaluated dataset
+    batch_size: int = doc("evaluation batch size", 250)
+    precision: str = doc("evaluation precision: fp32 / bf16 / fp16", "fp32")
+    target_beta: dict[str, float] = doc(
+        "MMRL++: beta used when evaluating on each listed dataset (cross-dataset targets)",
+        factory=dict)
 
 
 @dataclass
 class RunConfig:
-    protocol: str = "fewshot"          # base2novel | fewshot | crossdataset
-    seed: int = 1                      # run seed (model init, data order, augmentation)
-    backbone: str = "ViT-B-16"         # backbone spec (see mmrl.models.backbone)
-    precision: str = "auto"            # training precision: auto | bf16 | fp16 | fp32
-    device: str = "auto"               # auto | cpu | cuda | cuda:N
-    output: Optional[str] = None       # run directory; null = runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>
+    protocol: str = doc("evaluation protocol: base2novel / fewshot / crossdataset", "fewshot")
+    seed: int = doc("run seed: model init, data order, augmentation (and few-shot sampling unless data.seed)", 1)
+    backbone: str = doc(
+        "backbone spec: open_clip NAME[:TAG] (ViT-B-16 = OpenAI weights), an OpenAI-format file, toy-clip",
+        "ViT-B-16")
+    precision: str = doc(
+        "training precision: auto (bf16 on GPUs with bf16, else fp16 on GPU, fp32 on CPU) / bf16 / fp16 / fp32",
+        "auto")
+    device: str = doc("auto (CUDA when available) / cpu / cuda / cuda:N", "auto")
+    output: Optional[str] = doc("run directory; null = runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>", None)
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -110,45 +124,51 @@ class RunConfig:
         return d
 
 
-# One line per key: the README's config table and the comments of dumped config files.
-KEY_DOCS: dict[str, str] = {
-    "protocol": "evaluation protocol: base2novel / fewshot / crossdataset",
-    "seed": "run seed: model init, data order, augmentation (and few-shot sampling unless data.seed)",
-    "backbone": "backbone spec: open_clip NAME[:TAG] (ViT-B-16 = OpenAI weights), an OpenAI-format file, toy-clip",
-    "precision": "training precision: auto (bf16 on GPUs with bf16, else fp16 on GPU, fp32 on CPU) / bf16 / fp16 / fp32",
-    "device": "auto (CUDA when available) / cpu / cuda / cuda:N",
-    "output": "run directory; null = runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>",
-    "method.name": "mmrl / mmrl++",
-    "method.n_rep_tokens": "K: number of representation tokens",
-    "method.rep_dim": "d_r: width of the shared representation space",
-    "method.first_rep_block": "J (1-indexed): first transformer block (both towers) that sees the tokens",
-    "method.alpha": "weight of the class-token logits/loss (1 - alpha: representation tokens)",
-    "method.beta": "MMRL++ slot blend beta (progressive representation composition); unused by MMRL",
-    "method.reg_weight": "lambda: weight of the two consistency regularisers",
-    "method.proj_lora_rank": "MMRL++: rank of A B in proj_rep = proj + A B",
-    "method.aligner_lora_rank": "MMRL++: rank of the per-block residual A_i B_i of the shared aligner",
-    "method.logit_scale": "fixed logit scale (not CLIP's learned one)",
-    "data.dataset": "dataset: Dassl name or alias (dtd, eurosat, ...), or folder:PATH / manifest:FILE / dataset:PATH",
-    "data.root": "folder holding the datasets in CoOp's layout (DATASETS.md)",
-    "data.shots": "training images per class (few-shot K)",
-    "data.seed": "few-shot sampling seed; null = the run seed (CoOp uses one seed for both)",
-    "data.subsample": "training classes: all / base / new (base2novel trains on base)",
-    "data.split_file": "split file (split-file format, e.g. a run's split.json) used verbatim: no few-shot, no base/novel; null = the dataset's",
-    "data.template": "prompt template with one {}; null = the dataset's hand-written template",
-    "data.num_workers": "data-loading worker processes (0 = load in the main process); null = as many as the CPUs this process may use, at most 4",
-    "data.skip_bad_images": "skip unreadable images (logged) instead of failing",
-    "data.cache_dir": "cache for splits built from raw data; null = $MMRL_CACHE_DIR or ~/.cache/mmrl",
-    "optim.lr": "peak learning rate (cosine schedule)",
-    "optim.weight_decay": "AdamW weight decay, applied to every trainable tensor",
-    "optim.betas": "AdamW betas",
-    "optim.epochs": "E: number of epochs, warm-up included",
-    "optim.warmup_epochs": "epochs at the constant warmup_lr before the cosine (0 = none)",
-    "optim.warmup_lr": "learning rate of the warm-up epochs",
-    "optim.batch_size": "global training batch size (the loss is the mean over it)",
-    "eval.batch_size": "evaluation batch size",
-    "eval.precision": "evaluation precision: fp32 / bf16 / fp16",
-    "eval.target_beta": "MMRL++: beta used when evaluating on each listed dataset (cross-dataset targets)",
-}
+
+
+def _key_docs(cfg: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out.update(_key_docs(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = f.metadata["doc"]
+    return out
+
+
+# Every key's one-line meaning, read from the fields' documentation (each key is documented once,
+# where it is declared): the comments of config.yaml, --help, and the README's key table.
+KEY_DOCS: dict[str, str] = _key_docs(RunConfig())
+
+
+def key_help(key: str) -> str:
+    """A command-line flag's help text: the key's documentation and the key itself."""
+    return f"{KEY_DOCS[key]} (config key {key})"
+
+
+def key_table() -> str:
+    """The Markdown table of every key, its default and its meaning (the README's)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    flat_defaults = _defaults(RunConfig())
+    for key, text in KEY_DOCS.items():
+        rows.append(f"| `{key}` | `{_scalar(flat_defaults[key])}` | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+def _defaults(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out.update(_defaults(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _scalar(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
 # --------------------------------------------------------------------------- type checking
@@ -490,9 +510,6 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
     """The resolved config as YAML, every key commented with its meaning."""
     lines = [f"# {ln}" for ln in (header or "").splitlines()] if header else []
 
-    def scalar(v: Any) -> str:
-        return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
-
     def emit(obj: Any, prefix: str, indent: str) -> None:
         for f in dataclasses.fields(obj):
             key = f"{prefix}{f.name}"
@@ -504,7 +521,7 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
                 continue
             if isinstance(v, tuple):
                 v = list(v)
-            text = f"{indent}{f.name}: {scalar(v)}"
+            text = f"{indent}{f.name}: {_scalar(v)}"
             lines.append(f"{text}  # {doc}" if doc else text)
 
     emit(cfg, "", "")
@@ -512,5 +529,10 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
 
 
 __all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
+           "key_help", "key_table",
            "PROTOCOLS", "resolve_config", "load_config", "dump_config", "config_from_dict", "set_key",
            "parse_override", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
+
+
+if __name__ == "__main__":  # python -m mmrl.config: the README's key table
+    print(key_table(), end="")

@@ -8,7 +8,8 @@ instead of the model or the config, so it starts without importing torch.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
 METHODS: tuple[str, ...] = ("mmrl", "mmrl++")
@@ -113,20 +114,26 @@ def harmonic_mean(a: float, b: float) -> float:
 
 
 # ---------------------------------------------------------------------------- the method's settings
+def doc(text: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
+    """A dataclass field documented where it is declared: ``x: int = doc("meaning", 3)``.
+    The text is the key's ONE documentation (config.yaml comments, --help, the README table)."""
+    return field(default=default, default_factory=factory, metadata={"doc": text})
+
+
 @dataclass
 class MethodConfig:
     """Settings of MMRL / MMRL++ (the ``method`` section of a run config)."""
 
-    name: str = "mmrl"            # "mmrl" or "mmrl++"
-    n_rep_tokens: int = 5         # K: number of representation tokens
-    rep_dim: int = 512            # d_r: width of the shared representation space
-    first_rep_block: int = 6      # J (1-indexed): first block of each tower that sees the tokens
-    alpha: float = 0.7            # weight of the class-token logits / loss (1 - alpha: representation)
-    beta: float = 0.9             # MMRL++ slot blend: beta * new + (1 - beta) * previous (unused by MMRL)
-    reg_weight: float = 1.0       # lambda: weight of both consistency regularisers
-    proj_lora_rank: int = 64      # MMRL++: rank of A B in proj_rep = proj + A B
-    aligner_lora_rank: int = 4    # MMRL++: rank of the per-block residual A_i B_i of SRRA
-    logit_scale: float = 100.0    # fixed logit scale (not CLIP's learned one)
+    name: str = doc("mmrl / mmrl++", "mmrl")
+    n_rep_tokens: int = doc("K: number of representation tokens", 5)
+    rep_dim: int = doc("d_r: width of the shared representation space", 512)
+    first_rep_block: int = doc("J (1-indexed): first transformer block (both towers) that sees the tokens", 6)
+    alpha: float = doc("weight of the class-token logits/loss (1 - alpha: representation tokens)", 0.7)
+    beta: float = doc("MMRL++ slot blend beta (progressive representation composition); unused by MMRL", 0.9)
+    reg_weight: float = doc("lambda: weight of the two consistency regularisers", 1.0)
+    proj_lora_rank: int = doc("MMRL++: rank of A B in proj_rep = proj + A B", 64)
+    aligner_lora_rank: int = doc("MMRL++: rank of the per-block residual A_i B_i of the shared aligner", 4)
+    logit_scale: float = doc("fixed logit scale (not CLIP's learned one)", 100.0)
 
     def validate(self, vision_layers: int | None = None, text_layers: int | None = None) -> None:
         """Raise ValueError naming the first invalid key."""

@@ -15,30 +15,30 @@ import json
 from pathlib import Path
 
 from mmrl.commands.common import add_progress_flag, progress_value, run_reporting_errors
-from mmrl.vocab import CONFIG_FILE
+from mmrl.config import KEY_DOCS, PRECISIONS, key_help
+from mmrl.vocab import CONFIG_FILE, METHODS, PROTOCOLS
 
 
 SKIP_BAD_HINT = " (to skip unreadable images instead: --set data.skip_bad_images=true)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["mmrl", "mmrl++"], help="method (required unless --resume)")
-    p.add_argument("--dataset", help="dataset name or alias (dtd, eurosat, imagenet, ...) or folder:PATH")
-    p.add_argument("--protocol", choices=["base2novel", "fewshot", "crossdataset"],
-                   help="protocol whose preset to use (required unless --resume)")
-    p.add_argument("--root", help="data root holding the datasets (config key data.root; default 'data')")
-    p.add_argument("--shots", type=int, help="training images per class (data.shots; preset: 16)")
-    p.add_argument("--seed", type=int, help="run seed (seed; preset: 1)")
-    p.add_argument("--backbone", help="backbone spec: ViT-B-16 (OpenAI), NAME:TAG, an OpenAI-format file, toy-clip")
-    p.add_argument("--output", "-o", help="run directory (default runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>)")
+    p.add_argument("--method", choices=METHODS, help=f"{KEY_DOCS['method.name']} (required unless --resume)")
+    p.add_argument("--dataset", help=key_help("data.dataset"))
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help=f"{KEY_DOCS['protocol']}: the preset to use (required unless --resume)")
+    p.add_argument("--root", help=key_help("data.root"))
+    p.add_argument("--shots", type=int, help=key_help("data.shots"))
+    p.add_argument("--seed", type=int, help=key_help("seed"))
+    p.add_argument("--backbone", help=key_help("backbone"))
+    p.add_argument("--output", "-o", help=key_help("output"))
     p.add_argument("--config", help="YAML file with config keys (nested or dotted)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. optim.lr=2e-3 or method.reg_weight=0.5 (repeatable)")
-    p.add_argument("--split-file", help="split file (split-file format) used verbatim instead of the dataset's")
-    p.add_argument("--template", help="prompt template with one {} (data.template; default: the dataset's, "
-                                      "'a photo of a {}.' for your own folders)")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="training precision")
+    p.add_argument("--split-file", help=key_help("data.split_file"))
+    p.add_argument("--template", help=key_help("data.template"))
+    p.add_argument("--device", help=key_help("device"))
+    p.add_argument("--precision", choices=PRECISIONS, help=key_help("precision"))
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="resume RUN_DIR (or the run the other flags name) from its last checkpoint")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

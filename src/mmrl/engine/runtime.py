@@ -87,11 +87,24 @@ def log_to_file(path: str | Path) -> Iterator[None]:
         LOG.setLevel(old_level)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment, not the one at set-up: a stderr replaced
+    later (a notebook, a test's capture, a redirect) is followed instead of written after close."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_cli_logging(verbose: bool = False) -> None:
     """Console output of the ``mmrl`` logger for the command line (stderr, once)."""
     if any(getattr(h, "_mmrl_console", False) for h in LOG.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.addFilter(_not_file_only)
     handler._mmrl_console = True  # type: ignore[attr-defined]
