@@ -1,11 +1,15 @@
 """Test-session settings."""
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # OpenMP threads that spin while waiting slow CPU tests down many times over when another
 # process shares the cores; must be set before torch is first imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Never touch the user's ~/.cache/mmrl: module-scoped fixtures and subprocesses use a scratch
+# cache of this session (each test gets its own, see isolated_cache).
+os.environ["MMRL_CACHE_DIR"] = tempfile.mkdtemp(prefix="mmrl-test-cache-")
 # tests import their shared helpers (tests/helpers.py, tests/fixtures_data.py) by module name
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -22,3 +26,11 @@ def _restore_torch_threads():
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Each test's own split cache (MMRL_CACHE_DIR), so tests never see each other's splits."""
+    cache = tmp_path / "_cache"
+    monkeypatch.setenv("MMRL_CACHE_DIR", str(cache))
+    return cache

@@ -13,16 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-
-
-@pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    """Never touch the user's ~/.cache/mmrl from tests."""
-    cache = tmp_path / "_cache"
-    monkeypatch.setenv("MMRL_CACHE_DIR", str(cache))
-    return cache
 
 
 def write_image(path: Path, size: int = 8) -> Path:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fixtures_data import isolated_cache, write_image  # noqa: F401  (autouse fixture)
+from fixtures_data import write_image
 from mmrl.data import (
     CLIP_MEAN,
     CLIP_STD,

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures_data import (  # noqa: F401  (isolated_cache is an autouse fixture)
+from fixtures_data import (
     as_tuples,
     coop_subsample,
     dassl_fewshot,
-    isolated_cache,
     write_imagenet,
     write_split_dataset,
 )

@@ -12,11 +12,10 @@ import types
 import numpy as np
 import pytest
 
-from fixtures_data import (  # noqa: F401  (isolated_cache is an autouse fixture)
+from fixtures_data import (
     IMAGENET_NAMES,
     IMAGENET_WNIDS,
     as_tuples,
-    isolated_cache,
     snapshot,
     write_class_folders,
     write_fgvc,

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from fixtures_data import (  # noqa: F401  (isolated_cache is an autouse fixture)
+from fixtures_data import (
     as_tuples,
     coop_subsample,
     dassl_fewshot,
-    isolated_cache,
     parts_of,
     stable_parts,
     write_class_folders,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from fixtures_data import isolated_cache, write_class_folders, write_split_dataset  # noqa: F401
+from fixtures_data import write_class_folders, write_split_dataset
 from mmrl.cli import main as cli_main
 from mmrl.data import verify_dataset
 

@@ -14,6 +14,8 @@ import torch
 from mmrl.cli import main
 from mmrl.toyworld.demo import DemoConfig, format_table, run_demo
 
+pytestmark = pytest.mark.slow  # the whole demo: the suite's longest test
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

@@ -160,6 +160,8 @@ def _json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_torchrun_training_follows_the_single_process_trajectory(runs):
     single, ddp = runs["single"], runs["ddp"]
     a, b = read_jsonl(single / "metrics.jsonl"), read_jsonl(ddp / "metrics.jsonl")
@@ -198,6 +200,8 @@ def test_torchrun_training_follows_the_single_process_trajectory(runs):
     assert not list(ddp.rglob(".*.tmp")) and not (ddp / "checkpoint.safetensors").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_torchrun_eval_equals_single_process_eval(world, runs):
     run, base = runs["ddp"], world["base"]
     args = ["eval", str(run), "--dataset", "dtd", "--subsample", "base", "--batch-size", "4", "--progress", "lines"]
@@ -228,6 +232,8 @@ def crashed(world):
     return {"run": out, "proc": proc, "seconds": seconds}
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_failing_rank_stops_the_job(crashed):
     proc, out = crashed["proc"], crashed["run"]
     assert proc.returncode != 0
@@ -240,6 +246,8 @@ def test_a_failing_rank_stops_the_job(crashed):
     assert load_checkpoint(out / "checkpoint.safetensors").epoch == 1
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_resume_under_torchrun_after_a_crash(world, runs, crashed):
     out = crashed["run"]
     proc, _ = _torchrun(["train", "--resume", str(out), "--progress", "lines"], cwd=world["base"])

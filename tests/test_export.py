@@ -116,6 +116,8 @@ def exported(world):
     return cases
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("fmt", ["onnx", "torch"])
 @pytest.mark.parametrize("ds", ["dtd", "eurosat"])
 @pytest.mark.parametrize("method", ["mmrl", "mmrl++"])

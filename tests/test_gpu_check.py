@@ -64,6 +64,7 @@ def test_schema_check_finds_broken_results():
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_smoke_run_on_the_cpu(tmp_path, capsys):
     """Every section except the speed benchmark, at toy sizes on the CPU: the script's own code
     (training in three precisions, the fast/reference judgement, the CLI, torchrun) works."""

@@ -208,6 +208,7 @@ def _calls(env) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
 
+@pytest.mark.multiprocess
 def test_two_concurrent_processes_run_each_cell_once(tmp_path, fake_env):
     out = tmp_path / "sweep"
     args = ["base2novel", "--method", "mmrl", "--root", str(tmp_path), "--output", str(out),

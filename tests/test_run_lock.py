@@ -114,6 +114,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_two_concurrent_trains_one_refuses_folder_consistent(world, tmp_path):
     out = world["base"] / "two"
     script = tmp_path / "hold.py"
@@ -153,6 +155,7 @@ def test_two_concurrent_trains_one_refuses_folder_consistent(world, tmp_path):
     assert not run_lock_path(out).exists()
 
 
+@pytest.mark.multiprocess
 def test_killed_holder_lock_is_taken_over(world):
     out = world["base"] / "killed"
     script = f"""

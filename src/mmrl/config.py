@@ -27,7 +27,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import yaml
 
@@ -124,22 +124,19 @@ class RunConfig:
         return d
 
 
-
-
-def _key_docs(cfg: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
+def leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """Every key of a config (sections excluded): ``(dotted key, its field, its value)``."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            out.update(_key_docs(v, f"{prefix}{f.name}."))
+            yield from leaves(v, f"{prefix}{f.name}.")
         else:
-            out[f"{prefix}{f.name}"] = f.metadata["doc"]
-    return out
+            yield f"{prefix}{f.name}", f, v
 
 
 # Every key's one-line meaning, read from the fields' documentation (each key is documented once,
 # where it is declared): the comments of config.yaml, --help, and the README's key table.
-KEY_DOCS: dict[str, str] = _key_docs(RunConfig())
+KEY_DOCS: dict[str, str] = {key: f.metadata["doc"] for key, f, _ in leaves(RunConfig())}
 
 
 def key_help(key: str) -> str:
@@ -150,24 +147,12 @@ def key_help(key: str) -> str:
 def key_table() -> str:
     """The Markdown table of every key, its default and its meaning (the README's)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    flat_defaults = _defaults(RunConfig())
-    for key, text in KEY_DOCS.items():
-        rows.append(f"| `{key}` | `{_scalar(flat_defaults[key])}` | {text} |")
+    rows += [f"| `{key}` | `{_scalar(v)}` | {f.metadata['doc']} |" for key, f, v in leaves(RunConfig())]
     return "\n".join(rows) + "\n"
 
 
-def _defaults(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            out.update(_defaults(v, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
 def _scalar(v: Any) -> str:
+    v = list(v) if isinstance(v, tuple) else v
     return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
@@ -182,15 +167,7 @@ def _is_section(obj: Any) -> bool:
 
 def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
     """Every valid dotted key of a RunConfig (sections excluded)."""
-    cfg = RunConfig() if cfg is None else cfg
-    out = []
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if _is_section(v):
-            out.extend(all_keys(v, f"{prefix}{f.name}."))
-        else:
-            out.append(f"{prefix}{f.name}")
-    return out
+    return [key for key, _, _ in leaves(RunConfig() if cfg is None else cfg, prefix)]
 
 
 def _suggest(key: str, valid: Iterable[str]) -> str:
@@ -519,8 +496,6 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
                 lines.append(f"{indent}{f.name}:")
                 emit(v, key + ".", indent + "  ")
                 continue
-            if isinstance(v, tuple):
-                v = list(v)
             text = f"{indent}{f.name}: {_scalar(v)}"
             lines.append(f"{text}  # {doc}" if doc else text)
 
