@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mmrl import report
-from mmrl.engine import sweep
-from mmrl.engine.sweep import DATASETS
+from mmrl import sweep
+from mmrl.sweep import DATASETS
 from mmrl.fileio import write_json_atomic
 
 # Values are written with many digits and compared after the same float arithmetic in another

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrl.engine import sweep
-from mmrl.engine.reproduce import reproduce
+from mmrl import sweep
+from mmrl.sweep.reproduce import reproduce
 
 # Stand-in for `python -m mmrl`: `fake.py train --method ... --output RUN_DIR` / `fake.py eval RUN_DIR ...`.
 FAKE_RUNNER = textwrap.dedent('''

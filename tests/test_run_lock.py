@@ -15,7 +15,8 @@ import torch
 
 from helpers import make_benchmark_dataset, tiny_method_overrides, tiny_train_argv, write_tiny_clip
 from mmrl.cli import main
-from mmrl.engine import lock, sweep
+from mmrl import sweep
+from mmrl.engine import lock
 from mmrl.engine.lock import RunDirLock, run_lock_path
 from mmrl.errors import RunLockedError
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from mmrl.engine import sweep
-from mmrl.engine.sweep import CROSS_TARGETS, VARIANTS
+from mmrl import sweep
+from mmrl.engine import lock
+from mmrl.sweep import CROSS_TARGETS, VARIANTS
 
 
 def test_grid_per_protocol(tmp_path):
@@ -115,7 +116,7 @@ def test_stale_claims(tmp_path):
     sweep.release_claim(got.claim)
     # live pid, but the pid was reused by another process (start time differs): taken over
     _write_claim(p, pid=os.getpid(), proc_start="1")
-    if sweep._proc_start(os.getpid()):
+    if lock._proc_start(os.getpid()):
         assert sweep.acquire_claim(p).claim is not None
         p.unlink()
     # another host: respected while fresh, taken over once older than the timeout

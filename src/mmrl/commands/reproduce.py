@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from mmrl.engine import sweep
+from mmrl import sweep
 from mmrl.commands.common import sigterm_as_interrupt
 
 RUNNER_ENV = "MMRL_REPRODUCE_RUNNER"
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mmrl.engine.reproduce import reproduce
+    from mmrl.sweep.reproduce import reproduce
 
     try:
         shard = sweep.parse_shard(args.shard) if args.shard else None

@@ -3,7 +3,7 @@
 ``train(cfg)``, ``evaluate(run_dir_or_model, dataset, root, subsample)``, ``zeroshot(...)``,
 ``predict(...)``, ``load_run(run_dir)``, ``convert_official(...)``; the config side is
 ``mmrl.config.resolve_config``. Names are imported lazily so that light submodules
-(``mmrl.engine.sweep``) do not pull in torch; reports are ``mmrl.report``.
+(``mmrl.sweep``) do not pull in torch; reports are ``mmrl.report``.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ Users of it:
 
 * ``mmrl reproduce`` claims a cell with ``<RUN_DIR>.claim`` (beside the run folder) for as
   long as it trains and evaluates that cell in its child processes
-  (:mod:`mmrl.engine.sweep`);
+  (:mod:`mmrl.sweep`);
 * every command that writes into a run folder (``mmrl train``, ``mmrl eval``, ``mmrl
   convert-official``; so also the sweep's children) holds ``RUN_DIR/.lock`` while it
   writes (:class:`RunDirLock`). The two files differ, so a sweep's child never waits for

@@ -2,7 +2,7 @@
 
 Finished runs are skipped, unfinished ones resumed (train is re-run on the
 same folder), cross-dataset runs whose training finished only get their
-missing target evaluations. See `mmrl.engine.sweep` for claims and workers.
+missing target evaluations. See :mod:`mmrl.sweep` for claims and workers.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from mmrl.engine import sweep
-from mmrl.engine.sweep import Cell, Outcome
+from mmrl import sweep
+from mmrl.sweep import Cell, Outcome
 from mmrl.fileio import write_json_atomic
 
 

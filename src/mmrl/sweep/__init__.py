@@ -1,0 +1,21 @@
+"""Sweeps: a protocol's grid of runs, run in parallel, sharded and resumable; torch-free.
+
+``grid`` (cells and shards) -> ``state`` (where each cell stands; claims) -> ``runner``
+(subprocesses in worker threads) -> ``reproduce`` (`mmrl reproduce`: the grid, then the
+report). The names most callers need are importable from here: ``from mmrl import sweep``.
+"""
+from __future__ import annotations
+
+from mmrl.engine.lock import (BOOT_ID, HOST, Claim, ClaimResult, Heartbeat, acquire_claim, describe_holder,
+                              pid_alive, release_claim)
+from mmrl.sweep.grid import Cell, build_grid, canonical_dataset, grid_spec, parse_shard, run_dir_for, take_shard
+from mmrl.sweep.runner import Outcome, SubprocessRunner, run_cell, run_cells
+from mmrl.sweep.state import CellState, cell_state, claim_path, read_claim_holder
+from mmrl.vocab import (ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS, METHODS,
+                        PROTOCOLS, VARIANTS)
+
+__all__ = ["Cell", "build_grid", "canonical_dataset", "grid_spec", "parse_shard", "run_dir_for", "take_shard",
+           "CellState", "cell_state", "claim_path", "read_claim_holder", "Outcome", "SubprocessRunner", "run_cell",
+           "run_cells", "BOOT_ID", "HOST", "Claim", "ClaimResult", "Heartbeat", "acquire_claim", "describe_holder",
+           "pid_alive", "release_claim", "ALL_DATASETS", "CROSS_SOURCE", "CROSS_TARGETS", "DATASETS",
+           "DEFAULT_SEEDS", "DEFAULT_SHOTS", "METHODS", "PROTOCOLS", "VARIANTS"]

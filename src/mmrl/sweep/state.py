@@ -1,0 +1,71 @@
+"""Where a cell stands: its run folder's files and its claim.
+
+Several processes (on one or several hosts) may work on the same output directory: before
+running a cell a worker creates the claim file `<RUN_DIR>.claim` (a sibling of the run
+folder) with O_CREAT|O_EXCL, so only one of them runs it. A claim of a dead process on this
+host is taken over; a claim of another host is respected until its modification time is
+older than `claim_timeout` seconds (the holder touches its claims every `heartbeat` seconds,
+so only abandoned claims age). Claims are the lock files of :mod:`mmrl.engine.lock`; each
+child `mmrl train` / `mmrl eval` additionally holds the run folder's own writer lock
+`RUN_DIR/.lock` while it writes (another file, so a child never waits for its parent's
+claim), which also keeps a user's manual `mmrl train --output` on the same folder out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmrl.fileio import read_json_or_none as read_json
+from mmrl.sweep.grid import Cell
+from mmrl.vocab import CLAIM_SUFFIX, EVAL_DIR, RUN_FILE
+
+
+@dataclass
+class CellState:
+    """What is left to do for a cell.
+
+    kind: "finished" (nothing), "fresh" (no run.json: train from scratch),
+    "resume" (run.json exists but the run is not finished: train again, it
+    resumes), "evals" (training finished, some cross-dataset targets not yet
+    evaluated) or "mismatch" (run.json describes another run).
+    """
+    kind: str
+    missing: tuple[str, ...] = ()
+    detail: str = ""
+
+
+def cell_state(cell: Cell) -> CellState:
+    run = read_json(cell.run_dir / RUN_FILE)
+    if run is None:
+        return CellState("fresh", cell.train_evals + cell.target_evals)
+    want = {"method": cell.method, "dataset": cell.dataset, "protocol": cell.protocol,
+            "shots": cell.shots, "seed": cell.seed}
+    if cell.backbone is not None:
+        want["backbone"] = cell.backbone
+    diff = {k: (run.get(k), v) for k, v in want.items() if k in run and run.get(k) != v}
+    if diff:
+        detail = "; ".join(f"{k}={have!r} in run.json, expected {exp!r}" for k, (have, exp) in diff.items())
+        return CellState("mismatch", (), f"{cell.run_dir / RUN_FILE}: {detail}")
+    evals = cell.run_dir / EVAL_DIR
+    missing_train = tuple(n for n in cell.train_evals if not (evals / n).is_file())
+    missing_targets = tuple(n for n in cell.target_evals if not (evals / n).is_file())
+    if run.get("status") != "finished" or missing_train:
+        return CellState("resume", missing_train + missing_targets, f"status {run.get('status')!r}")
+    if missing_targets:
+        return CellState("evals", missing_targets)
+    return CellState("finished")
+
+
+# ----------------------------------------------------------------------------------------------
+# Claim files
+# ----------------------------------------------------------------------------------------------
+
+def claim_path(cell: Cell) -> Path:
+    """`<RUN_DIR>.claim`: beside the run folder, which holds the child's own writer lock (`RUN_DIR/.lock`)."""
+    return cell.run_dir.with_name(cell.run_dir.name + CLAIM_SUFFIX)
+
+
+def read_claim_holder(cell_run_dir: Path) -> dict | None:
+    """Content of the claim beside a run folder (for the report), or None."""
+    p = cell_run_dir.with_name(cell_run_dir.name + CLAIM_SUFFIX)
+    return read_json(p) if p.exists() else None
