@@ -238,50 +238,35 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
         cfg.method.validate(backbone.vision_layers, backbone.text_layers)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    info: dict[str, Any] = {"timings": {}}
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rd.write_config(run_dir, cfg)
-        old = rd.read_run_info(run_dir) or {}
-        info = rd.new_run_info(cfg, status="running", started=old.get("started") or rd.now_iso(),
-                               attempts=int(old.get("attempts", 0)) + 1)
-        if dinfo.enabled:
-            info["world_size"] = dinfo.world_size
-        info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
-        rd.write_run_info(run_dir, info)
+    files = RunFiles(run_dir, writes=is_main)
+    info = files.start(cfg, dinfo)
     t_start = time.time()
-    with (log_to_file(run_dir / rd.LOG_FILE) if is_main else contextlib.nullcontext()):
+    with files.log():
         try:
-            results = _train_and_evaluate(cfg, run_dir, info, backbone, device, precision, progress, on_epoch_end,
+            results = _train_and_evaluate(cfg, files, info, backbone, device, precision, progress, on_epoch_end,
                                           dinfo)
         except KeyboardInterrupt:
-            where = _where_stopped(info, cfg.optim.epochs, run_dir / rd.CHECKPOINT_FILE if is_main else None)
+            where = _where_stopped(info, cfg.optim.epochs, files.checkpoint_path if is_main else None)
             msg = (f"training stopped {where}; {run_dir} is marked interrupted; resume with: "
                    f"mmrl train --resume {shlex.quote(str(run_dir.absolute()))}")
-            if is_main:
-                info.update(status="interrupted", interrupted=rd.now_iso(), stopped=where)
-                info.pop("error", None)
-                rd.write_run_info(run_dir, info)
+            info.update(status="interrupted", interrupted=rd.now_iso(), stopped=where)
+            info.pop("error", None)
+            files.info(info)
             LOG.warning("interrupted: %s", msg, extra=FILE_ONLY)  # the command line prints it once
             raise RunInterrupted(msg) from None
         except BaseException as e:
             error = ddp_util.describe_error(e) if dinfo.enabled else f"{type(e).__name__}: {error_line(e)}"
-            if is_main:
-                info.update(status="failed", error=error, failed=rd.now_iso())
-                rd.write_run_info(run_dir, info)
+            info.update(status="failed", error=error, failed=rd.now_iso())
+            files.info(info)
             where = f" on rank {dinfo.rank} of {dinfo.world_size}" if dinfo.enabled else ""
             # one process: the command line reports the error itself (one line); under torchrun the
             # rank's own line says which rank failed
             LOG.error("run failed%s: %s", where, error, extra=None if dinfo.enabled else FILE_ONLY)
             raise
-        if is_main:
-            info.update(status="finished", finished=rd.now_iso())
-            info["timings"]["total_s"] = round(time.time() - t_start, 3)  # this attempt's wall time
-            info.pop("error", None)
-            rd.write_run_info(run_dir, info)
-            ckpt = run_dir / rd.CHECKPOINT_FILE
-            if ckpt.is_file():
-                ckpt.unlink()  # adapter.safetensors holds the final weights
+        info.update(status="finished", finished=rd.now_iso())
+        info["timings"]["total_s"] = round(time.time() - t_start, 3)  # this attempt's wall time
+        info.pop("error", None)
+        files.finish(info)
         LOG.info("finished %s: %s", run_dir, _results_line(results))
     return results
 
@@ -322,22 +307,137 @@ def _results_line(r: dict) -> str:
     return f"accuracy {r['accuracy']:.2f}%"
 
 
-def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, device: torch.device, precision: str,
-                        progress: bool | None, on_epoch_end: Callable[[dict[str, Any]], None] | None,
-                        dinfo: ddp_util.DistInfo = ddp_util.DistInfo()) -> dict[str, Any]:
-    from torch.utils.data import DataLoader
+class RunFiles:
+    """The run directory's ONE writer. Under torchrun only rank 0 writes (``writes``); on the
+    other ranks every method here does nothing, so the training code has no rank-0 branches."""
 
+    def __init__(self, run_dir: Path, writes: bool):
+        self.dir, self.writes = run_dir, writes
+        self.checkpoint_path = run_dir / rd.CHECKPOINT_FILE
+        self.metrics_path = run_dir / rd.METRICS_FILE
+        self._metrics = None
+
+    def start(self, cfg: RunConfig, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
+        """Write config.yaml and a run.json saying "running" (attempts counted, training time
+        of earlier attempts kept); returns the run info to keep up to date."""
+        if not self.writes:
+            return {"timings": {}}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rd.write_config(self.dir, cfg)
+        old = rd.read_run_info(self.dir) or {}
+        info = rd.new_run_info(cfg, status="running", started=old.get("started") or rd.now_iso(),
+                               attempts=int(old.get("attempts", 0)) + 1)
+        if dinfo.enabled:
+            info["world_size"] = dinfo.world_size
+        info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
+        self.info(info)
+        return info
+
+    def log(self) -> contextlib.AbstractContextManager:
+        """train.log receives the run's log lines while the context is open."""
+        return log_to_file(self.dir / rd.LOG_FILE) if self.writes else contextlib.nullcontext()
+
+    def info(self, info: dict[str, Any]) -> None:
+        if self.writes:
+            rd.write_run_info(self.dir, info)
+
+    def split(self, splits) -> None:
+        if self.writes:
+            from mmrl import data
+
+            data.write_split_file(splits, self.dir / rd.SPLIT_FILE)
+
+    def metrics(self, start_epoch: int | None) -> contextlib.AbstractContextManager:
+        """metrics.jsonl open for appending; a resumed run (``start_epoch``) keeps the lines of the
+        epochs its checkpoint covers, a fresh one (None) starts the file over."""
+        if not self.writes:
+            return contextlib.nullcontext()
+        if start_epoch is not None:
+            _truncate_metrics(self.metrics_path, start_epoch)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+        @contextlib.contextmanager
+        def opened():
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                self._metrics = f
+                try:
+                    yield
+                finally:
+                    self._metrics = None
+        return opened()
+
+    def metric(self, row: dict[str, Any]) -> None:
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.flush()
+
+    def checkpoint(self, **state) -> None:
+        if self.writes:
+            save_checkpoint(self.checkpoint_path, **state)
+
+    def adapter(self, model, cfg: RunConfig) -> None:
+        if self.writes:
+            save_adapter(model.adapter_state_dict(), self.dir / rd.ADAPTER_FILE,
+                         metadata={"method": model.settings(), "backbone": cfg.backbone,
+                                   "dataset": cfg.data.dataset, "protocol": cfg.protocol, "shots": cfg.data.shots,
+                                   "seed": cfg.seed})
+
+    def results(self, results: dict[str, Any]) -> None:
+        if self.writes:
+            write_json_atomic(results, self.dir / rd.RESULTS_FILE)
+
+    def finish(self, info: dict[str, Any]) -> None:
+        """run.json says "finished"; the checkpoint goes (adapter.safetensors holds the final weights)."""
+        self.info(info)
+        if self.writes and self.checkpoint_path.is_file():
+            self.checkpoint_path.unlink()
+
+
+@dataclasses.dataclass
+class _Training:
+    """What the epochs need, set up once for a fresh or a resumed run."""
+    model: Any                      # MMRL
+    ddp: Any                        # its DistributedDataParallel wrapper under torchrun, else None
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_ds: Any                   # mmrl.data.ImageDataset
+    start_epoch: int                # epochs already done (a resumed run's checkpoint)
+    step: int                       # optimiser steps already done
+    resumed: bool
+
+
+def _train_and_evaluate(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch.device,
+                        precision: str, progress: bool | None,
+                        on_epoch_end: Callable[[dict[str, Any]], None] | None,
+                        dinfo: ddp_util.DistInfo = ddp_util.DistInfo()) -> dict[str, Any]:
+    """Set up (or resume), train the remaining epochs, save the adapter, evaluate."""
+    t_setup = time.time()
+    tr = _set_up(cfg, files, info, backbone, device, precision, dinfo)
+    timings = info.setdefault("timings", {})
+    timings["setup_s"] = round(time.time() - t_setup, 3)
+    _train_epochs(cfg, tr, files, info, device, precision, progress, on_epoch_end, dinfo)
+    files.adapter(tr.model, cfg)
+    t_eval = time.time()
+    results = _evaluate_run(cfg, tr.model, files.dir, progress)
+    timings["eval_s"] = round(time.time() - t_eval, 3)
+    files.results(results)
+    return results
+
+
+def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch.device, precision: str,
+            dinfo: ddp_util.DistInfo) -> _Training:
+    """The splits, the model, the optimiser and the training data; the checkpoint's state when
+    the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
+    directory must be visible to all nodes to resume a multi-node run)."""
     from mmrl import data
-    from mmrl.engine.evaluator import evaluate
     from mmrl.models import MMRL
 
-    t_setup = time.time()
-    is_main, W = dinfo.is_main, dinfo.world_size
-    LOG.info("run %s: %s, %s, %s, %d shots, seed %d, backbone %s, device %s, precision %s", run_dir,
+    LOG.info("run %s: %s, %s, %s, %d shots, seed %d, backbone %s, device %s, precision %s", files.dir,
              cfg.method.name, cfg.protocol, cfg.data.dataset, cfg.data.shots, cfg.seed, cfg.backbone, device,
              precision)
     if dinfo.enabled:
-        LOG.info("data parallel: %d processes (torchrun), global batch %d", W, cfg.optim.batch_size)
+        LOG.info("data parallel: %d processes (torchrun), global batch %d", dinfo.world_size, cfg.optim.batch_size)
     data.set_random_seed(cfg.seed)
     splits = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
                                  subsample=cfg.data.subsample, split_file=cfg.data.split_file,
@@ -346,8 +446,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
         raise data.DataError(f"{splits.name} has no training images (test-only dataset?); train on a dataset "
                              "with a train split")
     _check_training_classes(splits)
-    if is_main:
-        data.write_split_file(splits, run_dir / rd.SPLIT_FILE)
+    files.split(splits)
     LOG.info("%s", splits.summary())
 
     torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
@@ -355,20 +454,16 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     info["trainable_parameters"] = model.num_trainable_parameters()
     info["device"], info["precision"] = str(device), precision
     info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
-    if is_main:
-        rd.write_run_info(run_dir, info)
+    files.info(info)
     model.set_classes(splits.classnames, splits.template)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr_at_epoch(0, cfg.optim), betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    ckpt_path = run_dir / rd.CHECKPOINT_FILE
-    metrics_path = run_dir / rd.METRICS_FILE
     start_epoch = step = 0
-    # rank 0 decides; every rank then reads the same checkpoint (the run directory must be
-    # visible to all nodes to resume a multi-node run)
-    resume = ddp_util.broadcast_object(ckpt_path.is_file() if is_main else None, dinfo)
+    ckpt_path = files.checkpoint_path
+    resume = ddp_util.broadcast_object(ckpt_path.is_file() if dinfo.is_main else None, dinfo)
     if resume:
         ck = load_checkpoint(ckpt_path)  # CorruptFileError (naming the file and the way out) if unreadable
         try:
@@ -382,10 +477,6 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
                 from e
         start_epoch, step = ck.epoch, ck.step
         LOG.info("resuming from %s: %d of %d epochs done (step %d)", ckpt_path, start_epoch, cfg.optim.epochs, step)
-        if is_main:
-            _truncate_metrics(metrics_path, start_epoch)
-    elif is_main and metrics_path.exists():
-        metrics_path.unlink()
     info["epochs_done"] = start_epoch
 
     train_ds = data.ImageDataset(splits.train, data.build_transform(True, backbone.image_size), seed=cfg.seed,
@@ -393,6 +484,7 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
     n = len(train_ds)
     if n == 0:
         raise data.DataError(f"{splits.name}: no readable training images")
+    ddp = None
     if dinfo.enabled:
         counts = ddp_util.all_gather_objects(n, dinfo)
         if len(set(counts)) > 1:
@@ -401,86 +493,98 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
         # DDP broadcasts rank 0's parameters (identical anyway: same seed, same checkpoint) and
         # averages gradients; optimizer, checkpoints and the adapter file use `model` itself
         ddp = ddp_util.wrap_ddp(model, device)
-    E, bs = cfg.optim.epochs, cfg.optim.batch_size
-    tty = use_tty_progress(progress) and is_main
-    timings = info.setdefault("timings", {})
-    timings["setup_s"] = round(time.time() - t_setup, 3)
+    return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume))
+
+
+def _train_epochs(cfg: RunConfig, tr: _Training, files: RunFiles, info: dict, device: torch.device, precision: str,
+                  progress: bool | None, on_epoch_end: Callable[[dict[str, Any]], None] | None,
+                  dinfo: ddp_util.DistInfo) -> None:
+    """Epochs ``tr.start_epoch .. E - 1``, each followed by a checkpoint and a run.json update."""
+    E = cfg.optim.epochs
+    tty = use_tty_progress(progress) and dinfo.is_main
+    timings = info["timings"]
     train_s = float(timings.get("train_s", 0.0))
-    with (open(metrics_path, "a", encoding="utf-8") if is_main else contextlib.nullcontext()) as metrics:
-        for epoch in range(start_epoch, E):
+    with files.metrics(tr.start_epoch if tr.resumed else None):
+        for epoch in range(tr.start_epoch, E):
             t_epoch = time.time()
             lr = lr_at_epoch(epoch, cfg.optim)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            train_ds.set_epoch(epoch)
-            if dinfo.enabled:
-                plan = rank_batches(cfg.seed, epoch, n, bs, dinfo.rank, W)  # this rank's slice of each global batch
-                batches = [idx for idx, _, _ in plan]
-            else:
-                batches = epoch_batches(cfg.seed, epoch, n, bs)
-            loader = DataLoader(train_ds, batch_sampler=batches, **data.worker_options(cfg.data.num_workers),
-                                pin_memory=device.type == "cuda")
-            model.train()
-            model.clip.eval()  # the frozen backbone stays in eval mode
-            sums = torch.zeros(6, dtype=torch.float64)
-            bar = Progress(loader, total=len(batches), desc=f"epoch {epoch + 1}/{E}", tty=tty)
-            for b, (images, labels, _) in enumerate(bar):
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                where = f"epoch {epoch + 1}/{E}, batch {b + 1}/{len(batches)}"
-                ddp_util.failure_hook(dinfo.rank, step + 1)  # testing aid, inactive unless MMRL_TEST_FAIL_RANK is set
-                try:
-                    if dinfo.enabled:
-                        _, weights, global_batch = plan[b]
-                        out, vals = _ddp_train_step(ddp, optimizer, scaler, images, labels, weights.to(device),
-                                                    global_batch, info=dinfo, device=device, precision=precision,
-                                                    step=step + 1, where=where)
-                    else:
-                        out = train_step(model, optimizer, scaler, images, labels, device=device,
-                                         precision=precision, step=step + 1, where=where)
-                except NonFiniteLossError as e:
-                    kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {ckpt_path}"
-                            if ckpt_path.is_file() else "no checkpoint was written yet")
-                    raise NonFiniteLossError(f"{e}; training stopped, {kept}. Try a lower optim.lr or "
-                                             "precision fp32/bf16") from None
-                step += 1
-                if not dinfo.enabled:
-                    with torch.no_grad():
-                        acc = (out.logits.fused.argmax(-1) == labels).float().mean()
-                        vals = torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
-                                            out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
-                sums += vals
-                v = vals.tolist()
-                if is_main:
-                    metrics.write(json.dumps({"step": step, "epoch": epoch, "batch": b, "lr": lr, "loss": v[0],
-                                              "ce_class": v[1], "ce_rep": v[2], "reg_image": v[3],
-                                              "reg_text": v[4], "accuracy": 100.0 * v[5]}) + "\n")
-                    metrics.flush()
-                bar.set(loss=v[0], acc=100.0 * v[5])
-            nb = max(len(batches), 1)
-            mean = (sums / nb).tolist()
-            if is_main:
-                save_checkpoint(ckpt_path, epoch=epoch + 1, step=step, model=model, optimizer=optimizer,
-                                scaler=scaler)
+            mean = _run_epoch(cfg, tr, files, epoch, lr, device, precision, tty, dinfo)
+            files.checkpoint(epoch=epoch + 1, step=tr.step, model=tr.model, optimizer=tr.optimizer, scaler=tr.scaler)
             info["epochs_done"] = epoch + 1  # at once: an interruption from here on resumes after this epoch
             dt = time.time() - t_epoch
             train_s += dt
             timings["train_s"] = round(train_s, 3)
-            if is_main:
-                rd.write_run_info(run_dir, info)
+            files.info(info)
             LOG.info("epoch %d/%d: lr %.3g, loss %.4f (ce_class %.4f, ce_rep %.4f, reg_image %.4f, reg_text %.4f),"
                      " train acc %.2f%%, %.1fs", epoch + 1, E, lr, *mean[:5], 100.0 * mean[5], dt)
-            if on_epoch_end is not None and is_main:
-                on_epoch_end({"epoch": epoch + 1, "step": step, "lr": lr, "loss": mean[0],
-                              "accuracy": 100.0 * mean[5], "run_dir": str(run_dir)})
+            if on_epoch_end is not None and dinfo.is_main:
+                on_epoch_end({"epoch": epoch + 1, "step": tr.step, "lr": lr, "loss": mean[0],
+                              "accuracy": 100.0 * mean[5], "run_dir": str(files.dir)})
 
-    if is_main:
-        save_adapter(model.adapter_state_dict(), run_dir / rd.ADAPTER_FILE,
-                     metadata={"method": model.settings(), "backbone": cfg.backbone, "dataset": cfg.data.dataset,
-                               "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed})
 
-    t_eval = time.time()
-    model.eval()  # under torchrun the evaluations below are sharded over the ranks (same results everywhere)
+def _run_epoch(cfg: RunConfig, tr: _Training, files: RunFiles, epoch: int, lr: float, device: torch.device,
+               precision: str, tty: bool, dinfo: ddp_util.DistInfo) -> list[float]:
+    """One epoch of optimiser steps; every step's metrics go to metrics.jsonl. Returns the epoch's
+    mean ``[loss, ce_class, ce_rep, reg_image, reg_text, accuracy (0..1)]``."""
+    from torch.utils.data import DataLoader
+
+    from mmrl import data
+
+    E, bs, n = cfg.optim.epochs, cfg.optim.batch_size, len(tr.train_ds)
+    for g in tr.optimizer.param_groups:
+        g["lr"] = lr
+    tr.train_ds.set_epoch(epoch)
+    if dinfo.enabled:
+        plan = rank_batches(cfg.seed, epoch, n, bs, dinfo.rank, dinfo.world_size)  # this rank's slice of each batch
+        batches = [idx for idx, _, _ in plan]
+    else:
+        batches = epoch_batches(cfg.seed, epoch, n, bs)
+    loader = DataLoader(tr.train_ds, batch_sampler=batches, **data.worker_options(cfg.data.num_workers),
+                        pin_memory=device.type == "cuda")
+    model = tr.model
+    model.train()
+    model.clip.eval()  # the frozen backbone stays in eval mode
+    sums = torch.zeros(6, dtype=torch.float64)
+    bar = Progress(loader, total=len(batches), desc=f"epoch {epoch + 1}/{E}", tty=tty)
+    for b, (images, labels, _) in enumerate(bar):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        where = f"epoch {epoch + 1}/{E}, batch {b + 1}/{len(batches)}"
+        ddp_util.failure_hook(dinfo.rank, tr.step + 1)  # testing aid, inactive unless MMRL_TEST_FAIL_RANK is set
+        try:
+            if dinfo.enabled:
+                _, weights, global_batch = plan[b]
+                out, vals = _ddp_train_step(tr.ddp, tr.optimizer, tr.scaler, images, labels, weights.to(device),
+                                            global_batch, info=dinfo, device=device, precision=precision,
+                                            step=tr.step + 1, where=where)
+            else:
+                out = train_step(model, tr.optimizer, tr.scaler, images, labels, device=device,
+                                 precision=precision, step=tr.step + 1, where=where)
+        except NonFiniteLossError as e:
+            kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {files.checkpoint_path}"
+                    if files.checkpoint_path.is_file() else "no checkpoint was written yet")
+            raise NonFiniteLossError(f"{e}; training stopped, {kept}. Try a lower optim.lr or "
+                                     "precision fp32/bf16") from None
+        tr.step += 1
+        if not dinfo.enabled:
+            with torch.no_grad():
+                acc = (out.logits.fused.argmax(-1) == labels).float().mean()
+                vals = torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
+                                    out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
+        sums += vals
+        v = vals.tolist()
+        files.metric({"step": tr.step, "epoch": epoch, "batch": b, "lr": lr, "loss": v[0], "ce_class": v[1],
+                      "ce_rep": v[2], "reg_image": v[3], "reg_text": v[4], "accuracy": 100.0 * v[5]})
+        bar.set(loss=v[0], acc=100.0 * v[5])
+    return (sums / max(len(batches), 1)).tolist()
+
+
+def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None) -> dict[str, Any]:
+    """The protocol's end-of-training evaluation (decoupled inference); under torchrun sharded
+    over the ranks, with the same results everywhere. Base-to-novel evaluates both halves."""
+    from mmrl.engine.evaluator import evaluate
+
+    model.eval()
     eval_kw = dict(cfg=cfg, output_dir=run_dir / rd.EVAL_DIR, progress=progress)
     results: dict[str, Any] = {"protocol": cfg.protocol, "method": cfg.method.name, "dataset": cfg.data.dataset,
                                "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone}
@@ -495,9 +599,6 @@ def _train_and_evaluate(cfg: RunConfig, run_dir: Path, info: dict, backbone, dev
                        hm=harmonic_mean(base["accuracy"], novel["accuracy"]))
     else:
         results["accuracy"] = main["accuracy"]
-    timings["eval_s"] = round(time.time() - t_eval, 3)
-    if is_main:
-        write_json_atomic(results, run_dir / rd.RESULTS_FILE)
     return results
 
 
