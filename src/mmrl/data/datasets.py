@@ -48,6 +48,7 @@ from .core import (
 )
 from .imagefolder import is_user_spec, locate_user
 from .splits import (
+    Splits3,
     fewshot,
     read_split_file,
     save_built_split,
@@ -61,7 +62,6 @@ BENCHMARK_11: list[str] = list(vocab.DATASETS)
 IMAGENET_VARIANTS: list[str] = list(vocab.VARIANTS)
 ALL_DATASETS: list[str] = list(vocab.ALL_DATASETS)
 
-Splits3 = tuple[list[Datum], list[Datum], list[Datum]]
 # builder(dataset_dir, image_dir, rng) -> (train, val, test): CoOp's recipe when the split file is missing
 Builder = Callable[[Path, Path, random.Random], Splits3]
 # reader(dataset_dir, image_dir, cache_dir, root) -> (train, val, test, class names) for datasets without split file

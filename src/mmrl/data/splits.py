@@ -15,7 +15,7 @@ import logging
 import math
 import random
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .core import (
     LOG,
@@ -84,16 +84,13 @@ def write_split_file(splits: DatasetSplits, path: str | Path) -> None:
 
 # --------------------------------------------------------------------------- building splits (CoOp recipes)
 
-def split_groups(groups: Sequence[tuple[int, str, Sequence[str]]], image_dir: str | Path, rng: random.Random,
-                 source: str, p_trn: float = 0.5, p_val: float = 0.2
-                 ) -> tuple[list[Datum], list[Datum], list[Datum]]:
-    """CoOp's per-class 50/20/30 split (DTD.read_and_split_data, OxfordFlowers).
+Groups = Sequence[tuple[int, str, Sequence[str]]]  # [(label, class name, relative image paths)]
+Splits3 = tuple[list[Datum], list[Datum], list[Datum]]
 
-    `groups` = [(label, class name, relative image paths)] in the order CoOp
-    visits them; each group's paths are shuffled with `rng` (the stream
-    continues across groups), then the first round(0.5 n) go to train, the
-    next round(0.2 n) to val, the rest to test (Python's round: 5 -> 2/1/2).
-    """
+
+def _split_per_class(groups: Groups, image_dir: str | Path, source: str,
+                     parts: Callable[[list[str]], tuple[Sequence[str], Sequence[str], Sequence[str]]]) -> Splits3:
+    """Train/val/test of every class, in class order: ``parts(relpaths)`` cuts one class's images."""
     train: list[Datum] = []
     val: list[Datum] = []
     test: list[Datum] = []
@@ -103,14 +100,26 @@ def split_groups(groups: Sequence[tuple[int, str, Sequence[str]]], image_dir: st
             raise DataError(
                 f"{source}: class {classname!r} has {n} image(s); building a 50/20/30 train/val/test split "
                 "needs at least 4 images per class")
-        paths = list(relpaths)
-        rng.shuffle(paths)
-        n_train = round(n * p_trn)
-        n_val = round(n * p_val)
-        parts = (paths[:n_train], paths[n_train:n_train + n_val], paths[n_train + n_val:])
-        for dst, ps in zip((train, val, test), parts):
+        for dst, ps in zip((train, val, test), parts(list(relpaths))):
             dst.extend(make_datum(image_dir, p, label, classname, source) for p in ps)
     return train, val, test
+
+
+def split_groups(groups: Groups, image_dir: str | Path, rng: random.Random, source: str, p_trn: float = 0.5,
+                 p_val: float = 0.2) -> Splits3:
+    """CoOp's per-class 50/20/30 split (DTD.read_and_split_data, OxfordFlowers).
+
+    `groups` = [(label, class name, relative image paths)] in the order CoOp
+    visits them; each group's paths are shuffled with `rng` (the stream
+    continues across groups), then the first round(0.5 n) go to train, the
+    next round(0.2 n) to val, the rest to test (Python's round: 5 -> 2/1/2).
+    """
+    def parts(paths: list[str]):
+        rng.shuffle(paths)
+        n_train, n_val = round(len(paths) * p_trn), round(len(paths) * p_val)
+        return paths[:n_train], paths[n_train:n_train + n_val], paths[n_train + n_val:]
+
+    return _split_per_class(groups, image_dir, source, parts)
 
 
 def hash_fraction(seed: int, relpath: str) -> float:
@@ -120,9 +129,8 @@ def hash_fraction(seed: int, relpath: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
 
 
-def split_groups_stable(groups: Sequence[tuple[int, str, Sequence[str]]], image_dir: str | Path, seed: int,
-                        source: str, p_trn: float = 0.5, p_val: float = 0.2
-                        ) -> tuple[list[Datum], list[Datum], list[Datum]]:
+def split_groups_stable(groups: Groups, image_dir: str | Path, seed: int, source: str, p_trn: float = 0.5,
+                        p_val: float = 0.2) -> Splits3:
     """The 50/20/30 per-class split of user data (``folder:``, ``manifest:``, ``dataset:`` without a
     split), decided image by image so that adding or removing images moves no other image.
 
@@ -134,25 +142,17 @@ def split_groups_stable(groups: Sequence[tuple[int, str, Sequence[str]]], image_
     image in each part; only such small classes can see an image move when images come or go.
     Items are returned per class in order of u.
     """
-    train: list[Datum] = []
-    val: list[Datum] = []
-    test: list[Datum] = []
-    for label, classname, relpaths in groups:
-        n = len(relpaths)
-        if n < 4:
-            raise DataError(
-                f"{source}: class {classname!r} has {n} image(s); building a 50/20/30 train/val/test split "
-                "needs at least 4 images per class")
-        ranked = sorted(relpaths, key=lambda p: (hash_fraction(seed, p), p))
+    def parts(paths: list[str]):
+        n = len(paths)
+        ranked = sorted(paths, key=lambda p: (hash_fraction(seed, p), p))
         u = [hash_fraction(seed, p) for p in ranked]
         n_train = sum(x < p_trn for x in u)
         n_val = sum(p_trn <= x < p_trn + p_val for x in u)
         if n_train == 0 or n_val == 0 or n_train + n_val == n:  # a part would be empty: CoOp's counts
             n_train, n_val = round(n * p_trn), round(n * p_val)
-        parts = (ranked[:n_train], ranked[n_train:n_train + n_val], ranked[n_train + n_val:])
-        for dst, ps in zip((train, val, test), parts):
-            dst.extend(make_datum(image_dir, p, label, classname, source) for p in ps)
-    return train, val, test
+        return ranked[:n_train], ranked[n_train:n_train + n_val], ranked[n_train + n_val:]
+
+    return _split_per_class(groups, image_dir, source, parts)
 
 
 def recorded_split(current: DatasetSplits, split_path: str | Path) -> DatasetSplits:
