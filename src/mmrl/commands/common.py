@@ -100,3 +100,19 @@ def add_progress_flag(p: argparse.ArgumentParser) -> None:
 
 def progress_value(args: argparse.Namespace) -> bool | None:
     return {"auto": None, "bar": True, "lines": False}[getattr(args, "progress", "auto")]
+
+
+def add_class_set_flags(p: argparse.ArgumentParser) -> None:
+    """The classes a run is applied to (``mmrl predict``, ``mmrl export``): the run's own training
+    classes with fused logits by default, or ``--classes`` / ``--dataset`` with class-token logits
+    (decoupled inference; :func:`mmrl.engine.evaluator.resolve_class_set` decides)."""
+    src = p.add_mutually_exclusive_group()  # neither: the run's own training classes
+    src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird" (default: the run\'s '
+                                       'training classes, fused logits)')
+    src.add_argument("--dataset", help="take the classes (and template, MMRL++ beta) of this dataset, as mmrl eval "
+                                       "does (with --root)")
+    p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
+    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")
+    p.add_argument("--template", help="prompt template with one {} (default: the run's / dataset's)")
+    p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
+                   help="auto: fused on the run's training classes, else class-token logits")

@@ -5,21 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
+from mmrl.commands.common import add_class_set_flags
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (mmrl train / mmrl convert-official)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file: *.onnx or *.pt2")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird" '
-                                       "(default: the run's training classes)")
-    src.add_argument("--dataset", help="take the classes (and template, MMRL++ beta) of this dataset, as mmrl eval does")
-    p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
-    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")
-    p.add_argument("--template", help="prompt template with one {} (default: the run's / dataset's)")
+    add_class_set_flags(p)
     p.add_argument("--format", choices=["onnx", "torch"],
                    help="onnx (onnxruntime) or torch (torch.export .pt2); default: from the suffix of FILE")
-    p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
-                   help="auto: fused on the run's training classes, else class-token logits")
     p.add_argument("--json", action="store_true", help="print the file's metadata as JSON")
 
 

@@ -10,21 +10,13 @@ import argparse
 import json
 import sys
 
-from mmrl.commands.common import run_reporting_errors
+from mmrl.commands.common import add_class_set_flags, run_reporting_errors
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    src = p.add_mutually_exclusive_group()  # neither: the run's own training classes
-    src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird" (default: the run\'s '
-                                       'training classes, fused logits)')
-    src.add_argument("--dataset", help="take the classes of this dataset (with --root)")
-    p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
-    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")
-    p.add_argument("--template", help="prompt template with one {} (default: the run's / dataset's)")
-    p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
-                   help="auto: fused on the run's training classes, else class")
+    add_class_set_flags(p)
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print JSON")
