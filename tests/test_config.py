@@ -1,6 +1,7 @@
 """Typed run configuration: presets, per-dataset overrides, layering, and errors before any work."""
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -105,8 +106,17 @@ def test_every_preset_field_is_commented():
 def test_defaults_without_preset():
     cfg = RunConfig()
     assert cfg.optim.weight_decay == 5e-4 and cfg.eval.batch_size == 250 and cfg.backbone == "ViT-B-16"
-    cfg.data.dataset, cfg.data.shots, cfg.seed, cfg.protocol = "EuroSAT", 4, 2, "fewshot"
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset="EuroSAT", shots=4), seed=2,
+                              protocol="fewshot")
     assert cfg.run_dir() == Path("runs/fewshot/mmrl/EuroSAT/shots_4/seed_2")
+
+
+def test_a_resolved_config_is_immutable():
+    cfg = resolve_config("mmrl", "fewshot", "dtd")
+    for obj, key in ((cfg, "seed"), (cfg.data, "shots"), (cfg.optim, "lr"), (cfg.method, "beta")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, key, 1)
+    assert dataclasses.replace(cfg, seed=7).seed == 7 and cfg.seed == 1
 
 
 # --------------------------------------------------------------------------- errors

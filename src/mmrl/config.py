@@ -20,6 +20,7 @@ The resolved config is stored in each run directory as ``config.yaml``
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -46,7 +47,7 @@ class ConfigError(UserError, ValueError):
 
 
 # --------------------------------------------------------------------------- dataclasses
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = doc(
         "dataset: Dassl name or alias (dtd, eurosat, ...), or folder:PATH / manifest:FILE / dataset:PATH",
@@ -68,7 +69,7 @@ class DataConfig:
         None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     lr: float = doc("peak learning rate (cosine schedule)", 1e-3)
     weight_decay: float = doc("AdamW weight decay, applied to every trainable tensor", 5e-4)
@@ -79,7 +80,7 @@ class OptimConfig:
     batch_size: int = doc("global training batch size (the loss is the mean over it)", 4)
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = doc("evaluation batch size", 250)
     precision: str = doc("evaluation precision: fp32 / bf16 / fp16", "fp32")
@@ -88,7 +89,7 @@ class EvalConfig:
         factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     protocol: str = doc("evaluation protocol: base2novel / fewshot / crossdataset", "fewshot")
     seed: int = doc("run seed: model init, data order, augmentation (and few-shot sampling unless data.seed)", 1)
@@ -260,7 +261,10 @@ _FIXED_BY_ARGUMENTS = {"method.name": "--method", "protocol": "--protocol", "dat
 
 
 def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None:
-    """Set one dotted key (``optim.lr``, ``eval.target_beta.Food101``) with type checking.
+    """Set one dotted key (``optim.lr``, ``eval.target_beta.Food101``) with type checking, while a
+    config is being RESOLVED (:func:`resolve_config`, :func:`resume_config`, :func:`config_from_dict`
+    build a fresh config this way). A resolved config is frozen: derive another one with
+    :func:`dataclasses.replace`, never change it.
 
     A mapping given for a section sets its keys one by one.
     """
@@ -295,7 +299,7 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
         if typing.get_origin(tp) is dict:
             current.update(_coerce(value, tp, here, source))  # mappings merge across layers
         else:
-            setattr(obj, name, _coerce(value, tp, here, source))
+            object.__setattr__(obj, name, _coerce(value, tp, here, source))  # the builder's one write
         return
 
 
@@ -447,7 +451,7 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
     cfg = RunConfig()
     preset = preset_path(method, protocol)
     apply_mapping(cfg, read_yaml(preset, "preset"), f"preset {preset.name}")
-    cfg.data.dataset = canonical
+    set_key(cfg, "data.dataset", canonical, "--dataset")
     apply_mapping(cfg, dataset_overrides(method, protocol, canonical), f"{DATASET_OVERRIDES_FILE.name} [{canonical}]")
     if config_file is not None:
         apply_mapping(cfg, read_yaml(config_file), str(config_file))
@@ -464,7 +468,23 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
         if got[key] != want:
             raise ConfigError(f"{key} = {got[key]!r} in the config file or --set, but {_FIXED_BY_ARGUMENTS[key]} "
                               f"says {want!r}; set it with {_FIXED_BY_ARGUMENTS[key]} only")
-    cfg.data.dataset = canonical
+    set_key(cfg, "data.dataset", canonical, "--dataset")
+    validate(cfg)
+    return cfg
+
+
+def resume_config(stored: RunConfig, run_dir: str | Path, overrides: Iterable[Override] = (), *,
+                  flags: dict[str, Any] | None = None) -> RunConfig:
+    """The config of ``mmrl train --resume RUN_DIR``: the run's stored config with the flags and
+    ``--set`` items that may change on resume (paths, device, ...), ``output`` = RUN_DIR; checked."""
+    cfg = copy.deepcopy(stored)
+    for k, v in (flags or {}).items():
+        if v is not None:
+            set_key(cfg, k, v, f"--{k.rsplit('.', 1)[-1].replace('_', '-')}")
+    for item in overrides:
+        k, v = parse_override(item) if isinstance(item, str) else item
+        set_key(cfg, k, v, f"--set {k}")
+    set_key(cfg, "output", str(run_dir), "--resume")
     validate(cfg)
     return cfg
 
@@ -506,7 +526,7 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
 __all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
            "key_help", "key_table",
            "PROTOCOLS", "resolve_config", "load_config", "dump_config", "config_from_dict", "set_key",
-           "parse_override", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
+           "parse_override", "resume_config", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
 
 
 if __name__ == "__main__":  # python -m mmrl.config: the README's key table

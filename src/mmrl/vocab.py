@@ -120,7 +120,7 @@ def doc(text: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
     return field(default=default, default_factory=factory, metadata={"doc": text})
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodConfig:
     """Settings of MMRL / MMRL++ (the ``method`` section of a run config)."""
 

@@ -54,25 +54,18 @@ def _flags(args: argparse.Namespace) -> dict:
 
 def build_config(args: argparse.Namespace):
     """The RunConfig the arguments describe (a stored one for --resume RUN_DIR)."""
-    from mmrl.config import ConfigError, load_config, parse_override, resolve_config, set_key
+    from mmrl.config import ConfigError, load_config, resolve_config, resume_config
 
     if isinstance(args.resume, str):
         run_dir = Path(args.resume)
         cfg_path = run_dir / CONFIG_FILE
         if not cfg_path.is_file():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
-        cfg = load_config(cfg_path)
         for flag in ("method", "dataset", "protocol", "config"):
             if getattr(args, flag):
                 raise ConfigError(f"--{flag} cannot be combined with --resume RUN_DIR (the run's config.yaml "
                                   "is used; --root, --device and --set for such keys may change)")
-        for k, v in _flags(args).items():
-            if v is not None:
-                set_key(cfg, k, v, f"--{k.rsplit('.', 1)[-1]}")
-        for item in args.overrides:
-            set_key(cfg, *parse_override(item), source="--set")
-        cfg.output = str(run_dir)
-        return cfg
+        return resume_config(load_config(cfg_path), run_dir, args.overrides, flags=_flags(args))
     missing = [f"--{f}" for f in ("method", "dataset", "protocol") if not getattr(args, f)]
     if missing:
         raise ConfigError(f"{', '.join(missing)} required (or --resume RUN_DIR)")

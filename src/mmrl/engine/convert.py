@@ -1,6 +1,7 @@
 """Turn an authors' released checkpoint into a run directory that ``mmrl eval`` evaluates."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,7 +31,7 @@ def convert_official(checkpoint: str | Path, method: str, backbone: str, dataset
                          flags={"data.shots": shots, "seed": seed, "backbone": backbone,
                                 "output": str(output) if output is not None else None})
     run_dir = cfg.run_dir()
-    cfg.output = str(run_dir)
+    cfg = dataclasses.replace(cfg, output=str(run_dir))
     with RunDirLock.acquire(run_dir, "mmrl convert-official", hint="choose another --output"):
         return _convert(checkpoint, cfg, run_dir)
 

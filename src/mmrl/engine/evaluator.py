@@ -12,6 +12,7 @@ evaluation's (bit for bit: every image is computed in the same batch); only rank
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -110,12 +111,12 @@ def using_beta(model: nn.Module, beta: float | None) -> Iterator[None]:
     if beta is None:
         yield
         return
-    old = model.cfg.beta
-    model.cfg.beta = beta
+    old = model.cfg
+    model.cfg = dataclasses.replace(old, beta=beta)  # the settings are frozen: the model gets a variant
     try:
         yield
     finally:
-        model.cfg.beta = old
+        model.cfg = old
 
 
 class ClassSet(NamedTuple):

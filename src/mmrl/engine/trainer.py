@@ -19,7 +19,6 @@ logs; the decision to start, resume or return a finished run is rank 0's, broadc
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import logging
@@ -192,14 +191,14 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
         RunInterrupted: Ctrl-C/SIGTERM (the run is marked ``interrupted``; the message says
         where it stopped and the command that resumes it).
     """
-    cfg = copy.deepcopy(cfg)
-    cfg.data.dataset = canonical_dataset(cfg.data.dataset) if cfg.data.dataset else cfg.data.dataset
+    if cfg.data.dataset:  # a config built in Python may name a dataset by an alias
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=canonical_dataset(cfg.data.dataset)))
     validate(cfg)
     if cfg.protocol == "base2novel" and cfg.data.subsample == "all":
         raise ConfigError("protocol base2novel trains on base (or new) classes: data.subsample must be 'base' "
                           "or 'new', not 'all'")
     run_dir = cfg.run_dir()
-    cfg.output = str(run_dir)
+    cfg = dataclasses.replace(cfg, output=str(run_dir))
     dinfo = ddp_util.init_distributed(cfg.device)  # single process: a no-op
     held: list[RunDirLock] = []  # rank 0's writer lock of the run directory
 

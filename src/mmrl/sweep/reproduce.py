@@ -6,6 +6,8 @@ missing target evaluations. See :mod:`mmrl.sweep` for claims and workers.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -86,11 +88,28 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     if write_report:
         from mmrl.report import write_report as write_report_files
         try:
-            result.report_dir = write_report_files(output)
+            # Processes sharing the output finish in any order: each scans and writes under one lock,
+            # so the last report written is never older than an earlier one (runs only ever finish).
+            with _report_lock(output):
+                result.report_dir = write_report_files(output)
         except Exception as e:  # the runs are safe on disk; say why the report failed
             result.report_error = f"{type(e).__name__}: {e}"
     log(summary(result))
     return result
+
+
+@contextlib.contextmanager
+def _report_lock(output: Path | str):
+    """An exclusive ``flock`` on ``OUTPUT/.report.lock`` (waits for the holder; released on exit,
+    also when the process dies)."""
+    path = Path(output) / ".report.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def summary(result: ReproduceResult) -> str:
