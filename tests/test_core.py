@@ -288,6 +288,28 @@ def test_resnet_clip_refused():
 
 
 # ----------------------------------------------------------------------------- backbones
+def test_packaged_toy_clip_is_built_once_and_handed_out_as_independent_copies():
+    """`load_backbone("toy-clip")` (called ~30 times by `mmrl demo`) builds the packaged model
+    once per process: every call gets its own copy, equal to a fresh build from the file, frozen,
+    and changing one copy changes no other; the tokenizer is shared (it is stateless)."""
+    from mmrl.models.backbone import TOY_CLIP_FILE, clip_from_openai_state_dict
+    from mmrl.models.safe_load import load_clip_state_dict
+
+    a, b = load_backbone("toy-clip"), load_backbone("toy-clip")
+    assert a.clip is not b.clip and a.tokenizer is b.tokenizer
+    ref = clip_from_openai_state_dict(load_clip_state_dict(TOY_CLIP_FILE)).state_dict()
+    assert set(a.clip.state_dict()) == set(ref)
+    assert all(torch.equal(v, ref[k]) for k, v in a.clip.state_dict().items())
+    with torch.no_grad():
+        a.clip.ln_final.weight.add_(1.0)
+        a.clip.visual.proj.mul_(2.0)
+    c = load_backbone("toy-clip")
+    for other in (b, c):
+        assert torch.equal(other.clip.ln_final.weight, ref["ln_final.weight"])
+        assert torch.equal(other.clip.visual.proj, ref["visual.proj"])
+    assert not c.clip.training and not any(p.requires_grad for p in c.clip.parameters())
+
+
 def test_openai_state_dict_file_any_size(tmp_path):
     """A torch.save'd OpenAI-format state dict: architecture inferred from shapes."""
     torch.manual_seed(0)

@@ -9,14 +9,26 @@ blocks are the upper half of the 6-block towers and K, d_r scale down; see
 docs/toyworld.md). Novel classes are evaluated with class-only logits as the protocol
 says; the fused logits on novel classes are computed as well, to show what decoupled
 inference changes.
+
+Speed (docs/performance.md): the tiny model runs with one torch thread per process
+(:data:`DEMO_THREADS`), and the demo's independent pieces (writing a task; zero-shot on a
+task; training + evaluating one method on a task) run in ``jobs`` worker processes, so two
+cores do two runs at once instead of splitting every small op between them. Every run
+depends only on its own config, so the table is the same for any ``jobs``.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,6 +38,14 @@ from mmrl.vocab import harmonic_mean
 LOG = logging.getLogger("mmrl")
 TOY_PRESET = Path(__file__).resolve().parent.parent / "presets" / "toy.yaml"
 METHODS = ("mmrl", "mmrl++")
+# torch CPU threads of the demo. One: a training step of the tiny CLIP (batch 4, ~1300 small
+# ops) is dispatch overhead, not arithmetic, and a second thread adds a wake-up or a spin-wait
+# to every op (2 AMD EPYC cores: 10-12 ms per step with one thread; 16-30 ms with two sleeping
+# threads, OMP_WAIT_POLICY=PASSIVE as `mmrl` sets it; 9.5-154 ms with two spinning ones,
+# depending on what else runs; docs/performance.md). Two cores run two runs instead (`jobs`).
+# The count also fixes the float summation order of the matmuls, so the demo's numbers do not
+# depend on how many cores a machine has.
+DEMO_THREADS = 1
 
 
 def default_out() -> Path:
@@ -42,7 +62,8 @@ class DemoConfig:
     tasks: tuple[str, ...] = tuple(TASKS)
     methods: tuple[str, ...] = METHODS
     backbone: str = "toy-clip"                       # the packaged tiny CLIP (or another small CLIP file)
-    threads: int | None = None                       # torch CPU threads (None: leave as is)
+    threads: int | None = DEMO_THREADS               # torch CPU threads per process (None: torch's setting)
+    jobs: int | None = None                          # worker processes (None: default_jobs(); 1: all in this one)
     overrides: tuple[str, ...] = ()                  # extra `key=value` config overrides
 
 
@@ -64,65 +85,96 @@ def toy_overrides(method: str) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in flat.items()]
 
 
-def ensure_tasks(cfg: DemoConfig) -> dict[str, Path]:
-    """Write the task folders that are missing (a finished folder has its dataset.json)."""
+def default_jobs() -> int:
+    """One worker process per usable CPU core, at most 4 (each holds its own torch: ~0.6 GB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def missing_tasks(cfg: DemoConfig) -> list[str]:
+    """Tasks whose folder is not finished (a finished folder has its dataset.json)."""
+    return [name for name in cfg.tasks if not (cfg.out / "tasks" / name / "dataset.json").is_file()]
+
+
+def write_one_task(name: str, cfg: DemoConfig) -> None:
     from mmrl.toyworld.tasks import write_task
 
-    folders = {}
-    for name in cfg.tasks:
-        folder = cfg.out / "tasks" / name
-        if not (folder / "dataset.json").is_file():
-            LOG.info("writing toy task %s -> %s", name, folder)
-            write_task(TASKS[name], cfg.out / "tasks", seed=cfg.task_seed)
-        folders[name] = folder
-    return folders
+    LOG.info("writing toy task %s -> %s", name, cfg.out / "tasks" / name)
+    write_task(TASKS[name], cfg.out / "tasks", seed=cfg.task_seed)
+
+
+def ensure_tasks(cfg: DemoConfig) -> dict[str, Path]:
+    """Write the task folders that are missing; returns {task: folder}."""
+    for name in missing_tasks(cfg):
+        write_one_task(name, cfg)
+    return {name: cfg.out / "tasks" / name for name in cfg.tasks}
 
 
 hm = harmonic_mean  # the name this module's callers use
 
 
-def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
-    """Run the whole demo; returns {"rows": [...], "average": {...}, "seconds": ...}."""
-    import torch
+def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
+    """Zero-shot CLIP on one task's base and novel classes: the table's CLIP row."""
+    from mmrl.engine import zeroshot
 
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
-        return _run_demo(cfg, progress)
-    finally:  # the thread count is process-wide: give the caller back its own
-        torch.set_num_threads(threads_before)
+    folder = cfg.out / "tasks" / name
+    acc = {}
+    for sub in ("base", "new"):
+        zs = zeroshot(f"folder:{folder}", None, sub, backbone=cfg.backbone, shots=16, seed=cfg.seed,
+                      precision="fp32", device="cpu", output=cfg.out / "runs" / "zeroshot" / name, progress=progress)
+        acc[sub] = zs["accuracy"]
+    return {"dataset": name, "method": "CLIP", "base": acc["base"], "novel": acc["new"],
+            "hm": hm(acc["base"], acc["new"]), "novel_fused": None, "chance_novel": 100 / zs["n_classes"]}
 
 
-def _run_demo(cfg: DemoConfig, progress: str | bool | None) -> dict:
+def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -> dict:
+    """Train ``method`` on one task's base classes (or reuse the finished run), evaluate base and
+    novel as the protocol says and novel with fused logits too: the table's row."""
     from mmrl.config import resolve_config
-    from mmrl.engine import evaluate, train, zeroshot
+    from mmrl.engine import evaluate, train
 
+    dataset = f"folder:{cfg.out / 'tasks' / name}"
+    run_dir = cfg.out / "runs" / method / name / f"seed_{cfg.seed}"
+    run_cfg = resolve_config(method, "base2novel", dataset,
+                             overrides=[*toy_overrides(method), f"backbone={cfg.backbone}", f"seed={cfg.seed}",
+                                        "device=cpu", f"output={run_dir}", *cfg.overrides])
+    res = train(run_cfg, progress=progress)
+    fused = evaluate(run_dir, dataset, None, "new", logits="fused", output_dir=run_dir / "eval-fused",
+                     progress=progress)
+    return {"dataset": name, "method": "MMRL" if method == "mmrl" else "MMRL++",
+            "base": res["base"], "novel": res["novel"], "hm": res["hm"],
+            "novel_fused": fused["accuracy"], "chance_novel": 100 / fused["n_classes"]}
+
+
+def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
+    """Run the whole demo; returns {"rows": [...], "average": {...}, "seconds": ...}.
+
+    With ``cfg.jobs`` > 1 (default: :func:`default_jobs`) the runs go to that many worker
+    processes (spawned, so calling this from a script needs the usual
+    ``if __name__ == "__main__":`` guard); the table is the same as with ``jobs=1``.
+    """
     t0 = time.time()
-    folders = ensure_tasks(cfg)
-    rows = []
-    for name, folder in folders.items():
-        dataset = f"folder:{folder}"
-        for sub in ("base", "new"):
-            zs = zeroshot(dataset, None, sub, backbone=cfg.backbone, shots=16, seed=cfg.seed, precision="fp32",
-                          device="cpu", output=cfg.out / "runs" / "zeroshot" / name, progress=progress)
-            if sub == "base":
-                zs_base = zs["accuracy"]
-            else:
-                zs_novel = zs["accuracy"]
-        rows.append({"dataset": name, "method": "CLIP", "base": zs_base, "novel": zs_novel,
-                     "hm": hm(zs_base, zs_novel), "novel_fused": None, "chance_novel": 100 / zs["n_classes"]})
-        for method in cfg.methods:
-            run_dir = cfg.out / "runs" / method / name / f"seed_{cfg.seed}"
-            run_cfg = resolve_config(method, "base2novel", dataset,
-                                     overrides=[*toy_overrides(method), f"backbone={cfg.backbone}", f"seed={cfg.seed}",
-                                                "device=cpu", f"output={run_dir}", *cfg.overrides])
-            res = train(run_cfg, progress=progress)
-            fused = evaluate(run_dir, dataset, None, "new", logits="fused", output_dir=run_dir / "eval-fused",
-                             progress=progress)
-            rows.append({"dataset": name, "method": "MMRL" if method == "mmrl" else "MMRL++",
-                         "base": res["base"], "novel": res["novel"], "hm": res["hm"],
-                         "novel_fused": fused["accuracy"], "chance_novel": 100 / fused["n_classes"]})
+    pieces = len(cfg.tasks) * (1 + len(cfg.methods))  # per task: zero-shot, one run per method
+    jobs = min(cfg.jobs if cfg.jobs is not None else default_jobs(), pieces)
+    if jobs > 1:
+        rows = _rows_in_workers(cfg, jobs)
+    else:
+        import torch
+
+        threads_before = torch.get_num_threads()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        try:
+            ensure_tasks(cfg)
+            rows = []
+            for name in cfg.tasks:
+                rows.append(zero_shot_row(name, cfg, progress))
+                rows.extend(method_row(name, method, cfg, progress) for method in cfg.methods)
+        finally:  # the thread count is process-wide: give the caller back its own
+            torch.set_num_threads(threads_before)
     average = {}
     for m in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == m]
@@ -133,6 +185,111 @@ def _run_demo(cfg: DemoConfig, progress: str | bool | None) -> dict:
                       "novel_fused": sum(fused) / len(fused) if fused else None}
     return {"rows": rows, "average": average, "seed": cfg.seed, "seconds": round(time.time() - t0, 1),
             "out": str(cfg.out)}
+
+
+# --------------------------------------------------------------------------- worker processes
+def _init_worker(threads: int | None, console: bool) -> None:
+    """A worker: its torch thread count; warnings (not the runs' INFO lines, which would
+    interleave; each run keeps them in its train.log) on the console; Ctrl-C only while a
+    piece runs (see _call), so an idle worker does not die with a traceback; and it ends
+    within a second of its parent (the pool's queues would otherwise keep an orphan waiting)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, name="mmrl-demo-parent-watch", daemon=True).start()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if console:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setLevel(logging.WARNING)
+        LOG.addHandler(handler)
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one piece in a worker; Ctrl-C interrupts it like the in-process demo (the run is
+    marked and can be resumed)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return fn(*args)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _base_classes(name: str) -> int:
+    """A task's number of base classes (the first half, rounded up): its training steps are
+    proportional to it (16 shots each), so it orders the runs longest first."""
+    return (len(TASKS[name].classes) + 1) // 2
+
+
+def _run_bounded(pool, jobs: int, pieces: list[tuple[Any, Callable[..., Any], tuple]],
+                 on_result: Callable[[Any, Any], None]) -> None:
+    """Run ``pieces`` ``[(key, fn, args)]`` on ``pool`` with at most ``jobs`` in flight, in order,
+    calling ``on_result(key, result)`` as each finishes. Nothing waits in the pool's queue, so
+    after Ctrl-C (which every worker gets too) or a piece's error no further piece starts and
+    the demo stops as soon as the running ones do."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    queue = iter(pieces)
+    running: dict[Any, Any] = {}
+
+    def submit_next() -> None:
+        for key, fn, args in queue:
+            running[pool.submit(_call, fn, *args)] = key
+            return
+
+    for _ in range(jobs):
+        submit_next()
+    while running:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            key = running.pop(fut)
+            on_result(key, fut.result())  # a piece's error (e.g. a bad --set value) ends the demo here
+            submit_next()
+
+
+def _rows_in_workers(cfg: DemoConfig, jobs: int) -> list[dict]:
+    """The demo's pieces in ``jobs`` spawned processes: first the missing tasks, then the
+    training runs, longest first (so the workers finish together), then the zero-shot rows.
+    Returns the rows in the in-process order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    console = any(getattr(h, "_mmrl_console", False) for h in LOG.handlers)
+    pieces: list[tuple[tuple, Callable[..., dict], tuple]] = []
+    for name in sorted(cfg.tasks, key=_base_classes, reverse=True):
+        pieces += [((name, method), method_row, (name, method, cfg, False)) for method in cfg.methods]
+    pieces += [((name, "CLIP"), zero_shot_row, (name, cfg, False)) for name in cfg.tasks]
+    results: dict[tuple, dict] = {}
+
+    def report(key: tuple, row: dict) -> None:
+        results[key] = row
+        fused = "" if row["novel_fused"] is None else f", novel (fused) {row['novel_fused']:.1f}"
+        LOG.info("demo %d/%d: %s %s: base %.1f, novel %.1f, HM %.1f%s", len(results), len(pieces),
+                 row["dataset"], row["method"], row["base"], row["novel"], row["hm"], fused)
+
+    LOG.info("demo: %d runs (training + evaluation, zero-shot) in %d worker processes, %s torch thread(s) each; "
+             "each training run's log is its train.log", len(pieces), jobs, cfg.threads or "default")
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(cfg.threads, console))
+    try:
+        todo = missing_tasks(cfg)
+        if todo:
+            LOG.info("writing %d toy task(s) under %s", len(todo), cfg.out / "tasks")
+            _run_bounded(pool, jobs, [(name, write_one_task, (name, cfg)) for name in todo], lambda key, _: None)
+        _run_bounded(pool, jobs, pieces, report)
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # the running pieces stop at their own Ctrl-C, or finish
+        raise
+    pool.shutdown(wait=True)
+    return [results[(name, key)] for name in cfg.tasks for key in ("CLIP", *cfg.methods)]
 
 
 def format_table(result: dict) -> str:
