@@ -42,34 +42,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))  # this checkout's `mmrl`, here and (PYTHONPATH) in the runs
-
-
-def loadavg() -> list[float] | None:
-    """The 1-, 5- and 15-minute load averages (None where /proc/loadavg does not exist)."""
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def mem_total_gb() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
+sys.path.insert(0, str(REPO / "benchmarks"))
+from machine import cpu_name, load_average, mem_total_gb  # noqa: E402
 
 
 def machine(threads: int | None, env: dict[str, str]) -> dict:
@@ -80,7 +54,7 @@ def machine(threads: int | None, env: dict[str, str]) -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         usable = os.cpu_count()
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "cores_usable": usable, "memory_gb": mem_total_gb(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "cores_usable": usable, "memory_gb": round(mem_total_gb(), 1),
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": threads if threads is not None else "demo default", "env": env}
 
@@ -98,9 +72,9 @@ def run_once(out: Path, threads: int | None, extra: list[str], env: dict[str, st
     full_env = dict(os.environ, **env)
     src = str(REPO / "src")  # this checkout's sources first, as the tests run them
     full_env["PYTHONPATH"] = src + (os.pathsep + full_env["PYTHONPATH"] if full_env.get("PYTHONPATH") else "")
-    load_before, cpu0, t0 = loadavg(), child_cpu_s(), time.perf_counter()
+    load_before, cpu0, t0 = load_average(), child_cpu_s(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, check=False)
-    wall, cpu, load_after = time.perf_counter() - t0, child_cpu_s() - cpu0, loadavg()
+    wall, cpu, load_after = time.perf_counter() - t0, child_cpu_s() - cpu0, load_average()
     if proc.returncode != 0:
         raise SystemExit(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
     res = json.loads(proc.stdout)
@@ -145,13 +119,13 @@ def step_once(threads: int, env: dict[str, str]) -> dict:
     full_env = dict(os.environ, **env)
     full_env["PYTHONPATH"] = str(REPO / "src") + (os.pathsep + full_env["PYTHONPATH"]
                                                   if full_env.get("PYTHONPATH") else "")
-    load_before = loadavg()
+    load_before = load_average()
     proc = subprocess.run([sys.executable, "-c", STEP_WORKER, str(threads)], capture_output=True, text=True,
                           env=full_env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"step timing at {threads} thread(s) failed:\n{proc.stderr[-3000:]}")
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "loadavg_before": load_before,
-            "loadavg_after": loadavg()}
+            "loadavg_after": load_average()}
 
 
 def summary(runs: list[dict]) -> dict:

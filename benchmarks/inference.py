@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 EXAMPLE = REPO / "examples" / "classify_exported.py"
 sys.path.insert(0, str(HERE))
+from machine import cpu_name, load_text  # noqa: E402
 
 
 def _env(threads: int) -> dict:
@@ -200,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     s = setup(work, sorted(set(args.classes) | {args.throughput_classes}))
     print(f"setup {time.perf_counter() - t0:.1f}s: {s['run']}", flush=True)
-    res: dict = {"threads": args.threads, "torch": torch.__version__, "loadavg_start": _loadavg(),
-                 "cpu": _cpu_name(), "sizes_mb": {}, "export_s": {}, "ttfp_s": {}, "throughput": {},
+    res: dict = {"threads": args.threads, "torch": torch.__version__, "loadavg_start": load_text(),
+                 "cpu": cpu_name(), "sizes_mb": {}, "export_s": {}, "ttfp_s": {}, "throughput": {},
                  "agreement": {}}
     try:
         import onnxruntime
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             "per CPU-s)" for b in args.batches), flush=True)
     for engine in ("torch", "onnx"):
         res["agreement"][engine] = _rel(outs[engine]["logits"], outs["mmrl"]["logits"])
-    res["loadavg_end"] = _loadavg()
+    res["loadavg_end"] = load_text()
     print(table(res, args))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
@@ -275,25 +276,6 @@ def table(res: dict, args) -> str:
                 + "; agreement (max rel. logit difference vs mmrl): "
                 + ", ".join(f"{k} {v:.1e}" for k, v in res["agreement"].items()))
     return "\n".join(rows)
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_name, load_text, mem_available_mb, mem_total_gb  # noqa: E402
+
 METHODS = ("mmrl", "mmrl++")
 
 # --------------------------------------------------------------------------- class names
@@ -340,49 +343,10 @@ def run_one(cfg: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
-def _loadavg() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def _mem_available_mb() -> float:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("inf")
-
-
 # Peak RSS of a CPU reference-path training step grows by ~19 MB per class at batch 4 in fp32
 # (measured: 397 classes 8.9 GB, 1000 classes 19.6 GB): activations of C x 82 tokens through
 # 7 text blocks, attention weights included.
 REF_MB_PER_CLASS = 19.0
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _mem_total_gb() -> float:
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("nan")
 
 
 def _spawn(cfg: dict, omp_wait: str) -> dict:
@@ -451,14 +415,14 @@ def main(argv: list[str] | None = None) -> int:
     eval_methods = args.eval_methods or (args.methods if gpu else args.methods[:1])
     import torch
 
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "memory_gb": round(_mem_total_gb(), 1),
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gb": round(mem_total_gb(), 1),
                "torch": torch.__version__, "threads": args.threads, "device": args.device,
                "precision": args.precision, "omp_wait": args.omp_wait}
     if gpu:
         machine["gpu"] = torch.cuda.get_device_name(0)
     results = {"machine": machine, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                                             if k != "worker"},
-               "prompts": {str(n): _prompt_stats(n, args.batch) for n in args.classes}, "loadavg_start": _loadavg(),
+               "prompts": {str(n): _prompt_stats(n, args.batch) for n in args.classes}, "loadavg_start": load_text(),
                "runs": []}
     print(f"machine: {machine}  load average at start: {results['loadavg_start']}", flush=True)
     for n, st in results["prompts"].items():
@@ -477,15 +441,15 @@ def main(argv: list[str] | None = None) -> int:
                        "steps": steps if path == "fast" else ref_steps, "budget_s": args.budget_s,
                        "eval_batch": args.eval_batch if method in eval_methods else 0,
                        "eval_batches": args.eval_batches}
-                load = _loadavg()
+                load = load_text()
                 need = REF_MB_PER_CLASS * n * args.batch / 4 + 2000
                 if path == "reference" and not gpu and args.max_mem_frac > 0 \
-                        and need > args.max_mem_frac * _mem_available_mb():
-                    r = {"error": f"skipped: needs ~{need / 1024:.0f} GB, {_mem_available_mb() / 1024:.0f} GB "
+                        and need > args.max_mem_frac * mem_available_mb():
+                    r = {"error": f"skipped: needs ~{need / 1024:.0f} GB, {mem_available_mb() / 1024:.0f} GB "
                                   "available (--max-mem-frac)"}
                 else:
                     r = _spawn(cfg, args.omp_wait)
-                r.update(cfg, loadavg_before=load, loadavg_after=_loadavg())
+                r.update(cfg, loadavg_before=load, loadavg_after=load_text())
                 results["runs"].append(r)
                 if "error" in r:
                     print(f"{n:5d} {method:7s} {path:9s} ERROR {r['error'][-300:]}", flush=True)
@@ -494,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{n:5d} {method:7s} {path:9s} step {r.get('step_s', float('nan')):8.2f} s "
                           f"(cpu {r.get('step_cpu_s', float('nan')):7.2f} s) peak {r.get('mem_peak_mb', 0):8.0f} MB"
                           f"{ev}  load {load} [{time.time() - t_start:.0f} s]", flush=True)
-    results["loadavg_end"] = _loadavg()
+    results["loadavg_end"] = load_text()
     results["total_s"] = time.time() - t_start
     print()
     print(table(results))

@@ -426,6 +426,16 @@ def dataset_overrides(method: str, protocol: str, dataset: str) -> dict[str, Any
 Override = Union[str, tuple[str, Any]]
 
 
+def _apply_command_line(cfg: RunConfig, flags: dict[str, Any] | None, overrides: Iterable[Override]) -> None:
+    """The command's flags (typed, None = not given), then its ``--set`` items."""
+    for k, v in (flags or {}).items():
+        if v is not None:
+            set_key(cfg, k, v, f"--{k.rsplit('.', 1)[-1].replace('_', '-')}")
+    for item in overrides:
+        k, v = parse_override(item) if isinstance(item, str) else item
+        set_key(cfg, k, v, f"--set {k}")
+
+
 def resolve_config(method: str, protocol: str, dataset: str, config_file: str | Path | None = None,
                    overrides: Iterable[Override] = (), *, flags: dict[str, Any] | None = None) -> RunConfig:
     """Build the RunConfig of a run: preset -> per-dataset -> config file -> flags -> --set.
@@ -455,12 +465,7 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
     apply_mapping(cfg, dataset_overrides(method, protocol, canonical), f"{DATASET_OVERRIDES_FILE.name} [{canonical}]")
     if config_file is not None:
         apply_mapping(cfg, read_yaml(config_file), str(config_file))
-    for k, v in (flags or {}).items():
-        if v is not None:
-            set_key(cfg, k, v, f"--{k.rsplit('.', 1)[-1].replace('_', '-')}")
-    for item in overrides:
-        k, v = parse_override(item) if isinstance(item, str) else item
-        set_key(cfg, k, v, f"--set {k}")
+    _apply_command_line(cfg, flags, overrides)
     wanted = {"method.name": method, "protocol": protocol, "data.dataset": canonical}
     got = {"method.name": cfg.method.name, "protocol": cfg.protocol,
            "data.dataset": canonical_dataset(cfg.data.dataset) if cfg.data.dataset != canonical else canonical}
@@ -478,12 +483,7 @@ def resume_config(stored: RunConfig, run_dir: str | Path, overrides: Iterable[Ov
     """The config of ``mmrl train --resume RUN_DIR``: the run's stored config with the flags and
     ``--set`` items that may change on resume (paths, device, ...), ``output`` = RUN_DIR; checked."""
     cfg = copy.deepcopy(stored)
-    for k, v in (flags or {}).items():
-        if v is not None:
-            set_key(cfg, k, v, f"--{k.rsplit('.', 1)[-1].replace('_', '-')}")
-    for item in overrides:
-        k, v = parse_override(item) if isinstance(item, str) else item
-        set_key(cfg, k, v, f"--set {k}")
+    _apply_command_line(cfg, flags, overrides)
     set_key(cfg, "output", str(run_dir), "--resume")
     validate(cfg)
     return cfg
