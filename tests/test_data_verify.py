@@ -75,3 +75,19 @@ def test_user_data_and_argument_errors(tmp_path, capsys):
     assert cli_main(["data", "verify"]) == 2  # benchmarks need --root
     assert cli_main(["data", "verify", "--root", str(tmp_path), "--dataset", "mnist"]) == 1
     assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_data_split_does_not_import_torch(tmp_path):
+    """`mmrl data split` reads folders and writes JSON: it must not wait for torch to import."""
+    import subprocess
+    import sys
+
+    data = tmp_path / "pets"
+    write_class_folders(data, {"cat": 6, "dog": 6})
+    out = tmp_path / "split.json"
+    code = ("import sys; from mmrl.cli import main; "
+            f"rc = main(['data', 'split', '--dataset', 'folder:{data}', '--out', '{out}', '--shots', '2']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(out.read_text())) >= {"train", "val", "test"}

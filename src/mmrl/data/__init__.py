@@ -5,9 +5,11 @@ Typical use::
     splits = prepare_splits("dtd", "DATA", shots=16, seed=1, subsample="base")
     ds = ImageDataset(splits.train, build_transform(True, 224), seed=1)
 """
+import importlib
+from typing import Any
+
 from .core import DEFAULT_TEMPLATE, DatasetSplits, DataError, Datum, MissingDataError, default_cache_dir
-from .loader import (BadImageError, ImageDataset, build_loader, default_num_workers, find_bad_images, load_image,
-                      sample_seed, worker_options)
+from .images import BadImageError, find_bad_images, load_image
 from .datasets import (
     ALL_DATASETS,
     BENCHMARK_11,
@@ -20,8 +22,22 @@ from .datasets import (
     prepare_splits,
 )
 from .splits import fewshot, read_split_file, set_random_seed, subsample_classes, write_split_file
-from .transforms import CLIP_MEAN, CLIP_STD, build_transform, preprocessing_spec, transform_from_spec
+
 from .verify import VerifyReport, verify, verify_dataset
+
+# torch / torchvision live in the loader and the transforms: imported on first use, so that reading
+# datasets and splits (`mmrl data split`, the report, sweep planning) does not import torch
+_LAZY = {**{n: ".loader" for n in ("ImageDataset", "build_loader", "default_num_workers", "sample_seed",
+                                   "worker_options")},
+         **{n: ".transforms" for n in ("CLIP_MEAN", "CLIP_STD", "build_transform", "preprocessing_spec",
+                                       "transform_from_spec")}}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALL_DATASETS", "BENCHMARK_11", "BENCHMARKS", "BadImageError", "CLIP_MEAN", "CLIP_STD", "DEFAULT_TEMPLATE",

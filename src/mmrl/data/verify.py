@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import DataError, MissingDataError
-from .loader import find_bad_images
+from .images import find_bad_images
 from .datasets import ALL_DATASETS, BENCHMARKS, load_dataset, locate
 
 
