@@ -77,7 +77,7 @@ def stable_parts(relpaths_by_class: dict[str, list[str]], seed: int = 1) -> dict
         parts = {p: "train" if x < 0.5 else "val" if x < 0.7 else "test" for p, x in u.items()}
         if len(set(parts.values())) < 3:
             ranked = sorted(paths, key=lambda p: (u[p], p))
-            n, n_tr, n_va = len(paths), round(len(paths) * 0.5), round(len(paths) * 0.2)
+            n_tr, n_va = round(len(paths) * 0.5), round(len(paths) * 0.2)
             parts = {p: "train" if i < n_tr else "val" if i < n_tr + n_va else "test" for i, p in enumerate(ranked)}
         out.update(parts)
     return out

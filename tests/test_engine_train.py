@@ -12,7 +12,7 @@ from helpers import (make_benchmark_dataset, make_folder_dataset, read_jsonl, ti
                      tiny_train_argv, write_tiny_clip)
 from mmrl.cli import main
 from mmrl.config import load_config
-from mmrl.engine import evaluate, load_run
+from mmrl.engine import EvalRequest, evaluate, load_run
 
 torch.set_num_threads(1)
 
@@ -113,7 +113,7 @@ def test_eval_predictions_file(world):
     # same numbers as the evaluation done right after training (deterministic evaluation)
     assert res["accuracy"] == _json(run / "results.json")["base"]
     # forcing class logits on the base classes
-    forced = evaluate(run, "dtd", subsample="base", logits="class", output_dir=world["base"] / "forced")
+    forced = evaluate(run, EvalRequest("dtd", subsample="base", logits="class", output_dir=world["base"] / "forced"))
     assert forced["logits"] == "class" and (world["base"] / "forced" / "DescribableTextures-base.json").is_file()
 
 

@@ -478,15 +478,22 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
     return cfg
 
 
+def with_overrides(cfg: RunConfig, overrides: Iterable[Override] = (), *,
+                   flags: dict[str, Any] | None = None) -> RunConfig:
+    """A new config: ``cfg`` with typed ``flags`` (None = not given) and ``overrides`` applied and
+    checked like any resolution (e.g. a stored run's config with the evaluation settings of
+    ``mmrl eval``'s flags: ``{"eval.batch_size": 64, "device": "cpu"}``)."""
+    new = copy.deepcopy(cfg)
+    _apply_command_line(new, flags, overrides)
+    validate(new)
+    return new
+
+
 def resume_config(stored: RunConfig, run_dir: str | Path, overrides: Iterable[Override] = (), *,
                   flags: dict[str, Any] | None = None) -> RunConfig:
     """The config of ``mmrl train --resume RUN_DIR``: the run's stored config with the flags and
     ``--set`` items that may change on resume (paths, device, ...), ``output`` = RUN_DIR; checked."""
-    cfg = copy.deepcopy(stored)
-    _apply_command_line(cfg, flags, overrides)
-    set_key(cfg, "output", str(run_dir), "--resume")
-    validate(cfg)
-    return cfg
+    return with_overrides(stored, [*overrides, ("output", str(run_dir))], flags=flags)
 
 
 # --------------------------------------------------------------------------- files
@@ -526,7 +533,7 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
 __all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
            "key_help", "key_table",
            "PROTOCOLS", "resolve_config", "load_config", "dump_config", "config_from_dict", "set_key",
-           "parse_override", "resume_config", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
+           "parse_override", "resume_config", "with_overrides", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
 
 
 if __name__ == "__main__":  # python -m mmrl.config: the README's key table

@@ -49,13 +49,13 @@ def main(args: argparse.Namespace) -> int:
     setup_cli_logging()
 
     def go() -> int:
-        from mmrl.engine.evaluator import evaluate
+        from mmrl.engine.evaluator import EvalRequest, evaluate
 
-        res = evaluate(args.run_dir, args.dataset, args.root, args.subsample, logits=args.logits,
-                       predictions=args.predictions, output_dir=args.output_dir, batch_size=args.batch_size,
-                       precision=args.precision, device=args.device, num_workers=args.num_workers,
-                       split_file=args.split_file, template=args.template, progress=progress_value(args),
-                       skip_bad=args.skip_bad_images)
+        request = EvalRequest(args.dataset, args.root, args.subsample, args.logits, split_file=args.split_file,
+                              template=args.template, predictions=args.predictions, output_dir=args.output_dir)
+        settings = {"eval.batch_size": args.batch_size, "eval.precision": args.precision, "device": args.device,
+                    "data.num_workers": args.num_workers, "data.skip_bad_images": args.skip_bad_images}
+        res = evaluate(args.run_dir, request, settings=settings, progress=progress_value(args))
         if not distributed.env_info().is_main:
             return 0  # under torchrun rank 0 reports
         if args.json:

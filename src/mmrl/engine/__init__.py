@@ -1,6 +1,6 @@
 """Training and evaluation engine: plain functions that the CLI wraps.
 
-``train(cfg)``, ``evaluate(run_dir_or_model, dataset, root, subsample)``, ``zeroshot(...)``,
+``train(cfg)``, ``evaluate(run_dir_or_model, EvalRequest(dataset, ...))``, ``zeroshot(...)``,
 ``predict(...)``, ``load_run(run_dir)``, ``convert_official(...)``; the config side is
 ``mmrl.config.resolve_config``. Names are imported lazily so that light submodules
 (``mmrl.sweep``) do not pull in torch; reports are ``mmrl.report``.
@@ -13,7 +13,8 @@ from typing import Any
 _EXPORTS = {
     "RunConfig": "mmrl.config", "resolve_config": "mmrl.config",
     "train": "mmrl.engine.trainer", "NonFiniteLossError": "mmrl.engine.trainer",
-    "evaluate": "mmrl.engine.evaluator", "zeroshot": "mmrl.engine.evaluator", "predict": "mmrl.engine.evaluator",
+    "evaluate": "mmrl.engine.evaluator", "EvalRequest": "mmrl.engine.evaluator",
+    "zeroshot": "mmrl.engine.evaluator", "predict": "mmrl.engine.evaluator",
     "load_run": "mmrl.engine.rundir", "convert_official": "mmrl.engine.convert",
     "lr_at_epoch": "mmrl.engine.schedule", "epoch_batches": "mmrl.engine.schedule",
 }

@@ -23,7 +23,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from mmrl.config import RunConfig, canonical_dataset, dataset_slug
+from mmrl.config import RunConfig, canonical_dataset, dataset_slug, with_overrides
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import write_json_atomic
 from mmrl.engine.rundir import (EVAL_DIR, SPLIT_FILE, check_run_dir, eval_result_path, load_run,
@@ -331,28 +331,44 @@ def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsa
     return res
 
 
-def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str | Path | None = None,
-             subsample: str = "all", *, cfg: RunConfig | None = None, logits: str = "auto",
-             predictions: str | Path | None = None, output_dir: str | Path | None = None,
-             batch_size: int | None = None, precision: str | None = None, device: str | None = None,
-             num_workers: int | None = None, split_file: str | None = None, template: str | None = None,
-             progress: bool | None = None, skip_bad: bool | None = None) -> dict[str, Any]:
-    """Evaluate a run directory (or an in-memory model) on ``dataset``'s test split.
+# The run-config keys that say HOW to evaluate; `mmrl eval`'s flags override them for one evaluation.
+EVAL_SETTINGS = ("eval.batch_size", "eval.precision", "data.num_workers", "data.skip_bad_images", "device")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRequest:
+    """WHAT to evaluate and where the results go. HOW (batch, precision, loader workers, unreadable
+    images, device) is the run's config (:data:`EVAL_SETTINGS`), overridden by ``settings``."""
+
+    dataset: str                          # dataset name or alias, or folder:PATH ...
+    root: str | Path | None = None        # data root (default: the run's data.root)
+    subsample: str = "all"                # all, base or new classes
+    logits: str = "auto"                  # auto (decoupled inference), fused or class
+    split_file: str | None = None         # evaluate the test list of this split file
+    template: str | None = None           # prompt template (default: the run's / the dataset's)
+    predictions: str | Path | None = None  # optional JSONL file: one object per test image
+    output_dir: str | Path | None = None  # where <Dataset>-<subsample>.json goes (default RUN_DIR/eval)
+
+    def __post_init__(self) -> None:
+        if self.subsample not in ("all", "base", "new"):
+            raise ValueError(f"subsample={self.subsample!r}; expected all, base or new")
+        if self.logits not in LOGIT_KINDS:
+            raise ValueError(f"logits={self.logits!r}; expected one of {', '.join(LOGIT_KINDS)}")
+
+
+def evaluate(run_dir_or_model: str | Path | nn.Module, request: EvalRequest, *, cfg: RunConfig | None = None,
+             settings: dict[str, Any] | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate a run directory (or an in-memory model) on ``request.dataset``'s test split.
 
     Args:
         run_dir_or_model: a run directory (trained or converted), or an ``MMRL`` model (then
             ``cfg`` tells which dataset/classes it was trained on; needed for ``logits='auto'``).
-        dataset: dataset name or alias; root: data root (default: the run's ``data.root``).
-        subsample: ``all``, ``base`` or ``new`` classes.
-        logits: ``auto`` (decoupled inference), ``fused`` or ``class``.
-        predictions: optional JSONL path for per-image predictions.
-        output_dir: where ``<Dataset>-<subsample>.json`` goes (default ``RUN_DIR/eval``; for an
-            in-memory model nothing is written unless given).
-        batch_size, precision, num_workers: default to the run's ``eval.batch_size``,
-            ``eval.precision`` and ``data.num_workers``.
-        device: where a run directory's model is loaded (default ``auto``); an in-memory
-            model is evaluated where it is.
-        skip_bad: skip unreadable test images (default: the run's ``data.skip_bad_images``).
+        request: what to evaluate and where the results go (:class:`EvalRequest`); for an
+            in-memory model nothing is written unless ``request.output_dir`` is given.
+        cfg: the config of an in-memory model (a run directory's is read from it).
+        settings: overrides of the config's :data:`EVAL_SETTINGS` (dotted keys; None values are
+            ignored), e.g. ``{"eval.batch_size": 64, "device": "cpu"}``. ``device`` is where a
+            run directory's model is loaded; an in-memory model is evaluated where it is.
     Returns:
         the results dict (``accuracy`` in percent, ``macro_accuracy``, ``per_class``, ``n``,
         ``logits`` kind, ``beta`` for MMRL++, ...), also written as JSON.
@@ -368,49 +384,50 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, dataset: str, root: str |
     (NotWritableError otherwise, saying how to write elsewhere); writing into a run
     directory holds its writer lock (RunLockedError while another process writes there).
     """
-    if subsample not in ("all", "base", "new"):
-        raise ValueError(f"subsample={subsample!r}; expected all, base or new")
-    if logits not in LOGIT_KINDS:
-        raise ValueError(f"logits={logits!r}; expected one of {', '.join(LOGIT_KINDS)}")
-    dataset = canonical_dataset(dataset)
+    settings = {k: v for k, v in (settings or {}).items() if v is not None}
+    unknown = sorted(set(settings) - set(EVAL_SETTINGS))
+    if unknown:
+        raise ValueError(f"evaluation settings {unknown}: expected keys among {', '.join(EVAL_SETTINGS)}")
+    request = dataclasses.replace(request, dataset=canonical_dataset(request.dataset))
     run_dir = None
     if isinstance(run_dir_or_model, (str, Path)):
         run_dir = Path(run_dir_or_model)
         check_run_dir(run_dir)
-        dinfo = ddp_util.init_distributed(device or "auto")  # single process: a no-op
+        dinfo = ddp_util.init_distributed(settings.get("device", "auto"))  # single process: a no-op
     else:
         dinfo = ddp_util.current()
-    out_dir = Path(output_dir) if output_dir is not None else run_dir / EVAL_DIR if run_dir is not None else None
-    with _writable_outputs(run_dir, out_dir, predictions, "mmrl eval", dinfo):
-        return _evaluate(run_dir_or_model, run_dir, out_dir, dataset, root, subsample, cfg=cfg, logits=logits,
-                         predictions=predictions, batch_size=batch_size, precision=precision, device=device,
-                         num_workers=num_workers, split_file=split_file, template=template, progress=progress,
-                         skip_bad=skip_bad, dinfo=dinfo)
+    out_dir = (Path(request.output_dir) if request.output_dir is not None
+               else run_dir / EVAL_DIR if run_dir is not None else None)
+    with _writable_outputs(run_dir, out_dir, request.predictions, "mmrl eval", dinfo):
+        return _evaluate(run_dir_or_model, run_dir, out_dir, request, cfg, settings, progress, dinfo)
 
 
-def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, dataset: str, root, subsample: str, *,
-              cfg: RunConfig | None, logits: str, predictions, batch_size, precision, device, num_workers,
-              split_file, template, progress, skip_bad, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
+def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, request: EvalRequest,
+              cfg: RunConfig | None, settings: dict[str, Any], progress: bool | None,
+              dinfo: ddp_util.DistInfo) -> dict[str, Any]:
     """:func:`evaluate` once its outputs are known to be writable (and the run directory locked)."""
     if run_dir is not None:
+        device = settings.get("device")
         if dinfo.enabled:  # this rank's GPU
             device = ddp_util.local_device(resolve_device(device or "auto"), dinfo)
         with ddp_util.local_rank0_first(dinfo):
             model, cfg = load_run(run_dir, device=device)
     else:
         model = run_dir_or_model
-    if root is None and cfg is not None:
-        root = cfg.data.root
-    kind = choose_logits(cfg, dataset, subsample, logits)
-    splits = eval_splits(cfg, dataset, root, subsample, split_file=split_file, template=template,
+    if cfg is not None and settings:
+        cfg = with_overrides(cfg, flags=settings)
+    dataset, subsample = request.dataset, request.subsample
+    root = request.root if request.root is not None else cfg.data.root if cfg is not None else None
+    kind = choose_logits(cfg, dataset, subsample, request.logits)
+    splits = eval_splits(cfg, dataset, root, subsample, split_file=request.split_file, template=request.template,
                          run_split=run_dir / SPLIT_FILE if run_dir is not None else None)
     res = _evaluate_model(
         model, cfg, dataset, subsample, kind, splits=splits,
-        batch_size=batch_size or (cfg.eval.batch_size if cfg else 250),
-        precision=precision or (cfg.eval.precision if cfg else "fp32"),
-        num_workers=num_workers if num_workers is not None else (cfg.data.num_workers if cfg else 0),
-        skip_bad=skip_bad if skip_bad is not None else bool(cfg.data.skip_bad_images) if cfg else False,
-        predictions=predictions, progress=progress, dist_info=dinfo)
+        batch_size=cfg.eval.batch_size if cfg else settings.get("eval.batch_size", 250),
+        precision=cfg.eval.precision if cfg else settings.get("eval.precision", "fp32"),
+        num_workers=cfg.data.num_workers if cfg else settings.get("data.num_workers", 0),
+        skip_bad=bool(cfg.data.skip_bad_images) if cfg else settings.get("data.skip_bad_images", False),
+        predictions=request.predictions, progress=progress, dist_info=dinfo)
     if cfg is not None:
         res.update({"method": cfg.method.name, "protocol": cfg.protocol, "trained_on": cfg.data.dataset,
                     "trained_subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,

@@ -581,17 +581,21 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: RunFiles, epoch: int, lr: f
 def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None) -> dict[str, Any]:
     """The protocol's end-of-training evaluation (decoupled inference); under torchrun sharded
     over the ranks, with the same results everywhere. Base-to-novel evaluates both halves."""
-    from mmrl.engine.evaluator import evaluate
+    from mmrl.engine.evaluator import EvalRequest, evaluate
 
     model.eval()
-    eval_kw = dict(cfg=cfg, output_dir=run_dir / rd.EVAL_DIR, progress=progress)
+
+    def run(subsample: str) -> dict[str, Any]:
+        request = EvalRequest(cfg.data.dataset, cfg.data.root, subsample, output_dir=run_dir / rd.EVAL_DIR)
+        return evaluate(model, request, cfg=cfg, progress=progress)
+
     results: dict[str, Any] = {"protocol": cfg.protocol, "method": cfg.method.name, "dataset": cfg.data.dataset,
                                "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone}
-    main = evaluate(model, cfg.data.dataset, cfg.data.root, cfg.data.subsample, **eval_kw)
+    main = run(cfg.data.subsample)
     results["evaluations"] = {f"{main['dataset']}-{main['subsample']}": main.get("path")}
     if cfg.protocol == "base2novel":
         other = "new" if cfg.data.subsample == "base" else "base"
-        second = evaluate(model, cfg.data.dataset, cfg.data.root, other, **eval_kw)
+        second = run(other)
         results["evaluations"][f"{second['dataset']}-{second['subsample']}"] = second.get("path")
         base, novel = (main, second) if other == "new" else (second, main)
         results.update(base=base["accuracy"], novel=novel["accuracy"],

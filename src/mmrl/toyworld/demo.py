@@ -134,7 +134,7 @@ def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -
     """Train ``method`` on one task's base classes (or reuse the finished run), evaluate base and
     novel as the protocol says and novel with fused logits too: the table's row."""
     from mmrl.config import resolve_config
-    from mmrl.engine import evaluate, train
+    from mmrl.engine import EvalRequest, evaluate, train
 
     dataset = f"folder:{cfg.out / 'tasks' / name}"
     run_dir = cfg.out / "runs" / method / name / f"seed_{cfg.seed}"
@@ -142,7 +142,7 @@ def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -
                              overrides=[*toy_overrides(method), f"backbone={cfg.backbone}", f"seed={cfg.seed}",
                                         "device=cpu", f"output={run_dir}", *cfg.overrides])
     res = train(run_cfg, progress=progress)
-    fused = evaluate(run_dir, dataset, None, "new", logits="fused", output_dir=run_dir / "eval-fused",
+    fused = evaluate(run_dir, EvalRequest(dataset, subsample="new", logits="fused", output_dir=run_dir / "eval-fused"),
                      progress=progress)
     return {"dataset": name, "method": "MMRL" if method == "mmrl" else "MMRL++",
             "base": res["base"], "novel": res["novel"], "hm": res["hm"],
