@@ -28,7 +28,7 @@ fails, 0 otherwise; on a machine without CUDA it says so and exits 0):
    time left allows (:func:`plan`).
 
 ``--smoke`` runs sections 1-4 at toy sizes on any device (the CPU included), to check this
-script itself before a GPU is available; tests/test_gpu_check.py does that.
+script itself before a GPU is available; tests/test_benchmarks_gpu_check.py does that.
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ LOSS_UNITS = 16
 UNIT = {"fp32": 2.0 ** -11, "bf16": 2.0 ** -8, "fp16": 2.0 ** -11}
 # fp32 GPU runs of one process vs torchrun: the same sums in another order (a batch split over
 # ranks, DDP's bucketed reduction); on the CPU the measured per-step difference is 1.5e-6
-# (tests/test_distributed.py bounds it by 1e-5). GPU kernels (TF32 convolutions, atomics in
+# (tests/test_engine_distributed.py bounds it by 1e-5). GPU kernels (TF32 convolutions, atomics in
 # some backward kernels) add rounding of ~2**-11 relative to single values, averaged over
 # the batch; 1e-3 still separates rounding from a wrong gradient (a doubled or halved
 # gradient moves the second step's loss by >1e-2 at the learning rates used).
@@ -307,7 +307,7 @@ def section_fastref(sec: Section, device) -> None:
     from open_clip.tokenizer import SimpleTokenizer
 
     from precision import UNIT_ROUNDOFF, amp_outputs, error_ratios, geometric_mean, ratio_failures, rel_err
-    from test_fast_path import classnames, make_model
+    from test_models_fast_path import classnames, make_model
 
     backbone = _backbone(True, torch.device("cpu"))  # the tiny CLIP, built on the CPU, moved below
     tok = SimpleTokenizer(context_length=77)
@@ -326,7 +326,7 @@ def section_fastref(sec: Section, device) -> None:
         ref32 = amp_outputs(model, images, labels, reference=True, dtype=None)
         worst = max(rel_err(fast32[k], ref32[k]) for k in ref32)
         sec.check(f"{method} fp32: fast vs reference, max relative error", worst < 1e-4, worst, 1e-4,
-                  "fp32 accumulation-order rounding (tests/test_fast_path.py)")
+                  "fp32 accumulation-order rounding (tests/test_models_fast_path.py)")
         for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
             fast = amp_outputs(model, images, labels, reference=False, dtype=dtype)
             ref = amp_outputs(model, images, labels, reference=True, dtype=dtype)
@@ -391,7 +391,7 @@ def _read_json(path: Path) -> dict:
 
 
 # 2 base classes x 4 shots (DTD, few-shot with 4 shots); global batch 3; 3 epochs without
-# warm-up: every step moves the weights at the full learning rate (as tests/test_distributed.py).
+# warm-up: every step moves the weights at the full learning rate (as tests/test_engine_distributed.py).
 DDP_SETTINGS = ["--set", "optim.epochs=3", "--set", "optim.batch_size=3", "--set", "optim.warmup_epochs=0",
                 "--set", "eval.batch_size=4"]
 

@@ -1,6 +1,6 @@
 """Judging a reduced-precision computation against a float64 ground truth.
 
-Shared by the bf16 fast-path test (tests/test_fast_path.py, CPU autocast) and the GPU check
+Shared by the bf16 fast-path test (tests/test_models_fast_path.py, CPU autocast) and the GPU check
 (benchmarks/gpu_check.py, CUDA autocast). A reduced-precision result is compared with the
 float64 truth, and so is the reference path under the same precision: what is bounded is
 the RATIO of the two errors, which does not depend on the CPU's or GPU's kernels (both paths

@@ -7,7 +7,7 @@ of every class through every block, the image tower runs every token through eve
 and the frozen teacher is a separate full CLIP image pass -- what the authors' code does.
 
 It is the standard the fast path (the model's own methods) is tested against
-(tests/test_fast_path.py, tests/test_core.py, benchmarks/gpu_check.py) and the baseline of
+(tests/test_models_fast_path.py, tests/test_models_mmrl.py, benchmarks/gpu_check.py) and the baseline of
 benchmarks/train_step.py; training and evaluation never use it.
 """
 from __future__ import annotations
