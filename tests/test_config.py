@@ -207,3 +207,25 @@ def test_each_key_documented_once_and_shown_everywhere():
     helps = {a.dest: a.help for a in p._actions}
     assert helps["shots"] == f"{KEY_DOCS['data.shots']} (config key data.shots)"
     assert helps["root"] == f"{KEY_DOCS['data.root']} (config key data.root)"
+
+
+def test_light_modules_do_not_import_torch(tmp_path):
+    """The vocabulary, the configuration, `mmrl --help` and sweep planning start without torch
+    (the report and `mmrl data split` are checked in their own tests)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, contextlib, io\n"
+            "import mmrl.config, mmrl.vocab\n"
+            "from mmrl import sweep\n"
+            f"cells = sweep.build_grid('fewshot', 'mmrl', {str(tmp_path)!r}, datasets=['textures'])\n"
+            "assert len(cells) == 15, len(cells)\n"
+            "from mmrl.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            "        main(['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
