@@ -216,3 +216,23 @@ def read_jsonl(path: str | Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
+
+def train_killed_after_first_checkpoint(argv: Sequence[str], timeout: float = 300):
+    """Run ``mmrl train ARGV`` in a subprocess that SIGKILLs itself right after writing its first
+    checkpoint (a crash mid-run); returns the CompletedProcess (text output)."""
+    import subprocess
+    import sys
+
+    script = f"""
+import os, signal, sys, torch
+torch.set_num_threads(1)
+from mmrl.cli import main
+from mmrl.engine import trainer
+real = trainer.save_checkpoint
+def save_then_die(path, **kw):
+    real(path, **kw)
+    os.kill(os.getpid(), signal.SIGKILL)
+trainer.save_checkpoint = save_then_die
+main({[str(a) for a in argv]!r})
+"""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)

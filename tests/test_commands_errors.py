@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import make_benchmark_dataset, make_folder_dataset, make_image, tiny_train_argv, write_tiny_clip
+from helpers import (make_benchmark_dataset, make_folder_dataset, make_image, tiny_train_argv,
+                     train_killed_after_first_checkpoint, write_tiny_clip)
 from mmrl.cli import main
 from mmrl.engine import evaluator
 
@@ -127,19 +128,7 @@ def test_damaged_adapter_named_with_the_way_on(world, cli, damage):
 def test_damaged_checkpoint_named_with_the_way_on(world, cli, damage):
     out = world["base"] / f"ckpt-{damage}"
     argv = tiny_train_argv(world["clip"], world["root"], out, extra=["--set", "optim.epochs=3"])
-    script = f"""
-import os, signal, sys, torch
-torch.set_num_threads(1)
-from mmrl.cli import main
-from mmrl.engine import trainer
-real = trainer.save_checkpoint
-def save_then_die(path, **kw):
-    real(path, **kw)
-    os.kill(os.getpid(), signal.SIGKILL)
-trainer.save_checkpoint = save_then_die
-main({[str(a) for a in argv]!r})
-"""
-    subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    train_killed_after_first_checkpoint(argv)
     ckpt = out / "checkpoint.safetensors"
     assert ckpt.is_file()
     if damage == "truncated":

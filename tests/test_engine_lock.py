@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import make_benchmark_dataset, tiny_method_overrides, tiny_train_argv, write_tiny_clip
+from helpers import (make_benchmark_dataset, tiny_method_overrides, tiny_train_argv,
+                     train_killed_after_first_checkpoint, write_tiny_clip)
 from mmrl.cli import main
 from mmrl import sweep
 from mmrl.engine import lock
@@ -159,19 +160,8 @@ def test_two_concurrent_trains_one_refuses_folder_consistent(world, tmp_path):
 @pytest.mark.multiprocess
 def test_killed_holder_lock_is_taken_over(world):
     out = world["base"] / "killed"
-    script = f"""
-import os, signal, sys, torch
-torch.set_num_threads(1)
-from mmrl.cli import main
-from mmrl.engine import trainer
-real = trainer.save_checkpoint
-def save_then_die(path, **kw):
-    real(path, **kw)
-    os.kill(os.getpid(), signal.SIGKILL)
-trainer.save_checkpoint = save_then_die
-main({[*tiny_train_argv(world["clip"], world["root"], out, extra=["--set", "optim.epochs=3"])]!r})
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    proc = train_killed_after_first_checkpoint(
+        tiny_train_argv(world["clip"], world["root"], out, extra=["--set", "optim.epochs=3"]))
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     left = json.loads(run_lock_path(out).read_text())  # the dead process could not remove its lock
     assert left["command"] == "mmrl train" and left["host"] == lock.HOST
