@@ -157,6 +157,10 @@ def run_cli(fn: Callable[[], int]) -> int:
         raise
     if rc:
         print(f"mmrl: {where} stops with exit status {rc}", file=sys.stderr, flush=True)
+    else:
+        # every rank has finished its collectives before any tears the group down: gloo aborts
+        # (SIGABRT) a process whose peer closes the connection under an operation still in flight
+        dist.barrier()
     shutdown()
     return rc
 
