@@ -85,3 +85,12 @@ def write_zeroshot(out_dir: Path, acc: Mapping[tuple[str, str], float], backbone
               eval_record(ds, sub, a, logits="class", method="zeroshot", backbone=backbone, shots=16, seed=1,
                           version=VERSION))
     return out_dir
+
+
+def md_row(md: str, first_cell: str, after: str = "") -> list[str]:
+    """Cells of the Markdown table row starting with `first_cell` (the first such row after `after`)."""
+    start = md.index(after) if after else 0
+    for line in md[start:].splitlines():
+        if line.startswith(f"| {first_cell} |"):
+            return [c.strip() for c in line.strip("|").split("|")]
+    raise AssertionError(f"no row {first_cell!r} in\n{md}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_runs import md_row
 from mmrl import report
 from mmrl import sweep
 from mmrl.sweep import DATASETS
@@ -42,15 +43,6 @@ def b2n_values(i: int, seed: int) -> tuple[float, float]:
 
 def hm(b, n):
     return 2 * b * n / (b + n)
-
-
-def md_row(md: str, first_cell: str, after: str = "") -> list[str]:
-    """Cells of the Markdown table row starting with `first_cell` (the first such row after `after`)."""
-    start = md.index(after) if after else 0
-    for line in md[start:].splitlines():
-        if line.startswith(f"| {first_cell} |"):
-            return [c.strip() for c in line.strip("|").split("|")]
-    raise AssertionError(f"no row {first_cell!r} in\n{md}")
 
 
 @pytest.fixture

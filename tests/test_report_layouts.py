@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_runs import write_run, write_zeroshot
+from fake_runs import md_row, write_run, write_zeroshot
 from mmrl import report
 from mmrl.vocab import CROSS_TARGETS, DATASETS, VARIANTS, harmonic_mean, sweep_run_dir
 
@@ -29,14 +29,6 @@ def run_cli_without_torch(*args: str) -> subprocess.CompletedProcess:
             "sys.exit(rc)")
     return subprocess.run([sys.executable, "-c", code, "report", *args], capture_output=True, text=True,
                           env=dict(os.environ))
-
-
-def md_row(md: str, first_cell: str, after: str = "") -> list[str]:
-    start = md.index(after) if after else 0
-    for line in md[start:].splitlines():
-        if line.startswith(f"| {first_cell} |"):
-            return [c.strip() for c in line.strip("|").split("|")]
-    raise AssertionError(f"no row {first_cell!r} in\n{md}")
 
 
 def assert_all_outputs(out: Path, figures: list[str], names: list[str]) -> None:
