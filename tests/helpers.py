@@ -236,3 +236,24 @@ trainer.save_checkpoint = save_then_die
 main({[str(a) for a in argv]!r})
 """
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has already exited (for stale-lock tests)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def write_lock_file(path: str | Path, **fields) -> None:
+    """A lock/claim file as another process of this host would leave it (``mmrl.engine.lock``'s
+    format); ``fields`` (pid, proc_start, command, ...) complete or override it."""
+    from mmrl.engine import lock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": lock.HOST, "boot_id": lock.BOOT_ID, "time_iso": "then", "token": "other",
+                                **fields}))

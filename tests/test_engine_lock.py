@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import (make_benchmark_dataset, tiny_method_overrides, tiny_train_argv,
-                     train_killed_after_first_checkpoint, write_tiny_clip)
+from helpers import (dead_pid, make_benchmark_dataset, tiny_method_overrides, tiny_train_argv,
+                     train_killed_after_first_checkpoint, write_lock_file, write_tiny_clip)
 from mmrl.cli import main
 from mmrl import sweep
 from mmrl.engine import lock
@@ -31,18 +31,6 @@ def world(tmp_path_factory):
     clip = write_tiny_clip(base / "clip.pt")
     make_benchmark_dataset(base / "data", "DescribableTextures")
     return {"clip": clip, "root": base / "data", "base": base}
-
-
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-def _write_lock(path: Path, **fields) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"host": lock.HOST, "boot_id": lock.BOOT_ID, "time_iso": "then",
-                                "token": "other", "command": "mmrl train", **fields}))
 
 
 # --------------------------------------------------------------------------- the lock itself
@@ -62,11 +50,11 @@ def test_second_writer_refused_naming_the_holder(tmp_path):
 
 def test_dead_holder_taken_over_live_one_of_another_host_respected(tmp_path):
     run = tmp_path / "run"
-    _write_lock(run_lock_path(run), pid=_dead_pid())
+    write_lock_file(run_lock_path(run), pid=dead_pid(), command="mmrl train")
     with RunDirLock.acquire(run, "mmrl train"):
         assert json.loads(run_lock_path(run).read_text())["pid"] == os.getpid()
     # another host's lock: refused while refreshed, taken over once older than the timeout
-    _write_lock(run_lock_path(run), host="node7", boot_id="b", pid=42)
+    write_lock_file(run_lock_path(run), host="node7", boot_id="b", pid=42, command="mmrl train")
     with pytest.raises(RunLockedError, match=r"node7.*delete"):
         RunDirLock.acquire(run, "mmrl train", timeout_s=100)
     old = time.time() - 1000
@@ -220,5 +208,5 @@ def test_report_shows_a_locked_run_as_running(tmp_path):
     with RunDirLock.acquire(rd, "mmrl train"):
         assert state().state == "running" and f"pid {os.getpid()}" in state().detail
     assert state().state == "unfinished"
-    _write_lock(run_lock_path(rd), pid=_dead_pid())  # a dead writer's lock: not running
+    write_lock_file(run_lock_path(rd), pid=dead_pid(), command="mmrl train")  # a dead writer's lock: not running
     assert state().state == "unfinished"

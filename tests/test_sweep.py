@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from helpers import dead_pid, write_lock_file
 from mmrl import sweep
 from mmrl.engine import lock
 from mmrl.sweep import CROSS_TARGETS, VARIANTS
@@ -82,18 +80,6 @@ def test_parse_shard():
         sweep.parse_shard("slurm", {})
 
 
-def _dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-def _write_claim(path: Path, **fields) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"host": sweep.HOST, "boot_id": sweep.BOOT_ID, "time_iso": "then",
-                                "token": "other", **fields}))
-
-
 def test_claim_exclusive_and_release(tmp_path):
     p = tmp_path / "a" / "seed_1.claim"
     first = sweep.acquire_claim(p)
@@ -110,17 +96,17 @@ def test_claim_exclusive_and_release(tmp_path):
 def test_stale_claims(tmp_path):
     p = tmp_path / "seed_1.claim"
     # dead process on this host: taken over
-    _write_claim(p, pid=_dead_pid())
+    write_lock_file(p, pid=dead_pid())
     got = sweep.acquire_claim(p)
     assert got.claim is not None and json.loads(p.read_text())["pid"] == os.getpid()
     sweep.release_claim(got.claim)
     # live pid, but the pid was reused by another process (start time differs): taken over
-    _write_claim(p, pid=os.getpid(), proc_start="1")
+    write_lock_file(p, pid=os.getpid(), proc_start="1")
     if lock._proc_start(os.getpid()):
         assert sweep.acquire_claim(p).claim is not None
         p.unlink()
     # another host: respected while fresh, taken over once older than the timeout
-    _write_claim(p, host="elsewhere", boot_id="x", pid=1)
+    write_lock_file(p, host="elsewhere", boot_id="x", pid=1)
     assert sweep.acquire_claim(p, timeout_s=100).holder["host"] == "elsewhere"
     assert sweep.acquire_claim(p, timeout_s=None).claim is None
     old = time.time() - 1000
@@ -129,7 +115,7 @@ def test_stale_claims(tmp_path):
     got = sweep.acquire_claim(p, timeout_s=100)
     assert got.claim is not None
     # releasing does not remove someone else's claim
-    _write_claim(p, host="elsewhere", pid=1)
+    write_lock_file(p, host="elsewhere", pid=1)
     sweep.release_claim(got.claim)
     assert p.exists()
 
@@ -139,7 +125,7 @@ def test_claim_race_one_winner(tmp_path):
     for stale in (False, True):
         p = tmp_path / f"race_{stale}.claim"
         if stale:
-            _write_claim(p, pid=_dead_pid())
+            write_lock_file(p, pid=dead_pid())
         barrier = threading.Barrier(8)
         wins = []
 
@@ -172,7 +158,7 @@ def test_heartbeat_refreshes_claims(tmp_path):
 
 def test_claimed_cell_is_skipped(tmp_path):
     cell = sweep.build_grid("base2novel", "mmrl", tmp_path, datasets=["EuroSAT"], seeds=[1])[0]
-    _write_claim(sweep.claim_path(cell), host="node7", boot_id="b", pid=42, time_iso="2025-01-01T00:00")
+    write_lock_file(sweep.claim_path(cell), host="node7", boot_id="b", pid=42, time_iso="2025-01-01T00:00")
     calls = []
     out = sweep.run_cell(cell, lambda c: calls.append(c) or 0, lambda c, t: 0, claim_timeout=3600)
     assert out.status == "elsewhere" and "node7" in out.detail and calls == []
