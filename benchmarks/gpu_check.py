@@ -33,6 +33,7 @@ script itself before a GPU is available; tests/test_benchmarks_gpu_check.py does
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -193,21 +194,17 @@ def _peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+@contextlib.contextmanager
 def _float64_default():
-    """Context: float64 default dtype (masks built inside the model follow it)."""
-    import contextlib
-
+    """float64 as the default dtype inside the block (masks built inside the model follow it)."""
     import torch
 
-    @contextlib.contextmanager
-    def ctx():
-        old = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(old)
-    return ctx()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
 
 
 def _backbone(smoke: bool, device):
