@@ -86,6 +86,8 @@ GRID_FILE_GLOB = "grid-*.json"
 CLAIM_SUFFIX = ".claim"
 STDOUT_LOG = "stdout.log"
 SHOTS_PREFIX = "shots_"
+# `mmrl reproduce --vary`: OUTPUT/ablation/<point>/ holds the sweep layout of one grid point
+ABLATION_DIR = "ablation"
 SEED_PREFIX = "seed_"
 
 
@@ -102,9 +104,29 @@ def dataset_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_") or "dataset"
 
 
-def eval_file_name(dataset: str, subsample: str) -> str:
-    """``<dataset slug>-<subsample>.json``: one evaluation under ``RUN_DIR/eval/``."""
-    return f"{dataset_slug(dataset)}-{subsample}.json"
+def eval_file_name(dataset: str, subsample: str, logits: str = "auto") -> str:
+    """One evaluation under ``RUN_DIR/eval/``: ``<dataset slug>-<subsample>.json`` with the protocol's
+    logits (``auto``), ``<dataset slug>-<subsample>-<kind>.json`` with logits chosen explicitly
+    (an evaluation-only ablation never overwrites the protocol's own result)."""
+    suffix = "" if logits == "auto" else f"-{logits}"
+    return f"{dataset_slug(dataset)}-{subsample}{suffix}.json"
+
+
+# ---------------------------------------------------------------------------- decoupled inference
+# The logits a model gives (method.md): from the class token, from the representation tokens, and
+# their alpha-blend. ``auto`` = the protocol's choice (:func:`auto_logits`).
+LOGIT_KINDS: tuple[str, ...] = ("fused", "class", "rep")
+LOGIT_CHOICES: tuple[str, ...] = ("auto",) + LOGIT_KINDS
+LOGIT_NAMES: dict[str, str] = {"fused": "fused", "class": "class token only", "rep": "representation tokens only"}
+
+
+def auto_logits(trained_dataset: str, trained_subsample: str, dataset: str, subsample: str) -> str:
+    """Decoupled inference (protocols.md): ``fused`` on the classes the model was trained on (the same
+    dataset, and its training subsample or a part of all the classes it was trained on), ``class``
+    on anything else (novel classes, other datasets). Dataset names must be canonical."""
+    if dataset == trained_dataset and (subsample == trained_subsample or trained_subsample == "all"):
+        return "fused"
+    return "class"
 
 
 # ---------------------------------------------------------------------------- numbers

@@ -3,7 +3,8 @@
 Logits (decoupled inference, method.md): `auto` = fused on the classes the run was
 trained on (same dataset, training subsample), class-only on novel classes and other
 datasets; MMRL++ uses the per-target beta of the run's eval.target_beta. Results go to
-RUN_DIR/eval/<Dataset>-<subsample>.json (or --output-dir), checked to be writable before the work;
+RUN_DIR/eval/<Dataset>-<subsample>.json (an explicit --logits KIND: <Dataset>-<subsample>-<KIND>.json;
+or --output-dir), checked to be writable before the work;
 writing into RUN_DIR holds its writer lock (one writer per run folder).
 Under `torchrun --nproc_per_node N -m mmrl eval ...` the test set is sharded over the
 processes, with the same results and predictions as one process.
@@ -17,6 +18,8 @@ from mmrl.commands.common import (add_progress_flag, nonnegative_int, positive_i
                                   run_reporting_errors)
 
 
+from mmrl.vocab import LOGIT_CHOICES
+
 SKIP_BAD_HINT = " (to skip unreadable images instead: --skip-bad-images)"
 
 
@@ -27,8 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes to evaluate")
     p.add_argument("--split-file", help="evaluate on the test list of this split file (e.g. from mmrl data split)")
     p.add_argument("--template", help="prompt template with one {} (default: the run's / the dataset's)")
-    p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
-                   help="logits that decide: auto = the protocol's choice")
+    p.add_argument("--logits", choices=LOGIT_CHOICES, default="auto",
+                   help="logits that decide: auto = the protocol's choice (fused on the training classes, class "
+                        "elsewhere); fused, class (class token only) or rep (representation tokens only): an "
+                        "evaluation-only ablation, written to eval/<Dataset>-<subsample>-<kind>.json")
     p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
     p.add_argument("--batch-size", type=positive_int, help="evaluation batch (default: the run's eval.batch_size)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the run's eval.precision")

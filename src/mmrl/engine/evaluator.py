@@ -31,9 +31,9 @@ from mmrl.engine.rundir import (EVAL_DIR, SPLIT_FILE, check_run_dir, eval_result
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
 from mmrl.fileio import check_writable_dir
+from mmrl.vocab import LOGIT_CHOICES, auto_logits, eval_file_name
 
 LOG = logging.getLogger("mmrl")
-LOGIT_KINDS = ("auto", "fused", "class")
 # how to go on when the result cannot be written where it would go (said BEFORE the work)
 EVAL_ELSEWHERE = "write the result elsewhere with --output-dir DIR"
 PREDICTIONS_ELSEWHERE = "write the predictions elsewhere with --predictions FILE"
@@ -82,17 +82,14 @@ def model_device(model: nn.Module) -> torch.device:
 def choose_logits(cfg: RunConfig | None, dataset: str, subsample: str, requested: str = "auto") -> str:
     """``fused`` on the training classes (same dataset, and the training subsample or a
     subset of all the classes trained on), else ``class``; an explicit choice wins."""
-    if requested not in LOGIT_KINDS:
-        raise ValueError(f"logits={requested!r}; expected one of {', '.join(LOGIT_KINDS)}")
+    if requested not in LOGIT_CHOICES:
+        raise ValueError(f"logits={requested!r}; expected one of {', '.join(LOGIT_CHOICES)}")
     if requested != "auto":
         return requested
     if cfg is None:
         raise ValueError("logits='auto' needs the run's config (which dataset/classes it was trained on); "
                          "pass cfg= or choose logits='fused' or 'class'")
-    same = canonical_dataset(dataset) == cfg.data.dataset
-    if same and (subsample == cfg.data.subsample or cfg.data.subsample == "all"):
-        return "fused"
-    return "class"
+    return auto_logits(cfg.data.dataset, cfg.data.subsample, canonical_dataset(dataset), subsample)
 
 
 def eval_beta(model: nn.Module, cfg: RunConfig | None, dataset: str | None) -> float | None:
@@ -124,7 +121,7 @@ class ClassSet(NamedTuple):
 
     classnames: list[str]
     template: str
-    kind: str                # "fused" or "class"
+    kind: str                # "fused", "class" or "rep"
     beta: float | None       # MMRL++'s blend on these classes (None for MMRL)
     dataset: str | None      # canonical dataset name when the classes came from a dataset
 
@@ -142,8 +139,8 @@ def resolve_class_set(model: nn.Module, cfg: RunConfig | None, run_dir: str | Pa
     logits otherwise; MMRL++ uses a dataset's published target beta as :func:`eval_beta` says."""
     if classes is not None and dataset is not None:
         raise ValueError("give either classes (a list of class names) or a dataset, not both")
-    if logits not in LOGIT_KINDS:
-        raise ValueError(f"logits={logits!r}; expected one of {', '.join(LOGIT_KINDS)}")
+    if logits not in LOGIT_CHOICES:
+        raise ValueError(f"logits={logits!r}; expected one of {', '.join(LOGIT_CHOICES)}")
     if classes is None and dataset is None:  # the run's own training classes
         if run_dir is None or cfg is None:
             raise ValueError("give classes (a list of class names) or a dataset: a model without its run "
@@ -255,7 +252,7 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
             images = images.to(device, non_blocking=True)
             with autocast(device, precision):
                 lg = model.logits(images, text)
-            chosen = lg.fused if kind == "fused" else lg.class_
+            chosen = lg.of(kind)
             out_logits.append(chosen.float().cpu())
             out_labels.append(labels)
             out_idx.extend(index_map[i] for i in idx.tolist())
@@ -343,17 +340,17 @@ class EvalRequest:
     dataset: str                          # dataset name or alias, or folder:PATH ...
     root: str | Path | None = None        # data root (default: the run's data.root)
     subsample: str = "all"                # all, base or new classes
-    logits: str = "auto"                  # auto (decoupled inference), fused or class
+    logits: str = "auto"                  # auto (decoupled inference), fused, class or rep
     split_file: str | None = None         # evaluate the test list of this split file
     template: str | None = None           # prompt template (default: the run's / the dataset's)
     predictions: str | Path | None = None  # optional JSONL file: one object per test image
-    output_dir: str | Path | None = None  # where <Dataset>-<subsample>.json goes (default RUN_DIR/eval)
+    output_dir: str | Path | None = None  # where the result goes (default RUN_DIR/eval; vocab.eval_file_name)
 
     def __post_init__(self) -> None:
         if self.subsample not in ("all", "base", "new"):
             raise ValueError(f"subsample={self.subsample!r}; expected all, base or new")
-        if self.logits not in LOGIT_KINDS:
-            raise ValueError(f"logits={self.logits!r}; expected one of {', '.join(LOGIT_KINDS)}")
+        if self.logits not in LOGIT_CHOICES:
+            raise ValueError(f"logits={self.logits!r}; expected one of {', '.join(LOGIT_CHOICES)}")
 
 
 def evaluate(run_dir_or_model: str | Path | nn.Module, request: EvalRequest, *, cfg: RunConfig | None = None,
@@ -435,9 +432,10 @@ def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, requ
     from mmrl import __version__
 
     res["version"] = __version__
+    res["logits_requested"] = request.logits  # auto: the protocol's choice, recorded in "logits"
     out = None
     if out_dir is not None:
-        out = out_dir / f"{dataset_slug(splits.name)}-{subsample}.json"
+        out = out_dir / eval_file_name(splits.name, subsample, request.logits)
     if run_dir is not None:
         res["run"] = str(run_dir)
     if out is not None:
@@ -548,7 +546,7 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
                 continue
             x = transform(img).unsqueeze(0).to(device_)
             lg = model.logits(x, text)
-            chosen = (lg.fused if kind == "fused" else lg.class_)[0].float().cpu()
+            chosen = lg.of(kind)[0].float().cpu()
             prob = chosen.softmax(-1)
             k = min(top_k, len(classnames))
             p, i = prob.topk(k)

@@ -93,6 +93,10 @@ class Logits(NamedTuple):
     rep: Tensor
     fused: Tensor
 
+    def of(self, kind: str) -> Tensor:
+        """The logits of one kind of :data:`mmrl.vocab.LOGIT_KINDS`: ``fused``, ``class`` or ``rep``."""
+        return {"fused": self.fused, "class": self.class_, "rep": self.rep}[kind]
+
 
 class LossOutput(NamedTuple):
     """Loss terms. The per-sample terms are averaged over ``batch_size`` (the GLOBAL batch
