@@ -138,7 +138,7 @@ def test_train_and_eval_commands(tmp_path):
     assert "--resume" not in cmd
     finish(cell, status="running", evals=False)
     assert r.train_command(cell)[-1] == "--resume"
-    assert sweep.SubprocessRunner(["py", "fake.py"]).eval_command(cell, "ImageNetA") == \
+    assert sweep.SubprocessRunner(["py", "fake.py"]).eval_command(cell, sweep.EvalJob("ImageNetA")) == \
         ["py", "fake.py", "eval", str(cell.run_dir), "--dataset", "ImageNetA", "--subsample", "all",
          "--root", str(tmp_path / "data")]
 
@@ -151,9 +151,9 @@ def test_crossdataset_evaluates_only_missing_targets(tmp_path):
         (cell.run_dir / "eval" / f"{t}-all.json").write_text(json.dumps({"accuracy": 50.0}))
     train, evals = FakeTrain(), []
 
-    def run_eval(c, target):
-        evals.append(target)
-        (c.run_dir / "eval" / f"{target}-all.json").write_text(json.dumps({"accuracy": 40.0}))
+    def run_eval(c, job):
+        evals.append(job.dataset)
+        (c.run_dir / "eval" / job.file).write_text(json.dumps({"accuracy": 40.0}))
         return 0
     res = reproduce("crossdataset", "mmrl", out, seeds=[1], run_train=train, run_eval=run_eval, log=quiet)
     assert train.calls == [] and evals == list(cell.targets[10:]) == ["ImageNetV2", "ImageNetSketch",
@@ -241,7 +241,7 @@ def test_failed_run_reported_with_log_others_finish(tmp_path, fake_env, monkeypa
         monkeypatch.setenv(k, v)
     rc = main(["reproduce", "base2novel", "--method", "mmrl++", "--root", str(tmp_path), "--output", str(out),
                "--datasets", "EuroSAT", "Caltech101", "--seeds", "1", "2", "--devices", "0,1",
-               "--set", "optim.epochs=1"])
+               "--set", "optim.epochs=3"])
     log = capsys.readouterr().out
     assert rc == 1, log
     failed_log = out / "base2novel" / "mmrl++" / "EuroSAT" / "shots_16" / "seed_1" / "stdout.log"
@@ -251,7 +251,7 @@ def test_failed_run_reported_with_log_others_finish(tmp_path, fake_env, monkeypa
     assert "boom: simulated crash" in failed_log.read_text()
     calls = _calls(env)
     assert {c["device"] for c in calls} == {"0", "1"}                 # one child per listed GPU
-    assert all(c["args"].count("--set") == 1 and "optim.epochs=1" in c["args"] for c in calls)
+    assert all(c["args"].count("--set") == 1 and "optim.epochs=3" in c["args"] for c in calls)
     for c in sweep.build_grid("base2novel", "mmrl++", out, datasets=["Caltech101"], seeds=[1, 2]):
         assert sweep.cell_state(c).kind == "finished"
     md = (out / "report" / "report.md").read_text()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import difflib
 import math
 import re
@@ -101,6 +102,9 @@ class RunConfig:
         "auto")
     device: str = doc("auto (CUDA when available) / cpu / cuda / cuda:N", "auto")
     output: Optional[str] = doc("run directory; null = runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>", None)
+    vary: tuple[str, ...] = doc(
+        "keys this run varies in an ablation (mmrl reproduce --vary sets it); run.json records their values "
+        "and mmrl report groups the runs by them", ())
     method: MethodConfig = field(default_factory=MethodConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -122,7 +126,23 @@ class RunConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["optim"]["betas"] = list(self.optim.betas)
+        d["vary"] = list(self.vary)
         return d
+
+    def value(self, key: str) -> Any:
+        """The value of a dotted key (``method.n_rep_tokens``; ``eval.target_beta.Food101`` -> an entry
+        of the mapping, None when absent)."""
+        obj: Any = self
+        parts = key.split(".")
+        for i, name in enumerate(parts):
+            if isinstance(obj, dict):
+                return obj.get(".".join(parts[i:]))
+            obj = getattr(obj, name)
+        return list(obj) if isinstance(obj, tuple) else obj
+
+    def ablation(self) -> dict[str, Any]:
+        """``{key: value}`` of the keys this run varies (``vary``): what run.json records as "ablation"."""
+        return {k: self.value(k) for k in self.vary}
 
 
 def leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
@@ -190,7 +210,10 @@ def _type_name(tp: Any) -> str:
     if origin is Union:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
-        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return "a list of " + ", ".join(_type_name(a) for a in args)
     if origin is dict:
         k, v = typing.get_args(tp)
         return f"a mapping {_type_name(k)} -> {_type_name(v)}"
@@ -218,6 +241,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         fail()
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                fail()
+            return tuple(_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             fail()
         return tuple(_coerce(v, a, f"{key}[{i}]", source) for i, (v, a) in enumerate(zip(value, args)))
@@ -303,6 +330,14 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
         return
 
 
+def typed_value(key: str, value: Any, source: str = "--set") -> Any:
+    """``value`` checked and typed as ``key`` holds it (``("optim.lr", 1)`` -> ``1.0``; lists of a
+    tuple key as lists); ConfigError naming the key otherwise."""
+    cfg = RunConfig()
+    set_key(cfg, key, value, source)
+    return cfg.value(key)
+
+
 def apply_mapping(cfg: RunConfig, mapping: Any, source: str) -> None:
     """Apply a (nested or dotted-key) mapping, e.g. the content of a YAML file."""
     if mapping is None:
@@ -338,6 +373,17 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
             return yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
+
+
+@functools.lru_cache(maxsize=None)
+def _package_yaml_cached(path: Path, what: str) -> Any:
+    return read_yaml(path, what)
+
+
+def _package_yaml(path: Path, what: str) -> Any:
+    """A YAML file shipped in the package (presets), read once per process: a sweep resolves the
+    config of every grid point before it starts. A deep copy, so no caller changes the cache."""
+    return copy.deepcopy(_package_yaml_cached(path, what))
 
 
 # --------------------------------------------------------------------------- validation of values
@@ -384,6 +430,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("optim.betas", list(cfg.optim.betas), "two values in [0, 1)")
     if cfg.data.template is not None and cfg.data.template.count("{}") != 1:
         bad("data.template", cfg.data.template, "a template containing '{}' exactly once")
+    validate_vary(cfg.vary, source)
     for k, b in cfg.eval.target_beta.items():
         if not 0.0 <= b <= 1.0:
             bad(f"eval.target_beta.{k}", b, "a value in [0, 1]")
@@ -391,6 +438,63 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         cfg.method.validate()
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from e
+
+
+# Keys an ablation cannot vary, and why: they name the run (its arguments), its grid (--seeds,
+# --shots) or where and how it runs, not what it learns (RESUME_IGNORED_PREFIXES).
+NOT_VARIABLE: dict[str, str] = {
+    "method.name": "it is --method", "protocol": "it is the protocol argument", "data.dataset": "it is --datasets",
+    "seed": "use --seeds", "data.shots": "use --shots", "output": "run folders are placed by the sweep",
+    "vary": "it lists the varied keys", "data.root": "it says where the data is, not how to learn",
+    "data.num_workers": "it does not change results", "data.cache_dir": "it does not change results",
+    "data.skip_bad_images": "it does not change results", "device": "it does not change results",
+    "eval.batch_size": "it does not change results",
+}
+
+
+def validate_vary(keys: Iterable[str], source: str) -> None:
+    """ConfigError unless every key is a config key an ablation may vary, each listed once."""
+    seen: set[str] = set()
+    valid = all_keys()
+    for k in keys:
+        top = k if k in valid else next((v for v in valid if k.startswith(v + ".")), None)
+        if top is None or (top != k and top != "eval.target_beta"):
+            raise ConfigError(f"{source}: {k!r} is not a config key; {_suggest(k, valid)}")
+        if k in NOT_VARIABLE:
+            raise ConfigError(f"{source}: an ablation cannot vary {k!r} ({NOT_VARIABLE[k]})")
+        if k in seen:
+            raise ConfigError(f"{source}: {k!r} listed twice")
+        seen.add(k)
+
+
+# --------------------------------------------------------------------------- differences between configs
+# Keys that may differ between a stored run and a re-run of it (they do not change the
+# trained weights): where the data lives, worker count, caches, device, evaluation.
+RESUME_IGNORED_PREFIXES = ("output", "data.root", "data.num_workers", "data.cache_dir", "data.skip_bad_images",
+                           "device", "eval.")
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as ``{dotted key: value}`` (eval.target_beta stays one mapping)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "target_beta":
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(stored: RunConfig, new: RunConfig) -> list[str]:
+    """Keys (outside RESUME_IGNORED_PREFIXES) whose values differ: ``key: old -> new``."""
+    a, b = flat(stored.to_dict()), flat(new.to_dict())
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k.startswith(RESUME_IGNORED_PREFIXES):
+            continue
+        if a.get(k) != b.get(k):
+            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+    return out
 
 
 # --------------------------------------------------------------------------- presets
@@ -413,7 +517,7 @@ def preset_path(method: str, protocol: str) -> Path:
 def dataset_overrides(method: str, protocol: str, dataset: str) -> dict[str, Any]:
     """The per-dataset overrides of ``presets/datasets.yaml`` for this method/protocol/dataset
     (dotted keys -> values), MMRL++ cross-dataset target betas included."""
-    table = read_yaml(DATASET_OVERRIDES_FILE, "dataset overrides") or {}
+    table = _package_yaml(DATASET_OVERRIDES_FILE, "dataset overrides") or {}
     out: dict[str, Any] = {}
     per_protocol = (table.get("overrides", {}).get(method, {}) or {}).get(protocol, {}) or {}
     out.update(per_protocol.get(dataset, {}) or {})
@@ -460,7 +564,7 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
     canonical = canonical_dataset(dataset)
     cfg = RunConfig()
     preset = preset_path(method, protocol)
-    apply_mapping(cfg, read_yaml(preset, "preset"), f"preset {preset.name}")
+    apply_mapping(cfg, _package_yaml(preset, "preset"), f"preset {preset.name}")
     set_key(cfg, "data.dataset", canonical, "--dataset")
     apply_mapping(cfg, dataset_overrides(method, protocol, canonical), f"{DATASET_OVERRIDES_FILE.name} [{canonical}]")
     if config_file is not None:

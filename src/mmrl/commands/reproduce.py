@@ -5,6 +5,11 @@ listed twice runs two); `--jobs N` runs N CPU workers. Several machines:
 `--shard I/N` (0-based I; or `--shard slurm` inside a Slurm job array) takes
 grid cells whose position % N == I; processes sharing one output folder
 never run the same run (claim files `<run>.claim`).
+
+Ablations: `--vary KEY=V1,V2,...` (repeatable: the product of the values) runs the grid for every
+combination under OUTPUT/ablation/<point>/; `--logits fused,class,rep` also evaluates every trained
+run with those logits (no retraining). The plan (number of runs) is printed first; `--dry-run` stops
+there. Every grid point's config is checked before any run starts.
 """
 from __future__ import annotations
 
@@ -21,17 +26,30 @@ RUNNER_ENV = "MMRL_REPRODUCE_RUNNER"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("protocol", choices=sweep.PROTOCOLS, help="which table to reproduce")
     p.add_argument("--method", required=True, choices=sweep.METHODS)
-    p.add_argument("--root", required=True, help="datasets folder (CoOp layout)")
+    p.add_argument("--root", default=None,
+                   help="datasets folder (CoOp layout); needed for the benchmark datasets, not for user datasets")
     p.add_argument("--output", required=True,
                    help="sweep folder; runs go to OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>/")
     p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
-                   help="subset of the 11 datasets (cross-dataset: of the 14 targets); None = all")
+                   help="subset of the 11 datasets (cross-dataset: of the 14 targets), and/or user datasets "
+                        "(dataset:PATH, folder:PATH, manifest:FILE; base2novel and fewshot); None = the 11")
     p.add_argument("--seeds", nargs="+", type=int, default=list(sweep.DEFAULT_SEEDS), metavar="S")
     p.add_argument("--shots", nargs="+", type=int, default=None, metavar="K",
                    help="shot counts; None = 16 (base2novel, crossdataset) or 1 2 4 8 16 (fewshot)")
     p.add_argument("--backbone", default=None, help="backbone spec passed to mmrl train; None = train's default")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override passed to every mmrl train (repeatable, as for mmrl train)")
+                   help="config override passed to every mmrl train (repeatable, as for mmrl train); for a key "
+                        "also given to --vary it is the default the ablation is compared with")
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="ablation: run the grid once per value of this config key (any key --set takes but the "
+                        "run's name, grid and place); repeat for a product grid, e.g. --vary "
+                        "method.n_rep_tokens=1,3,5,10 --vary method.first_rep_block=3,6,9; runs go to "
+                        "OUTPUT/ablation/<point>/...")
+    p.add_argument("--logits", default=None, metavar="KIND[,KIND]",
+                   help="also evaluate every trained run with these logits (fused, class, rep): the decoupled-"
+                        "inference ablation, without retraining; results eval/<Dataset>-<subsample>-<kind>.json")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (number of runs, what is finished) and the checks, then stop")
     par = p.add_mutually_exclusive_group()
     par.add_argument("--devices", default=None,
                      help="comma-separated GPU ids, one concurrent run per entry (CUDA_VISIBLE_DEVICES of each run)")
@@ -57,6 +75,11 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--devices {args.devices!r}: expected comma-separated GPU ids such as 0,1")
         if args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs}: expected >= 1")
+        if args.root is None and (not args.datasets or not all(sweep.is_user_dataset(d) for d in args.datasets)):
+            raise ValueError("--root is needed for the benchmark datasets (the folder holding them in CoOp's layout)")
+        logits = [k.strip() for k in args.logits.split(",") if k.strip()] if args.logits is not None else []
+        if args.logits is not None and not logits:
+            raise ValueError(f"--logits {args.logits!r}: expected some of fused, class, rep (comma-separated)")
     except ValueError as e:
         print(f"mmrl reproduce: error: {e}", file=sys.stderr)
         return 2
@@ -69,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
         with sigterm_as_interrupt():  # SIGTERM (e.g. scancel) -> same clean-up as Ctrl-C
             result = reproduce(args.protocol, args.method, args.output, root=args.root, datasets=args.datasets,
                                seeds=args.seeds, shots=args.shots, backbone=args.backbone, sets=args.sets,
-                               devices=devices, jobs=args.jobs, shard=shard,
+                               vary=args.vary, logits=logits, dry_run=args.dry_run, devices=devices,
+                               jobs=args.jobs, shard=shard,
                                claim_timeout=None if args.claim_timeout < 0 else args.claim_timeout,
                                runner_prefix=prefix, write_report=not args.no_report,
                                log=lambda s: print(s, flush=True))

@@ -5,6 +5,7 @@
     RUN_DIR/
       config.yaml             fully resolved RunConfig (commented; `mmrl train --config` accepts it)
       run.json                {"version", "method", "dataset", "protocol", "shots", "seed", "backbone",
+                               "ablation" ({key: value} of the keys an ablation varies; only then),
                                "status": running|finished|failed|interrupted, "timings",
                                "trainable_parameters", "template" (the prompt template trained with), ...}
       split.json              the exact split used (split-file format: train = the few-shot subset)
@@ -14,6 +15,7 @@
       adapter.safetensors     final adapter weights (trainable tensors only)
       results.json            the protocol's results (e.g. base/novel/hm)
       eval/<Dataset>-<subsample>.json           one evaluation (key "accuracy", percent)
+      eval/<Dataset>-<subsample>-<kind>.json    one with logits chosen explicitly (mmrl eval --logits)
       eval/<Dataset>-<subsample>.predictions.jsonl  optional per-image predictions
       .lock                   while a command writes here: its writer lock (mmrl.engine.lock.RunDirLock)
 """
@@ -33,12 +35,6 @@ from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's
     eval_file_name,
 )
 from mmrl.errors import CorruptFileError
-
-
-# Keys that may differ between a stored run and a re-run of it (they do not change the
-# trained weights): where the data lives, worker count, caches, device, evaluation.
-RESUME_IGNORED_PREFIXES = ("output", "data.root", "data.num_workers", "data.cache_dir", "data.skip_bad_images",
-                           "device", "eval.")
 
 
 def now_iso() -> str:
@@ -75,6 +71,8 @@ def new_run_info(cfg: RunConfig, status: str = "running", **extra: Any) -> dict:
     info = {"version": __version__, "method": cfg.method.name, "dataset": cfg.data.dataset,
             "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone,
             "status": status, "timings": {}, "trainable_parameters": None}
+    if cfg.vary:  # an ablation's grid point (mmrl reproduce --vary): the values it varies
+        info["ablation"] = cfg.ablation()
     info.update(extra)
     return info
 
@@ -85,28 +83,6 @@ def write_config(run_dir: str | Path, cfg: RunConfig) -> None:
     header = (f"Resolved configuration of this run (mmrl {__version__}).\n"
               "Rerun: mmrl train --resume RUN_DIR, or pass this file to --config.")
     write_text_atomic(dump_config(cfg, header), Path(run_dir) / CONFIG_FILE)
-
-
-def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "target_beta":
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(stored: RunConfig, new: RunConfig) -> list[str]:
-    """Keys (outside RESUME_IGNORED_PREFIXES) whose values differ: ``key: old -> new``."""
-    a, b = flat(stored.to_dict()), flat(new.to_dict())
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if k.startswith(RESUME_IGNORED_PREFIXES):
-            continue
-        if a.get(k) != b.get(k):
-            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
-    return out
 
 
 def training_classnames(run_dir: str | Path) -> list[str] | None:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from mmrl.config import ConfigError, RunConfig, canonical_dataset, load_config, validate
+from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, save_adapter,
@@ -143,7 +143,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path) -> dict | None:
     except ConfigError as e:
         raise ConfigError(f"{run_dir} holds a run whose config cannot be read ({e}); "
                           "choose another --output or delete that directory") from e
-    diffs = rd.config_differences(stored, cfg)
+    diffs = config_differences(stored, cfg)
     started = (run_dir / rd.CHECKPOINT_FILE).is_file() or (run_dir / rd.ADAPTER_FILE).is_file()
     if diffs and not started:
         LOG.warning("%s: replacing a run that never completed an epoch (%s)", run_dir, "; ".join(diffs))

@@ -43,12 +43,10 @@ from urllib.parse import urlsplit
 import torch
 from torch import nn
 
+from mmrl.backbone_spec import CHECKPOINT_SUFFIXES, TOY_CLIP_FILE, TOY_CLIP_NAME
 from mmrl.errors import BackboneUnavailableError
 
-TOY_CLIP_NAME = "toy-clip"
-TOY_CLIP_FILE = Path(__file__).resolve().parent.parent / "toyworld" / "tiny_clip.safetensors"
 CLIP_BPE_VOCAB = 49408  # size of CLIP's BPE vocabulary (open_clip's SimpleTokenizer)
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".tar", ".ckpt")
 
 
 @dataclass
@@ -230,7 +228,7 @@ def _toy_clip(stamp: tuple[int, int]) -> nn.Module:
 
 
 def _looks_like_file(s: str) -> bool:
-    return os.path.sep in s or s.endswith(_CHECKPOINT_SUFFIXES) or Path(s).exists()
+    return os.path.sep in s or s.endswith(CHECKPOINT_SUFFIXES) or Path(s).exists()
 
 
 def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,

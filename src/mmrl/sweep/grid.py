@@ -1,10 +1,12 @@
 """The reproduction grid: cells, shards and the grid's record.
 
 A *cell* is one training run of a protocol's grid (one method, dataset, shot count and
-seed; for cross-dataset also the evaluations of its targets). `mmrl reproduce` builds the
-grid (:func:`build_grid`), optionally keeps a shard of it (:func:`take_shard`) and hands it to
+seed; for cross-dataset also the evaluations of its targets; for an ablation one grid point of
+the varied keys, :mod:`mmrl.sweep.ablation`). `mmrl reproduce` builds the grid
+(:func:`build_grid`), optionally keeps a shard of it (:func:`take_shard`) and hands it to
 :func:`mmrl.sweep.runner.run_cells`. Run folder layout:
-`OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>/` (:func:`mmrl.vocab.sweep_run_dir`).
+`OUTPUT/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>/` (:func:`mmrl.vocab.sweep_run_dir`),
+under `OUTPUT/ablation/<point>/` for an ablation's grid point.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from mmrl.vocab import (ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS,
-                        METHODS, PROTOCOLS, STDOUT_LOG, canonical_benchmark, eval_file_name,
-                        sweep_run_dir)
+from mmrl.sweep.ablation import Point, point_dir
+from mmrl.vocab import (ABLATION_DIR, ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS,
+                        LOGIT_KINDS, METHODS, PROTOCOLS, STDOUT_LOG, auto_logits, canonical_benchmark,
+                        dataset_slug, eval_file_name, sweep_run_dir)
 
 
 def canonical_dataset(name: str) -> str:
@@ -34,11 +37,31 @@ def run_dir_for(output: Path | str, protocol: str, method: str, dataset: str, sh
 
 
 @dataclass(frozen=True)
+class EvalJob:
+    """One `mmrl eval` of a trained cell: a dataset's classes (``subsample``) with ``logits``.
+    ``dataset`` is what `--dataset` gets, ``name`` the name its result carries (they differ for user data)."""
+    dataset: str
+    subsample: str = "all"
+    logits: str = "auto"
+    name: str = ""
+
+    @property
+    def file(self) -> str:
+        """Its result's file name under RUN_DIR/eval/."""
+        return eval_file_name(self.name or self.dataset, self.subsample, self.logits)
+
+
+@dataclass(frozen=True)
 class Cell:
     """One run of the grid, with everything needed to launch it.
 
-    `targets` is empty except for cross-dataset, where it lists the datasets
-    evaluated (with `mmrl eval`) on the model trained on `dataset`.
+    `dataset` is what `mmrl train --dataset` gets: a benchmark's canonical name, or a user
+    dataset's spec (`dataset:PATH`, `folder:PATH`, `manifest:FILE`); `table_name` the name its
+    evaluations carry (the benchmark's name, or the name the data layer gives the user dataset:
+    the run folder and eval files are named after it). `targets` is empty except for
+    cross-dataset, where it lists the datasets evaluated (with `mmrl eval`) on the model trained
+    on `dataset`. `point`: the ablation grid point (`(key, value)` pairs; empty in a plain sweep).
+    `logits`: logit kinds to evaluate besides the protocol's choice (an evaluation-only ablation).
     `device` is filled in by the worker that runs the cell (None: inherit).
     """
     protocol: str
@@ -52,10 +75,18 @@ class Cell:
     backbone: str | None = None
     sets: tuple[str, ...] = ()
     device: str | None = None
+    point: Point = ()
+    logits: tuple[str, ...] = ()
+    table_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.table_name:
+            object.__setattr__(self, "table_name", self.dataset)
 
     @property
     def name(self) -> str:
-        return f"{self.protocol}/{self.method}/{self.dataset}/shots_{self.shots}/seed_{self.seed}"
+        where = f"{ABLATION_DIR}/{point_dir(self.point)}/" if self.point else ""
+        return f"{where}{self.protocol}/{self.method}/{self.table_name}/shots_{self.shots}/seed_{self.seed}"
 
     @property
     def log_path(self) -> Path:
@@ -64,57 +95,111 @@ class Cell:
     @property
     def train_evals(self) -> tuple[str, ...]:
         """Eval files (under RUN_DIR/eval/) a finished `mmrl train` leaves behind."""
-        if self.protocol == "base2novel":
-            return (eval_file_name(self.dataset, "base"), eval_file_name(self.dataset, "new"))
-        return (eval_file_name(self.dataset, "all"),)
+        return tuple(EvalJob(self.table_name, sub).file for sub in self.trained_subsamples)
+
+    @property
+    def trained_subsamples(self) -> tuple[str, ...]:
+        """The subsamples `mmrl train` evaluates (base-to-novel: base and novel classes)."""
+        return ("base", "new") if self.protocol == "base2novel" else ("all",)
+
+    @property
+    def eval_jobs(self) -> tuple[EvalJob, ...]:
+        """The `mmrl eval` runs after training: every cross-dataset target, then each requested logit
+        kind on every evaluated class set, except where it is the protocol's own choice (that
+        evaluation exists already)."""
+        jobs = [EvalJob(t) for t in self.targets]
+        trained_sub = "base" if self.protocol == "base2novel" else "all"
+        sets = [(self.dataset, self.table_name, sub) for sub in self.trained_subsamples] + \
+               [(t, t, "all") for t in self.targets]
+        for kind in self.logits:
+            jobs += [EvalJob(d, sub, kind, name) for d, name, sub in sets
+                     if auto_logits(self.table_name, trained_sub, name, sub) != kind]
+        return tuple(jobs)
 
     @property
     def target_evals(self) -> tuple[str, ...]:
-        return tuple(eval_file_name(t, "all") for t in self.targets)
+        """Eval files the cell's `mmrl eval` runs leave (:attr:`eval_jobs`)."""
+        return tuple(j.file for j in self.eval_jobs)
+
+
+def _user_datasets(specs: Sequence[str], root: Path | str | None, protocol: str) -> dict[str, str]:
+    """{spec: the name the data layer gives it} for user datasets (checked to exist now, not in a run)."""
+    from mmrl import data
+
+    if specs and protocol == "crossdataset":
+        raise ValueError(f"crossdataset trains on {CROSS_SOURCE} and evaluates the benchmark targets; "
+                         f"user datasets ({', '.join(specs)}) go with base2novel or fewshot")
+    names = {}
+    for spec in specs:
+        try:
+            names[spec] = data.locate(data.canonical_name(spec), root).name
+        except (ValueError, OSError) as e:
+            raise ValueError(f"--datasets {spec}: {e.args[0] if e.args else e}") from None
+    return names
 
 
 def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequence[str] | None = None,
                seeds: Sequence[int] | None = None, shots: Sequence[int] | None = None,
                root: Path | str | None = None, backbone: str | None = None,
-               sets: Sequence[str] = ()) -> list[Cell]:
-    """The grid of a protocol in canonical order: dataset (papers' order), then shots, then seed.
+               sets: Sequence[str] = (), points: Sequence[Point] = (), logits: Sequence[str] = ()) -> list[Cell]:
+    """The grid of a protocol in canonical order: ablation point, dataset (papers' order, then user
+    datasets by spec), shots, seed.
 
     The order does not depend on the order of the arguments, so `take_shard`
     splits the same grid the same way on every machine. For cross-dataset,
     `datasets` selects the targets (default: the 10 other datasets and the 4
     ImageNet variants) and there is one cell per shot count and seed, trained
-    on ImageNet.
+    on ImageNet. `datasets` may also name user datasets (`dataset:PATH`, `folder:PATH`,
+    `manifest:FILE`; base2novel and fewshot). `points`: the ablation's grid points
+    (:func:`mmrl.sweep.ablation.points`); each is the whole grid under `OUTPUT/ablation/<point>/`.
+    `logits`: logit kinds evaluated besides the protocol's choice.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if bad := [k for k in logits if k not in LOGIT_KINDS]:
+        raise ValueError(f"--logits {','.join(bad)}: expected some of {', '.join(LOGIT_KINDS)}")
     seeds = sorted(set(int(s) for s in (seeds or DEFAULT_SEEDS)))
     shot_list = sorted(set(int(k) for k in (shots or DEFAULT_SHOTS[protocol])))
     if any(k < 1 for k in shot_list):
         raise ValueError(f"shots must be >= 1, got {shot_list}")
-    chosen = None if not datasets else {canonical_dataset(d) for d in datasets}
-    common = dict(root=Path(root) if root is not None else None, backbone=backbone, sets=tuple(sets))
+    user = sorted({d for d in datasets or () if is_user_dataset(d)})
+    named = _user_datasets(user, root, protocol)
+    chosen = None if not datasets else {canonical_dataset(d) for d in datasets if d not in named}
+    common = dict(root=Path(root) if root is not None else None, backbone=backbone, sets=tuple(sets),
+                  logits=tuple(k for k in LOGIT_KINDS if k in logits))
     cells: list[Cell] = []
-    if protocol == "crossdataset":
-        targets = tuple(t for t in CROSS_TARGETS if chosen is None or t in chosen)
-        if chosen is not None and (bad := chosen - set(CROSS_TARGETS)):
-            raise ValueError(f"cross-dataset targets must be among {', '.join(CROSS_TARGETS)}; got {sorted(bad)}")
-        for k in shot_list:
-            for s in seeds:
-                cells.append(Cell(protocol, method, CROSS_SOURCE, k, s,
-                                  run_dir_for(output, protocol, method, CROSS_SOURCE, k, s), targets, **common))
-        return cells
-    if chosen is not None and (bad := chosen - set(DATASETS)):
-        raise ValueError(f"{protocol} runs on the 11 datasets {', '.join(DATASETS)}; got {sorted(bad)}")
-    for d in DATASETS:
-        if chosen is not None and d not in chosen:
+    for point in points or [()]:
+        base = Path(output) / ABLATION_DIR / point_dir(point) if point else Path(output)
+        if protocol == "crossdataset":
+            targets = tuple(t for t in CROSS_TARGETS if chosen is None or t in chosen)
+            if chosen is not None and (bad := chosen - set(CROSS_TARGETS)):
+                raise ValueError(f"cross-dataset targets must be among {', '.join(CROSS_TARGETS)}; got {sorted(bad)}")
+            for k in shot_list:
+                for s in seeds:
+                    cells.append(Cell(protocol, method, CROSS_SOURCE, k, s,
+                                      run_dir_for(base, protocol, method, CROSS_SOURCE, k, s), targets, point=point,
+                                      **common))
             continue
-        for k in shot_list:
-            for s in seeds:
-                cells.append(Cell(protocol, method, d, k, s, run_dir_for(output, protocol, method, d, k, s),
-                                  **common))
+        if chosen is not None and (bad := chosen - set(DATASETS)):
+            raise ValueError(f"{protocol} runs on the 11 datasets {', '.join(DATASETS)} (or user datasets: "
+                             f"dataset:PATH, folder:PATH, manifest:FILE); got {sorted(bad)}")
+        wanted = [d for d in DATASETS if (chosen is None and not named) or (chosen is not None and d in chosen)]
+        for d, name in [(d, d) for d in wanted] + list(named.items()):
+            for k in shot_list:
+                for s in seeds:
+                    cells.append(Cell(protocol, method, d, k, s,
+                                      run_dir_for(base, protocol, method, dataset_slug(name), k, s),
+                                      point=point, table_name=name, **common))
     return cells
+
+
+def is_user_dataset(name: str) -> bool:
+    """A user dataset spec (``dataset:``, ``folder:``, ``manifest:``) or a folder holding a dataset.json."""
+    from mmrl.data.imagefolder import is_user_spec
+
+    return is_user_spec(name) or (canonical_benchmark(name) is None and (Path(name) / "dataset.json").is_file())
 
 
 def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[int, int]:
@@ -150,14 +235,24 @@ def take_shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
     return [c for i, c in enumerate(cells) if i % count == index]
 
 
-def grid_spec(cells: Iterable[Cell]) -> dict:
-    """The grid as data (written to `<protocol>/<method>/grid-*.json` so the report knows what is expected)."""
+def grid_spec(cells: Iterable[Cell], defaults: dict[str, dict] | None = None) -> dict:
+    """The grid of one point as data (written to `<base>/<protocol>/<method>/grid-*.json` so the report
+    knows what is expected): "datasets" are the run folders' names (`names`: folder -> the name the
+    evaluations carry); an ablation point adds "ablation": {"values": {key: value}, "defaults":
+    {dataset as run.json names it: {key: default}}}."""
     cells = list(cells)
-    return {
+    folders = {c.run_dir.parent.parent.name: c for c in cells}
+    spec = {
         "protocol": cells[0].protocol if cells else None,
         "method": cells[0].method if cells else None,
-        "datasets": sorted({c.dataset for c in cells}, key=ALL_DATASETS.index),
+        "datasets": list(folders),
         "targets": list(cells[0].targets) if cells else [],
         "shots": sorted({c.shots for c in cells}),
         "seeds": sorted({c.seed for c in cells}),
     }
+    if any(c.table_name != folder for folder, c in folders.items()):
+        spec["names"] = {folder: c.table_name for folder, c in folders.items()}
+    if cells and cells[0].point:
+        spec["ablation"] = {"values": dict(cells[0].point),
+                            "defaults": {d: v for d, v in (defaults or {}).items() if d in {c.dataset for c in cells}}}
+    return spec

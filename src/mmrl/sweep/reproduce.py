@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl import sweep
-from mmrl.sweep import Cell, Outcome
 from mmrl.fileio import write_json_atomic
+from mmrl.sweep import Cell, Outcome
+from mmrl.sweep.ablation import Vary, check_grid, parse_vary, points
+from mmrl.sweep.grid import EvalJob
 
 
 @dataclass
@@ -35,51 +37,89 @@ class ReproduceResult:
         return not self.by_status("failed") and self.report_error is None
 
 
-def write_grid_spec(output: Path, cells: Sequence[Cell]) -> Path | None:
-    """Record the requested grid as `OUTPUT/<protocol>/<method>/grid-<hash>.json` (the report's "expected").
+def write_grid_spec(output: Path, cells: Sequence[Cell], defaults: dict[str, dict] | None = None) -> list[Path]:
+    """Record the requested grid as `<base>/<protocol>/<method>/grid-<hash>.json` (the report's "expected"),
+    one per ablation point (base = `OUTPUT/ablation/<point>`), else one (base = OUTPUT).
 
     One file per distinct grid, named by its content hash, so concurrent
     processes never rewrite each other's file; the report takes the union.
     """
-    if not cells:
-        return None
-    spec = sweep.grid_spec(cells)
-    text = json.dumps(spec, sort_keys=True)
-    path = Path(output) / spec["protocol"] / spec["method"] / f"grid-{hashlib.sha1(text.encode()).hexdigest()[:10]}.json"
-    if not path.exists():
-        write_json_atomic(spec, path)
-    return path
+    paths = []
+    for point in dict.fromkeys(c.point for c in cells):
+        mine = [c for c in cells if c.point == point]
+        spec = sweep.grid_spec(mine, defaults)
+        text = json.dumps(spec, sort_keys=True)
+        base = mine[0].run_dir.parents[4]  # <base>/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>
+        path = base / spec["protocol"] / spec["method"] / f"grid-{hashlib.sha1(text.encode()).hexdigest()[:10]}.json"
+        if not path.exists():
+            write_json_atomic(spec, path)
+        paths.append(path)
+    return paths
+
+
+def plan_text(protocol: str, method: str, grid: Sequence[Cell], cells: Sequence[Cell], varies: Sequence[Vary],
+              output: Path, shard: tuple[int, int] | None) -> str:
+    """What the sweep will do, before it starts: the number of runs (and of evaluations after training),
+    broken down as points x datasets x shots x seeds, and how many are finished already."""
+    n_points = max(1, len({c.point for c in grid}))
+    n_data = len({c.dataset for c in grid})
+    shots = sorted({c.shots for c in grid})
+    seeds = sorted({c.seed for c in grid})
+    parts = [f"{len(v.values)} values of {v.key}" for v in varies]
+    parts += [f"{n_data} dataset{'s' * (n_data != 1)}", f"{len(shots)} shot count{'s' * (len(shots) != 1)}",
+              f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"]
+    assert n_points * n_data * len(shots) * len(seeds) == len(grid)
+    done = sum(sweep.cell_state(c).kind == "finished" for c in cells)
+    evals = sum(len(c.eval_jobs) for c in cells)
+    shard_note = f"; shard {shard[0]}/{shard[1]}: {len(cells)} of them" if shard else ""
+    lines = [f"mmrl reproduce {protocol} {method}: {len(grid)} runs = {' x '.join(parts)}{shard_note}; "
+             f"{done} already finished, {len(cells) - done} to run or resume"
+             + (f"; {evals} evaluations after training" if evals else "") + f"; output {output}"]
+    for v in varies:
+        lines.append(f"  vary {v.key}: {', '.join(json.dumps(x) for x in v.values)}")
+    return "\n".join(lines)
 
 
 def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | str | None = None,
               datasets: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
               shots: Sequence[int] | None = None, backbone: str | None = None, sets: Sequence[str] = (),
+              vary: Sequence[str] = (), logits: Sequence[str] = (),
               devices: Sequence[str] | None = None, jobs: int = 1, shard: tuple[int, int] | None = None,
               claim_timeout: float | None = 6 * 3600.0, heartbeat_s: float = 60.0,
-              run_train: Callable[[Cell], int] | None = None, run_eval: Callable[[Cell, str], int] | None = None,
-              runner_prefix: Sequence[str] | None = None, write_report: bool = True,
+              run_train: Callable[[Cell], int] | None = None,
+              run_eval: Callable[[Cell, EvalJob], int] | None = None,
+              runner_prefix: Sequence[str] | None = None, write_report: bool = True, dry_run: bool = False,
               log: Callable[[str], None] = print) -> ReproduceResult:
     """Run the grid of `protocol` for `method` under `output`, then write `output/report/`.
 
-    devices: run one cell per listed GPU at a time (each child gets
+    vary: ``KEY=V1,V2,...`` items (:mod:`mmrl.sweep.ablation`): the grid is run for every
+    combination of the values, under `output/ablation/<point>/`. logits: logit kinds
+    (fused, class, rep) to evaluate every trained run with besides the protocol's choice.
+    Every (point, dataset) config is resolved and checked before any work (ValueError naming
+    the grid point). devices: run one cell per listed GPU at a time (each child gets
     CUDA_VISIBLE_DEVICES); a GPU listed twice runs two cells. Without
     devices, `jobs` CPU workers. shard: (I, N) keeps grid cells with
     position % N == I. run_train / run_eval default to subprocesses of
     `runner_prefix` (default `python -m mmrl`) logging to RUN_DIR/stdout.log.
+    dry_run: print the plan (the number of runs) and stop.
     """
     output = Path(output)
+    varies = parse_vary(vary)
     grid = sweep.build_grid(protocol, method, output, datasets=datasets, seeds=seeds, shots=shots,
-                            root=root, backbone=backbone, sets=sets)
-    write_grid_spec(output, grid)
+                            root=root, backbone=backbone, sets=sets, points=points(varies), logits=logits)
+    defaults = check_grid(protocol, method, list(dict.fromkeys(c.dataset for c in grid)), points(varies), sets,
+                          backbone, min((c.shots for c in grid), default=1))
     cells = sweep.take_shard(grid, *shard) if shard else grid
+    log(plan_text(protocol, method, grid, cells, varies, output, shard))
+    if dry_run:
+        return ReproduceResult(cells, [])
+    write_grid_spec(output, grid, defaults)
     workers: list[str | None] = list(devices) if devices else [None] * max(1, jobs)
     runner = sweep.SubprocessRunner(
         runner_prefix, threads=None if devices else max(1, (os.cpu_count() or 1) // len(workers)))
     train = run_train or runner.train
     evaluate = run_eval or runner.evaluate
-    shard_note = f", shard {shard[0]}/{shard[1]}" if shard else ""
-    log(f"mmrl reproduce {protocol} {method}: {len(cells)} of {len(grid)} runs{shard_note}, "
-        f"{len(workers)} worker(s), output {output}")
+    log(f"{len(workers)} worker(s)")
     if claim_timeout is not None:  # refresh held claims well within the timeout others apply
         heartbeat_s = min(heartbeat_s, max(claim_timeout / 4, 0.05))
     outcomes = sweep.run_cells(cells, train, evaluate, workers, claim_timeout, heartbeat_s, log,

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl.engine.lock import HOST, Heartbeat, acquire_claim, release_claim
-from mmrl.sweep.grid import Cell
+from mmrl.sweep.ablation import point_sets
+from mmrl.sweep.grid import Cell, EvalJob
 from mmrl.sweep.state import cell_state, claim_path
-from mmrl.vocab import CONFIG_FILE, EVAL_DIR, RUN_FILE, eval_file_name
+from mmrl.vocab import CONFIG_FILE, EVAL_DIR, RUN_FILE
 
 # torchrun's variables: a sweep started under torchrun must not hand them to its children
 _TORCHRUN_VARS = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
@@ -49,7 +50,7 @@ class SubprocessRunner:
             cmd += ["--root", str(cell.root)]
         if cell.backbone is not None:
             cmd += ["--backbone", cell.backbone]
-        for kv in cell.sets:
+        for kv in [*cell.sets, *point_sets(cell.point)] if cell.point else cell.sets:
             cmd += ["--set", kv]
         # Re-running train on an unfinished folder resumes it anyway; `--resume` additionally makes
         # train refuse to start from scratch. It needs the run's config.yaml, written before run.json.
@@ -57,8 +58,10 @@ class SubprocessRunner:
             cmd.append("--resume")
         return cmd
 
-    def eval_command(self, cell: Cell, target: str) -> list[str]:
-        cmd = self.prefix + ["eval", str(cell.run_dir), "--dataset", target, "--subsample", "all"]
+    def eval_command(self, cell: Cell, job: EvalJob) -> list[str]:
+        cmd = self.prefix + ["eval", str(cell.run_dir), "--dataset", job.dataset, "--subsample", job.subsample]
+        if job.logits != "auto":
+            cmd += ["--logits", job.logits]
         if cell.root is not None:
             cmd += ["--root", str(cell.root)]
         return cmd
@@ -66,8 +69,8 @@ class SubprocessRunner:
     def train(self, cell: Cell) -> int:
         return self._run(cell, self.train_command(cell))
 
-    def evaluate(self, cell: Cell, target: str) -> int:
-        return self._run(cell, self.eval_command(cell, target))
+    def evaluate(self, cell: Cell, job: EvalJob) -> int:
+        return self._run(cell, self.eval_command(cell, job))
 
     def _run(self, cell: Cell, cmd: list[str]) -> int:
         # each run is its own single-process job: never inherit a surrounding torchrun's group
@@ -130,10 +133,11 @@ class Outcome:
         return self.cell.log_path
 
 
-def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[Cell, str], int],
+def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[Cell, EvalJob], int],
              claim_timeout: float | None, heartbeat: Heartbeat | None = None,
              on_start: Callable[[Cell], None] | None = None) -> Outcome:
-    """Bring one cell to "finished": skip, or claim it, train (fresh or resumed) and evaluate missing targets.
+    """Bring one cell to "finished": skip, or claim it, train (fresh or resumed) and run its missing
+    evaluations (cross-dataset targets, explicitly chosen logits).
 
     `on_start` is called once the cell is claimed and work on it begins.
     """
@@ -166,12 +170,14 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
                                                f"({state.detail}; missing {', '.join(state.missing)})",
                                time.time() - t0)
         errors = []
-        for target in cell.targets:
-            if (cell.run_dir / EVAL_DIR / eval_file_name(target, "all")).is_file():
+        for job in cell.eval_jobs:
+            if (cell.run_dir / EVAL_DIR / job.file).is_file():
                 continue
-            rc = run_eval(cell, target)
-            if rc != 0 or not (cell.run_dir / EVAL_DIR / eval_file_name(target, "all")).is_file():
-                errors.append(f"eval {target} exited with code {rc}" if rc else f"eval {target} wrote no file")
+            rc = run_eval(cell, job)
+            what = f"eval {job.dataset}" + (f" {job.subsample}" if job.subsample != "all" else "") + \
+                (f" --logits {job.logits}" if job.logits != "auto" else "")
+            if rc != 0 or not (cell.run_dir / EVAL_DIR / job.file).is_file():
+                errors.append(f"{what} exited with code {rc}" if rc else f"{what} wrote no file")
         if errors:
             return Outcome(cell, "failed", "; ".join(errors), time.time() - t0)
         return Outcome(cell, "done", "", time.time() - t0)
@@ -183,7 +189,7 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
         release_claim(got.claim)
 
 
-def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval: Callable[[Cell, str], int],
+def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval: Callable[[Cell, EvalJob], int],
               workers: Sequence[str | None] = (None,), claim_timeout: float | None = None,
               heartbeat_s: float = 60.0, log: Callable[[str], None] = print,
               on_interrupt: Callable[[], None] | None = None) -> list[Outcome]:

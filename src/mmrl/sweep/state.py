@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mmrl.fileio import read_json_or_none as read_json
 from mmrl.sweep.grid import Cell
-from mmrl.vocab import CLAIM_SUFFIX, EVAL_DIR, RUN_FILE
+from mmrl.vocab import CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, RUN_FILE
 
 
 @dataclass
@@ -26,8 +26,9 @@ class CellState:
 
     kind: "finished" (nothing), "fresh" (no run.json: train from scratch),
     "resume" (run.json exists but the run is not finished: train again, it
-    resumes), "evals" (training finished, some cross-dataset targets not yet
-    evaluated) or "mismatch" (run.json describes another run).
+    resumes), "evals" (training finished, some evaluations after training --
+    cross-dataset targets, explicitly chosen logits -- not done yet) or
+    "mismatch" (run.json or config.yaml describes another run).
     """
     kind: str
     missing: tuple[str, ...] = ()
@@ -42,10 +43,14 @@ def cell_state(cell: Cell) -> CellState:
             "shots": cell.shots, "seed": cell.seed}
     if cell.backbone is not None:
         want["backbone"] = cell.backbone
-    diff = {k: (run.get(k), v) for k, v in want.items() if k in run and run.get(k) != v}
+    if cell.point or run.get("ablation"):
+        want["ablation"] = dict(cell.point)
+    diff = {k: (run.get(k), v) for k, v in want.items() if (k in run or k == "ablation") and run.get(k) != v}
     if diff:
         detail = "; ".join(f"{k}={have!r} in run.json, expected {exp!r}" for k, (have, exp) in diff.items())
         return CellState("mismatch", (), f"{cell.run_dir / RUN_FILE}: {detail}")
+    if run.get("status") == "finished" and (detail := settings_mismatch(cell)):
+        return CellState("mismatch", (), detail)
     evals = cell.run_dir / EVAL_DIR
     missing_train = tuple(n for n in cell.train_evals if not (evals / n).is_file())
     missing_targets = tuple(n for n in cell.target_evals if not (evals / n).is_file())
@@ -54,6 +59,33 @@ def cell_state(cell: Cell) -> CellState:
     if missing_targets:
         return CellState("evals", missing_targets)
     return CellState("finished")
+
+
+def settings_mismatch(cell: Cell) -> str:
+    """Why the run in the cell's folder was made with other settings than the sweep's ``--set`` items (and
+    the ablation point's values), or "" when it matches or its config.yaml cannot tell. Keys that do not
+    change what is learned (where the data is, device, workers, evaluation) may differ, as on resume.
+    A finished run is skipped without starting `mmrl train` (which checks this itself), so the sweep
+    checks it here: results of other settings are never counted as this sweep's."""
+    from mmrl.config import ConfigError, config_differences, load_config, with_overrides
+    from mmrl.sweep.ablation import point_overrides
+
+    path = cell.run_dir / CONFIG_FILE
+    if not path.is_file():
+        return ""
+    try:
+        stored = load_config(path)
+    except ConfigError:
+        return ""  # not a config this version reads: train decides when it runs
+    try:
+        wanted = with_overrides(stored, [*cell.sets, *(point_overrides(cell.point) if cell.point else ())])
+    except ConfigError as e:
+        return f"{cell.run_dir}: this sweep's settings do not apply to the stored run ({e})"
+    diffs = config_differences(stored, wanted)
+    if not diffs:
+        return ""
+    return (f"{path}: the finished run has other settings than this sweep asks for ({'; '.join(diffs)}); "
+            "use another --output for other settings, or delete the run folder to redo it")
 
 
 # ----------------------------------------------------------------------------------------------
