@@ -73,7 +73,8 @@ def finish(cell: sweep.Cell, status: str = "finished", evals: bool = True, **ove
     """Write the run folder `mmrl train` would leave for `cell`."""
     (cell.run_dir / "eval").mkdir(parents=True, exist_ok=True)
     run = {"version": 1, "method": cell.method, "dataset": cell.dataset, "protocol": cell.protocol,
-           "shots": cell.shots, "seed": cell.seed, "backbone": "fake", "status": status, **over}
+           "shots": cell.shots, "seed": cell.seed, "backbone": "fake", "status": status,
+           **({"ablation": dict(cell.point)} if cell.point else {}), **over}
     (cell.run_dir / "run.json").write_text(json.dumps(run))
     (cell.run_dir / "config.yaml").write_text("{}\n")
     if evals:
