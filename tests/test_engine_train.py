@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import yaml
 import torch
 
 from helpers import (make_benchmark_dataset, make_folder_dataset, read_jsonl, tiny_method_overrides,
@@ -112,9 +113,37 @@ def test_eval_predictions_file(world):
     assert res["accuracy"] == pytest.approx(acc)
     # same numbers as the evaluation done right after training (deterministic evaluation)
     assert res["accuracy"] == _json(run / "results.json")["base"]
-    # forcing class logits on the base classes
+    # forcing class logits on the base classes: a file of its own, the protocol's result untouched
     forced = evaluate(run, EvalRequest("dtd", subsample="base", logits="class", output_dir=world["base"] / "forced"))
-    assert forced["logits"] == "class" and (world["base"] / "forced" / "DescribableTextures-base.json").is_file()
+    assert forced["logits"] == forced["logits_requested"] == "class"
+    assert sorted(p.name for p in (world["base"] / "forced").iterdir()) == ["DescribableTextures-base-class.json"]
+    assert _json(run / "eval" / "DescribableTextures-base.json")["logits_requested"] == "auto"
+
+
+def test_eval_logit_kinds_decompose_as_the_spec_says(world):
+    """`mmrl eval --logits class|rep|fused`: each kind's logits per image, and fused = alpha class + (1 - alpha)
+    rep (method.md). The three come from the same fp32 features; the identity holds to a few fp32 roundings
+    of logits of size <= logit_scale = 100 (ulp 7.6e-6), so 1e-4 is tight yet safe on any CPU."""
+    run = _train(world, "kinds", protocol="base2novel")
+    alpha = yaml.safe_load((run / "config.yaml").read_text())["method"]["alpha"]
+    rows = {}
+    for kind in ("class", "rep", "fused"):
+        pred = world["base"] / f"kinds-{kind}.jsonl"
+        assert main(["eval", str(run), "--dataset", "dtd", "--subsample", "new", "--logits", kind,
+                     "--predictions", str(pred), "--progress", "lines"]) == 0
+        rows[kind] = read_jsonl(pred)
+        res = _json(run / "eval" / f"DescribableTextures-new-{kind}.json")
+        assert res["logits"] == res["logits_requested"] == kind
+        assert res["accuracy"] == pytest.approx(100.0 * sum(r["prediction"] == r["label"] for r in rows[kind])
+                                                / len(rows[kind]))
+    for c, r, f in zip(rows["class"], rows["rep"], rows["fused"]):
+        assert c["image"] == r["image"] == f["image"]
+        for lc, lr, lf in zip(c["logits"], r["logits"], f["logits"]):
+            assert lf == pytest.approx(alpha * lc + (1 - alpha) * lr, abs=1e-4)
+    assert any(c["logits"] != r["logits"] for c, r in zip(rows["class"], rows["rep"]))  # two distinct heads
+    # the protocol's own novel result (class logits) is the explicit class one, and stays where it was
+    auto = _json(run / "eval" / "DescribableTextures-new.json")
+    assert auto["logits"] == "class" and auto["accuracy"] == _json(run / "eval" / "DescribableTextures-new-class.json")["accuracy"]
 
 
 def test_predict_command(world, capsys):

@@ -216,6 +216,9 @@ def test_user_datasets_in_a_sweep(tmp_path):
     assert cell.dataset == f"dataset:{task}" and cell.table_name == "shapes"
     assert cell.run_dir == out / "base2novel" / "mmrl" / "shapes" / "shots_16" / "seed_1"
     assert cell.train_evals == ("shapes-base.json", "shapes-new.json")
+    # a folder holding dataset.json is named as `mmrl train` records it
+    (same,) = sweep.build_grid("base2novel", "mmrl", out, datasets=[str(task)], seeds=[1])
+    assert same.dataset == f"dataset:{task}" and same.run_dir == cell.run_dir
     with pytest.raises(ValueError, match="not found|no dataset.json"):
         sweep.build_grid("base2novel", "mmrl", out, datasets=[f"dataset:{tmp_path / 'nope'}"])
     with pytest.raises(ValueError, match="base2novel or fewshot"):

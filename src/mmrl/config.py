@@ -330,6 +330,18 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
         return
 
 
+def file_overrides(path: str | Path) -> list[str]:
+    """A ``--config`` YAML file (nested mapping or dotted keys) as ``key=value`` items (JSON values), in
+    the file's order: what a sweep passes to each run (``mmrl reproduce --config``), checked there
+    like ``--set`` items."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    import json
+
+    return [f"{k}={json.dumps(v)}" for k, v in flat(data).items()]
+
+
 def typed_value(key: str, value: Any, source: str = "--set") -> Any:
     """``value`` checked and typed as ``key`` holds it (``("optim.lr", 1)`` -> ``1.0``; lists of a
     tuple key as lists); ConfigError naming the key otherwise."""

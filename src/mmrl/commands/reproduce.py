@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="config override passed to every mmrl train (repeatable, as for mmrl train); for a key "
                         "also given to --vary it is the default the ablation is compared with")
+    p.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="config keys (nested or dotted YAML) passed to every mmrl train, before the --set items")
     p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="ablation: run the grid once per value of this config key (any key --set takes but the "
                         "run's name, grid and place); repeat for a product grid, e.g. --vary "
@@ -88,10 +90,19 @@ def main(args: argparse.Namespace) -> int:
         print(f"mmrl reproduce: error: --set {bad[0]!r}: expected KEY=VALUE", file=sys.stderr)
         return 2
     prefix = [sys.executable, args.runner] if args.runner else None
+    sets = list(args.sets)
+    if args.config is not None:
+        from mmrl.config import ConfigError, file_overrides
+
+        try:
+            sets = file_overrides(args.config) + sets
+        except ConfigError as e:
+            print(f"mmrl reproduce: error: --config {e}", file=sys.stderr)
+            return 2
     try:
         with sigterm_as_interrupt():  # SIGTERM (e.g. scancel) -> same clean-up as Ctrl-C
             result = reproduce(args.protocol, args.method, args.output, root=args.root, datasets=args.datasets,
-                               seeds=args.seeds, shots=args.shots, backbone=args.backbone, sets=args.sets,
+                               seeds=args.seeds, shots=args.shots, backbone=args.backbone, sets=sets,
                                vary=args.vary, logits=logits, dry_run=args.dry_run, devices=devices,
                                jobs=args.jobs, shard=shard,
                                claim_timeout=None if args.claim_timeout < 0 else args.claim_timeout,

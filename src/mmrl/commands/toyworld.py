@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=kind, help=text)
 
     p = sub.add_parser("make-tasks", formatter_class=fmt,
-                       help="write the downstream task folders (read them with --dataset folder:DIR/<task>)")
+                       help="write the downstream task folders (read them with --dataset dataset:DIR/<task>) and the demo's "
+                            "settings per method (DIR/settings-<method>.yaml, for --config)")
     p.add_argument("--out", required=True, help="folder to write the tasks into")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS), metavar="TASK",
                    help=f"which tasks ({', '.join(TASKS)})")
@@ -62,12 +63,15 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _make_tasks(args: argparse.Namespace) -> int:
+    from mmrl.toyworld.demo import write_settings
     from mmrl.toyworld.tasks import TASKS, write_tasks
 
     for folder in write_tasks(args.out, args.tasks, seed=args.seed):
         task = TASKS[folder.name]
         print(f"{folder}: {len(task.classes)} classes ({task.n_base} base), "
               f"{task.n_train}/{task.n_val}/{task.n_test} train/val/test per class; {task.shift}")
+    for path in write_settings(args.out):
+        print(f"{path}: the demo's settings for --config")
     return 0
 
 

@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from mmrl.backbone_spec import tower_depths
-from mmrl.config import ConfigError, parse_override, resolve_config, typed_value, validate_vary
+from mmrl.config import NOT_VARIABLE, ConfigError, parse_override, resolve_config, typed_value, validate_vary
 
 Point = tuple[tuple[str, Any], ...]
+# keys every run of a sweep gets from the sweep itself (its arguments, grid and layout): a fixed --set of
+# one would change the run without the sweep knowing
+SWEPT = ("method.name", "protocol", "data.dataset", "seed", "data.shots", "output", "vary")
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,10 @@ def check_grid(protocol: str, method: str, datasets: Sequence[str], point_list: 
     points). Raises ValueError naming the grid point, the dataset and what is wrong.
     """
     flags = {"backbone": backbone, "data.shots": shots}
+    for item in sets:
+        key = parse_override(item)[0] if isinstance(item, str) else item[0]
+        if key in SWEPT:
+            raise ValueError(f"--set {key}: the sweep sets it for every run ({NOT_VARIABLE[key]})")
     keys = [k for k, _ in point_list[0]] if point_list else []
     defaults: dict[str, dict[str, Any]] = {}
     depths: dict[str, tuple[int, int] | None] = {}

@@ -123,7 +123,8 @@ class Cell:
 
 
 def _user_datasets(specs: Sequence[str], root: Path | str | None, protocol: str) -> dict[str, str]:
-    """{spec: the name the data layer gives it} for user datasets (checked to exist now, not in a run)."""
+    """{spec as `mmrl train` records it: the name the data layer gives the dataset} for user datasets
+    (checked to exist now, not in a run)."""
     from mmrl import data
 
     if specs and protocol == "crossdataset":
@@ -132,7 +133,8 @@ def _user_datasets(specs: Sequence[str], root: Path | str | None, protocol: str)
     names = {}
     for spec in specs:
         try:
-            names[spec] = data.locate(data.canonical_name(spec), root).name
+            canonical = data.canonical_name(spec)  # a folder holding dataset.json -> dataset:FOLDER
+            names[canonical] = data.locate(canonical, root).name
         except (ValueError, OSError) as e:
             raise ValueError(f"--datasets {spec}: {e.args[0] if e.args else e}") from None
     return names
@@ -166,7 +168,7 @@ def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequ
         raise ValueError(f"shots must be >= 1, got {shot_list}")
     user = sorted({d for d in datasets or () if is_user_dataset(d)})
     named = _user_datasets(user, root, protocol)
-    chosen = None if not datasets else {canonical_dataset(d) for d in datasets if d not in named}
+    chosen = None if not datasets else {canonical_dataset(d) for d in datasets if d not in user}
     common = dict(root=Path(root) if root is not None else None, backbone=backbone, sets=tuple(sets),
                   logits=tuple(k for k in LOGIT_KINDS if k in logits))
     cells: list[Cell] = []

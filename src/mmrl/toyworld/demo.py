@@ -67,8 +67,8 @@ class DemoConfig:
     overrides: tuple[str, ...] = ()                  # extra `key=value` config overrides
 
 
-def toy_overrides(method: str) -> list[str]:
-    """The toy preset (presets/toy.yaml) as `key=value` overrides for ``method``."""
+def toy_settings(method: str) -> dict[str, object]:
+    """The toy preset (presets/toy.yaml) for ``method`` as ``{dotted key: value}``."""
     with open(TOY_PRESET, encoding="utf-8") as f:
         preset = yaml.safe_load(f)
     flat: dict[str, object] = {}
@@ -82,7 +82,29 @@ def toy_overrides(method: str) -> list[str]:
 
     walk("", preset.get("common", {}))
     walk("", preset.get(method, {}))
-    return [f"{k}={json.dumps(v)}" for k, v in flat.items()]
+    return flat
+
+
+def toy_overrides(method: str) -> list[str]:
+    """The toy preset (presets/toy.yaml) as `key=value` overrides for ``method``."""
+    return [f"{k}={json.dumps(v)}" for k, v in toy_settings(method).items()]
+
+
+def write_settings(out_dir: str | os.PathLike, backbone: str = "toy-clip") -> list[Path]:
+    """``OUT/settings-<method>.yaml``: the demo's settings of each method (backbone included), as a
+    config file for ``mmrl train --config`` and ``mmrl reproduce --config``."""
+    from mmrl.fileio import write_text_atomic
+
+    paths = []
+    for method in METHODS:
+        items = {"backbone": backbone, **toy_settings(method)}
+        text = (f"# {method} on the toy world's tasks, as `mmrl demo` trains it (presets/toy.yaml on top of\n"
+                "# the base2novel preset): mmrl train --config / mmrl reproduce --config this file.\n"
+                + "".join(f"{k}: {json.dumps(v)}\n" for k, v in items.items()))
+        path = Path(out_dir) / f"settings-{method}.yaml"
+        write_text_atomic(text, path)
+        paths.append(path)
+    return paths
 
 
 def default_jobs() -> int:
