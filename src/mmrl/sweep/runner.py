@@ -189,6 +189,15 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
         release_claim(got.claim)
 
 
+def _eta(elapsed: float, ran: int, left: int) -> str:
+    """'; 12 runs left, about 3 min' from the wall-clock time per run so far (all workers together)."""
+    if not ran or not left:
+        return ""
+    s = elapsed / ran * left
+    when = f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
+    return f"; {left} left, about {when}"
+
+
 def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval: Callable[[Cell, EvalJob], int],
               workers: Sequence[str | None] = (None,), claim_timeout: float | None = None,
               heartbeat_s: float = 60.0, log: Callable[[str], None] = print,
@@ -215,6 +224,7 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
         log(f"[{positions[c.run_dir]}/{total}] {c.name}: starting{where} (log: {c.log_path})")
 
     positions = {c.run_dir: i + 1 for i, c in enumerate(cells)}
+    t_start = time.time()
 
     def worker(device: str | None) -> None:
         while not stop.is_set():
@@ -226,11 +236,13 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
             out = run_cell(c, run_train, run_eval, claim_timeout, hb, on_start=started)
             with lock:
                 outcomes[i] = out
+                handled = sum(o is not None for o in outcomes)
+                ran = sum(o is not None and o.status in ("done", "failed") for o in outcomes)
             if out.status == "skipped":
                 continue  # counted in the summary; one line per finished run would drown the rest
             msg = {"done": f"done in {out.seconds:.0f} s", "elsewhere": f"in progress elsewhere ({out.detail})",
                    "failed": f"FAILED: {out.detail} (log: {c.log_path})"}[out.status]
-            log(f"[{i + 1}/{total}] {c.name}: {msg}")
+            log(f"[{i + 1}/{total}] {c.name}: {msg}{_eta(time.time() - t_start, ran, total - handled)}")
 
     # Wait on an Event, not Thread.join: a join interrupted by Ctrl-C can mark a running thread as
     # stopped (CPython bpo-45274 handling), and then we could no longer wait for it to clean up.
