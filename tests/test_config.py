@@ -210,8 +210,9 @@ def test_each_key_documented_once_and_shown_everywhere():
 
 
 def test_light_modules_do_not_import_torch(tmp_path):
-    """The vocabulary, the configuration, `mmrl --help` and sweep planning start without torch
-    (the report and `mmrl data split` are checked in their own tests)."""
+    """The vocabulary, the configuration, `mmrl --help` and sweep planning (an ablation's checks and
+    `--dry-run` included) start without torch (the report and `mmrl data split` are checked in their
+    own tests)."""
     import subprocess
     import sys
 
@@ -221,6 +222,10 @@ def test_light_modules_do_not_import_torch(tmp_path):
             f"cells = sweep.build_grid('fewshot', 'mmrl', {str(tmp_path)!r}, datasets=['textures'])\n"
             "assert len(cells) == 15, len(cells)\n"
             "from mmrl.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            f"    rc = main(['reproduce', 'base2novel', '--method', 'mmrl', '--root', '.', '--output', {str(tmp_path)!r},"
+            " '--backbone', 'toy-clip', '--vary', 'method.first_rep_block=2,5', '--dry-run'])\n"
+            "assert rc == 0, rc\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try:\n"
             "        main(['--help'])\n"

@@ -164,7 +164,7 @@ def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -
                              overrides=[*toy_overrides(method), f"backbone={cfg.backbone}", f"seed={cfg.seed}",
                                         "device=cpu", f"output={run_dir}", *cfg.overrides])
     res = train(run_cfg, progress=progress)
-    fused = evaluate(run_dir, EvalRequest(dataset, subsample="new", logits="fused", output_dir=run_dir / "eval-fused"),
+    fused = evaluate(run_dir, EvalRequest(dataset, subsample="new", logits="fused"),
                      progress=progress)
     return {"dataset": name, "method": "MMRL" if method == "mmrl" else "MMRL++",
             "base": res["base"], "novel": res["novel"], "hm": res["hm"],
