@@ -173,7 +173,7 @@ def _model_logits(run_dir, classes, template, kind, images):
     x = torch.stack([tf(im) for im in images])
     with torch.no_grad():
         lg = model.logits(x, model.encode_text())
-    return lg.fused if kind == "fused" else lg.class_
+    return lg.of(kind)
 
 
 def _odd_images(base: Path) -> list[Path]:
@@ -212,6 +212,9 @@ def test_classifier_from_run_predict_and_with_classes(world):
     assert clf.with_classes(clf.classes).logit_kind == "fused"          # the training classes again
     forced = Classifier.from_run(run, logits="class", device="cpu")
     assert rel_err(forced.logits(batch), _model_logits(run, clf.classes, clf.template, "class", pil)) < 1e-5
+    rep = Classifier.from_run(run, logits="rep", device="cpu")  # representation tokens only
+    assert rep.logit_kind == "rep"
+    assert rel_err(rep.logits(batch), _model_logits(run, clf.classes, clf.template, "rep", pil)) < 1e-5
 
 
 def test_classifier_load_and_with_classes_of_a_file(world, exported):

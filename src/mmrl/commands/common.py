@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Iterator, Mapping
 
 from mmrl.errors import DEBUG_ENV, debug_enabled, error_line, set_debug  # noqa: F401 (the CLI's helpers)
+from mmrl.vocab import LOGIT_CHOICES
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user: one line, no traceback.
@@ -114,5 +115,6 @@ def add_class_set_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
     p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")
     p.add_argument("--template", help="prompt template with one {} (default: the run's / dataset's)")
-    p.add_argument("--logits", choices=["auto", "fused", "class"], default="auto",
-                   help="auto: fused on the run's training classes, else class-token logits")
+    p.add_argument("--logits", choices=LOGIT_CHOICES, default="auto",
+                   help="auto: fused on the run's training classes, else class-token logits; or fused, class "
+                        "(class token only), rep (representation tokens only)")

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 
 from mmrl.models.blocks import run_adapted_vision_blocks, run_block
 from mmrl.models.mmrl import MMRL, cosine_logits, fuse_logits, refresh_slots, vision_heads, vision_stem
+from mmrl.vocab import LOGIT_KINDS
 
-LOGIT_KINDS = ("fused", "class")
 
 
 class FrozenClassifier(nn.Module):
@@ -30,7 +30,7 @@ class FrozenClassifier(nn.Module):
 
     Buffers (all constants): ``slots`` (L - J + 1, K, d_v) the vision aligners' outputs,
     ``text`` (C, d_e) the L2-normalised class text features, ``rep_projection`` (d_v, d_e)
-    (fused logits only). The image tower's weights are shared with the model it was built
+    (fused and representation logits only). The image tower's weights are shared with the model it was built
     from (``visual``); the text tower and the aligners are not kept.
     """
 
@@ -39,7 +39,8 @@ class FrozenClassifier(nn.Module):
 
         Args:
             model: an MMRL / MMRL++ model (eval mode) whose classes are set.
-            kind: ``fused`` (alpha class + (1 - alpha) representation logits) or ``class``.
+            kind: ``fused`` (alpha class + (1 - alpha) representation logits), ``class`` (class token
+                only) or ``rep`` (representation tokens only).
             text: (C, d_e) unnormalised text features if already computed (``model.encode_text()``).
         """
         super().__init__()
@@ -59,7 +60,7 @@ class FrozenClassifier(nn.Module):
             n = len(model.vision_aligner)
             self.register_buffer("slots", torch.stack([model.vision_aligner.map(i, rep) for i in range(n)]).detach())
             self.register_buffer("text", F.normalize(text.detach(), dim=-1))
-            if kind == "fused":
+            if kind != "class":
                 self.register_buffer("rep_projection", model.rep_projection().detach().clone())
             else:
                 self.rep_projection = None
@@ -79,10 +80,12 @@ class FrozenClassifier(nn.Module):
         for blk in blocks[: self.first_block]:
             x = run_block(blk, x)
         # class logits read CLS alone after the last block (exact: everything after attention
-        # is per token); fused logits also read the K slots
-        n_out = 1 + self.n_rep if self.kind == "fused" else 1
+        # is per token); fused and representation logits also read the K slots
+        n_out = 1 if self.kind == "class" else 1 + self.n_rep
         x = run_adapted_vision_blocks(blocks[self.first_block:], x, lambda i: self.slots[i], self._refresh, n_out)
         f_c, f_r = vision_heads(self.visual, x, self.n_rep, self.rep_projection)
+        if self.kind == "rep":
+            return cosine_logits(f_r, self.text, self.scale)
         lc = cosine_logits(f_c, self.text, self.scale)
         if f_r is None:
             return lc
