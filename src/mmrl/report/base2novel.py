@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mmrl.report import published as pub
 from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
-from mmrl.report.group import Series, dataset_order, display
+from mmrl.report.group import Series, averaged_datasets, dataset_order, display
 from mmrl.report.plotting import (ZEROSHOT, ZEROSHOT_PUBLISHED, BarSeries, grouped_bars, new_figure, ours_color,
                                   published_color, save_png)
 from mmrl.report.scan import Run
@@ -77,6 +77,25 @@ def summarise(series: Series) -> dict:
                 pairs[d][r.seed] = (b, n)
         expected[d] = sorted({s for k in series.shots for s in series.expected_seeds(d, k)})
     return _table(pairs, expected)
+
+
+def ablation_row(entry: dict) -> dict:
+    """One row of an ablation table: Base, Novel and HM as the average row of the main table (Base
+    and Novel averaged over the datasets first -- the benchmark datasets, or every dataset when none is
+    one -- then the HM of the two averages); the metric is that HM; per dataset the HM of the mean
+    Base and mean Novel over seeds."""
+    rows = entry["datasets"]
+    have = [d for d in averaged_datasets(rows) if rows[d]["base"] and rows[d]["novel"]]
+    base = novel = hm = None
+    if have:  # the same arithmetic as _table's average
+        base = sum(rows[d]["base"]["mean"] for d in have) / len(have)
+        novel = sum(rows[d]["novel"]["mean"] for d in have) / len(have)
+        hm = harmonic_mean(base, novel)
+    return {"columns": {"Base": base, "Novel": novel, "HM": hm}, "metric": "HM", "metric_label": "HM", "value": hm,
+            "per_dataset": {d: r["hm_of_means"] for d, r in rows.items() if r["hm_of_means"] is not None},
+            "datasets": have,
+            "note": "Base and Novel: mean over seeds, then over the datasets; HM: of those two averages "
+                    "(as the papers' average row); per dataset: HM of the mean Base and mean Novel"}
 
 
 def zeroshot(zs: dict[str, list[float]], methods: dict) -> dict | None:

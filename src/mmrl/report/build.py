@@ -1,5 +1,7 @@
 """Build the report: scan the folder, group and summarise each protocol through the dispatch table,
-then write report.json, report.md, report.html, runs.csv, <protocol>.csv and the figures.
+then the ablation studies (:mod:`~mmrl.report.ablation`) and the decoupled-inference tables
+(:mod:`~mmrl.report.decoupled`), and write report.json, report.md, report.html, runs.csv,
+<protocol>.csv, ablation.csv, decoupled.csv and the figures.
 
 Statistics: mean over seeds and the population standard deviation (numpy's default, as
 CoOp's parse_test_res.py); see the protocol modules for what each table holds.
@@ -8,16 +10,18 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 from mmrl.fileio import write_json_atomic, write_text_atomic
+from mmrl.report import ablation, decoupled
 from mmrl.report.document import DASH, Block, Bullets, Heading, Table, Text, mean_std
 from mmrl.report.group import DISPLAY, Series, dataset_order, missing_entries, series_of
 from mmrl.report.protocols import PROTOCOLS
 from mmrl.report.published import load_published
-from mmrl.report.scan import ZEROSHOT, Found, Run, scan
+from mmrl.report.scan import AUTO, ZEROSHOT, Found, Run, scan
 from mmrl.report.stats import stat_dict
 
 STD_NOTE = "population standard deviation over seeds (numpy default, as CoOp's parse_test_res.py)"
@@ -39,7 +43,9 @@ def _rel(path: Path, root: Path) -> str:
 
 def _run_record(r: Run, series: Series) -> dict:
     return {"series": series.key, "method": r.method, "dataset": r.name, "shots": r.shots, "seed": r.seed,
-            "state": r.state, "run_dir": str(r.path), "acc": {k: e.accuracy for k, e in r.evals.items()}}
+            "state": r.state, "run_dir": str(r.path), "acc": {k: e.accuracy for k, e in r.evals.items()},
+            "acc_logits": {kind: {f"{d}-{sub}": e.accuracy for (d, sub, k), e in r.logit_evals.items() if k == kind}
+                           for kind in sorted({k for _, _, k in r.logit_evals})}}
 
 
 def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
@@ -49,7 +55,8 @@ def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
     published = load_published()
     zs = zeroshot_values(found)
     result: dict = {"version": 1, "output": str(root), "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "std": STD_NOTE, "n_run_folders": len(found.runs), "protocols": {}, "notes": []}
+                    "std": STD_NOTE, "n_run_folders": len(found.runs), "protocols": {}, "ablations": [],
+                    "decoupled": {}, "notes": []}
     for name, proto in PROTOCOLS.items():
         if protocols and name not in protocols:
             continue
@@ -64,6 +71,9 @@ def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
             section["methods"][s.key] = entry
             section["missing"] += missing_entries(s, root, proto.required_evals)
             section["runs"] += [_run_record(r, s) for r in s.runs]
+            dec = decoupled.rows_for(s, proto)
+            if dec is not None:
+                result["decoupled"].setdefault(name, {})[s.key] = dec
             result["notes"] += [f"`{_rel(dup.path, root)}` is another run of `{_rel(kept.path, root)}` "
                                 f"({s.label}, {kept.name}, {kept.shots} shots, seed {kept.seed}): not counted"
                                 for dup, kept in s.duplicates]
@@ -72,6 +82,8 @@ def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
             section["zeroshot"] = z
         section["published"] = published.get(name) or {}
         result["protocols"][name] = section
+    result["ablations"], result["ablation_runs"], dup_notes = ablation.collect(found, protocols)
+    result["notes"] += dup_notes
     if zs:
         result["zeroshot"] = {k: stat_dict(v) for k, v in sorted(zs.items())}
     result["notes"] += [f"`{_rel(Path(p), root)}`: looks like a run folder but names no method; skipped"
@@ -87,18 +99,22 @@ def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
 # The document
 # ----------------------------------------------------------------------------------------------
 
-def document(data: dict, figures: dict[str, str]) -> list[Block]:
-    """The whole report as blocks; ``figures``: protocol -> figure file written beside the report."""
+def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = frozenset()) -> list[Block]:
+    """The whole report as blocks; ``figures``: protocol -> figure file written beside the report;
+    ``ablation_figures``: the ablation figures written beside it."""
     published = load_published()
     out: list[Block] = [Heading(1, "MMRL report"),
                         Text(f"Runs under `{data['output']}` — generated {data['generated']}. "
                              f"{data['n_run_folders']} run folder(s) found.")]
-    if not data["protocols"] and not data.get("zeroshot"):
+    if not data["protocols"] and not data.get("zeroshot") and not data.get("ablations"):
         out.append(Text("No runs found: no folder under it holds run.json, config.yaml or eval/*.json "
                         "(what `mmrl train`, `mmrl zeroshot`, `mmrl convert-official` and `mmrl reproduce` write)."))
-    if data["protocols"]:
+    if data["protocols"] or data.get("ablations"):
         rows = [[PROTOCOLS[p].TITLE, e["label"], f"{e['n_finished']}/{e['n_expected']}"]
                 for p, sec in data["protocols"].items() for e in sec["methods"].values()]
+        rows += [[f"{PROTOCOLS[st['protocol']].TITLE} (ablation)",
+                  f"{st['label']}: {' × '.join(ablation.key_short(k) for k in st['keys'])}",
+                  f"{st['n_finished']}/{st['n_expected']}"] for st in data.get("ablations", [])]
         out.append(Table(["Protocol", "Series", "Runs finished"], rows))
     for name, sec in data["protocols"].items():
         out += PROTOCOLS[name].document(sec, published, figures.get(name))
@@ -112,6 +128,9 @@ def document(data: dict, figures: dict[str, str]) -> list[Block]:
                 log = f" (log: `{e['log']}`)" if e.get("log") else ""
                 items.append(f"`{e['run']}`: {e['state']}{extra}{log}")
             out += [Text(f"Missing or unfinished ({len(sec['missing'])}):"), Bullets(items)]
+    titles = {name: proto.TITLE for name, proto in PROTOCOLS.items()}
+    out += ablation.document(data.get("ablations", []), set(ablation_figures), titles)
+    out += decoupled.document(data.get("decoupled", {}), titles)
     if data.get("zeroshot"):
         out += [Heading(2, "CLIP zero-shot"),
                 Text("Every zero-shot evaluation found (`mmrl zeroshot`), mean ± std over the runs that "
@@ -129,18 +148,25 @@ def document(data: dict, figures: dict[str, str]) -> list[Block]:
 
 
 def runs_csv(data: dict) -> str:
-    """One row per (run, eval file): every number the tables are built from."""
+    """One row per (run, eval file): every number the tables are built from. ``logits``: auto (the
+    protocol's own evaluation) or the kind chosen explicitly (fused / class / rep); ``ablation``: the
+    run's values of the keys an ablation varies (JSON; empty for other runs)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["protocol", "method", "dataset", "shots", "seed", "state", "eval", "accuracy", "run_dir"])
-    for protocol, sec in data["protocols"].items():
-        for r in sec["runs"]:
-            if not r["acc"]:
-                w.writerow([protocol, r["method"], r["dataset"], r["shots"], r["seed"], r["state"], "", "",
-                            r["run_dir"]])
-            for key, acc in sorted(r["acc"].items()):
-                w.writerow([protocol, r["method"], r["dataset"], r["shots"], r["seed"], r["state"], key, repr(acc),
-                            r["run_dir"]])
+    w.writerow(["protocol", "method", "dataset", "shots", "seed", "state", "eval", "logits", "accuracy", "run_dir",
+                "ablation"])
+    records = [(protocol, r) for protocol, sec in data["protocols"].items() for r in sec["runs"]]
+    records += [(r["protocol"], r) for r in data.get("ablation_runs", [])]
+    for protocol, r in records:
+        lead = [protocol, r["method"], r["dataset"], r["shots"], r["seed"], r["state"]]
+        point = json.dumps(r["ablation"], sort_keys=True) if r.get("ablation") else ""
+        evals = [(key, AUTO, acc) for key, acc in sorted(r["acc"].items())]
+        evals += [(key, kind, acc) for kind, per in sorted(r.get("acc_logits", {}).items())
+                  for key, acc in sorted(per.items())]
+        if not evals:
+            w.writerow([*lead, "", "", "", r["run_dir"], point])
+        for key, kind, acc in evals:
+            w.writerow([*lead, key, kind, repr(acc), r["run_dir"], point])
     return buf.getvalue()
 
 
@@ -172,11 +198,22 @@ def write_report(output: Path | str, protocols: Sequence[str] | None = None, out
             figures[name] = proto.FIGURE
         elif target.exists():
             target.unlink()  # a figure of an earlier report that this one does not have
-    blocks = document(data, figures)
+    titles = {name: proto.TITLE for name, proto in PROTOCOLS.items()}
+    ablation_figures = ablation.plot(data["ablations"], out, titles) if plots else set()
+    for old in out.glob(f"{ablation.FIGURE_PREFIX}*.png"):
+        if old.name not in ablation_figures:
+            old.unlink()  # an ablation figure of an earlier report that this one does not have
+    blocks = document(data, figures, ablation_figures)
     write_json_atomic(data, out / "report.json")
     write_text_atomic(to_markdown(blocks), out / "report.md")
     write_text_atomic(to_html(blocks, f"MMRL report: {output}", out), out / "report.html")
     write_text_atomic(runs_csv(data), out / "runs.csv")
     for name, sec in data["protocols"].items():
         write_text_atomic(PROTOCOLS[name].to_csv(sec, published), out / f"{name}.csv")
+    for present, file, text in ((data["ablations"], ablation.CSV_FILE, ablation.to_csv),
+                                (data["decoupled"], decoupled.CSV_FILE, decoupled.to_csv)):
+        if present:
+            write_text_atomic(text(present), out / file)
+        elif (out / file).exists():
+            (out / file).unlink()  # of an earlier report
     return out

@@ -74,6 +74,32 @@ def summarise(series: Series) -> dict:
     return {"shots": out}
 
 
+def ablation_row(entry: dict) -> dict:
+    """One row of an ablation table, at the largest shot count of the source: accuracy on the source,
+    the cross-dataset average (the metric) and the domain-generalisation average, each the mean over
+    targets of the per-target means as the main table; when no target is a benchmark dataset (user
+    data only), the cross-dataset average is over the other targets. Per dataset: the accuracy on each
+    target of that average (so the average is the mean of the per-dataset numbers, as in the other
+    protocols; the source and the ImageNet variants are columns)."""
+    if not entry["shots"]:
+        return {"columns": {"Source": None, "Cross-dataset": None, "DG": None}, "metric": "Cross-dataset",
+                "metric_label": "cross-dataset accuracy", "value": None, "per_dataset": {}, "datasets": [], "note": ""}
+    k = max(entry["shots"], key=int)
+    t = entry["shots"][k]
+    source = t["source"]
+    acc = {c: r["acc"]["mean"] for c, r in t["targets"].items() if r["acc"]}
+    cols = [c for c in t["targets"] if c != source]
+    cross = [c for c in cols if group_of(c, source) == "crossdataset"] or [c for c in cols if group_of(c, source) == "other"]
+    cross_have = [c for c in cross if c in acc]
+    cross_avg = sum(acc[c] for c in cross_have) / len(cross_have) if cross_have else None
+    src_col = f"{source} (source)"
+    return {"columns": {src_col: acc.get(source), "Cross-dataset": cross_avg, "DG": t["average"]["dg"]["acc"]},
+            "metric": "Cross-dataset", "metric_label": "cross-dataset accuracy", "value": cross_avg,
+            "per_dataset": {c: acc[c] for c in cross_have}, "datasets": cross_have,
+            "note": f"{k} shots on {source}; accuracy: mean over seeds; Cross-dataset and DG (ImageNet variants): "
+                    "mean over the targets of the per-target means"}
+
+
 def zeroshot(zs: dict[str, list[float]], methods: dict) -> dict | None:
     """Zero-shot accuracy on ImageNet and the section's targets (``zs``: eval key -> values, one per
     zero-shot run; ``methods``: the section's series entries)."""

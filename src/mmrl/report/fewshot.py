@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
-from mmrl.report.group import Series, dataset_order
+from mmrl.report.group import Series, averaged_datasets, dataset_order
 from mmrl.report.plotting import ACC_LABEL, ZEROSHOT, new_figure, ours_color, save_png
 from mmrl.report.scan import Run
 from mmrl.report.stats import stat_dict
@@ -18,6 +18,7 @@ NAME = "fewshot"
 TITLE = "Few-shot classification"
 FIGURE = "fewshot.png"
 SHOTS_IN_TABLE = True  # one column per shot count
+MEAN_OVER_SHOTS = "Mean over shots"  # an ablation's metric: the average accuracy, averaged over the shot counts
 
 
 def required_evals(series: Series, run: Run) -> list[str]:
@@ -45,6 +46,35 @@ def summarise(series: Series) -> dict:
             "acc": sum(table[d][str(k)]["acc"]["mean"] for d in have) / len(have) if have else None,
         }
     return {"datasets": table, "average": average}
+
+
+def ablation_row(entry: dict) -> dict:
+    """One row of an ablation table: one column per shot count, the average accuracy over the datasets
+    (mean of the per-dataset means over seeds, as the main table's average row; the benchmark datasets,
+    or every dataset when none is one), and the metric "Mean over shots": the mean of those columns
+    over the shot counts that have a value; per dataset likewise (mean over its shot counts)."""
+    table = entry["datasets"]
+    shots = sorted(int(k) for k in entry["average"])
+    columns: dict[str, float | None] = {}
+    averaged: set[str] = set()
+    for k in shots:
+        asked = [d for d in table if table[d][str(k)]["expected_seeds"] or table[d][str(k)]["acc"]]
+        have = [d for d in averaged_datasets(asked) if table[d][str(k)]["acc"]]
+        averaged |= set(have)
+        columns[_shots_label(k)] = sum(table[d][str(k)]["acc"]["mean"] for d in have) / len(have) if have else None
+    present = [v for v in columns.values() if v is not None]
+    value = sum(present) / len(present) if present else None
+    per_dataset = {}
+    for d, per in table.items():
+        vals = [r["acc"]["mean"] for r in per.values() if r["acc"]]
+        if vals:
+            per_dataset[d] = sum(vals) / len(vals)
+    columns[MEAN_OVER_SHOTS] = value
+    return {"columns": columns, "metric": MEAN_OVER_SHOTS, "metric_label": "accuracy, mean over shot counts",
+            "value": value, "per_dataset": per_dataset,
+            "datasets": dataset_order(averaged),
+            "note": "accuracy on the all-class test set; per shot count: mean over seeds, then over the "
+                    f"datasets; {MEAN_OVER_SHOTS}: the mean of those over the shot counts present"}
 
 
 def zeroshot(zs: dict[str, list[float]], methods: dict) -> dict | None:

@@ -10,6 +10,12 @@ for ``<base>/<protocol>/<method>/`` the union of its grid files (what `mmrl repr
 asked for), else the datasets and shot counts found there times the protocol's seeds
 (1, 2, 3) -- so one finished seed reads "1/3". Expected cells without a run folder become
 "missing" (or "claimed", when a claim file says a process is on it).
+
+Ablation runs (`mmrl reproduce --vary`: a run that records the values of the keys it varies) are
+another experiment: the protocol tables leave them out (``series_of(..., ablation=False)``) and
+:mod:`mmrl.report.ablation` takes them (``ablation=True``: one series per grid point). A sweep
+folder of an ablation (``OUTPUT/ablation/<point>/``) is recognised by its grid files or runs, never by
+its name; its placeholders carry the point's values.
 """
 from __future__ import annotations
 
@@ -17,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from mmrl.report.scan import Found, Run, SweepCell, ZEROSHOT, describe_claim, sweep_cell
-from mmrl.vocab import ALL_DATASETS, CROSS_SOURCE, DEFAULT_SEEDS, sweep_run_dir
+from mmrl.report.scan import Found, Run, SweepCell, ZEROSHOT, ablation_point, describe_claim, sweep_cell
+from mmrl.vocab import ALL_DATASETS, CROSS_SOURCE, DATASETS, DEFAULT_SEEDS, sweep_run_dir
 
 DISPLAY = {"mmrl": "MMRL", "mmrl++": "MMRL++", ZEROSHOT: "CLIP zero-shot"}
 
@@ -35,6 +41,15 @@ def dataset_order(names: Iterable[str]) -> list[str]:
     return known + sorted(names - set(known))
 
 
+def averaged_datasets(names: Iterable[str]) -> list[str]:
+    """The datasets an ablation's or decoupled-inference average covers: the benchmark datasets among
+    ``names`` (as the protocol tables), or all of them when none is a benchmark (user data only, e.g.
+    the toy world's tasks), so such a study still has an average."""
+    names = dataset_order(names)
+    bench = [d for d in names if d in DATASETS]
+    return bench or names
+
+
 @dataclass
 class Series:
     """The runs of one table line: one run per (dataset, shots, seed) cell."""
@@ -46,6 +61,7 @@ class Series:
     expected: dict[tuple[str, int], set[int]]  # (dataset, shots) -> seeds expected (grid, or found)
     targets: list[str]            # cross-dataset: targets the grid files ask for
     duplicates: list[tuple[Run, Run]] = field(default_factory=list)  # (not counted, counted)
+    ablation: dict | None = None  # an ablation's grid point: {dotted key: value} (None: not an ablation)
 
     @property
     def datasets(self) -> list[str]:
@@ -87,9 +103,17 @@ class _Family:
     cells: list[SweepCell] = field(default_factory=list)
 
 
+def spec_ablation(spec: dict) -> dict | None:
+    """The grid point of an ablation's grid file (``"ablation": {"values": {...}}``), else None."""
+    a = spec.get("ablation")
+    values = a.get("values") if isinstance(a, dict) else None
+    return values if isinstance(values, dict) and values else None
+
+
 def _expected_cells(found: Found, protocol: str, trained: list[Run]) -> tuple[list[tuple[Run, bool]], dict]:
     """Runs at the expected cells of the sweep families (found ones, and placeholders for the rest)
-    and the targets each family's grid files ask for: ([(run, is_placeholder)], {run path: targets})."""
+    and the targets each family's grid files ask for: ([(run, is_placeholder)], {run path: targets}).
+    A placeholder of an ablation's family carries the point's values (its grid files', else its runs')."""
     families: dict[tuple[Path, str], _Family] = {}
     for (base, p, m), specs in found.grids.items():
         if p == protocol:
@@ -119,6 +143,8 @@ def _expected_cells(found: Found, protocol: str, trained: list[Run]) -> tuple[li
                 and (r.cell.base, r.cell.protocol, r.cell.method) == (fam.base, protocol, fam.method)]
         names = {r.cell.dataset: r.name for r in mine}             # folder name -> table name
         backbones = {r.backbone for r in mine if r.backbone}
+        point = next((a for a in map(spec_ablation, fam.specs) if a), None) \
+            or next((r.ablation for r in mine if r.ablation), None)
         for d in datasets:
             for k in shots:
                 for s in seeds:
@@ -131,19 +157,25 @@ def _expected_cells(found: Found, protocol: str, trained: list[Run]) -> tuple[li
                     out.append((Run(path=path, method=fam.method, protocol=protocol, dataset=d, name=names.get(d, d),
                                     shots=k, seed=s, backbone=next(iter(backbones)) if len(backbones) == 1 else None,
                                     state="missing" if claim is None else "claimed", evals={},
-                                    detail=describe_claim(claim),
+                                    detail=describe_claim(claim), ablation=dict(point) if point else None,
                                     cell=SweepCell(fam.base, protocol, fam.method, d, k, s)), True))
     return out, targets
 
 
-def series_of(found: Found, protocol: str, shots_in_table: bool) -> list[Series]:
+def series_of(found: Found, protocol: str, shots_in_table: bool, *, ablation: bool = False) -> list[Series]:
     """The series of ``protocol``: every trained or converted run whose run.json (or config, or
     path) names the protocol, plus the sweep's expected cells. ``shots_in_table``: the protocol's
     table has a column per shot count (few-shot) or a block per shot count (cross-dataset);
-    otherwise a second shot count makes a series of its own."""
+    otherwise a second shot count makes a series of its own.
+
+    ``ablation``: False -- the runs that are not part of an ablation (the protocol tables); True --
+    only ablation runs, one series per grid point (:attr:`Series.ablation`; several series then
+    share a key: the key says what the series would be without the ablation)."""
     trained = [r for r in found.runs if r.protocol == protocol and r.method != ZEROSHOT
                and r.name is not None and r.shots is not None and r.seed is not None]
     expected_runs, targets_at = _expected_cells(found, protocol, trained)
+    expected_runs = [(r, new) for r, new in expected_runs if bool(r.ablation) == ablation]
+    trained = [r for r in trained if bool(r.ablation) == ablation]
     placeholders = [r for r, is_new in expected_runs if is_new]
     everything = trained + placeholders
     shot_counts: dict[str, set[int]] = {}
@@ -166,11 +198,13 @@ def series_of(found: Found, protocol: str, shots_in_table: bool) -> list[Series]
         q = f" ({', '.join(quals)})" if quals else ""
         return r.method + q, display(r.method) + q
 
-    groups: dict[str, Series] = {}
+    groups: dict[tuple, Series] = {}
     expected_cells = {r.path for r, _ in expected_runs}
     for r in everything:
         key, label = key_of(r)
-        s = groups.setdefault(key, Series(key, r.method, label, protocol, [], {}, []))
+        group = (key, ablation_point(r.ablation)) if ablation else (key, ())
+        s = groups.setdefault(group, Series(key, r.method, label, protocol, [], {}, [],
+                                            ablation=dict(r.ablation) if ablation else None))
         s.runs.append(r)
         s.expected.setdefault((r.name, r.shots), set()).add(r.seed)
         if r.path in expected_cells:
@@ -179,7 +213,7 @@ def series_of(found: Found, protocol: str, shots_in_table: bool) -> list[Series]
         s.runs, s.duplicates = _one_per_cell(s.runs)
     methods = [m for m in DISPLAY if m != ZEROSHOT]
     return sorted(groups.values(), key=lambda s: (methods.index(s.method) if s.method in methods else len(methods),
-                                                  s.method, s.key))
+                                                  s.method, s.key, ablation_point(s.ablation or {})))
 
 
 def _one_per_cell(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:

@@ -4,7 +4,9 @@ on them, and writing a PNG atomically.
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so no global state is shared
 between reports written at the same time. Colours: our series take a strong colour each (in
 series order), CLIP zero-shot is grey, published numbers take colours of their own and are
-hatched, so a published bar is never mistaken for ours.
+hatched, so a published bar is never mistaken for ours. Ablation figures: one colour per dataset
+(:func:`dataset_colors`) and a thick black average (:func:`category_lines`), heat maps with their
+values written in the cells (:func:`annotated_heatmap`).
 """
 from __future__ import annotations
 
@@ -95,6 +97,91 @@ def grouped_bars(ax, categories: Sequence[str], series: Sequence[BarSeries], *, 
         ax.set_title(title, fontsize=10)
     if legend and series:
         ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.005, 1.0), frameon=False)
+
+
+def dataset_colors(names: Sequence[str]) -> dict[str, str]:
+    """One distinct colour per dataset: matplotlib's tab20, its ten strong colours first (tab10's), then
+    their light partners, so up to ten datasets never share a hue."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    cmap = matplotlib.colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {n: to_hex(cmap(order[i % 20])) for i, n in enumerate(names)}
+
+
+@dataclass
+class Line:
+    """One line over categories: a value (or None: a gap) per category."""
+    label: str
+    values: Sequence[float | None]
+    color: str
+    width: float = 1.2
+    annotate: bool = False   # write each value (1 decimal) above its point
+    partial: Sequence[bool] | None = None  # per category: the value lacks some runs (annotated with '*')
+
+
+def category_lines(ax, categories: Sequence[str], lines: Sequence[Line], *, xlabel: str, ylabel: str,
+                   mark: int | None = None, mark_label: str = "default") -> None:
+    """Lines over evenly spaced categorical x ticks (labelled ``categories``); ``mark``: the index of a
+    category marked by a vertical dashed line (legend: ``mark_label``). Missing values leave gaps; the
+    legend sits outside, right of the axes."""
+    xs = list(range(len(categories)))
+    for ln in lines:
+        ys = [float("nan") if v is None else v for v in ln.values]
+        ax.plot(xs, ys, marker="o", ms=3.5 + ln.width, lw=ln.width, color=ln.color, label=ln.label,
+                zorder=3 if ln.annotate else 2)
+        if ln.annotate:
+            for i, (x, v) in enumerate(zip(xs, ln.values)):
+                if v is not None:
+                    star = "*" if ln.partial is not None and ln.partial[i] else ""
+                    ax.annotate(f"{v:.1f}{star}", (x, v), textcoords="offset points", xytext=(0, 7), ha="center",
+                                fontsize=8, fontweight="bold", color=ln.color, zorder=4)
+    if mark is not None:
+        ax.axvline(mark, color="#555555", ls="--", lw=1.0, label=mark_label, zorder=1)
+    ax.set_xticks(xs, list(categories))
+    ax.set_xlim(-0.5, len(categories) - 0.5)
+    ax.margins(y=0.12)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def annotated_heatmap(fig, ax, matrix: Sequence[Sequence[float | None]], rows: Sequence[str], cols: Sequence[str],
+                      *, ylabel: str, xlabel: str, cbar_label: str, mark: tuple[int, int] | None = None,
+                      partial: Sequence[Sequence[bool]] | None = None) -> None:
+    """A heat map of ``matrix`` (rows x cols; None: a grey cell reading "missing"), each cell's value
+    written in it with one decimal ('*' where ``partial``: the value lacks some runs), a colour bar
+    labelled ``cbar_label``; ``mark``: (row, col) of a cell outlined (the default)."""
+    import matplotlib
+    from matplotlib.patches import Rectangle
+
+    data = [[float("nan") if v is None else v for v in row] for row in matrix]
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    present = [v for row in matrix for v in row if v is not None]
+    lo, hi = (min(present), max(present)) if present else (0.0, 1.0)
+    if hi - lo < 1e-9:  # one value (or all equal): a visible colour, not the end of the map
+        lo, hi = lo - 1.0, hi + 1.0
+    im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if v is None:
+                ax.text(j, i, "missing", ha="center", va="center", fontsize=8, color="#666666")
+            else:
+                light = (v - lo) / (hi - lo) > 0.6  # viridis is light at the top end: dark text there
+                star = "*" if partial is not None and partial[i][j] else ""
+                ax.text(j, i, f"{v:.1f}{star}", ha="center", va="center", fontsize=10,
+                        color="#111111" if light else "white")
+    if mark is not None:
+        ax.add_patch(Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, ec="#d62728", lw=2.5))
+    ax.set_xticks(range(len(cols)), list(cols))
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    cbar = fig.colorbar(im, ax=ax)
+    cbar.set_label(cbar_label)
 
 
 def save_png(fig, path: Path, dpi: int = 100) -> None:

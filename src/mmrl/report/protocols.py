@@ -26,6 +26,13 @@ class ProtocolModule(Protocol):
     def summarise(self, series: Series) -> dict:
         """The series' numbers (report.json ``methods[<key>]``, besides label/method/grid/counts)."""
 
+    def ablation_row(self, entry: dict) -> dict:
+        """A ``summarise()`` entry condensed to one row of an ablation (or decoupled-inference) table:
+        ``{"columns": {name: value | None}, "metric": <the name of the column that is the study's
+        metric>, "metric_label": <the metric in words, for axes>, "value": <its value> | None, "per_dataset": {dataset: metric}, "datasets": [averaged],
+        "note": <how the row is computed, for the caption>}``; averages as the protocol's table computes
+        them, over :func:`mmrl.report.group.averaged_datasets`."""
+
     def zeroshot(self, zs: dict[str, list[float]], methods: dict) -> dict | None:
         """The zero-shot numbers that go beside the section's series, or None."""
 

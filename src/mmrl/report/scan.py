@@ -11,10 +11,19 @@ Identity of a run (protocol, method, dataset, shots, seed, backbone) comes from 
 else config.yaml, else the sweep layout of its path
 (``<base>/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>``), else the evaluation files'
 own fields; a folder named ``zeroshot`` on the path marks zero-shot results without run.json.
-Nothing here imports torch.
+
+Evaluations: ``eval/<slug>-<subsample>.json`` is the protocol's own evaluation (logits chosen by
+the protocol, ``"logits_requested": "auto"``; older files lack the field and are read as auto);
+``eval/<slug>-<subsample>-<kind>.json`` is one with explicitly chosen logits (`mmrl eval --logits
+KIND`), kept apart (:attr:`Run.logit_evals`) so it never reaches the protocol tables.
+
+An ablation run (`mmrl reproduce --vary`) says which values of the varied keys it has: run.json
+``"ablation"``, else config.yaml's ``vary`` (the keys) and their values in the config; a
+placeholder of a sweep takes them from its grid file. Nothing here imports torch.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +33,11 @@ import yaml
 from mmrl.engine.lock import read_holder, run_lock_path
 from mmrl.fileio import read_json_or_none as read_json
 from mmrl.vocab import (
-    ALL_DATASETS, CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, GRID_FILE_GLOB, PROTOCOLS, RESULTS_FILE, RUN_FILE, SEED_PREFIX,
-    SHOTS_PREFIX, STDOUT_LOG, dataset_slug,
+    ALL_DATASETS, CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, GRID_FILE_GLOB, LOGIT_KINDS, PROTOCOLS, RESULTS_FILE, RUN_FILE,
+    SEED_PREFIX, SHOTS_PREFIX, STDOUT_LOG, dataset_slug,
 )
+
+AUTO = "auto"  # the protocol's own choice of logits (vocab.LOGIT_CHOICES[0])
 
 ZEROSHOT = "zeroshot"  # the method name zero-shot results carry (run.json / eval files)
 
@@ -50,15 +61,23 @@ def _str(x: object) -> str | None:
 
 @dataclass(frozen=True)
 class Eval:
-    """One evaluation file ``eval/<slug>-<subsample>.json``."""
+    """One evaluation file ``eval/<slug>-<subsample>[-<kind>].json``."""
     dataset: str      # the evaluated dataset's name as recorded (e.g. "EuroSAT", "folder:pets")
     subsample: str    # all | base | new
     accuracy: float   # percent
     file: Path
+    choice: str = AUTO         # the logits asked for: "auto" (the protocol's choice) or a kind of LOGIT_KINDS
+    logits: str | None = None  # the kind that decided (fused / class / rep), None when not recorded
 
     @property
     def key(self) -> str:
         return f"{self.dataset}-{self.subsample}"
+
+
+def ablation_point(values: dict) -> tuple[tuple[str, str], ...]:
+    """A hashable, order-free identity of an ablation's values: ((key, canonical JSON of the value), ...)
+    sorted by key (values may be JSON lists)."""
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in values.items()))
 
 
 @dataclass(frozen=True)
@@ -88,7 +107,9 @@ class Run:
     seed: int | None = None
     backbone: str | None = None
     state: str = "finished"
-    evals: dict[str, Eval] = field(default_factory=dict)   # Eval.key -> Eval
+    evals: dict[str, Eval] = field(default_factory=dict)   # Eval.key -> Eval (the protocol's own logits)
+    logit_evals: dict[tuple[str, str, str], Eval] = field(default_factory=dict)  # (dataset, subsample, kind) -> Eval
+    ablation: dict | None = None  # the run's values of the keys an ablation varies ({dotted key: value}); None: not one
     detail: str = ""
     official: bool = False        # converted from the authors' checkpoint (mmrl convert-official)
     finished_at: str = ""         # run.json "finished", to pick the latest of duplicate runs
@@ -97,6 +118,16 @@ class Run:
     def acc(self, dataset: str, subsample: str) -> float | None:
         e = self.evals.get(f"{dataset}-{subsample}")
         return None if e is None else e.accuracy
+
+    def eval_with(self, dataset: str, subsample: str, kind: str) -> Eval | None:
+        """The evaluation of (dataset, subsample) with logits ``kind``: the explicit one
+        (``mmrl eval --logits KIND``), else the protocol's own when that used ``kind`` (a sweep does
+        not repeat an evaluation whose kind is the protocol's choice), else None."""
+        e = self.logit_evals.get((dataset, subsample, kind))
+        if e is not None:
+            return e
+        e = self.evals.get(f"{dataset}-{subsample}")
+        return e if e is not None and e.logits == kind else None
 
     @property
     def log(self) -> Path | None:
@@ -133,21 +164,40 @@ def sweep_cell(path: Path, root: Path) -> SweepCell | None:
     return SweepCell(path.parents[4], protocol, method, dataset, k, s)
 
 
-def read_evals(run_dir: Path) -> dict[str, Eval]:
-    """The evaluations of a run folder: Eval.key -> Eval (files without a numeric accuracy are skipped)."""
-    out: dict[str, Eval] = {}
+def read_evals(run_dir: Path) -> tuple[dict[str, Eval], dict[tuple[str, str, str], Eval]]:
+    """The evaluations of a run folder: (the protocol's own: Eval.key -> Eval, those with explicitly
+    chosen logits: (dataset, subsample, kind) -> Eval). Files without a numeric accuracy are skipped.
+
+    Which is which comes from the file's ``logits_requested`` (absent in older files: auto), else
+    from its name (``<slug>-<subsample>-<kind>.json``); dataset and subsample from its fields, else
+    from its name."""
+    auto: dict[str, Eval] = {}
+    chosen: dict[tuple[str, str, str], Eval] = {}
     ev = run_dir / EVAL_DIR
     if not ev.is_dir():
-        return out
+        return auto, chosen
     for p in sorted(ev.glob("*.json")):
         data = read_json(p)
         if data is None or not isinstance(data.get("accuracy"), (int, float)) or "-" not in p.stem:
             continue
-        stem_name, stem_sub = p.stem.rsplit("-", 1)
+        stem = p.stem
+        requested = data.get("logits_requested")
+        if requested is None:  # older files, or files without the field: the name says
+            last = stem.rsplit("-", 1)[1]
+            requested = last if last in LOGIT_KINDS and stem.count("-") >= 2 else AUTO
+        if requested != AUTO and requested not in LOGIT_KINDS:
+            continue  # a request this version does not know: neither the protocol's nor a known kind
+        if requested != AUTO and stem.endswith(f"-{requested}") and stem.count("-") >= 2:
+            stem = stem[: -len(requested) - 1]
+        stem_name, stem_sub = stem.rsplit("-", 1)
+        used = data.get("logits")
         e = Eval(_str(data.get("dataset")) or stem_name, _str(data.get("subsample")) or stem_sub,
-                 float(data["accuracy"]), p)
-        out[e.key] = e
-    return out
+                 float(data["accuracy"]), p, requested, used if used in LOGIT_KINDS else None)
+        if requested == AUTO:
+            auto[e.key] = e
+        else:
+            chosen[(e.dataset, e.subsample, requested)] = e
+    return auto, chosen
 
 
 def short_name(dataset: str) -> str:
@@ -187,6 +237,23 @@ def describe_claim(claim: dict | None) -> str:
     return f"claimed by {claim.get('host', '?')} pid {claim.get('pid', '?')} since {claim.get('time_iso', '?')}"
 
 
+def _ablation_from_config(cfg: dict) -> dict | None:
+    """{key: value} of the keys config.yaml's ``vary`` lists (their values at their usual places,
+    ``method: {n_rep_tokens: 4}``; None where the config lacks one); None when it varies nothing."""
+    keys = cfg.get("vary")
+    if not isinstance(keys, list) or not keys:
+        return None
+    out = {}
+    for key in keys:
+        if not isinstance(key, str):
+            continue
+        node: object = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[key] = node
+    return out or None
+
+
 def _identity_from_config(cfg: dict) -> dict:
     method = cfg.get("method") if isinstance(cfg.get("method"), dict) else {}
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
@@ -199,7 +266,7 @@ def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
     """Read one run folder; None when nothing in it says which method produced it."""
     info = read_json(run_dir / RUN_FILE)
     cfg = None if info is not None else _read_yaml(run_dir / CONFIG_FILE)
-    evals = read_evals(run_dir)
+    evals, logit_evals = read_evals(run_dir)
     cell = sweep_cell(run_dir, root)
     ident: dict = {}
     if info is not None:
@@ -213,8 +280,9 @@ def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
                      ("shots", cell.shots), ("seed", cell.seed)):
             if ident.get(k) is None:
                 ident[k] = v
-    if not ident.get("method") and evals:  # evaluations only: their own fields, or a "zeroshot" folder
-        first = read_json(next(iter(evals.values())).file) or {}
+    any_eval = next(iter(evals.values()), None) or next(iter(logit_evals.values()), None)
+    if not ident.get("method") and any_eval is not None:  # evaluations only: their fields, or a "zeroshot" folder
+        first = read_json(any_eval.file) or {}
         method = _str(first.get("method")) or (ZEROSHOT if ZEROSHOT in run_dir.relative_to(root).parts else None)
         ident["method"] = method
         if method and method != ZEROSHOT:
@@ -245,11 +313,16 @@ def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
         state, detail = "finished", ""
     dataset = ident.get("dataset")
     source = (info or {}).get("source")
+    if info is not None:
+        ablation = info.get("ablation") if isinstance(info.get("ablation"), dict) else None
+    else:
+        ablation = _ablation_from_config(cfg) if cfg is not None else None
     return Run(path=run_dir, method=ident["method"], protocol=ident.get("protocol"), dataset=dataset,
                name=own_name(dataset, run_dir, evals) if dataset else None, shots=ident.get("shots"),
-               seed=ident.get("seed"), backbone=ident.get("backbone"), state=state, evals=evals, detail=detail,
+               seed=ident.get("seed"), backbone=ident.get("backbone"), state=state, evals=evals,
+               logit_evals=logit_evals, detail=detail,
                official=isinstance(source, dict) and "official_checkpoint" in source,
-               finished_at=str((info or {}).get("finished", "")), cell=cell)
+               finished_at=str((info or {}).get("finished", "")), cell=cell, ablation=ablation or None)
 
 
 def _is_run_folder(path: Path, files: set[str], dirs: set[str]) -> bool:
