@@ -227,26 +227,61 @@ def test_user_datasets_in_a_sweep(tmp_path):
 
 def test_tiny_2x2_ablation_end_to_end(tmp_path):
     """The real `mmrl train` / `mmrl eval` command lines of the sweep (run in this process for speed) on the
-    tiny CLIP and a tiny user task: 2 values of K x 2 of J, then the report."""
+    tiny CLIP and two tiny user tasks: 2 values of K x 2 of J, then the report's ablation tables; then a
+    plain sweep with every logit kind and the report's decoupled-inference table."""
     helpers = pytest.importorskip("helpers")
     from mmrl.cli import main
 
     clip = helpers.write_tiny_clip(tmp_path / "clip.pt")
-    task = _user_task(tmp_path / "tasks" / "t1", "shapes")
+    tasks = [f"dataset:{_user_task(tmp_path / 'tasks' / t, t)}" for t in ("shapes", "signs")]
     runner = sweep.SubprocessRunner(["mmrl"])
-    sets = [s for s in helpers.tiny_method_overrides("mmrl")
-            if not s.startswith(("method.n_rep_tokens", "method.first_rep_block"))]
+    kw = dict(seeds=[1], shots=[2], backbone=str(clip), sets=helpers.tiny_method_overrides("mmrl"), log=quiet,
+              run_train=lambda c: main(runner.train_command(c)[1:] + ["--progress", "lines"]),
+              run_eval=lambda c, j: main(runner.eval_command(c, j)[1:] + ["--progress", "lines"]))
     out = tmp_path / "sweep"
-    res = reproduce("base2novel", "mmrl", out, datasets=[f"dataset:{task}"], seeds=[1], shots=[2],
-                    backbone=str(clip), sets=sets, vary=["method.n_rep_tokens=1,2", "method.first_rep_block=2,3"],
-                    logits=["rep"], run_train=lambda c: main(runner.train_command(c)[1:] + ["--progress", "lines"]),
-                    run_eval=lambda c, j: main(runner.eval_command(c, j)[1:] + ["--progress", "lines"]), log=quiet)
-    assert [o.status for o in res.outcomes] == ["done"] * 4, [o.detail for o in res.outcomes]
+    # the tiny overrides set K = 2 and J = 2: the defaults the ablation compares with
+    res = reproduce("base2novel", "mmrl", out, datasets=tasks, vary=["method.n_rep_tokens=1,2",
+                                                                     "method.first_rep_block=2,3"], **kw)
+    assert [o.status for o in res.outcomes] == ["done"] * 8, [o.detail for o in res.outcomes]
+    results = {}
     for c in res.cells:
         info = json.loads((c.run_dir / "run.json").read_text())
         assert info["status"] == "finished" and info["ablation"] == dict(c.point)
-        files = sorted(p.name for p in (c.run_dir / "eval").glob("*.json"))
-        assert files == ["shapes-base-rep.json", "shapes-base.json", "shapes-new-rep.json", "shapes-new.json"]
-        rep = json.loads((c.run_dir / "eval" / "shapes-new-rep.json").read_text())
-        assert rep["logits"] == rep["logits_requested"] == "rep"
-    assert res.report_dir is not None and (res.report_dir / "report.md").is_file()
+        assert sorted(p.name for p in (c.run_dir / "eval").glob("*.json")) == \
+            [f"{c.table_name}-base.json", f"{c.table_name}-new.json"]
+        results[(c.point, c.table_name)] = json.loads((c.run_dir / "results.json").read_text())
+    data = json.loads((res.report_dir / "report.json").read_text())
+    assert "base2novel" not in data["protocols"]  # ablation runs are another experiment
+    (study,) = data["ablations"]
+    assert study["keys"] == ["method.first_rep_block", "method.n_rep_tokens"] and study["n_finished"] == 8
+    tables = {t["key"]: t for t in study["tables"]}
+    for key, other in (("method.n_rep_tokens", "method.first_rep_block"), ("method.first_rep_block", "method.n_rep_tokens")):
+        rows = tables[key]["rows"]
+        assert [r["values"][key] for r in rows] == ([1, 2] if key == "method.n_rep_tokens" else [2, 3])
+        for r in rows:  # the other key at its default (2), averaged over the two tasks as the papers do
+            point = tuple(sorted({key: r["values"][key], other: 2}.items()))
+            base = sum(results[(point, t)]["base"] for t in ("shapes", "signs")) / 2
+            novel = sum(results[(point, t)]["novel"] for t in ("shapes", "signs")) / 2
+            assert r["columns"]["Base"] == pytest.approx(base) and r["columns"]["Novel"] == pytest.approx(novel)
+            assert r["runs_done"] == r["runs_expected"] == 2
+    assert tables["method.n_rep_tokens"]["default"]["value"] == 2
+    md = (res.report_dir / "report.md").read_text()
+    assert "## Ablations" in md and "**2 (default)**" in md
+    figures = sorted(p.name for p in res.report_dir.glob("ablation-*.png"))
+    assert len(figures) == 3 and any("-x-" in f for f in figures)  # a line plot per key and the heat map
+    assert "method.n_rep_tokens" in (res.report_dir / "ablation.csv").read_text()
+
+    plain = reproduce("base2novel", "mmrl", out, datasets=tasks[:1], logits=["fused", "class", "rep"], **kw)
+    (cell,) = plain.cells
+    assert sorted(p.name for p in (cell.run_dir / "eval").glob("*.json")) == \
+        ["shapes-base-class.json", "shapes-base-rep.json", "shapes-base.json", "shapes-new-fused.json",
+         "shapes-new-rep.json", "shapes-new.json"]
+    rep = json.loads((cell.run_dir / "eval" / "shapes-new-rep.json").read_text())
+    assert rep["logits"] == rep["logits_requested"] == "rep"
+    data = json.loads((plain.report_dir / "report.json").read_text())
+    rows = data["decoupled"]["base2novel"]["mmrl"]["rows"]
+    acc = {f.stem: json.loads(f.read_text())["accuracy"] for f in (cell.run_dir / "eval").glob("*.json")}
+    assert rows["rep"]["columns"]["Base"] == acc["shapes-base-rep"] and rows["rep"]["columns"]["Novel"] == acc["shapes-new-rep"]
+    assert rows["fused"]["columns"]["Base"] == acc["shapes-base"]     # the protocol's own fused evaluation
+    assert rows["class"]["columns"]["Novel"] == acc["shapes-new"]     # the protocol's own class evaluation
+    assert rows["auto"]["columns"]["Base"] == acc["shapes-base"] and rows["auto"]["columns"]["Novel"] == acc["shapes-new"]
