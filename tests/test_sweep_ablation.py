@@ -197,6 +197,30 @@ def test_dry_run_prints_the_cost_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_config_file_and_fixed_settings_of_a_sweep(tmp_path, capsys):
+    from mmrl.cli import main
+    from mmrl.config import file_overrides
+
+    cfg = tmp_path / "settings.yaml"
+    cfg.write_text("method:\n  alpha: 0.5\noptim.lr: 0.01\ndata.template: 'a {} photo.'\n")
+    assert file_overrides(cfg) == ["method.alpha=0.5", "optim.lr=0.01", 'data.template="a {} photo."']
+    out = tmp_path / "sweep"
+    base = ["reproduce", "base2novel", "--method", "mmrl", "--root", str(tmp_path), "--output", str(out),
+            "--datasets", "dtd", "--seeds", "1"]
+    assert main(base + ["--config", str(cfg), "--dry-run"]) == 0
+    assert "1 runs = 1 dataset x 1 shot count x 1 seed" in capsys.readouterr().out
+    (cell,) = sweep.build_grid("base2novel", "mmrl", out, datasets=["dtd"], seeds=[1], sets=file_overrides(cfg))
+    cfg_of_run = resolve_config("mmrl", "base2novel", "dtd", overrides=list(cell.sets))
+    assert (cfg_of_run.method.alpha, cfg_of_run.optim.lr, cfg_of_run.data.template) == (0.5, 0.01, "a {} photo.")
+    cfg.write_text("method:\n  alpah: 0.5\n")
+    for extra, words in ((["--config", str(cfg)], "alpha"), (["--config", str(tmp_path / "none.yaml")], "not found"),
+                         (["--set", "seed=3"], "--seeds"), (["--set", "data.shots=4"], "--shots")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()
+
+
 def _user_task(folder: Path, name: str) -> Path:
     classes = ["circle", "square", "star", "cross"]
     rows = {part: [[f"{c}/{part}{i}.png", y, c] for y, c in enumerate(classes) for i in range(n)]

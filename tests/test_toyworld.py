@@ -229,3 +229,12 @@ def test_cli_help_states_the_real_defaults_and_make_tasks_writes(tmp_path, capsy
     assert main(["toyworld", "make-tasks", "--out", str(tmp_path), "--tasks", "toy_striped"]) == 0
     assert (tmp_path / "toy_striped" / "split.json").is_file()
     assert "toy_striped" in capsys.readouterr().out
+    # the settings files written beside the tasks give `--config` users the demo's exact config
+    from mmrl.config import resolve_config
+    from mmrl.toyworld.demo import toy_overrides
+
+    task = f"dataset:{tmp_path / 'toy_striped'}"
+    for method in ("mmrl", "mmrl++"):
+        from_file = resolve_config(method, "base2novel", task, tmp_path / f"settings-{method}.yaml")
+        as_demo = resolve_config(method, "base2novel", task, overrides=[*toy_overrides(method), "backbone=toy-clip"])
+        assert from_file == as_demo and from_file.backbone == "toy-clip" and from_file.method.first_rep_block == 4

@@ -339,7 +339,10 @@ def file_overrides(path: str | Path) -> list[str]:
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     import json
 
-    return [f"{k}={json.dumps(v)}" for k, v in flat(data).items()]
+    items = flat(data)
+    for k, v in items.items():
+        typed_value(k, v, str(path))  # an unknown key or a wrong type names the file
+    return [f"{k}={json.dumps(v)}" for k, v in items.items()]
 
 
 def typed_value(key: str, value: Any, source: str = "--set") -> Any:

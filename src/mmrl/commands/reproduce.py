@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             sets = file_overrides(args.config) + sets
         except ConfigError as e:
-            print(f"mmrl reproduce: error: --config {e}", file=sys.stderr)
+            print(f"mmrl reproduce: error: {e}", file=sys.stderr)
             return 2
     try:
         with sigterm_as_interrupt():  # SIGTERM (e.g. scancel) -> same clean-up as Ctrl-C
