@@ -25,7 +25,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmrl.report.document import Block, Bullets, Figure, Heading, Table, Text, csv_num, num
+from mmrl.report.document import Block, Bullets, Figure, Heading, Table, Text, csv_num, missing_blocks, num
 from mmrl.report.group import Series, dataset_order, missing_entries, series_of
 from mmrl.report.protocols import PROTOCOLS, ProtocolModule
 from mmrl.report.scan import Found, Run, ablation_point
@@ -435,13 +435,7 @@ def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, 
                     Table([f"{key_short(a)} \\ {key_short(b)}", *cols], rows)]
             if h.get("figure") in figures:
                 out.append(Figure(h["figure"], f"{st['metric']} over {a} and {b}"))
-        if st["missing"]:
-            items = []
-            for e in st["missing"]:
-                extra = f" — {e['detail']}" if e.get("detail") else ""
-                log = f" (log: `{e['log']}`)" if e.get("log") else ""
-                items.append(f"`{e['run']}`: {e['state']}{extra}{log}")
-            out += [Text(f"Missing or unfinished ({len(st['missing'])}):"), Bullets(items)]
+        out += missing_blocks(st["missing"])
         if st["notes"]:
             out.append(Bullets(st["notes"]))
     return out

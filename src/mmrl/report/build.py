@@ -17,7 +17,7 @@ from typing import Sequence
 
 from mmrl.fileio import write_json_atomic, write_text_atomic
 from mmrl.report import ablation, decoupled
-from mmrl.report.document import DASH, Block, Bullets, Heading, Table, Text, mean_std
+from mmrl.report.document import DASH, Block, Bullets, Heading, Table, Text, mean_std, missing_blocks
 from mmrl.report.group import DISPLAY, Series, dataset_order, missing_entries, series_of
 from mmrl.report.protocols import PROTOCOLS
 from mmrl.report.published import load_published
@@ -121,13 +121,7 @@ def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = f
         n_fin = sum(e["n_finished"] for e in sec["methods"].values())
         n_exp = sum(e["n_expected"] for e in sec["methods"].values())
         out.append(Text(f"**Runs: {n_fin}/{n_exp} finished.**"))
-        if sec["missing"]:
-            items = []
-            for e in sec["missing"]:
-                extra = f" — {e['detail']}" if e.get("detail") else ""
-                log = f" (log: `{e['log']}`)" if e.get("log") else ""
-                items.append(f"`{e['run']}`: {e['state']}{extra}{log}")
-            out += [Text(f"Missing or unfinished ({len(sec['missing'])}):"), Bullets(items)]
+        out += missing_blocks(sec["missing"])
     titles = {name: proto.TITLE for name, proto in PROTOCOLS.items()}
     out += ablation.document(data.get("ablations", []), set(ablation_figures), titles)
     out += decoupled.document(data.get("decoupled", {}), titles)

@@ -149,3 +149,16 @@ def to_html(blocks: Iterable[Block], title: str, image_dir: Path) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
+
+
+def missing_blocks(entries: Sequence[dict]) -> list[Block]:
+    """The runs not there yet (:func:`mmrl.report.group.missing_entries`) as a caption and a list:
+    each run with its state, detail and log; nothing when none is missing."""
+    if not entries:
+        return []
+    items = []
+    for e in entries:
+        extra = f" — {e['detail']}" if e.get("detail") else ""
+        log = f" (log: `{e['log']}`)" if e.get("log") else ""
+        items.append(f"`{e['run']}`: {e['state']}{extra}{log}")
+    return [Text(f"Missing or unfinished ({len(entries)}):"), Bullets(items)]
