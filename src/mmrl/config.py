@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import difflib
+import functools
 import math
 import re
 import typing

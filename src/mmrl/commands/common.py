@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Mapping
 from mmrl.errors import DEBUG_ENV, debug_enabled, error_line, set_debug  # noqa: F401 (the CLI's helpers)
 from mmrl.vocab import LOGIT_CHOICES
 
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user: one line, no traceback.
 

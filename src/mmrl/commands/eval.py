@@ -16,8 +16,6 @@ import json
 
 from mmrl.commands.common import (add_progress_flag, nonnegative_int, positive_int, progress_value,
                                   run_reporting_errors)
-
-
 from mmrl.vocab import LOGIT_CHOICES
 
 SKIP_BAD_HINT = " (to skip unreadable images instead: --skip-bad-images)"

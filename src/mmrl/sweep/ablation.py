@@ -159,9 +159,9 @@ def check_grid(protocol: str, method: str, datasets: Sequence[str], point_list: 
         defaults[d] = {k: base.value(k) for k in keys}
         for point in point_list or [()]:
             where = f"grid point {point_label(point)} on {d}" if point else d
-            try:
-                cfg = resolve_config(method, protocol, d, overrides=[*sets, *point_overrides(point)] if point
-                                     else list(sets), flags=flags)
+            try:  # a plain sweep's config is the one resolved above
+                cfg = resolve_config(method, protocol, d, overrides=[*sets, *point_overrides(point)],
+                                     flags=flags) if point else base
             except ConfigError as e:
                 raise ValueError(f"{where}: {e}") from None
             if cfg.backbone not in depths:

@@ -105,9 +105,10 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     """
     output = Path(output)
     varies = parse_vary(vary)
+    grid_points = points(varies)
     grid = sweep.build_grid(protocol, method, output, datasets=datasets, seeds=seeds, shots=shots,
-                            root=root, backbone=backbone, sets=sets, points=points(varies), logits=logits)
-    defaults = check_grid(protocol, method, list(dict.fromkeys(c.dataset for c in grid)), points(varies), sets,
+                            root=root, backbone=backbone, sets=sets, points=grid_points, logits=logits)
+    defaults = check_grid(protocol, method, list(dict.fromkeys(c.dataset for c in grid)), grid_points, sets,
                           backbone, min((c.shots for c in grid), default=1))
     cells = sweep.take_shard(grid, *shard) if shard else grid
     log(plan_text(protocol, method, grid, cells, varies, output, shard))

@@ -190,7 +190,8 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
 
 
 def _eta(elapsed: float, ran: int, left: int) -> str:
-    """'; 12 runs left, about 3 min' from the wall-clock time per run so far (all workers together)."""
+    """'; 12 left, about 3 min': the cells not yet handled times the wall-clock time per run so far
+    (all workers together)."""
     if not ran or not left:
         return ""
     s = elapsed / ran * left

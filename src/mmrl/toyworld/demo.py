@@ -68,21 +68,13 @@ class DemoConfig:
 
 
 def toy_settings(method: str) -> dict[str, object]:
-    """The toy preset (presets/toy.yaml) for ``method`` as ``{dotted key: value}``."""
+    """The toy preset (presets/toy.yaml) for ``method`` as ``{dotted key: value}``: its common
+    settings, then the method's own."""
+    from mmrl.config import flat
+
     with open(TOY_PRESET, encoding="utf-8") as f:
         preset = yaml.safe_load(f)
-    flat: dict[str, object] = {}
-
-    def walk(prefix: str, node: dict) -> None:
-        for k, v in node.items():
-            if isinstance(v, dict) and k != "target_beta":
-                walk(f"{prefix}{k}.", v)
-            else:
-                flat[prefix + k] = v
-
-    walk("", preset.get("common", {}))
-    walk("", preset.get(method, {}))
-    return flat
+    return {**flat(preset.get("common", {})), **flat(preset.get(method, {}))}
 
 
 def toy_overrides(method: str) -> list[str]:
