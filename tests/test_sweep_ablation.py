@@ -214,11 +214,24 @@ def test_config_file_and_fixed_settings_of_a_sweep(tmp_path, capsys):
     assert (cfg_of_run.method.alpha, cfg_of_run.optim.lr, cfg_of_run.data.template) == (0.5, 0.01, "a {} photo.")
     cfg.write_text("method:\n  alpah: 0.5\n")
     for extra, words in ((["--config", str(cfg)], "alpha"), (["--config", str(tmp_path / "none.yaml")], "not found"),
-                         (["--set", "seed=3"], "--seeds"), (["--set", "data.shots=4"], "--shots")):
+                         (["--set", "seed=3"], "--seeds"), (["--set", "data.shots=4"], "--shots"),
+                         (["--logits", ","], "expected some of fused, class, rep"),
+                         (["--logits", "fused,logit"], "--logits logit")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not out.exists()
+    no_root = [a for a in base if a not in ("--root", str(tmp_path))]
+    assert main(no_root) == 2 and "--root is needed" in capsys.readouterr().err
+
+
+def test_progress_lines_estimate_the_time_left():
+    from mmrl.sweep.runner import _eta
+
+    assert _eta(60.0, 6, 6) == "; 6 left, about 60 s"       # 10 s per run so far
+    assert _eta(60.0, 6, 30) == "; 30 left, about 5 min"
+    assert _eta(6000.0, 1, 10) == "; 10 left, about 16.7 h"
+    assert _eta(60.0, 0, 12) == "" and _eta(60.0, 6, 0) == ""
 
 
 def _user_task(folder: Path, name: str) -> Path:
