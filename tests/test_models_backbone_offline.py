@@ -130,8 +130,7 @@ def test_an_openai_copy_on_disk_is_named_as_the_way_on(tmp_path, monkeypatch, fa
     """open_clip fetches ViT-B-16's weights from the hub; OpenAI's own file in ~/.cache/clip (from an
     older open_clip or the `clip` package) is not used by it, but `--backbone FILE` reads it."""
     monkeypatch.setenv("HOME", str(tmp_path))
-    pcfg = open_clip.get_pretrained_cfg("ViT-B-16", "openai")
-    copy = tmp_path / ".cache" / "clip" / os.path.basename(pcfg["url"])
+    copy = tmp_path / ".cache" / "clip" / "ViT-B-16.pt"  # OpenAI's file name (open_clip 4 lists no URL)
     copy.parent.mkdir(parents=True)
     copy.write_bytes(b"weights")
     monkeypatch.setattr(bb, "cached_weights", lambda pcfg: None)

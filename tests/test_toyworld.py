@@ -9,9 +9,9 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from open_clip.model import build_model_from_openai_state_dict
 from open_clip.tokenizer import SimpleTokenizer
 
+from mmrl.models.backbone import clip_from_openai_state_dict
 from mmrl.toyworld.captions import PHRASINGS, VOCABULARY, describe, prompt, scene_key
 from mmrl.toyworld.model import (CHECKPOINT_PATH, METRICS_PATH, TinyClipConfig, build_tiny_clip, load_state_dict,
                                  load_tiny_clip, to_tensor)
@@ -179,7 +179,7 @@ def test_checkpoint_has_openai_keys_and_round_trips():
     assert set(state) == set(fresh.state_dict())
     assert all(v.dtype == torch.float16 for v in state.values())
     assert CHECKPOINT_PATH.stat().st_size < 10e6
-    loaded = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=torch.float32).float()
+    loaded = clip_from_openai_state_dict(dict(state))  # the OpenAI-format loader, shapes only (both open_clips)
     loaded.eval()
     fresh.load_state_dict({k: v.float() for k, v in state.items()})
     fresh.eval()

@@ -117,15 +117,67 @@ def _frozen(clip: nn.Module) -> nn.Module:
     return clip
 
 
+def attention_layout_problem(attn: nn.Module) -> str | None:
+    """What keeps ``attn`` from being run as plain fused multi-head self-attention, or None.
+
+    Recognised by its parts, not its class, so that both open_clip generations pass: 3.x's
+    ``nn.MultiheadAttention`` and 4.x's own ``Attention`` both hold a fused
+    ``in_proj_weight`` (3D, D), an optional ``in_proj_bias`` (3D,), an ``out_proj`` Linear and
+    ``num_heads``. Anything that changes the math of ``softmax(q k^T / sqrt(d_h)) v`` is
+    refused: separate q/k/v weights, MHA's ``bias_k``/``add_zero_attn``, scaled-cosine
+    attention, per-head scales, q/k or inner norms, a non-standard scale.
+    """
+    w, out, heads = (getattr(attn, n, None) for n in ("in_proj_weight", "out_proj", "num_heads"))
+    if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[0] != 3 * w.shape[1]:
+        return "a fused q/k/v projection (in_proj_weight of shape (3D, D))"
+    D = w.shape[1]
+    bias = getattr(attn, "in_proj_bias", None)
+    if bias is not None and tuple(bias.shape) != (3 * D,):
+        return "an in_proj_bias of shape (3D,)"
+    if not isinstance(out, nn.Linear) or (out.in_features, out.out_features) != (D, D):
+        return "an out_proj Linear (D, D)"
+    if not isinstance(heads, int) or heads < 1 or D % heads:
+        return "a num_heads that divides the width"
+    if getattr(attn, "bias_k", None) is not None or getattr(attn, "add_zero_attn", False):
+        return "attention without extra key/value biases (bias_k, add_zero_attn)"
+    for name in ("logit_scale", "head_scale"):  # scaled-cosine attention, per-head output scales
+        if getattr(attn, name, None) is not None:
+            return f"attention without {name}"
+    for name in ("ln_q", "ln_k", "ln_inner"):
+        if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity):
+            return f"attention without {name}"
+    scale = getattr(attn, "scale", None)
+    if scale is not None and abs(float(scale) - (D // heads) ** -0.5) > 1e-12:
+        return "the standard attention scale 1/sqrt(head width)"
+    return None
+
+
+def block_layout_problem(blk: nn.Module) -> str | None:
+    """What keeps ``blk`` from being a pre-LN residual attention block
+    ``x + ls_1(attn(ln_1(x)))``, then ``x + ls_2(mlp(ln_2(x)))``, or None (parts, not class)."""
+    for name in ("ln_1", "attn", "ln_2", "mlp"):
+        if not isinstance(getattr(blk, name, None), nn.Module):
+            return f"a block part {name}"
+    if hasattr(blk, "ln_1_kv"):
+        return "self-attention blocks (not cross-attention)"
+    for name in ("ls_1", "ls_2"):
+        if not callable(getattr(blk, name, None)):
+            return f"a block part {name} (LayerScale or identity)"
+    if not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity):
+        return "blocks without a norm after attention (ln_attn)"
+    return attention_layout_problem(blk.attn)
+
+
 def check_vit_clip(clip: nn.Module, spec: str) -> None:
     """Refuse backbones MMRL cannot be applied to, saying why.
 
     MMRL inserts representation tokens between transformer blocks of BOTH towers and
     reads the class token / EOT token, so it needs open_clip's standard ``CLIP`` with a
-    ViT image tower (class-token pooling) and CLIP's causal text transformer.
+    ViT image tower (class-token pooling) and CLIP's causal text transformer, whose blocks
+    are plain pre-LN attention blocks (:func:`block_layout_problem`; open_clip 3.x and 4.x).
     """
     from open_clip.model import CLIP
-    from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+    from open_clip.transformer import VisionTransformer
 
     if not isinstance(clip, CLIP):
         raise ValueError(
@@ -143,11 +195,11 @@ def check_vit_clip(clip: nn.Module, spec: str) -> None:
     if getattr(clip, "text_pool_type", "argmax") != "argmax" or clip.attn_mask is None:
         raise ValueError(f"backbone {spec!r}: MMRL needs CLIP's causal text tower pooled at the EOT token")
     for tower, blocks in (("vision", v.transformer.resblocks), ("text", clip.transformer.resblocks)):
-        for blk in blocks:
-            if type(blk) is not ResidualAttentionBlock or not isinstance(blk.attn, nn.MultiheadAttention) \
-                    or hasattr(blk, "ln_1_kv"):
-                raise ValueError(f"backbone {spec!r}: unsupported {tower} block type {type(blk).__name__}; "
-                                 "MMRL supports CLIP's standard residual attention blocks")
+        for i, blk in enumerate(blocks):
+            problem = block_layout_problem(blk)
+            if problem is not None:
+                raise ValueError(f"backbone {spec!r}: {tower} block {i} ({type(blk).__name__}) is not supported: "
+                                 f"MMRL needs {problem}")
     if clip.token_embedding.num_embeddings != CLIP_BPE_VOCAB:
         raise ValueError(f"backbone {spec!r}: vocabulary of {clip.token_embedding.num_embeddings} tokens; "
                          f"MMRL uses CLIP's BPE tokenizer ({CLIP_BPE_VOCAB} tokens)")
@@ -301,7 +353,7 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
                 return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
         except Exception as e:  # open_clip wraps every download failure (RuntimeError, FileNotFoundError...)
             problem = " ".join(f"{type(e).__name__}: {e}".split())
-    local = _url_cached(pcfg) if pcfg.get("hf_hub") else None  # an OpenAI-format copy open_clip would not use
+    local = _openai_copy(pcfg, name, tag) if pcfg.get("hf_hub") else None  # a copy open_clip would not use
     example = f"--backbone {local}, found on this machine" if local else \
         f"e.g. --backbone /path/{name}.pt, or --backbone {name}:/path/open_clip_model.safetensors"
     raise BackboneUnavailableError(
@@ -352,6 +404,21 @@ def _url_cached(pcfg: dict) -> str | None:
     url = pcfg.get("url", "")
     p = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url) if url else None
     return str(p) if p is not None and p.is_file() else None
+
+
+# OpenAI's own file names (as `clip.load` and open_clip 3.x save them in ~/.cache/clip); open_clip
+# 4.x lists no OpenAI URL any more, so for the openai tag the name is all there is to go by.
+OPENAI_FILES = {"ViT-B-32": "ViT-B-32.pt", "ViT-B-16": "ViT-B-16.pt", "ViT-L-14": "ViT-L-14.pt",
+                "ViT-L-14-336": "ViT-L-14-336px.pt"}
+
+
+def _openai_copy(pcfg: dict, name: str, tag: str) -> str | None:
+    """An OpenAI-format file of this model already on disk (``~/.cache/clip``), or None."""
+    found = _url_cached(pcfg)
+    if found is None and tag == "openai" and name in OPENAI_FILES:
+        p = Path(os.path.expanduser("~/.cache/clip")) / OPENAI_FILES[name]
+        found = str(p) if p.is_file() else None
+    return found
 
 
 def _hub_endpoint() -> str:

@@ -2,7 +2,7 @@
 
 Each function takes a :class:`~mmrl.models.mmrl.MMRL` (its parameters and cached prompts) and
 computes what the spec says, line by line, with open_clip's own blocks
-(``nn.MultiheadAttention``) and nothing skipped: the text tower runs the full 77 + K positions
+(their own ``forward``) and nothing skipped: the text tower runs the full 77 + K positions
 of every class through every block, the image tower runs every token through every block,
 and the frozen teacher is a separate full CLIP image pass -- what the authors' code does.
 
@@ -19,8 +19,9 @@ from mmrl.models.mmrl import MMRL, ImageFeatures, Logits, LossOutput
 
 
 def run_block_reference(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-    """One block through open_clip's own forward: (B, N, D) -> (B, N, D)."""
-    if not blk.attn.batch_first:
+    """One block through open_clip's own forward: (B, N, D) -> (B, N, D). open_clip 3.x's
+    ``nn.MultiheadAttention`` blocks may be sequence-first; 4.x's blocks are always batch-first."""
+    if not getattr(blk.attn, "batch_first", True):
         return blk(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
     return blk(x, attn_mask=attn_mask)
 

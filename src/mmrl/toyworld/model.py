@@ -1,7 +1,7 @@
 """The tiny CLIP of the toy world: construction, checkpoint I/O, preprocessing.
 
 The model is a standard open_clip ViT CLIP with QuickGELU, sized so that the
-OpenAI-format loader (`open_clip.model.build_model_from_openai_state_dict`)
+OpenAI-format loader (`mmrl.models.backbone.clip_from_openai_state_dict`)
 rebuilds exactly the same network from the tensor shapes alone: attention
 heads are width // 64 in both towers, the text vocabulary is CLIP's full BPE
 vocabulary (49408) so that CLIP's tokenizer works unchanged.
@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import load_file, save_file
+
+from mmrl.models.backbone import clip_from_openai_state_dict
 
 CHECKPOINT_PATH = Path(__file__).with_name("tiny_clip.safetensors")
 METRICS_PATH = CHECKPOINT_PATH.with_suffix(".json")
@@ -86,7 +88,7 @@ def load_state_dict(path: str | os.PathLike = CHECKPOINT_PATH) -> dict[str, torc
 def load_tiny_clip(path: str | os.PathLike = CHECKPOINT_PATH) -> CLIP:
     """The pretrained tiny CLIP, rebuilt the way any OpenAI checkpoint is (float32, eval mode)."""
     state = load_state_dict(path)
-    return build_model_from_openai_state_dict(state, quick_gelu=True, cast_dtype=torch.float32).float().eval()
+    return clip_from_openai_state_dict(state, str(path)).eval()
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
