@@ -28,8 +28,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from mmrl.config import ConfigError, read_yaml
 from mmrl.engine.lock import read_holder, run_lock_path
 from mmrl.fileio import read_json_or_none as read_json
 from mmrl.vocab import (
@@ -43,10 +42,11 @@ ZEROSHOT = "zeroshot"  # the method name zero-shot results carry (run.json / eva
 
 
 def _read_yaml(path: Path) -> dict | None:
+    """The mapping in a YAML file, or None when it is absent, unreadable or refused (read as every
+    YAML file is: :func:`mmrl.config.read_yaml`, no aliases, size-capped)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path)
+    except ConfigError:
         return None
     return data if isinstance(data, dict) else None
 
