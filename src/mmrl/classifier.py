@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmrl.errors import shown
+
 ImageLike = Union[str, Path, Image.Image]
 
 
@@ -187,7 +189,7 @@ class Classifier:
             one list per image of ``(class name, probability)``, most probable first.
         """
         if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k={top_k!r}; expected an integer >= 1")
+            raise ValueError(f"top_k={shown(top_k)}; expected an integer >= 1")
         items = _as_list(images)
         k = min(top_k, len(self.classes))
         names = self.classes

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def apply_method_overrides(cfg, overrides: list[str]):
     """`method.key=value` (or `key=value`) with YAML-parsed values, type-checked against the dataclass."""
     from mmrl.config import parse_yaml
-    from mmrl.errors import shown
+    from mmrl.errors import clip, shown
 
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for item in overrides:
@@ -32,13 +32,13 @@ def apply_method_overrides(cfg, overrides: list[str]):
         if name not in fields:
             import difflib
             close = difflib.get_close_matches(name, fields, n=3)
-            raise ValueError(f"--set {shown(key)}: unknown method key; closest: {['method.' + c for c in close]}")
-        value = parse_yaml(raw, f"--set {shown(key)}")
+            raise ValueError(f"--set {clip(key)}: unknown method key; closest: {['method.' + c for c in close]}")
+        value = parse_yaml(raw, f"--set {clip(key)}")
         want = type(getattr(cfg, name))
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-            raise ValueError(f"--set {shown(key)}={shown(raw)}: expected {want.__name__}")
+            raise ValueError(f"--set {clip(key)}={clip(raw)}: expected {want.__name__}")
         cfg = dataclasses.replace(cfg, **{name: value})
     return cfg
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mmrl.config import ConfigError, read_yaml
 from mmrl.engine.lock import read_holder, run_lock_path
+from mmrl.errors import shown
 from mmrl.fileio import read_json_or_none as read_json
 from mmrl.vocab import (
     ALL_DATASETS, CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, GRID_FILE_GLOB, LOGIT_KINDS, PROTOCOLS, RESULTS_FILE, RUN_FILE,
@@ -305,7 +306,7 @@ def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
         elif claim is not None:
             state, detail = "running", claim_text
         else:
-            state, detail = "unfinished", f"status {status!r} and no claim (interrupted? re-run to resume)"
+            state, detail = "unfinished", f"status {shown(status)} and no claim (interrupted? re-run to resume)"
     elif cfg is not None:
         state = "running" if claim is not None else "unfinished"
         detail = claim_text or f"{CONFIG_FILE} but no {RUN_FILE} (stopped while starting? re-run to resume)"
