@@ -3,6 +3,7 @@
 Needs numpy, Pillow and either onnxruntime (for .onnx files) or torch (for .pt2 files)::
 
     python classify_exported.py pets.onnx cat.jpg dog.jpg --top-k 3
+    python classify_exported.py pets.pt2 cat.jpg --trust-pt2     # only for a .pt2 you trust
 
 The file's metadata says everything needed: class names, logit kind, input size and the
 preprocessing (shorter side resized to `resize` with bicubic interpolation, centre crop
@@ -11,21 +12,31 @@ below reproduce torchvision's `Resize` / `CenterCrop` / `ToTensor` / `Normalize`
 images, so the batch equals the one `mmrl eval` builds.
 
 Copy this file into your application and keep `load` and `preprocess`; only `.pt2` loading
-uses torch (and `torch.export.load` may unpickle: load only files you trust).
+uses torch. The format is the file's suffix, never its content: an ONNX file is plain data, safe
+from anyone; a `.pt2` file is opened with `torch.export.load`, which may unpickle parts of it and
+so run any code its author put there -- it is opened only with `--trust-pt2` (`trust_pt2=True`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import zipfile
+import os
 
 import numpy as np
 from PIL import Image
 
 
-def load(path: str):
-    """-> (run, metadata): run(batch (N, 3, S, S) float32 ndarray) -> logits (N, C) float32 ndarray."""
-    if zipfile.is_zipfile(path):  # torch.export archive (.pt2)
+def load(path: str, trust_pt2: bool = False):
+    """-> (run, metadata): run(batch (N, 3, S, S) float32 ndarray) -> logits (N, C) float32 ndarray.
+
+    ``*.pt2``: torch.export, only with ``trust_pt2`` (it may run the file's code); anything else: ONNX.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.lower().endswith(".pt2"):  # torch.export archive
+        if not trust_pt2:
+            raise ValueError(f"{path}: a .pt2 file may run code of its author when loaded (torch.export.load "
+                             "unpickles); trust_pt2=True (--trust-pt2) only for a file you trust, or use an .onnx file")
         import torch
 
         extra = {"mmrl.json": ""}
@@ -37,7 +48,11 @@ def load(path: str):
         return run, json.loads(extra["mmrl.json"])
     import onnxruntime as ort
 
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types
+        raise ValueError(f"{path}: not an ONNX model ({type(e).__name__}); a file not named *.pt2 is read "
+                         "only as ONNX") from e
     meta = json.loads(session.get_modelmeta().custom_metadata_map["mmrl"])
 
     def run_onnx(batch: np.ndarray) -> np.ndarray:
@@ -69,8 +84,13 @@ def main() -> None:
     p.add_argument("model", help="file written by mmrl export (.onnx or .pt2)")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--trust-pt2", action="store_true",
+                   help="allow a .pt2 file: loading it may run any code its author put in it")
     args = p.parse_args()
-    run, meta = load(args.model)
+    try:
+        run, meta = load(args.model, trust_pt2=args.trust_pt2)
+    except (ValueError, OSError) as e:
+        p.exit(1, f"{p.prog}: error: {e}\n")
     batch = np.stack([preprocess(Image.open(f), meta["preprocessing"]) for f in args.images])
     logits = run(batch)
     prob = np.exp(logits - logits.max(axis=1, keepdims=True))

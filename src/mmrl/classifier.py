@@ -8,6 +8,7 @@
     clf.predict(["cat.jpg", "dog.jpg"], top_k=3)                    # [[("cat", 0.97), ...], ...]
     clf.export("pets.onnx")                                         # one self-contained file
     Classifier.load("pets.onnx").predict("cat.jpg")                 # no CLIP, no class texts
+    Classifier.load("pets.pt2", trust_pt2=True)                     # a .pt2 may run its author's code
 
 A classifier is a fixed class set with a fixed logit kind. Logit choice (decoupled
 inference, as ``mmrl eval`` decides): ``fused`` logits (alpha class-token + (1 - alpha)
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmrl.errors import shown
+
 ImageLike = Union[str, Path, Image.Image]
 
 
@@ -33,6 +36,10 @@ class Classifier:
     :meth:`load` (a file written by :meth:`export` / ``mmrl export``; needs neither CLIP nor
     the class texts). Both give the same logits as ``mmrl eval --predictions`` on the same
     images (fp32; see docs/export.md for the measured agreement).
+
+    Files from others: an ``.onnx`` file is plain data and safe to load; a ``.pt2`` file may run
+    code of its author when loaded (``torch.export.load`` unpickles), so :meth:`load` opens one
+    only with ``trust_pt2=True``.
     """
 
     def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], metadata: dict[str, Any], *,
@@ -103,16 +110,25 @@ class Classifier:
         return cls(run, meta, model=model, cfg=cfg, run_dir=run_dir, frozen=frozen)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Classifier":
+    def load(cls, path: str | Path, format: str | None = None, *, trust_pt2: bool = False) -> "Classifier":
         """A classifier from a file written by :meth:`export` or ``mmrl export``.
 
-        ONNX files run with onnxruntime (``pip install onnxruntime``), ``.pt2`` files with
-        ``torch.export.load`` -- which may unpickle parts of the file: load only ``.pt2`` files
-        you trust; an ONNX file is data only. The format is read from the content.
+        Args:
+            path: an ``.onnx`` or ``.pt2`` file.
+            format: ``onnx`` or ``torch``; default: from the suffix of ``path`` (never guessed
+                from the content: a file named ``.onnx`` is only ever read as ONNX).
+            trust_pt2: allow opening a ``.pt2`` file. ``.pt2`` files are opened with
+                ``torch.export.load``, which may unpickle parts of the archive, and unpickling can
+                run any code the file's author put in it: trusting a ``.pt2`` file means trusting
+                its author as you would a program you run. Without it a ``.pt2`` file is refused
+                (UntrustedFileError) before it is read.
+
+        ONNX files run with onnxruntime (``pip install onnxruntime``) and are plain data: loading
+        one, from anyone, executes nothing of the file's.
         """
         from mmrl.engine.export import load_exported
 
-        run, meta = load_exported(path)
+        run, meta = load_exported(path, format, trust_pt2=trust_pt2)
         return cls(run, meta)
 
     # ------------------------------------------------------------------ what it is
@@ -187,7 +203,7 @@ class Classifier:
             one list per image of ``(class name, probability)``, most probable first.
         """
         if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k={top_k!r}; expected an integer >= 1")
+            raise ValueError(f"top_k={shown(top_k)}; expected an integer >= 1")
         items = _as_list(images)
         k = min(top_k, len(self.classes))
         names = self.classes

@@ -33,7 +33,7 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import yaml
 
-from mmrl.errors import UserError
+from mmrl.errors import UserError, clip, shown
 from mmrl.vocab import METHODS, PROTOCOLS, MethodConfig, dataset_slug, doc
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -224,7 +224,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check ``value`` against the annotation ``tp``; ints become floats where a float is
     expected, numeric strings too (YAML reads ``1e-3`` as a string)."""
     def fail() -> typing.NoReturn:
-        raise ConfigError(f"{source}: {key} = {value!r} ({type(value).__name__}): expected {_type_name(tp)}")
+        raise ConfigError(f"{source}: {clip(key)} = {shown(value)} ({type(value).__name__}): expected {_type_name(tp)}")
 
     origin = typing.get_origin(tp)
     if origin is Union:
@@ -274,7 +274,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             fail()
         value = float(value)
         if not math.isfinite(value):
-            raise ConfigError(f"{source}: {key} = {value!r}: expected a finite number")
+            raise ConfigError(f"{source}: {clip(key)} = {shown(value)}: expected a finite number")
         return value
     if tp is str:
         if not isinstance(value, str):
@@ -301,14 +301,14 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
         here = ".".join(parts[: i + 1])
         names = [f.name for f in dataclasses.fields(obj)]
         if name not in names:
-            raise ConfigError(f"{source}: unknown config key {key!r}; {_suggest(key, all_keys())}")
+            raise ConfigError(f"{source}: unknown config key {shown(key)}; {_suggest(key, all_keys())}")
         current = getattr(obj, name)
         tp = _hints(type(obj))[name]
         if _is_section(current):
             if i == len(parts) - 1:
                 if not isinstance(value, dict):
                     raise ConfigError(f"{source}: {key} is a section; expected a mapping of its keys "
-                                      f"({', '.join(all_keys(current, key + '.'))}), got {value!r}")
+                                      f"({', '.join(all_keys(current, key + '.'))}), got {shown(value)}")
                 for k, v in value.items():
                     set_key(cfg, f"{key}.{k}", v, source)
                 return
@@ -321,7 +321,7 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
             current[entry] = _coerce(value, vt, key, source)
             return
         if i < len(parts) - 1:
-            raise ConfigError(f"{source}: unknown config key {key!r}: {here} is a value, not a section; "
+            raise ConfigError(f"{source}: unknown config key {shown(key)}: {clip(here)} is a value, not a section; "
                               f"{_suggest(key, all_keys())}")
         if typing.get_origin(tp) is dict:
             current.update(_coerce(value, tp, here, source))  # mappings merge across layers
@@ -361,33 +361,95 @@ def apply_mapping(cfg: RunConfig, mapping: Any, source: str) -> None:
         raise ConfigError(f"{source}: expected a mapping of config keys, got {type(mapping).__name__}")
     for k, v in mapping.items():
         if not isinstance(k, str):
-            raise ConfigError(f"{source}: config key {k!r} is not a string")
+            raise ConfigError(f"{source}: config key {shown(k)} is not a string")
         set_key(cfg, k, v, source)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
     """``"optim.lr=2e-3"`` -> ``("optim.lr", 0.002)`` (value parsed as YAML; text that is not
-    valid YAML, such as ``{} photo.``, is taken as a string)."""
+    valid YAML, such as ``{} photo.``, or that uses YAML anchors / aliases, is taken as a string)."""
     key, sep, raw = item.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. optim.lr=2e-3")
+        raise ConfigError(f"--set {shown(item)}: expected KEY=VALUE, e.g. optim.lr=2e-3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"--set {key}") if raw.strip() else ""
+    except ConfigError:
         value = raw  # not YAML (e.g. a template "{} photo."): the text itself; types are checked later
     return key, value
 
 
+# --------------------------------------------------------------------------- reading YAML
+# Every YAML file mmrl reads -- a --config file, a run folder's config.yaml (which arrives with a
+# run folder from someone else), the presets -- and every --set value goes through parse_yaml.
+YAML_MAX_BYTES = 1_000_000  # config files are a few KB; a larger one is refused before it is parsed
+
+
+class _AliasRefused(yaml.composer.ComposerError):
+    """An anchor or alias met by :class:`_NoAliasLoader`."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml's SafeLoader that refuses anchors and aliases (``&name``, ``*name``).
+
+    An alias makes a value share a node, so a few hundred bytes of nested aliases ("billion
+    laughs") stand for gigabytes once anything walks or prints the value. No config needs them
+    (the config.yaml files mmrl writes have none), so the first anchor or alias is refused while
+    the document is composed, before any value exists.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)  # an alias event carries the name it refers to
+        if anchor is not None:
+            name = clip(("*" if isinstance(event, yaml.AliasEvent) else "&") + anchor, 40)
+            raise _AliasRefused(None, None, f"YAML anchors and aliases such as {name} are refused (a few of them can "
+                                "stand for gigabytes); expected every value written out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` parsed as YAML safely: plain data (yaml's safe types), no anchors or aliases, at most
+    YAML_MAX_BYTES characters. ConfigError naming ``source`` (the file, or the --set item) and
+    what is wrong, on one short line, otherwise."""
+    if len(text) > YAML_MAX_BYTES:
+        raise ConfigError(f"{source}: {len(text)} characters; expected a config of at most "
+                          f"{YAML_MAX_BYTES // 1_000_000} MB")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = clip(e.problem or e.context or type(e).__name__, 200)  # it may quote a tag of any length
+        refused = "" if isinstance(e, _AliasRefused) else " not valid YAML:"
+        raise ConfigError(f"{source}{where}:{refused} {what}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({clip(str(e))})") from e
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply; expected a config of a few levels") from None
+    except ValueError as e:  # a value yaml's constructor cannot build, e.g. an integer of 5000 digits
+        raise ConfigError(f"{source}: not valid YAML ({clip(str(e))})") from e
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The YAML file ``path`` parsed by :func:`parse_yaml` (read only when it is a regular file of at
+    most YAML_MAX_BYTES bytes, UTF-8); ConfigError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        with open(path, "rb") as f:
+            data = f.read(YAML_MAX_BYTES + 1)  # never more: the size check must not read a huge file
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+    if len(data) > YAML_MAX_BYTES:
+        raise ConfigError(f"{path}: more than {YAML_MAX_BYTES // 1_000_000} MB; expected a {what} "
+                          "(a few KB of YAML)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); expected a {what} in YAML") from None
+    return parse_yaml(text, str(path))
 
 
 @functools.lru_cache(maxsize=None)
@@ -405,7 +467,7 @@ def _package_yaml(path: Path, what: str) -> Any:
 def validate(cfg: RunConfig, source: str = "config") -> None:
     """Check values (types are checked when set); raise ConfigError naming the key."""
     def bad(key: str, value: Any, expected: str) -> typing.NoReturn:
-        raise ConfigError(f"{source}: {key} = {value!r}: expected {expected}")
+        raise ConfigError(f"{source}: {clip(key)} = {shown(value)}: expected {expected}")
 
     def choice(key: str, value: Any, options: Iterable[str], note: str = "") -> None:
         options = tuple(options)
@@ -474,11 +536,11 @@ def validate_vary(keys: Iterable[str], source: str) -> None:
     for k in keys:
         top = k if k in valid else next((v for v in valid if k.startswith(v + ".")), None)
         if top is None or (top != k and top != "eval.target_beta"):
-            raise ConfigError(f"{source}: {k!r} is not a config key; {_suggest(k, valid)}")
+            raise ConfigError(f"{source}: {shown(k)} is not a config key; {_suggest(k, valid)}")
         if k in NOT_VARIABLE:
-            raise ConfigError(f"{source}: an ablation cannot vary {k!r} ({NOT_VARIABLE[k]})")
+            raise ConfigError(f"{source}: an ablation cannot vary {shown(k)} ({NOT_VARIABLE[k]})")
         if k in seen:
-            raise ConfigError(f"{source}: {k!r} listed twice")
+            raise ConfigError(f"{source}: {shown(k)} listed twice")
         seen.add(k)
 
 
@@ -508,7 +570,7 @@ def config_differences(stored: RunConfig, new: RunConfig) -> list[str]:
         if k.startswith(RESUME_IGNORED_PREFIXES):
             continue
         if a.get(k) != b.get(k):
-            out.append(f"{k}: {a.get(k)!r} -> {b.get(k)!r}")
+            out.append(f"{k}: {shown(a.get(k))} -> {shown(b.get(k))}")
     return out
 
 
@@ -522,7 +584,7 @@ def canonical_dataset(name: str) -> str:
         return data.canonical_name(name)
     except (KeyError, ValueError) as e:
         msg = e.args[0] if e.args else str(e)
-        raise ConfigError(f"--dataset {name!r}: {msg}") from e
+        raise ConfigError(f"--dataset {shown(name)}: {msg}") from e
 
 
 def preset_path(method: str, protocol: str) -> Path:
@@ -571,10 +633,10 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
         ConfigError: unknown key (with the closest valid keys), wrong type, bad value.
     """
     if method not in METHODS:
-        raise ConfigError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+        raise ConfigError(f"--method {shown(method)}: expected one of {', '.join(METHODS)}")
     if protocol not in PROTOCOLS:
         close = difflib.get_close_matches(protocol, PROTOCOLS, n=1)
-        raise ConfigError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}"
+        raise ConfigError(f"--protocol {shown(protocol)}: expected one of {', '.join(PROTOCOLS)}"
                           + (f" (did you mean {close[0]!r}?)" if close else ""))
     canonical = canonical_dataset(dataset)
     cfg = RunConfig()
@@ -590,8 +652,8 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
            "data.dataset": canonical_dataset(cfg.data.dataset) if cfg.data.dataset != canonical else canonical}
     for key, want in wanted.items():
         if got[key] != want:
-            raise ConfigError(f"{key} = {got[key]!r} in the config file or --set, but {_FIXED_BY_ARGUMENTS[key]} "
-                              f"says {want!r}; set it with {_FIXED_BY_ARGUMENTS[key]} only")
+            raise ConfigError(f"{key} = {shown(got[key])} in the config file or --set, but {_FIXED_BY_ARGUMENTS[key]} "
+                              f"says {shown(want)}; set it with {_FIXED_BY_ARGUMENTS[key]} only")
     set_key(cfg, "data.dataset", canonical, "--dataset")
     validate(cfg)
     return cfg
@@ -652,7 +714,7 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
 __all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
            "key_help", "key_table",
            "PROTOCOLS", "resolve_config", "load_config", "dump_config", "config_from_dict", "set_key",
-           "parse_override", "resume_config", "with_overrides", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
+           "parse_override", "parse_yaml", "read_yaml", "YAML_MAX_BYTES", "resume_config", "with_overrides", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
 
 
 if __name__ == "__main__":  # python -m mmrl.config: the README's key table

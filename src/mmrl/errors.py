@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
+from typing import Any
 
 
 class UserError(Exception):
@@ -32,6 +34,11 @@ class BackboneUnavailableError(UserError):
     """The weights of a pretrained backbone are neither cached nor downloadable (e.g. offline)."""
 
 
+class UntrustedFileError(UserError, ValueError):
+    """A file whose loading could run code written by its author (a ``.pt2`` archive, which
+    ``torch.export.load`` may unpickle), and the caller has not said that it trusts the file."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a run; the message says where and how to resume it.
 
@@ -42,6 +49,34 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 # ---------------------------------------------------------------------------- how errors are shown
+SHOWN_MAX = 100        # characters of one value echoed in an error message
+ERROR_LINE_MAX = 1000  # characters of a whole error line (a backstop: values are cut by shown())
+
+_shown = reprlib.Repr()
+_shown.maxstring = _shown.maxother = SHOWN_MAX - 20  # strings and odd objects: head ... tail
+_shown.maxlist = _shown.maxtuple = _shown.maxset = _shown.maxfrozenset = _shown.maxdeque = 6
+_shown.maxdict = 4
+_shown.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut to at most SHOWN_MAX characters, for echoing a value in an error message.
+
+    Values come from files and command lines of others: a long string, a deep or long list
+    must not make a huge error line. reprlib looks at a few items of each container, a few
+    levels deep, so this is cheap even for an enormous value.
+    """
+    try:
+        text = _shown.repr(value)
+    except Exception:  # a repr that fails (e.g. an int of more digits than Python converts)
+        text = f"<{type(value).__name__}>"
+    return clip(text)
+
+
+def clip(text: str, limit: int = SHOWN_MAX) -> str:
+    """``text`` cut to at most ``limit`` characters (``...`` marks the cut): for a message that
+    quotes text from elsewhere as it is (another library's error, a line of a file)."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 DEBUG_ENV = "MMRL_DEBUG"
 _debug_flag = False
 
@@ -66,14 +101,19 @@ def error_line(e: BaseException) -> str:
 
     An exception raised in a DataLoader worker process is re-raised in the main process
     with a message that embeds the worker's traceback; its last line is the original
-    ``Type: message``, of which the message is kept.
+    ``Type: message``, of which the message is kept. A line longer than ERROR_LINE_MAX is cut
+    in the middle.
     """
     msg = str(e)
     if _WORKER_TRACEBACK in msg:
         lines = [ln for ln in msg.splitlines() if ln.strip()]
         msg = _EXC_PREFIX.sub("", lines[-1].strip(), count=1) if lines else msg
-    return " ".join(ln.strip() for ln in msg.splitlines() if ln.strip()) or type(e).__name__
+    line = " ".join(ln.strip() for ln in msg.splitlines() if ln.strip()) or type(e).__name__
+    if len(line) > ERROR_LINE_MAX:  # a message that echoes a huge text whole: keep its start and end
+        line = f"{line[:ERROR_LINE_MAX * 3 // 4]} [...] {line[-ERROR_LINE_MAX // 5:]}"
+    return line
 
 
 __all__ = ["UserError", "RunLockedError", "NotWritableError", "CorruptFileError", "BackboneUnavailableError",
-           "RunInterrupted", "DEBUG_ENV", "set_debug", "debug_enabled", "error_line"]
+           "UntrustedFileError", "RunInterrupted", "DEBUG_ENV", "set_debug", "debug_enabled", "error_line",
+           "shown", "clip", "SHOWN_MAX"]

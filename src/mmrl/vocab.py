@@ -8,9 +8,11 @@ instead of the model or the config, so it starts without importing torch.
 from __future__ import annotations
 
 import re
-from typing import Any
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
+from typing import Any
+
+from mmrl.errors import shown
 
 METHODS: tuple[str, ...] = ("mmrl", "mmrl++")
 PROTOCOLS: tuple[str, ...] = ("base2novel", "fewshot", "crossdataset")
@@ -160,7 +162,7 @@ class MethodConfig:
     def validate(self, vision_layers: int | None = None, text_layers: int | None = None) -> None:
         """Raise ValueError naming the first invalid key."""
         def bad(key: str, msg: str):
-            raise ValueError(f"method.{key} = {getattr(self, key)!r}: {msg}")
+            raise ValueError(f"method.{key} = {shown(getattr(self, key))}: {msg}")
 
         if self.name not in METHODS:
             bad("name", f"expected one of {METHODS}")

@@ -13,6 +13,7 @@ import sys
 from typing import Callable, Iterator, Mapping
 
 from mmrl.errors import DEBUG_ENV, debug_enabled, error_line, set_debug  # noqa: F401 (the CLI's helpers)
+from mmrl.errors import shown
 from mmrl.vocab import LOGIT_CHOICES
 
 
@@ -89,9 +90,9 @@ def _int_at_least(text: str, lo: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {lo}") from None
+        raise argparse.ArgumentTypeError(f"{shown(text)}: expected an integer >= {lo}") from None
     if value < lo:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {lo}")
+        raise argparse.ArgumentTypeError(f"{shown(text)}: expected an integer >= {lo}")
     return value
 
 

@@ -9,8 +9,6 @@ import argparse
 import dataclasses
 import json
 
-import yaml
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["mmrl", "mmrl++", "clip"], default="mmrl", help="method to build")
@@ -22,22 +20,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def apply_method_overrides(cfg, overrides: list[str]):
     """`method.key=value` (or `key=value`) with YAML-parsed values, type-checked against the dataclass."""
+    from mmrl.config import parse_yaml
+    from mmrl.errors import clip, shown
+
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            raise ValueError(f"--set {shown(item)}: expected KEY=VALUE")
         name = key.removeprefix("method.")
         if name not in fields:
             import difflib
             close = difflib.get_close_matches(name, fields, n=3)
-            raise ValueError(f"--set {key}: unknown method key; closest: {['method.' + c for c in close]}")
-        value = yaml.safe_load(raw)
+            raise ValueError(f"--set {clip(key)}: unknown method key; closest: {['method.' + c for c in close]}")
+        value = parse_yaml(raw, f"--set {clip(key)}")
         want = type(getattr(cfg, name))
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-            raise ValueError(f"--set {key}={raw}: expected {want.__name__}")
+            raise ValueError(f"--set {clip(key)}={clip(raw)}: expected {want.__name__}")
         cfg = dataclasses.replace(cfg, **{name: value})
     return cfg
 

@@ -11,6 +11,7 @@ import json
 import sys
 
 from mmrl.commands.common import add_class_set_flags, run_reporting_errors
+from mmrl.errors import shown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def _check_flags(args: argparse.Namespace) -> list[str] | None:
     try:
         return check_class_list(args.classes.split(","))
     except ValueError as e:
-        raise ConfigError(f"--classes {args.classes!r}: {e}; expected distinct comma-separated names, "
+        raise ConfigError(f"--classes {shown(args.classes)}: {e}; expected distinct comma-separated names, "
                           'e.g. --classes "cat,dog,bird"') from None
 
 

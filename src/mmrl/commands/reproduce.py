@@ -19,6 +19,7 @@ import sys
 
 from mmrl import sweep
 from mmrl.commands.common import sigterm_as_interrupt
+from mmrl.errors import shown
 
 RUNNER_ENV = "MMRL_REPRODUCE_RUNNER"
 
@@ -74,20 +75,20 @@ def main(args: argparse.Namespace) -> int:
         shard = sweep.parse_shard(args.shard) if args.shard else None
         devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
         if args.devices is not None and not devices:
-            raise ValueError(f"--devices {args.devices!r}: expected comma-separated GPU ids such as 0,1")
+            raise ValueError(f"--devices {shown(args.devices)}: expected comma-separated GPU ids such as 0,1")
         if args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs}: expected >= 1")
         if args.root is None and (not args.datasets or not all(sweep.is_user_dataset(d) for d in args.datasets)):
             raise ValueError("--root is needed for the benchmark datasets (the folder holding them in CoOp's layout)")
         logits = [k.strip() for k in args.logits.split(",") if k.strip()] if args.logits is not None else []
         if args.logits is not None and not logits:
-            raise ValueError(f"--logits {args.logits!r}: expected some of fused, class, rep (comma-separated)")
+            raise ValueError(f"--logits {shown(args.logits)}: expected some of fused, class, rep (comma-separated)")
     except ValueError as e:
         print(f"mmrl reproduce: error: {e}", file=sys.stderr)
         return 2
     bad = [kv for kv in args.sets if "=" not in kv]
     if bad:
-        print(f"mmrl reproduce: error: --set {bad[0]!r}: expected KEY=VALUE", file=sys.stderr)
+        print(f"mmrl reproduce: error: --set {shown(bad[0])}: expected KEY=VALUE", file=sys.stderr)
         return 2
     prefix = [sys.executable, args.runner] if args.runner else None
     sets = list(args.sets)

@@ -45,7 +45,9 @@ def transform_from_spec(spec: dict) -> T.Compose:
         resize, crop = int(spec["resize"]), int(spec["crop"])
         mean, std = [float(v) for v in spec["mean"]], [float(v) for v in spec["std"]]
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"preprocessing {spec!r}: expected keys resize, interpolation, crop, mean, std "
-                         f"({type(e).__name__}: {e})") from e
+        from mmrl.errors import clip, shown  # the spec may come from an exported file of someone else
+
+        raise ValueError(f"preprocessing {shown(spec)}: expected keys resize, interpolation, crop, mean, std "
+                         f"({type(e).__name__}: {clip(str(e))})") from e
     return T.Compose([T.Resize(resize, interpolation=interp), T.CenterCrop(crop), T.ToTensor(),
                       T.Normalize(mean, std)])

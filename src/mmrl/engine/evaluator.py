@@ -30,6 +30,7 @@ from mmrl.engine.rundir import (EVAL_DIR, SPLIT_FILE, check_run_dir, eval_result
                                 training_classnames, training_template)
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
+from mmrl.errors import shown
 from mmrl.fileio import check_writable_dir
 from mmrl.vocab import LOGIT_CHOICES, auto_logits, eval_file_name
 
@@ -83,7 +84,7 @@ def choose_logits(cfg: RunConfig | None, dataset: str, subsample: str, requested
     """``fused`` on the training classes (same dataset, and the training subsample or a
     subset of all the classes trained on), else ``class``; an explicit choice wins."""
     if requested not in LOGIT_CHOICES:
-        raise ValueError(f"logits={requested!r}; expected one of {', '.join(LOGIT_CHOICES)}")
+        raise ValueError(f"logits={shown(requested)}; expected one of {', '.join(LOGIT_CHOICES)}")
     if requested != "auto":
         return requested
     if cfg is None:
@@ -140,7 +141,7 @@ def resolve_class_set(model: nn.Module, cfg: RunConfig | None, run_dir: str | Pa
     if classes is not None and dataset is not None:
         raise ValueError("give either classes (a list of class names) or a dataset, not both")
     if logits not in LOGIT_CHOICES:
-        raise ValueError(f"logits={logits!r}; expected one of {', '.join(LOGIT_CHOICES)}")
+        raise ValueError(f"logits={shown(logits)}; expected one of {', '.join(LOGIT_CHOICES)}")
     if classes is None and dataset is None:  # the run's own training classes
         if run_dir is None or cfg is None:
             raise ValueError("give classes (a list of class names) or a dataset: a model without its run "
@@ -348,9 +349,9 @@ class EvalRequest:
 
     def __post_init__(self) -> None:
         if self.subsample not in ("all", "base", "new"):
-            raise ValueError(f"subsample={self.subsample!r}; expected all, base or new")
+            raise ValueError(f"subsample={shown(self.subsample)}; expected all, base or new")
         if self.logits not in LOGIT_CHOICES:
-            raise ValueError(f"logits={self.logits!r}; expected one of {', '.join(LOGIT_CHOICES)}")
+            raise ValueError(f"logits={shown(self.logits)}; expected one of {', '.join(LOGIT_CHOICES)}")
 
 
 def evaluate(run_dir_or_model: str | Path | nn.Module, request: EvalRequest, *, cfg: RunConfig | None = None,
@@ -562,13 +563,13 @@ def check_class_list(classes: Sequence[str]) -> list[str]:
     if not any(names):
         raise ValueError("no class names given")
     if any(not n for n in names):
-        raise ValueError(f"an empty class name in {names!r} (two commas in a row, or one at an end?)")
+        raise ValueError(f"an empty class name in {shown(names)} (two commas in a row, or one at an end?)")
     if len(names) < 2:
-        raise ValueError(f"{len(names)} class name(s) {names!r}: give at least 2 (a single class always gets 100%)")
+        raise ValueError(f"{len(names)} class name(s) {shown(names)}: give at least 2 (a single class always gets 100%)")
     seen: set[str] = set()
     for n in names:
         if n in seen:
-            raise ValueError(f"class {n!r} is listed twice")
+            raise ValueError(f"class {shown(n)} is listed twice")
         seen.add(n)
     return names
 

@@ -9,7 +9,11 @@ One file maps a preprocessed image batch ``images`` (N, 3, H, W) float32 to clas
   executes nothing.
 * torch (``.pt2``): ``torch.export.save`` with the extra file ``mmrl.json``; load with
   ``torch.export.load(path, extra_files={"mmrl.json": ""}).module()``. ``torch.export.load``
-  may unpickle parts of the file: load only files you trust (ones you exported yourself).
+  may unpickle parts of the archive, and unpickling runs whatever code the file's author put
+  there: :func:`load_exported` opens a ``.pt2`` only when the caller says it trusts the file.
+
+The format of a file to load is its suffix (or the caller's explicit choice), never guessed from
+its content: a zip archive renamed ``.onnx`` is parsed as ONNX (and refused), not unpickled.
 
 Neither needs ``mmrl`` (nor open_clip) to run. The metadata (:func:`build_metadata`) holds the
 class names, template, logit kind, input size and the preprocessing a caller must apply.
@@ -25,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mmrl.errors import UntrustedFileError, clip, shown
 from mmrl.fileio import write_bytes_atomic
 
 FORMATS = ("onnx", "torch")
@@ -57,18 +62,19 @@ def require_onnx_export() -> None:
     _require("onnx", "ONNX export")
 
 
-def format_for(path: str | Path, fmt: str | None = None) -> str:
-    """The file format: ``fmt`` if given, else from the suffix (.onnx -> onnx, .pt2 -> torch)."""
+def format_for(path: str | Path, fmt: str | None = None, choose: str = "--format onnx|torch") -> str:
+    """The file format: ``fmt`` if given, else from the suffix (.onnx -> onnx, .pt2 -> torch);
+    ``choose`` says how the caller gives ``fmt`` (for the error when the suffix is neither)."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise ValueError(f"format={fmt!r}; expected one of {', '.join(FORMATS)}")
+            raise ValueError(f"format={shown(fmt)}; expected one of {', '.join(FORMATS)}")
         return fmt
     suffix = Path(path).suffix.lower()
     for name, s in SUFFIXES.items():
         if suffix == s:
             return name
-    raise ValueError(f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
-                     f"name the file *.onnx or *.pt2, or choose --format onnx|torch")
+    raise ValueError(f"{path}: cannot tell the format from the suffix {shown(suffix or '(none)')}; "
+                     f"name the file *.onnx or *.pt2, or choose {choose}")
 
 
 def build_metadata(*, classnames: list[str], template: str, kind: str, image_size: int, method: str,
@@ -131,42 +137,70 @@ def _check_metadata(meta: Any, path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("kind") != FILE_KIND:
         raise ValueError(f"{path}: not a classifier exported by mmrl (its {METADATA_KEY!r} metadata is "
                          "missing or of another kind)")
-    if int(meta.get("version", 0)) > FILE_VERSION:
-        raise ValueError(f"{path}: exported-file version {meta.get('version')} is newer than this mmrl reads "
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path}: its {METADATA_KEY!r} metadata has version {shown(version)}; expected an integer")
+    if version > FILE_VERSION:
+        raise ValueError(f"{path}: exported-file version {version} is newer than this mmrl reads "
                          f"({FILE_VERSION}); upgrade mmrl")
     return meta
 
 
-def load_exported(path: str | Path):
+def load_exported(path: str | Path, fmt: str | None = None, *, trust_pt2: bool = False):
     """Open an exported file: ``(run, metadata)`` where ``run(images (N, 3, H, W) float32 Tensor)
-    -> (N, C) float32 Tensor`` on the CPU. The format is told from the content (a .pt2 is a zip
-    archive, an ONNX file a protobuf), not the suffix."""
+    -> (N, C) float32 Tensor`` on the CPU.
+
+    The format is ``fmt`` (``onnx`` / ``torch``) or the suffix (:func:`format_for`), never the
+    content. An ONNX file is parsed by onnxruntime and nothing else: plain data, whoever wrote it.
+    A ``.pt2`` file is opened with ``torch.export.load``, which may unpickle parts of the archive;
+    unpickling can run any code the file's author put in it, so it is opened only with
+    ``trust_pt2=True`` (UntrustedFileError otherwise, before the file is read).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"exported classifier not found: {path}")
-    if zipfile.is_zipfile(path):
-        extra = {METADATA_FILE: ""}
-        try:
-            program = torch.export.load(str(path), extra_files=extra)
-        except Exception as e:  # torch raises RuntimeError, KeyError, ... on a foreign zip
-            raise ValueError(f"{path}: not a torch.export file ({type(e).__name__}: {e})") from e
-        try:
-            meta = json.loads(extra[METADATA_FILE] or "null")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: its {METADATA_FILE} is not JSON ({e})") from e
-        meta = _check_metadata(meta, path)
-        module = program.module()
+    fmt = format_for(path, fmt, choose="format='onnx' or 'torch'")
+    if fmt == "torch":
+        if not trust_pt2:
+            raise UntrustedFileError(
+                f"{path}: loading a .pt2 file may run its author's code (torch.export.load unpickles); "
+                "pass trust_pt2=True only for a file you would run as a program, or use an .onnx export")
+        return _load_pt2(path)
+    return _load_onnx(path)
 
-        def run(images: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return module(images)
-        return run, meta
+
+def _load_pt2(path: Path):
+    """A .pt2 file the caller trusts (see :func:`load_exported`)."""
+    extra = {METADATA_FILE: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as e:  # torch raises RuntimeError, KeyError, ... on a foreign zip
+        raise ValueError(f"{path}: not a torch.export file ({type(e).__name__}: {clip(str(e))})") from e
+    try:
+        meta = json.loads(extra[METADATA_FILE] or "null")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: its {METADATA_FILE} is not JSON ({e})") from e
+    meta = _check_metadata(meta, path)
+    module = program.module()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(images)
+    return run, meta
+
+
+def _load_onnx(path: Path):
+    """An ONNX file, parsed as ONNX only (a protobuf: parsing it executes nothing)."""
     ort = _require("onnxruntime", "running an ONNX file")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for a bad file
-        raise ValueError(f"{path}: neither a torch.export (.pt2) archive nor a readable ONNX model "
-                         f"({type(e).__name__}: {e})") from e
+        detail = clip(str(e).rsplit("failed:", 1)[-1].strip())  # "Load model from PATH failed:<why>"
+        # the content is looked at only to say what the file is: it is never opened as anything but ONNX
+        zipped = "; it is a zip archive (a torch.export .pt2?), never opened as one here" \
+            if zipfile.is_zipfile(path) else ""
+        raise ValueError(f"{path}: not an ONNX model (onnxruntime: {detail}){zipped}; expected an ONNX "
+                         "file written by mmrl export") from e
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     try:
         meta = json.loads(raw) if raw else None

@@ -10,6 +10,8 @@ from typing import Iterable, Iterator, TypeVar
 
 import torch
 
+from mmrl.errors import shown
+
 LOG = logging.getLogger("mmrl")
 T = TypeVar("T")
 
@@ -27,12 +29,12 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(spec)
     except RuntimeError as e:
-        raise ConfigError(f"device = {spec!r}: expected auto, cpu, cuda or cuda:N ({e})") from e
+        raise ConfigError(f"device = {shown(spec)}: expected auto, cpu, cuda or cuda:N ({e})") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device = {spec!r}, but CUDA is not available here (use --device cpu or auto)")
+            raise ConfigError(f"device = {shown(spec)}, but CUDA is not available here (use --device cpu or auto)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device = {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise ConfigError(f"device = {shown(spec)}: only {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -174,4 +176,4 @@ def load_backbone_checked(spec: str, device: torch.device | str = "cpu", pretrai
     try:
         return load_backbone(spec, pretrained=pretrained, device=device)
     except ValueError as e:
-        raise ConfigError(f"backbone = {spec!r}: {e}") from e
+        raise ConfigError(f"backbone = {shown(spec)}: {e}") from e

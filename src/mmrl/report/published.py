@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-import yaml
+from mmrl.config import parse_yaml
 
 PUBLISHED_FILE = "presets/published.yaml"
 
@@ -15,7 +15,7 @@ PUBLISHED_FILE = "presets/published.yaml"
 def load_published() -> dict:
     """The published numbers (``mmrl/presets/published.yaml``) as a mapping."""
     text = resources.files("mmrl").joinpath(PUBLISHED_FILE).read_text(encoding="utf-8")
-    data = yaml.safe_load(text) or {}
+    data = parse_yaml(text, f"mmrl/{PUBLISHED_FILE}") or {}
     if not isinstance(data, dict):
         raise ValueError(f"mmrl/{PUBLISHED_FILE}: expected a mapping at the top, got {type(data).__name__}")
     return data

@@ -28,9 +28,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from mmrl.config import ConfigError, read_yaml
 from mmrl.engine.lock import read_holder, run_lock_path
+from mmrl.errors import shown
 from mmrl.fileio import read_json_or_none as read_json
 from mmrl.vocab import (
     ALL_DATASETS, CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, GRID_FILE_GLOB, LOGIT_KINDS, PROTOCOLS, RESULTS_FILE, RUN_FILE,
@@ -43,10 +43,11 @@ ZEROSHOT = "zeroshot"  # the method name zero-shot results carry (run.json / eva
 
 
 def _read_yaml(path: Path) -> dict | None:
+    """The mapping in a YAML file, or None when it is absent, unreadable or refused (read as every
+    YAML file is: :func:`mmrl.config.read_yaml`, no aliases, size-capped)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError):
+        data = read_yaml(path)
+    except ConfigError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -305,7 +306,7 @@ def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
         elif claim is not None:
             state, detail = "running", claim_text
         else:
-            state, detail = "unfinished", f"status {status!r} and no claim (interrupted? re-run to resume)"
+            state, detail = "unfinished", f"status {shown(status)} and no claim (interrupted? re-run to resume)"
     elif cfg is not None:
         state = "running" if claim is not None else "unfinished"
         detail = claim_text or f"{CONFIG_FILE} but no {RUN_FILE} (stopped while starting? re-run to resume)"

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from mmrl.backbone_spec import tower_depths
 from mmrl.config import NOT_VARIABLE, ConfigError, parse_override, resolve_config, typed_value, validate_vary
+from mmrl.errors import shown
 
 Point = tuple[tuple[str, Any], ...]
 # keys every run of a sweep gets from the sweep itself (its arguments, grid and layout): a fixed --set of
@@ -72,7 +73,7 @@ def parse_vary(items: Sequence[str]) -> tuple[Vary, ...]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or not raw.strip():
-            raise ValueError(f"--vary {item!r}: expected KEY=V1,V2,... (e.g. method.n_rep_tokens=1,3,5)")
+            raise ValueError(f"--vary {shown(item)}: expected KEY=V1,V2,... (e.g. method.n_rep_tokens=1,3,5)")
         if key in varies:
             raise ValueError(f"--vary {key}: given twice; list all its values in one --vary")
         try:
@@ -81,13 +82,13 @@ def parse_vary(items: Sequence[str]) -> tuple[Vary, ...]:
         except ConfigError as e:
             raise ValueError(str(e)) from None
         if any(v == "" for v in values):
-            raise ValueError(f"--vary {item!r}: an empty value (two commas in a row?)")
+            raise ValueError(f"--vary {shown(item)}: an empty value (two commas in a row?)")
         seen = [json.dumps(v, sort_keys=True) for v in values]
         if len(set(seen)) != len(seen):
             dup = next(s for s in seen if seen.count(s) > 1)
             raise ValueError(f"--vary {key}: value {dup} given twice")
         if len(values) < 2:
-            raise ValueError(f"--vary {item!r}: give at least two values to compare (one value: use --set {key}=...)")
+            raise ValueError(f"--vary {shown(item)}: give at least two values to compare (one value: use --set {key}=...)")
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             values = sorted(values, key=_sort_key)
         varies[key] = Vary(key, tuple(values))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from mmrl.errors import shown
 from mmrl.sweep.ablation import Point, point_dir
 from mmrl.vocab import (ABLATION_DIR, ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS,
                         LOGIT_KINDS, METHODS, PROTOCOLS, STDOUT_LOG, auto_logits, canonical_benchmark,
@@ -26,7 +27,7 @@ def canonical_dataset(name: str) -> str:
     (the one table, :data:`mmrl.vocab.DATASET_ALIASES`)."""
     canon = canonical_benchmark(name)
     if canon is None:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(ALL_DATASETS)} "
+        raise ValueError(f"unknown dataset {shown(name)}; expected one of {', '.join(ALL_DATASETS)} "
                          f"(or a folder name or short form such as dtd, eurosat, oxford_pets, textures)")
     return canon
 
@@ -157,9 +158,9 @@ def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequ
     `logits`: logit kinds evaluated besides the protocol's choice.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+        raise ValueError(f"unknown protocol {shown(protocol)}; expected one of {', '.join(PROTOCOLS)}")
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {shown(method)}; expected one of {', '.join(METHODS)}")
     if bad := [k for k in logits if k not in LOGIT_KINDS]:
         raise ValueError(f"--logits {','.join(bad)}: expected some of {', '.join(LOGIT_KINDS)}")
     seeds = sorted(set(int(s) for s in (seeds or DEFAULT_SEEDS)))
@@ -225,9 +226,9 @@ def parse_shard(text: str, environ: Mapping[str, str] | None = None) -> tuple[in
             i, n = text.split("/")
             index, count = int(i), int(n)
         except ValueError:
-            raise ValueError(f"--shard expects I/N (e.g. 0/4) or 'slurm', got {text!r}") from None
+            raise ValueError(f"--shard expects I/N (e.g. 0/4) or 'slurm', got {shown(text)}") from None
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {text!r}: need N >= 1 and 0 <= I < N (I is 0-based: "
+        raise ValueError(f"--shard {shown(text)}: need N >= 1 and 0 <= I < N (I is 0-based: "
                          f"use --array=0-{max(count - 1, 0)} in Slurm, or --shard slurm)")
     return index, count
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmrl.errors import shown
 from mmrl.fileio import read_json_or_none as read_json
 from mmrl.sweep.grid import Cell
 from mmrl.vocab import CLAIM_SUFFIX, CONFIG_FILE, EVAL_DIR, RUN_FILE
@@ -47,7 +48,7 @@ def cell_state(cell: Cell) -> CellState:
         want["ablation"] = dict(cell.point)
     diff = {k: (run.get(k), v) for k, v in want.items() if (k in run or k == "ablation") and run.get(k) != v}
     if diff:
-        detail = "; ".join(f"{k}={have!r} in run.json, expected {exp!r}" for k, (have, exp) in diff.items())
+        detail = "; ".join(f"{k}={shown(have)} in run.json, expected {shown(exp)}" for k, (have, exp) in diff.items())
         return CellState("mismatch", (), f"{cell.run_dir / RUN_FILE}: {detail}")
     if run.get("status") == "finished" and (detail := settings_mismatch(cell)):
         return CellState("mismatch", (), detail)
@@ -55,7 +56,7 @@ def cell_state(cell: Cell) -> CellState:
     missing_train = tuple(n for n in cell.train_evals if not (evals / n).is_file())
     missing_targets = tuple(n for n in cell.target_evals if not (evals / n).is_file())
     if run.get("status") != "finished" or missing_train:
-        return CellState("resume", missing_train + missing_targets, f"status {run.get('status')!r}")
+        return CellState("resume", missing_train + missing_targets, f"status {shown(run.get('status'))}")
     if missing_targets:
         return CellState("evals", missing_targets)
     return CellState("finished")

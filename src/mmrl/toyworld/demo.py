@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mmrl.toyworld.tasks import TASKS
 from mmrl.vocab import harmonic_mean
 
@@ -70,10 +68,9 @@ class DemoConfig:
 def toy_settings(method: str) -> dict[str, object]:
     """The toy preset (presets/toy.yaml) for ``method`` as ``{dotted key: value}``: its common
     settings, then the method's own."""
-    from mmrl.config import flat
+    from mmrl.config import flat, read_yaml
 
-    with open(TOY_PRESET, encoding="utf-8") as f:
-        preset = yaml.safe_load(f)
+    preset = read_yaml(TOY_PRESET, "toy preset")
     return {**flat(preset.get("common", {})), **flat(preset.get(method, {}))}
 
 
