@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import struct
 from pathlib import Path
+
+from mmrl.fileio import read_safetensors_header
 
 TOY_CLIP_NAME = "toy-clip"
 TOY_CLIP_FILE = Path(__file__).resolve().parent / "toyworld" / "tiny_clip.safetensors"
@@ -21,11 +22,7 @@ _TEXT_BLOCK = "transformer.resblocks."
 
 def _safetensors_keys(path: Path) -> list[str]:
     """Tensor names of a .safetensors file, read from its JSON header (8-byte length, then the header)."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > 100_000_000:
-            raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
-        return [k for k in json.loads(f.read(n)) if k != "__metadata__"]
+    return [k for k in read_safetensors_header(path) if k != "__metadata__"]
 
 
 def _count_blocks(keys: list[str], prefix: str) -> int:
@@ -59,7 +56,7 @@ def tower_depths(spec: str) -> tuple[int, int] | None:
     if path.suffix == ".safetensors" and path.is_file():
         try:
             keys = _safetensors_keys(path)
-        except (OSError, ValueError, struct.error):
+        except (OSError, ValueError):
             return None
         depths = _count_blocks(keys, _VISION_BLOCK), _count_blocks(keys, _TEXT_BLOCK)
         return depths if all(depths) else None

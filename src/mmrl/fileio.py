@@ -5,6 +5,7 @@ Written to a temporary file in the same folder, fsynced, then ``os.replace``d.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -35,8 +36,46 @@ def write_text_atomic(text: str, path: str | Path) -> None:
     write_bytes_atomic(text.encode("utf-8"), path)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN / +-Inf float replaced by None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` that always writes valid JSON: a NaN or infinite float (a diverged loss, an
+    accuracy of no images) is written as ``null`` instead of Python's invalid ``NaN``/``Infinity``.
+    Every JSON the project writes goes through here."""
+    return json.dumps(_finite(obj), allow_nan=False, **kw)
+
+
 def write_json_atomic(obj: Any, path: str | Path, *, indent: int | None = 2) -> None:
-    write_text_atomic(json.dumps(obj, indent=indent) + "\n", path)
+    write_text_atomic(dumps_json(obj, indent=indent) + "\n", path)
+
+
+SAFETENSORS_HEADER_MAX = 100_000_000  # bytes: safetensors' own limit on the JSON header
+
+
+def read_safetensors_header(path: str | Path) -> dict:
+    """The JSON header of a .safetensors file (tensor entries and ``__metadata__``), read without
+    torch and without reading the tensors. ValueError naming the file when it is not one."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < n <= SAFETENSORS_HEADER_MAX:
+            raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"{path}: not a safetensors file (header is not JSON: {e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
+    return header
 
 
 def read_json_or_none(path: str | Path) -> dict | None:

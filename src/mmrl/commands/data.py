@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import asdict
+
+from mmrl.fileio import dumps_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +93,7 @@ def _verify(args: argparse.Namespace) -> int:
     reports = verify(args.dataset, args.root, decode=args.decode, cache_dir=args.cache_dir,
                      split_seed=args.split_seed)
     if args.json:
-        print(json.dumps([{**asdict(r), "failed": r.failed} for r in reports], indent=2))
+        print(dumps_json([{**asdict(r), "failed": r.failed} for r in reports], indent=2))
     else:
         for r in reports:
             print(format_report(r))

@@ -3,10 +3,11 @@ protocol on the synthetic world's tasks with the packaged tiny CLIP; prints Base
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
+
+from mmrl.fileio import dumps_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
               f"resume from their last epoch)", file=sys.stderr)
         return 130
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps_json(result, indent=2))
     else:
         print(format_table(result))
         print(f"\n{result['seconds']:.0f} s; runs and task images in {result['out']}")

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+
+from mmrl.fileio import dumps_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +61,7 @@ def main(args: argparse.Namespace) -> int:
         info["adapter_tensors"] = {k: list(v) for k, v in model.adapter_shapes().items()}
     info["frozen_parameters"] = sum(p.numel() for p in model.clip.parameters())
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(dumps_json(info, indent=2))
     else:
         print(f"backbone: {args.backbone}  " + ", ".join(f"{k}={v}" for k, v in info["backbone"].items() if k != "spec"))
         print("method:   " + ", ".join(f"{k}={v}" for k, v in info["method"].items()))

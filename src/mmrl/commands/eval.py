@@ -12,10 +12,10 @@ processes, with the same results and predictions as one process.
 from __future__ import annotations
 
 import argparse
-import json
 
 from mmrl.commands.common import (add_progress_flag, nonnegative_int, positive_int, progress_value,
                                   run_reporting_errors)
+from mmrl.fileio import dumps_json
 from mmrl.vocab import LOGIT_CHOICES
 
 SKIP_BAD_HINT = " (to skip unreadable images instead: --skip-bad-images)"
@@ -62,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         if not distributed.env_info().is_main:
             return 0  # under torchrun rank 0 reports
         if args.json:
-            print(json.dumps(res, indent=2))
+            print(dumps_json(res, indent=2))
         else:
             beta = f", beta {res['beta']}" if res.get("beta") is not None else ""
             print(f"{res['dataset']} {res['subsample']}: accuracy {res['accuracy']:.2f}%  macro "

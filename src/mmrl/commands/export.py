@@ -3,9 +3,9 @@ preprocessed image batch (N, 3, H, W) float32 to class logits (N, C), with its m
 from __future__ import annotations
 
 import argparse
-import json
 
 from mmrl.commands.common import add_class_set_flags
+from mmrl.fileio import dumps_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> int:
         path = clf.export(args.output, fmt)
         meta = clf.metadata
         if args.json:
-            print(json.dumps({"path": str(path), "format": fmt, "bytes": Path(path).stat().st_size, **meta}, indent=2))
+            print(dumps_json({"path": str(path), "format": fmt, "bytes": Path(path).stat().st_size, **meta}, indent=2))
         else:
             size = meta["input_size"]
             print(f"{path}: {fmt}, {len(meta['classes'])} classes, {meta['logits']} logits, input (N, 3, {size}, "

@@ -7,11 +7,11 @@ model is loaded.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from mmrl.commands.common import add_class_set_flags, run_reporting_errors
 from mmrl.errors import shown
+from mmrl.fileio import dumps_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> int:
         for r in failed:
             print(f"mmrl: error: {r['error']}", file=sys.stderr)
         if args.json:
-            print(json.dumps(out, indent=2))
+            print(dumps_json(out, indent=2))
         else:
             for r in out:
                 if "error" in r:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from mmrl.fileio import dumps_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +86,7 @@ def _zero_shot(args: argparse.Namespace) -> int:
     model = load_tiny_clip(args.checkpoint) if args.checkpoint else load_tiny_clip()
     rows = [evaluate_task_folder(model, d) for d in args.task_dirs]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(dumps_json(rows, indent=1))
         return 0
     print(f"{'task':<14}{'classes':>8}{'all':>8}{'base':>8}{'novel':>8}   chance all/base/novel")
     for r in rows:

@@ -11,11 +11,11 @@ Under `torchrun --nproc_per_node N -m mmrl train ...` the run is trained data-pa
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from mmrl.commands.common import add_progress_flag, progress_value, run_reporting_errors
 from mmrl.config import KEY_DOCS, PRECISIONS, key_help
+from mmrl.fileio import dumps_json
 from mmrl.vocab import CONFIG_FILE, METHODS, PROTOCOLS
 
 
@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
         if not distributed.env_info().is_main:
             return 0  # under torchrun rank 0 reports
         if args.json:
-            print(json.dumps(results, indent=2))
+            print(dumps_json(results, indent=2))
         elif "hm" in results:
             print(f"{results['dataset']}: base {results['base']:.2f}%  novel {results['novel']:.2f}%  "
                   f"HM {results['hm']:.2f}%   ({cfg.run_dir()})")

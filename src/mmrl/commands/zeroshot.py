@@ -5,10 +5,10 @@ Writes OUTPUT/eval/<Dataset>-<subsample>.json in the same format as `mmrl eval`.
 from __future__ import annotations
 
 import argparse
-import json
 
 from mmrl.commands.common import (add_progress_flag, nonnegative_int, positive_int, progress_value,
                                   run_reporting_errors)
+from mmrl.fileio import dumps_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
                        predictions=args.predictions, progress=progress_value(args),
                        skip_bad=args.skip_bad_images)
         if args.json:
-            print(json.dumps(res, indent=2))
+            print(dumps_json(res, indent=2))
         else:
             print(f"{res['dataset']} {res['subsample']}: zero-shot accuracy {res['accuracy']:.2f}%  "
                   f"n={res['n']}  -> {res['path']}")

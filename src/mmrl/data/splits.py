@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import random
 from pathlib import Path
 from typing import Callable, Sequence
+
+from mmrl.fileio import dumps_json
 
 from .core import (
     LOG,
@@ -72,7 +73,7 @@ def split_file_text(train: Sequence[Datum], val: Sequence[Datum], test: Sequence
     """The split-file JSON with one `[path, label, class name]` entry per line (readable, diffable)."""
     parts = []
     for key, items in split_to_json(train, val, test).items():
-        rows = ",\n".join("    " + json.dumps(e, ensure_ascii=False) for e in items)
+        rows = ",\n".join("    " + dumps_json(e, ensure_ascii=False) for e in items)
         parts.append(f'  "{key}": [\n{rows}\n  ]' if items else f'  "{key}": []')
     return "{\n" + ",\n".join(parts) + "\n}\n"
 

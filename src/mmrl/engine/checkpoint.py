@@ -13,9 +13,16 @@ A checkpoint is ONE safetensors file (written to a temporary file, fsynced, then
 The adapter file (``adapter.safetensors``) holds the trainable tensors only, under the
 names of :meth:`mmrl.models.MMRL.adapter_state_dict`, with the method settings as JSON
 metadata.
+
+Integrity: both files carry ``sha256`` metadata, a digest of their tensors (:func:`tensors_sha256`),
+checked when they are read, so bytes changed after writing are caught naming the file; every
+adapter and optimiser tensor must be floating point and finite. The bytes written are
+deterministic (the header's JSON with sorted keys: safetensors writes its metadata map in
+random order), so the same training gives byte-identical files.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -28,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from mmrl.errors import CorruptFileError
-from mmrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
+from mmrl.fileio import dumps_json, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "mmrl-checkpoint-1"
 ADAPTER_FORMAT = "mmrl-adapter-1"
@@ -38,11 +45,65 @@ def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """Hex sha256 of tensors in name order: each one's name, dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (what run.json records of the adapter file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes with the header's JSON keys sorted, so equal tensors and metadata give
+    equal bytes (the tensor data's order is already fixed; the header is re-padded to 8 bytes)."""
+    tensors = _contiguous(tensors)
+    data = save(tensors, metadata={**metadata, "sha256": tensors_sha256(tensors)})
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    raw = header.encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
+
+
+def _check_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str], what: str,
+                   weights: list[str]) -> None:
+    """Refuse a file whose tensors do not match their recorded sha256 (when recorded: files of
+    mmrl < 0.3 have none) or whose weight tensors ``weights`` are not finite floating point."""
+    recorded = meta.get("sha256")
+    if recorded is not None and recorded != tensors_sha256(tensors):
+        raise CorruptFileError(f"{path}: its tensors do not match the sha256 written with them: bytes of this "
+                               f"{what} were changed after it was written")
+    for name in weights:
+        t = tensors[name]
+        if not t.is_floating_point():
+            raise CorruptFileError(f"{path}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, "
+                                   f"expected floating point (a damaged or foreign {what})")
+        if not bool(torch.isfinite(t).all()):
+            raise CorruptFileError(f"{path}: tensor {name!r} holds NaN or infinite values (a diverged or damaged "
+                                   f"{what})")
+
+
 # --------------------------------------------------------------------------- adapter files
-def save_adapter(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> None:
-    """Write adapter tensors (fp32 as trained) atomically; ``metadata`` is stored as JSON."""
-    meta = {"format": ADAPTER_FORMAT, "info": json.dumps(metadata or {})}
-    write_bytes_atomic(save(_contiguous(tensors), metadata=meta), path)
+def save_adapter(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, Any] | None = None) -> str:
+    """Write adapter tensors (fp32 as trained) atomically; ``metadata`` is stored as JSON.
+
+    Returns:
+        the hex sha256 of the file written (run.json records it).
+    """
+    data = _safetensors_bytes(tensors, {"format": ADAPTER_FORMAT, "info": dumps_json(metadata or {})})
+    write_bytes_atomic(data, path)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _damaged(path: Path, what: str, e: BaseException) -> CorruptFileError:
@@ -54,7 +115,8 @@ def _damaged(path: Path, what: str, e: BaseException) -> CorruptFileError:
 def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read an adapter file: (tensors on CPU, metadata dict).
 
-    Raises CorruptFileError naming the file when it is truncated or not a safetensors file.
+    Raises CorruptFileError naming the file when it is truncated or not a safetensors file, when
+    its tensors do not match their recorded sha256, or when one is not finite floating point.
     """
     path = Path(path)
     if not path.is_file():
@@ -64,8 +126,11 @@ def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         info = json.loads(meta.get("info", "{}"))
+        if not isinstance(info, dict):
+            raise ValueError(f"metadata 'info' is a JSON {type(info).__name__}, not an object")
     except Exception as e:  # safetensors raises its own SafetensorError; JSON errors of damaged metadata
         raise _damaged(path, "adapter file", e) from e
+    _check_tensors(path, tensors, meta, "adapter file", sorted(tensors))
     return tensors, info
 
 
@@ -134,8 +199,8 @@ def save_checkpoint(path: str | Path, *, epoch: int, step: int, model: torch.nn.
     state = {"param_groups": groups, "param_names": names, "rng": rng_j,
              "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
              "extra": extra or {}}
-    meta = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch), "step": str(step), "state": json.dumps(state)}
-    write_bytes_atomic(save(_contiguous(tensors), metadata=meta), path)
+    meta = {"format": CHECKPOINT_FORMAT, "epoch": str(epoch), "step": str(step), "state": dumps_json(state)}
+    write_bytes_atomic(_safetensors_bytes(tensors, meta), path)
 
 
 def checkpoint_epoch(path: str | Path) -> int | None:
@@ -170,6 +235,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise
     except Exception as e:  # safetensors' SafetensorError, JSON and key errors of a damaged file
         raise CorruptFileError(f"{_damaged(path, 'training checkpoint', e)}; {checkpoint_recovery(path)}") from e
+    try:
+        _check_tensors(path, tensors, meta, "training checkpoint",
+                       sorted(k for k in tensors if k.startswith("adapter.")
+                              or (k.startswith("optim.") and not k.endswith(".step"))))
+    except CorruptFileError as e:
+        raise CorruptFileError(f"{e}; {checkpoint_recovery(path)}") from e
     adapter = {k[len("adapter."):]: v for k, v in tensors.items() if k.startswith("adapter.")}
     opt_state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():

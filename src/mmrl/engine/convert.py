@@ -53,13 +53,14 @@ def _convert(checkpoint: Path, cfg: RunConfig, run_dir: Path) -> Path:
     model.load_adapter_state_dict(tensors)  # casts to fp32, checks again
     run_dir.mkdir(parents=True, exist_ok=True)
     rd.write_config(run_dir, cfg)
-    save_adapter(model.adapter_state_dict(), run_dir / rd.ADAPTER_FILE,
+    sha = save_adapter(model.adapter_state_dict(), run_dir / rd.ADAPTER_FILE,
                  metadata={"method": model.settings(), "backbone": cfg.backbone, "dataset": cfg.data.dataset,
                            "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed,
                            "source": str(checkpoint.absolute())})
     info: dict[str, Any] = rd.new_run_info(cfg, status="finished", started=rd.now_iso(), finished=rd.now_iso(),
                                            source={"official_checkpoint": str(checkpoint.absolute())})
     info["trainable_parameters"] = model.num_trainable_parameters()
+    info["adapter_sha256"] = sha
     rd.write_run_info(run_dir, info)
     LOG.info("converted %s -> %s (%s, %d adapter tensors)", checkpoint, run_dir, cfg.method.name, len(tensors))
     return run_dir

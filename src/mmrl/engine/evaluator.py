@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ from mmrl.engine.rundir import (EVAL_DIR, SPLIT_FILE, check_run_dir, eval_result
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
 from mmrl.errors import shown
-from mmrl.fileio import check_writable_dir
+from mmrl.fileio import check_writable_dir, dumps_json
 from mmrl.vocab import LOGIT_CHOICES, auto_logits, eval_file_name
 
 LOG = logging.getLogger("mmrl")
@@ -301,7 +300,7 @@ def write_predictions(path: str | Path, items: Sequence, idx: list[int], logits:
         for row, i in enumerate(idx):
             d = items[i]
             y = int(labels[row])
-            f.write(json.dumps({"image": d.relpath, "label": y, "classname": classnames[y],
+            f.write(dumps_json({"image": d.relpath, "label": y, "classname": classnames[y],
                                 "prediction": pred[row], "predicted_classname": classnames[pred[row]],
                                 "correct": pred[row] == y, "logits_kind": kind,
                                 "logits": logits[row].tolist()}) + "\n")

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from mmrl.errors import UntrustedFileError, clip, shown
-from mmrl.fileio import write_bytes_atomic
+from mmrl.fileio import dumps_json, write_bytes_atomic
 
 FORMATS = ("onnx", "torch")
 SUFFIXES = {"onnx": ".onnx", "torch": ".pt2"}
@@ -108,7 +108,7 @@ def write_exported(program: torch.export.ExportedProgram, metadata: dict[str, An
                    fmt: str) -> Path:
     """Write ``program`` with ``metadata`` as ``fmt`` (atomically); returns the path."""
     path = Path(path)
-    text = json.dumps(metadata)
+    text = dumps_json(metadata)
     if fmt == "torch":
         buf = io.BytesIO()
         torch.export.save(program, buf, extra_files={METADATA_FILE: text})

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from mmrl.config import ConfigError, RunConfig, dump_config, load_config
-from mmrl.engine.checkpoint import load_adapter, write_json_atomic, write_text_atomic
+from mmrl.engine.checkpoint import file_sha256, load_adapter, write_json_atomic, write_text_atomic
+from mmrl.engine.runcheck import adapter_settings, disagreements
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
     ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, RESULTS_FILE, RUN_FILE, SPLIT_FILE,
     eval_file_name,
@@ -128,10 +129,11 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     cfg_path = check_run_dir(run_dir)
     cfg = load_config(cfg_path)
     adapter_path = run_dir / ADAPTER_FILE
+    info = read_run_info(run_dir) or {}
     if not adapter_path.is_file():
-        info = read_run_info(run_dir) or {}
         raise FileNotFoundError(f"{run_dir}: no {ADAPTER_FILE} (run status: {info.get('status', 'unknown')}); "
                                 "resume the training with `mmrl train --resume RUN_DIR` first")
+    check_consistent(run_dir, cfg, info)
     dev = torch.device(device) if isinstance(device, torch.device) else resolve_device(device or "auto")
     backbone = load_backbone_checked(cfg.backbone, device=dev)
     try:
@@ -147,8 +149,25 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     except ValueError as e:  # names, shapes: the file belongs to another run, or the config was edited
         raise CorruptFileError(f"{adapter_path} does not fit the run's {CONFIG_FILE} ({e}); "
                                f"{adapter_recovery(run_dir)}") from e
+    # after the adapter's own checks, which name a damaged file more precisely
+    check_consistent(run_dir, cfg, info, file_hash=True)
     model.eval()
     return model, cfg
+
+
+def check_consistent(run_dir: Path, cfg: RunConfig, info: dict, *, file_hash: bool = False) -> None:
+    """Refuse a run folder whose config.yaml, run.json and adapter file disagree (method, backbone,
+    settings, identity: :func:`mmrl.engine.runcheck.disagreements`), naming what differs; with
+    ``file_hash``, also one whose adapter file is not the one run.json recorded (its sha256)."""
+    adapter_path = run_dir / ADAPTER_FILE
+    problems = [] if file_hash else disagreements(cfg.to_dict(), info, adapter_settings(adapter_path))
+    recorded = info.get("adapter_sha256")
+    if file_hash and isinstance(recorded, str) and file_sha256(adapter_path) != recorded:
+        problems.append(f"{ADAPTER_FILE} is not the file run.json recorded (its sha256 differs): it was replaced "
+                        "or changed after the run wrote it")
+    if problems:
+        raise CorruptFileError(f"{run_dir}: inconsistent run folder ({'; '.join(problems)}): its files do not come "
+                               f"from one run; {adapter_recovery(run_dir)}")
 
 
 def adapter_recovery(run_dir: str | Path) -> str:

@@ -37,8 +37,9 @@ from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_checked, log_to_file,
                                  resolve_device, resolve_precision, use_tty_progress)
-from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches
+from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
+from mmrl.fileio import dumps_json
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
@@ -368,19 +369,21 @@ class RunFiles:
 
     def metric(self, row: dict[str, Any]) -> None:
         if self._metrics is not None:
-            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.write(dumps_json(row) + "\n")
             self._metrics.flush()
 
     def checkpoint(self, **state) -> None:
         if self.writes:
             save_checkpoint(self.checkpoint_path, **state)
 
-    def adapter(self, model, cfg: RunConfig) -> None:
+    def adapter(self, model, cfg: RunConfig) -> str | None:
+        """Write adapter.safetensors; its sha256 (None on the ranks that do not write)."""
         if self.writes:
-            save_adapter(model.adapter_state_dict(), self.dir / rd.ADAPTER_FILE,
+            return save_adapter(model.adapter_state_dict(), self.dir / rd.ADAPTER_FILE,
                          metadata={"method": model.settings(), "backbone": cfg.backbone,
                                    "dataset": cfg.data.dataset, "protocol": cfg.protocol, "shots": cfg.data.shots,
                                    "seed": cfg.seed})
+        return None
 
     def results(self, results: dict[str, Any]) -> None:
         if self.writes:
@@ -416,7 +419,8 @@ def _train_and_evaluate(cfg: RunConfig, files: RunFiles, info: dict, backbone, d
     timings = info.setdefault("timings", {})
     timings["setup_s"] = round(time.time() - t_setup, 3)
     _train_epochs(cfg, tr, files, info, device, precision, progress, on_epoch_end, dinfo)
-    files.adapter(tr.model, cfg)
+    info["adapter_sha256"] = files.adapter(tr.model, cfg)  # load_run checks the file against it
+    files.info(info)
     t_eval = time.time()
     results = _evaluate_run(cfg, tr.model, files.dir, progress)
     timings["eval_s"] = round(time.time() - t_eval, 3)
@@ -483,6 +487,9 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
     n = len(train_ds)
     if n == 0:
         raise data.DataError(f"{splits.name}: no readable training images")
+    if resume:
+        _check_checkpoint_progress(ckpt_path, start_epoch, step, cfg.optim.epochs,
+                                   steps_per_epoch(n, cfg.optim.batch_size))
     ddp = None
     if dinfo.enabled:
         counts = ddp_util.all_gather_objects(n, dinfo)
@@ -493,6 +500,18 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
         # averages gradients; optimizer, checkpoints and the adapter file use `model` itself
         ddp = ddp_util.wrap_ddp(model, device)
     return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume))
+
+
+def _check_checkpoint_progress(path: Path, epoch: int, step: int, epochs: int, per_epoch: int) -> None:
+    """A checkpoint is written after each epoch: it covers 1..E epochs of the run's config and
+    at most ``per_epoch`` optimiser steps each; anything else is not this run's checkpoint."""
+    if not 1 <= epoch <= epochs:
+        raise CorruptFileError(f"{path}: records {epoch} epochs done, but this run trains 1..{epochs} epochs "
+                               f"(optim.epochs); {checkpoint_recovery(path)}")
+    if not 0 <= step <= epoch * per_epoch:
+        raise CorruptFileError(f"{path}: records {step} optimiser steps after {epoch} epochs, but this run makes "
+                               f"{per_epoch} steps per epoch (at most {epoch * per_epoch}); "
+                               f"{checkpoint_recovery(path)}")
 
 
 def _train_epochs(cfg: RunConfig, tr: _Training, files: RunFiles, info: dict, device: torch.device, precision: str,

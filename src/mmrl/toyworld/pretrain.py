@@ -18,7 +18,6 @@ the same machine.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
+from mmrl.fileio import dumps_json
 from mmrl.toyworld.captions import describe, prompt, scene_key
 from mmrl.toyworld.model import (CHECKPOINT_PATH, TinyClipConfig, build_tiny_clip, load_tiny_clip,
                                  save_checkpoint, to_tensor)
@@ -215,7 +215,7 @@ def pretrain(cfg: PretrainConfig, log: Callable[[str], None] = print) -> dict:
     }
     json_path = out.with_suffix(".json")
     tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.write_text(dumps_json(metrics, indent=2) + "\n")
     os.replace(tmp, json_path)
     log(f"wrote {out} and {json_path} ({seconds:.0f}s)")
     return metrics

@@ -27,7 +27,6 @@ novel accuracy: there the base/novel trade-off shows.
 """
 from __future__ import annotations
 
-import json
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mmrl.fileio import dumps_json
 from mmrl.toyworld.render import BACKGROUNDS, COLOURS, PRETRAIN_SIZES, SHAPES, Style, render, sample_scene
 
 SPLITS = ("train", "val", "test")
@@ -212,5 +212,5 @@ def write_tasks(out_dir: str | os.PathLike, names: list[str] | None = None, seed
 
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.write_text(dumps_json(obj, indent=1) + "\n")
     os.replace(tmp, path)
