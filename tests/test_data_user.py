@@ -194,3 +194,21 @@ def test_dataset_json_without_split_file_builds_one(tmp_path):
     assert s.classnames == ["x", "y"]
     assert parts_of(s) == stable_parts({c: [f"{c}/{c}_{i:03d}.jpg" for i in range(n)]
                                         for c, n in (("x", 4), ("y", 5))})
+
+
+def test_folder_dataset_reads_images_in_sub_folders_of_a_class(tmp_path, isolated_cache):
+    """<class>/<sub>/<image> belongs to <class> at any depth (as torchvision's ImageFolder); hidden
+    folders and a symlinked folder (which could loop) are not walked."""
+    import os
+
+    data = tmp_path / "my_data"
+    write_class_folders(data, {"cat": 4, "dog": 4}, ext=".png")
+    for rel in ("cat/indoor/a.png", "cat/indoor/deeper/b.png", "dog/outdoor/c.jpg"):
+        write_image(data / rel)
+    write_image(data / "dog" / ".thumbs" / "hidden.png")
+    os.symlink(data / "cat", data / "dog" / "loop")
+    s = load_dataset(f"folder:{data}", None)
+    got = sorted(d.relpath for d in s.train + s.val + s.test)
+    assert "cat/indoor/a.png" in got and "cat/indoor/deeper/b.png" in got and "dog/outdoor/c.jpg" in got
+    assert len(got) == 11 and not any(".thumbs" in r or "/loop/" in r for r in got)
+    assert all(s.classnames[d.label] == d.relpath.split("/")[0] for d in s.train + s.val + s.test)

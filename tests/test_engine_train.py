@@ -305,3 +305,23 @@ def test_template_and_split_file_flags(world, tmp_path):
                  "--template", "{} texture.", "--subsample", "new"]) == 0
     res = _json(run / "eval" / "DescribableTextures-new.json")
     assert res["template"] == "{} texture." and res["n"] == len(_json(split)["test"])
+
+
+def test_fewer_images_than_shots_are_recorded_and_warned(tmp_path):
+    """--shots beyond a class's images trains on what there is, says so, and run.json records it."""
+    from helpers import make_folder_dataset, tiny_train_argv, write_tiny_clip
+    from mmrl.cli import main
+
+    clip = write_tiny_clip(tmp_path / "clip.pt")
+    data = make_folder_dataset(tmp_path / "pets", per_class=6)
+    out = tmp_path / "run"
+    argv = tiny_train_argv(clip, tmp_path, out, dataset=f"folder:{data}")
+    argv[argv.index("--shots") + 1] = "1000"
+    assert main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    per_class = [sum(1 for _, y, _ in split["train"] if y == c) for c in range(3)]
+    assert info["shots"] == 1000 and info["shots_realised"] == {"min": min(per_class), "max": max(per_class),
+                                                                "per_class": per_class}
+    assert max(per_class) < 1000
+    assert "3 of 3 classes have fewer training images than the 1000 shots asked for" in (out / "train.log").read_text()

@@ -69,3 +69,11 @@ def test_fast_block_equals_the_blocks_own_forward(layer_scale):
             want = run_block_reference(blk, x, mask)
             got = run_block(blk, x, is_causal=causal)
             assert torch.allclose(got, want, rtol=1e-12, atol=1e-12), (got - want).abs().max()
+
+
+def test_a_mistyped_backbone_name_suggests_the_right_one(capsys):
+    from mmrl.cli import main
+
+    assert main(["describe", "--backbone", "toy-clp"]) != 0
+    err = capsys.readouterr().err
+    assert "did you mean toy-clip?" in err and "unexpected" not in err and "Traceback" not in err

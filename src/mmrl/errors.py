@@ -34,6 +34,10 @@ class BackboneUnavailableError(UserError):
     """The weights of a pretrained backbone are neither cached nor downloadable (e.g. offline)."""
 
 
+class PromptError(UserError, ValueError):
+    """A class set whose prompts the text tower cannot tell apart (identical once cut to its context)."""
+
+
 class UntrustedFileError(UserError, ValueError):
     """A file whose loading could run code written by its author (a ``.pt2`` archive, which
     ``torch.export.load`` may unpickle), and the caller has not said that it trusts the file."""

@@ -45,9 +45,10 @@ def apply_method_overrides(cfg, overrides: list[str]):
 
 
 def main(args: argparse.Namespace) -> int:
-    from mmrl.models import MMRL, MethodConfig, ZeroShotCLIP, load_backbone
+    from mmrl.engine.runtime import load_backbone_checked
+    from mmrl.models import MMRL, MethodConfig, ZeroShotCLIP
 
-    backbone = load_backbone(args.backbone, pretrained=False)
+    backbone = load_backbone_checked(args.backbone, pretrained=False)
     info: dict = {"backbone": backbone.describe()}
     if args.method == "clip":
         model = ZeroShotCLIP(backbone)

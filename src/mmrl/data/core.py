@@ -59,6 +59,13 @@ class DatasetSplits:
     def num_classes(self) -> int:
         return len(self.classnames)
 
+    def train_counts(self) -> list[int]:
+        """Training images per class, by label (the realised shots of a few-shot split)."""
+        counts = [0] * self.num_classes
+        for d in self.train:
+            counts[d.label] += 1
+        return counts
+
     def summary(self) -> str:
         return (f"{self.name}: {self.num_classes} classes, train {len(self.train)}, "
                 f"val {len(self.val)}, test {len(self.test)}")
@@ -146,6 +153,22 @@ def list_images(path: Path | str) -> list[str]:
             )
     except FileNotFoundError as e:
         raise MissingDataError(f"folder {path} does not exist") from e
+
+
+def list_images_recursive(path: Path | str) -> list[str]:
+    """Sorted relative paths (``/``-separated) of the non-hidden image files in `path` and in its
+    non-hidden sub-folders at any depth, as torchvision's ``ImageFolder`` finds them (symlinked
+    folders are not followed, so a link cannot make the walk loop)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MissingDataError(f"folder {path} does not exist")
+    found = []
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if _visible(d)]
+        rel = Path(folder).relative_to(path)
+        found += [(rel / f).as_posix() for f in files
+                  if _visible(f) and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
 
 
 def require_file(path: Path, what: str) -> Path:

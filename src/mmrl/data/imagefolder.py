@@ -1,8 +1,9 @@
 """User data: `folder:PATH`, `manifest:FILE` and `dataset:PATH` (a folder with `dataset.json`).
 
 - `folder:PATH`: PATH holds `<class name>/<image>` (class name = folder
-  name, kept as is). If PATH contains a `dataset.json` it is read as the
-  `dataset:` form instead.
+  name, kept as is); images in sub-folders of a class folder, at any depth,
+  belong to that class (as torchvision's ImageFolder). If PATH contains a
+  `dataset.json` it is read as the `dataset:` form instead.
 - `manifest:FILE.csv` (header with `path,label`, optional `split`) or
   `manifest:FILE.json` (list of {"path", "label"[, "split"]}); paths relative
   to the manifest's folder, label = class name.
@@ -33,7 +34,7 @@ from .core import (
     check_relpath,
     check_template,
     list_dirs,
-    list_images,
+    list_images_recursive,
     make_datum,
     read_json,
     require_dir,
@@ -96,7 +97,7 @@ def _folder_groups(image_dir: Path) -> tuple[list[tuple[int, str, list[str]]], l
     classes = list_dirs(image_dir)
     if not classes:
         raise DataError(f"{image_dir}: no class folders (expected {image_dir}/<class name>/<image>)")
-    groups = [(y, c, [f"{c}/{f}" for f in list_images(image_dir / c)]) for y, c in enumerate(classes)]
+    groups = [(y, c, [f"{c}/{f}" for f in list_images_recursive(image_dir / c)]) for y, c in enumerate(classes)]
     return groups, classes
 
 

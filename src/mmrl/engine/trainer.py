@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from mmrl.backbone_spec import TOY_CLIP_NAME
 from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
@@ -40,6 +41,7 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_ch
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.fileio import dumps_json
+from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
@@ -441,6 +443,7 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
              precision)
     if dinfo.enabled:
         LOG.info("data parallel: %d processes (torchrun), global batch %d", dinfo.world_size, cfg.optim.batch_size)
+    _say_if_toy_clip_without_toy_settings(cfg)
     data.set_random_seed(cfg.seed)
     splits = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
                                  subsample=cfg.data.subsample, split_file=cfg.data.split_file,
@@ -451,6 +454,7 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
     _check_training_classes(splits)
     files.split(splits)
     LOG.info("%s", splits.summary())
+    info["shots_realised"] = _realised_shots(splits, cfg.data.shots)
 
     torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
     model = MMRL(backbone, dataclasses.replace(cfg.method))
@@ -500,6 +504,32 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
         # averages gradients; optimizer, checkpoints and the adapter file use `model` itself
         ddp = ddp_util.wrap_ddp(model, device)
     return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume))
+
+
+def _say_if_toy_clip_without_toy_settings(cfg: RunConfig) -> None:
+    """The presets hold the published ViT-B/16 settings; on the tiny toy CLIP they train it below
+    zero-shot. Say so at the start, and where the toy world's own settings (the demo's) are."""
+    if cfg.backbone != TOY_CLIP_NAME:
+        return
+    differ = sorted(k for k, v in toy_settings(cfg.method.name).items() if cfg.value(k) != v)
+    if differ:
+        LOG.warning("backbone toy-clip with settings made for ViT-B/16 (%s differ from the toy world's); the "
+                    "demo's settings for the tiny CLIP: `mmrl toyworld make-tasks DIR` writes "
+                    "DIR/settings-%s.yaml, pass it with --config", ", ".join(differ[:4])
+                    + (", ..." if len(differ) > 4 else ""), cfg.method.name)
+
+
+def _realised_shots(splits, shots: int) -> dict[str, Any]:
+    """run.json's record of the training images each class really has (``per_class``, by label),
+    with a warning when classes have fewer than the ``shots`` asked for (a class with fewer images
+    contributes all it has, as in CoOp's sampling)."""
+    counts = splits.train_counts()
+    short = [c for c, n in zip(splits.classnames, counts) if 0 < shots and n < shots]
+    if short:
+        LOG.warning("%s: %d of %d classes have fewer training images than the %d shots asked for (fewest: %d, "
+                    "e.g. %s); they train on all they have, and run.json records shots_realised",
+                    splits.name, len(short), len(counts), shots, min(counts), ", ".join(map(repr, short[:3])))
+    return {"min": min(counts), "max": max(counts), "per_class": counts}
 
 
 def _check_checkpoint_progress(path: Path, epoch: int, step: int, epochs: int, per_epoch: int) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import difflib
 import functools
 import logging
 import os
@@ -317,7 +318,9 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
     if name not in open_clip.list_models():
         if _looks_like_file(spec):
             raise FileNotFoundError(f"backbone file not found: {spec}")
-        raise ValueError(f"backbone {spec!r}: unknown open_clip model {name!r}; known ViT names include "
+        close = difflib.get_close_matches(name, [TOY_CLIP_NAME, *open_clip.list_models()], n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
+        raise ValueError(f"backbone {spec!r}: unknown open_clip model {name!r}; {hint}known ViT names include "
                          f"{[m for m in open_clip.list_models() if m.startswith('ViT-B')][:8]} "
                          "(or give a path to an OpenAI-format .pt file)")
     if _looks_like_file(tag):  # NAME:/path/to/open_clip_checkpoint

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from mmrl.models.aligners import BlockAligners, SharedResidualAligners
 from mmrl.models.backbone import Backbone
 from mmrl.models.blocks import finish_block, finish_tokens, in_proj, run_adapted_vision_blocks, run_block, run_block_rows
+from mmrl.models.prompts import tokenize_classes
 from mmrl.vocab import METHODS, MethodConfig  # noqa: F401 (part of this module's interface)
 
 
@@ -222,9 +223,8 @@ class MMRL(nn.Module):
         """
         if not classnames:
             raise ValueError("set_classes: empty class list")
-        prompts = [template.format(c.replace("_", " ")) for c in classnames]
         device = self.rep_tokens.device
-        tokens = self.tokenizer(prompts).to(device)
+        tokens = tokenize_classes(self.tokenizer, classnames, template).to(device)
         eot = tokens.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
         T = int(eot.max()) + 1
         with torch.no_grad():

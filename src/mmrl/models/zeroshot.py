@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from mmrl.models.backbone import Backbone
 from mmrl.models.mmrl import Logits
+from mmrl.models.prompts import tokenize_classes
 
 
 class ZeroShotCLIP(nn.Module):
@@ -24,8 +25,7 @@ class ZeroShotCLIP(nn.Module):
         self.classnames: list[str] = []
 
     def set_classes(self, classnames: list[str], template: str) -> None:
-        prompts = [template.format(c.replace("_", " ")) for c in classnames]
-        tokens = self.tokenizer(prompts).to(self.clip.positional_embedding.device)
+        tokens = tokenize_classes(self.tokenizer, classnames, template).to(self.clip.positional_embedding.device)
         with torch.no_grad():
             text = self.clip.encode_text(tokens)
         self.classnames = list(classnames)
