@@ -1,5 +1,5 @@
-"""Files from others cannot make us allocate what they do not hold: zip bombs and tensors
-larger than their storage.
+"""Files from others cannot make us allocate what they do not hold: zip bombs, tensors larger
+than their storage and architectures no CLIP has.
 
 Every hostile file is built here by hand (zipfile + pickle opcodes). A record whose header
 declares gigabytes holds a few bytes that are not deflate data, so any attempt to inflate it
@@ -16,6 +16,7 @@ import torch
 
 from helpers import write_tiny_clip
 from mmrl.cli import main
+from mmrl.models import load_backbone
 from mmrl.models.safe_load import (MAX_INFLATION, MAX_PICKLE_BYTES, MAX_SAFETENSORS_HEADER, CheckpointFormatError,
                                    load_clip_state_dict, load_dassl_checkpoint)
 
@@ -189,3 +190,32 @@ def test_views_within_their_storage_still_load(tmp_path) -> None:
     torch.save(sd, tmp_path / "views.pt")
     out = load_clip_state_dict(tmp_path / "views.pt")
     assert all(torch.equal(out[k], v) for k, v in sd.items())
+
+
+# ----------------------------------------------------------------------------- architectures no CLIP has
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> dict[str, torch.Tensor]:
+    return load_clip_state_dict(write_tiny_clip(tmp_path_factory.mktemp("limits") / "clip.pt"))
+
+
+def _more_layers(sd: dict[str, torch.Tensor], tower: str, n: int) -> dict[str, torch.Tensor]:
+    return {**sd, **{f"{tower}resblocks.{i}.ln_1.weight": torch.ones(64) for i in range(3, n)}}
+
+
+@pytest.mark.parametrize("change, message", [
+    pytest.param(lambda sd: {**sd, "positional_embedding": torch.zeros(2048, 64)},
+                 r"context length 2048 \(from positional_embedding\) is outside 1..1024", id="context"),
+    pytest.param(lambda sd: _more_layers(sd, "transformer.", 129),
+                 r"text layers 129 \(from transformer.resblocks.\*\) is outside 1..128", id="layers"),
+    pytest.param(lambda sd: {**sd, "text_projection": torch.zeros(64, 5000)},
+                 r"embedding dimension 5000 \(from text_projection\) is outside 1..4096", id="embed_dim"),
+    # within the caps, but naming layers the file does not hold: refused before they are allocated
+    pytest.param(lambda sd: _more_layers(sd, "visual.transformer.", 40),
+                 r"tensors missing, unexpected or of other shapes: visual.transformer.resblocks.10.attn.in_proj_bias",
+                 id="layers not held"),
+])
+def test_architecture_is_bounded_by_what_the_file_holds(tmp_path, tiny_sd, change, message) -> None:
+    path = tmp_path / "big.pt"
+    torch.save(change(tiny_sd), path)
+    with pytest.raises(ValueError, match=rf"backbone '{path}': .*{message}"):
+        load_backbone(str(path))
