@@ -1,5 +1,5 @@
 """Files from others cannot make us allocate what they do not hold: zip bombs, tensors larger
-than their storage and architectures no CLIP has.
+than their storage, architectures no CLIP has, and weights that are not finite floats.
 
 Every hostile file is built here by hand (zipfile + pickle opcodes). A record whose header
 declares gigabytes holds a few bytes that are not deflate data, so any attempt to inflate it
@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import write_tiny_clip
+from helpers import official_state_dict, write_official_checkpoint, write_tiny_clip
 from mmrl.cli import main
 from mmrl.models import load_backbone
+from mmrl.models.backbone import clip_from_openai_state_dict
+from mmrl.models.official import convert_official_state_dict, load_official_adapter
 from mmrl.models.safe_load import (MAX_INFLATION, MAX_PICKLE_BYTES, MAX_SAFETENSORS_HEADER, CheckpointFormatError,
                                    load_clip_state_dict, load_dassl_checkpoint)
 
@@ -219,3 +221,49 @@ def test_architecture_is_bounded_by_what_the_file_holds(tmp_path, tiny_sd, chang
     torch.save(change(tiny_sd), path)
     with pytest.raises(ValueError, match=rf"backbone '{path}': .*{message}"):
         load_backbone(str(path))
+
+
+# ----------------------------------------------------------------------------- integrity of the weights
+def _with(sd: dict[str, torch.Tensor], key: str, fn) -> dict[str, torch.Tensor]:
+    t = sd[key].clone()
+    return {**sd, key: fn(t)}
+
+
+@pytest.mark.parametrize("key, fn, message", [
+    pytest.param("visual.proj", lambda t: t.index_fill_(0, torch.tensor([0]), float("nan")),
+                 r"holds 32 NaN and 0 infinite values", id="NaN"),
+    pytest.param("logit_scale", lambda t: t.fill_(float("inf")), r"holds 0 NaN and 1 infinite values", id="Inf"),
+    pytest.param("ln_final.weight", lambda t: t.long(), r"is int64, where a floating-point weight is expected",
+                 id="int"),
+])
+def test_backbone_weights_must_be_finite_floats(tiny_sd, key, fn, message) -> None:
+    with pytest.raises(CheckpointFormatError, match=rf"backbone 'bad.pt': tensor '{key}' {message}"):
+        clip_from_openai_state_dict(_with(tiny_sd, key, fn), "bad.pt")
+
+
+def test_backbone_metadata_is_not_a_weight(tiny_sd) -> None:
+    # OpenAI's 0-dim ints and a causal mask with -inf, as their archives and traced exports hold
+    mask = torch.full((77, 77), float("-inf")).triu_(1)
+    meta = {"input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
+            "vocab_size": torch.tensor(49408), "attn_mask": mask}
+    clip = clip_from_openai_state_dict({**tiny_sd, **meta}, "ok.pt")
+    assert torch.equal(clip.visual.proj, tiny_sd["visual.proj"])
+
+
+ADAPTER = {"rep_tokens": (2, 4), "vision_aligner.0.weight": (64, 4), "vision_aligner.0.bias": (64,),
+           "text_aligner.0.weight": (64, 4), "text_aligner.0.bias": (64,), "proj_rep": (64, 32)}
+
+
+@pytest.mark.parametrize("fn, message", [
+    pytest.param(lambda t: t.fill_(float("nan")), r"holds 8 NaN and 0 infinite values", id="NaN"),
+    pytest.param(lambda t: t.int(), r"is int32, where a floating-point weight is expected", id="int"),
+])
+def test_official_adapter_weights_must_be_finite_floats(tmp_path, fn, message) -> None:
+    tensors = {k: torch.randn(s) for k, s in ADAPTER.items()}
+    tensors["rep_tokens"] = fn(tensors["rep_tokens"])
+    key = "module.representation_learner.compound_rep_tokens"
+    with pytest.raises(ValueError, match=rf"official checkpoint: tensor '{key}' {message}"):
+        convert_official_state_dict(official_state_dict(tensors, "mmrl", "module."), "mmrl")
+    path = write_official_checkpoint(tmp_path / "model.pth.tar-5", tensors, "mmrl", "module.")
+    with pytest.raises(ValueError, match=rf"^{path}: official checkpoint: tensor '{key}' {message}"):
+        load_official_adapter(path, "mmrl", ADAPTER)

@@ -210,12 +210,14 @@ def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str =
 
     The architecture is inferred from tensor shapes (:func:`infer_openai_architecture`);
     QuickGELU is used, as OpenAI trained with it. Unlike open_clip's
-    ``build_model_from_openai_state_dict`` the weights are never rounded through fp16. The file
-    must hold every tensor of the inferred architecture at its shape (checked on the meta
-    device first, so that a file naming many layers it does not hold cannot make us allocate
-    them).
+    ``build_model_from_openai_state_dict`` the weights are never rounded through fp16. Every
+    weight must be a finite float tensor, and the file must hold every tensor of the inferred
+    architecture at its shape (checked on the meta device first, so that a file naming many
+    layers it does not hold cannot make us allocate them).
     """
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    from mmrl.models.safe_load import check_weights
 
     if "visual.proj" not in state_dict:
         if any(k.startswith("visual.layer1") for k in state_dict):
@@ -224,8 +226,10 @@ def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str =
         raise ValueError(f"backbone {spec!r}: not an OpenAI-format CLIP state dict (no 'visual.proj' key; "
                          f"found keys such as {sorted(state_dict)[:5]})")
     # 0-dim metadata in OpenAI's archives, and the causal mask some exports carry: not weights
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()
-          if k not in ("input_resolution", "context_length", "vocab_size", "attn_mask")}
+    weights = {k: v for k, v in state_dict.items()
+               if k not in ("input_resolution", "context_length", "vocab_size", "attn_mask")}
+    check_weights(weights, f"backbone {spec!r}")
+    sd = {k: v.float() for k, v in weights.items()}
     try:
         arch = infer_openai_architecture(sd)
 

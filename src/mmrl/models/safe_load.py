@@ -49,6 +49,7 @@ Nor may a file make us allocate much more memory than it occupies on disk:
   bytes): expanded (stride-0) or overlapping views, which saved weights never are, would turn
   a small record into an arbitrarily large tensor as soon as it is copied or cast.
 
+:func:`check_weights` refuses NaN / Inf and non-float tensors where float weights are expected.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ import pickle
 import warnings
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,7 @@ __all__ = [
     "CheckpointFormatError",
     "Placeholder",
     "RestrictedUnpickler",
+    "check_weights",
     "load_clip_state_dict",
     "load_dassl_checkpoint",
     "read_torch_zip",
@@ -645,3 +648,24 @@ def load_dassl_checkpoint(path: str | Path) -> dict[str, Tensor]:
         warnings.warn(f"{path}: ignoring non-tensor entries of state_dict: {skipped[:10]}", stacklevel=2)
     return out
 
+
+def check_weights(tensors: Mapping[str, Tensor], where: str) -> None:
+    """Refuse tensors that cannot be trained float weights, naming the first one.
+
+    A float tensor holding NaN or +-Inf, or a tensor of any other dtype (an integer, bool or
+    complex tensor where a float weight is expected), means a damaged or doctored file; loaded
+    into a model it would only surface later as NaN logits or silently cast garbage. Callers
+    leave out the entries that are legitimately not float weights (OpenAI's 0-dim int
+    ``input_resolution``/``context_length``/``vocab_size``, a causal ``attn_mask`` with -inf).
+
+    Raises:
+        CheckpointFormatError: ``"{where}: tensor {name!r} ..."`` saying what is wrong.
+    """
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise CheckpointFormatError(f"{where}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, "
+                                        "where a floating-point weight is expected")
+        if not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise CheckpointFormatError(f"{where}: tensor {name!r} holds {nan} NaN and {inf} infinite values "
+                                        f"(of {t.numel()}); weights must be finite")
