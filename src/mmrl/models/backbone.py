@@ -49,6 +49,15 @@ from mmrl.errors import BackboneUnavailableError
 
 CLIP_BPE_VOCAB = 49408  # size of CLIP's BPE vocabulary (open_clip's SimpleTokenizer)
 
+# The largest dimensions an OpenAI-format file may declare: about twice those of the largest
+# CLIPs open_clip 3.3 configures (its model_configs: vision width 1792 and 56 layers, ViT-e-14;
+# text width 1280, PE-Core-bigG-14-448, and 36 layers, ViT-e-14; image size 512, SigLIP2-512;
+# patch 32; embedding 1536, ViT-gopt-16-SigLIP2-384; vocabulary 901,629, ViT-bigG-14-worldwide;
+# context 77), the context length a generous 13x for long-text CLIPs (Long-CLIP: 248). Heads
+# are width / 64, so at most 64. A file beyond them is refused before anything is built.
+ARCHITECTURE_CAPS = {"width": 4096, "layers": 128, "image_size": 1024, "patch_size": 64,
+                     "context_length": 1024, "vocab_size": 1 << 21, "embed_dim": 4096}
+
 
 @dataclass
 class Backbone:
@@ -208,13 +217,18 @@ def check_vit_clip(clip: nn.Module, spec: str) -> None:
 
 def infer_openai_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
     """Architecture of an OpenAI-format ViT CLIP state dict, from tensor shapes only
-    (as OpenAI's ``clip.model.build_model`` does: heads = width / 64)."""
+    (as OpenAI's ``clip.model.build_model`` does: heads = width / 64).
+
+    Raises:
+        ValueError: a dimension outside 1..:data:`ARCHITECTURE_CAPS`, naming it, its value,
+            the tensor it comes from and the cap.
+    """
     sd = state_dict
     vision_width = sd["visual.conv1.weight"].shape[0]
     patch = sd["visual.conv1.weight"].shape[-1]
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     text_width = sd["ln_final.weight"].shape[0]
-    return {
+    arch = {
         "embed_dim": sd["text_projection"].shape[1],
         "vision_cfg": {
             "layers": len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
@@ -227,6 +241,21 @@ def infer_openai_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
             "layers": len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")}),
         },
     }
+    v, t = arch["vision_cfg"], arch["text_cfg"]
+    for what, value, cap, source in (
+            ("vision width", v["width"], "width", "visual.conv1.weight"),
+            ("vision layers", v["layers"], "layers", "visual.transformer.resblocks.*"),
+            ("patch size", v["patch_size"], "patch_size", "visual.conv1.weight"),
+            ("image size", v["image_size"], "image_size", "visual.positional_embedding"),
+            ("text width", t["width"], "width", "ln_final.weight"),
+            ("text layers", t["layers"], "layers", "transformer.resblocks.*"),
+            ("context length", t["context_length"], "context_length", "positional_embedding"),
+            ("vocabulary size", t["vocab_size"], "vocab_size", "token_embedding.weight"),
+            ("embedding dimension", arch["embed_dim"], "embed_dim", "text_projection")):
+        if not 1 <= value <= ARCHITECTURE_CAPS[cap]:
+            raise ValueError(f"{what} {value} (from {source}) is outside 1..{ARCHITECTURE_CAPS[cap]}, "
+                             "about twice the largest real CLIP's")
+    return arch
 
 
 def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str = "<state dict>") -> nn.Module:
@@ -234,9 +263,14 @@ def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str =
 
     The architecture is inferred from tensor shapes (:func:`infer_openai_architecture`);
     QuickGELU is used, as OpenAI trained with it. Unlike open_clip's
-    ``build_model_from_openai_state_dict`` the weights are never rounded through fp16.
+    ``build_model_from_openai_state_dict`` the weights are never rounded through fp16. Every
+    weight must be a finite float tensor, and the file must hold every tensor of the inferred
+    architecture at its shape (checked on the meta device first, so that a file naming many
+    layers it does not hold cannot make us allocate them).
     """
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    from mmrl.models.safe_load import check_weights
 
     if "visual.proj" not in state_dict:
         if any(k.startswith("visual.layer1") for k in state_dict):
@@ -245,13 +279,28 @@ def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str =
         raise ValueError(f"backbone {spec!r}: not an OpenAI-format CLIP state dict (no 'visual.proj' key; "
                          f"found keys such as {sorted(state_dict)[:5]})")
     # 0-dim metadata in OpenAI's archives, and the causal mask some exports carry: not weights
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()
-          if k not in ("input_resolution", "context_length", "vocab_size", "attn_mask")}
+    weights = {k: v for k, v in state_dict.items()
+               if k not in ("input_resolution", "context_length", "vocab_size", "attn_mask")}
+    check_weights(weights, f"backbone {spec!r}")
+    sd = {k: v.float() for k, v in weights.items()}
     try:
         arch = infer_openai_architecture(sd)
-        clip = CLIP(arch["embed_dim"], CLIPVisionCfg(**arch["vision_cfg"]), CLIPTextCfg(**arch["text_cfg"]),
-                    quick_gelu=True)
+
+        def build() -> nn.Module:
+            return CLIP(arch["embed_dim"], CLIPVisionCfg(**arch["vision_cfg"]), CLIPTextCfg(**arch["text_cfg"]),
+                        quick_gelu=True)
+
+        with torch.device("meta"):  # shapes only: nothing is allocated for tensors the file lacks
+            want = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in sd.items()}
+        if want != have:
+            diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+            raise RuntimeError("tensors missing, unexpected or of other shapes: " + ", ".join(
+                f"{k} (file {have.get(k)}, model {want.get(k)})" for k in diff[:5]))
+        clip = build()
         clip.load_state_dict(sd)
+    except ValueError as e:
+        raise ValueError(f"backbone {spec!r}: {e}") from e
     except (RuntimeError, KeyError) as e:
         raise ValueError(f"backbone {spec!r}: state dict does not describe an OpenAI-format CLIP ViT: {e}") from e
     return clip

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from mmrl.models.safe_load import load_dassl_checkpoint
+from mmrl.models.safe_load import check_weights, load_dassl_checkpoint
 from mmrl.vocab import METHODS
 
 __all__ = ["check_adapter_shapes", "convert_official_state_dict", "load_official_adapter"]
@@ -97,7 +97,8 @@ def convert_official_state_dict(state_dict: dict[str, Tensor], method: str) -> d
 
     Raises:
         ValueError: the tensors of the other method are there instead, a name occurs under two
-            prefixes, or required tensors are missing (named).
+            prefixes, required tensors are missing (named), or one is not a finite float tensor
+            (:func:`mmrl.models.safe_load.check_weights`).
     """
     method = _method(method)
     other = "mmrl++" if method == "mmrl" else "mmrl"
@@ -130,6 +131,7 @@ def convert_official_state_dict(state_dict: dict[str, Tensor], method: str) -> d
     if missing:
         raise ValueError(f"official {method.upper()} checkpoint lacks {len(missing)} adapter tensor(s) "
                          f"(our names): {missing[:12]}")
+    check_weights({source[n]: t for n, t in ours.items()}, "official checkpoint")  # named as in the file
     return ours
 
 

@@ -33,6 +33,23 @@ only records the state. Nothing named in the file is imported or called. It is t
 ``pickle._Unpickler`` (rather than the C ``pickle.Unpickler``) so that the object-creating opcodes
 (REDUCE, NEWOBJ, NEWOBJ_EX, OBJ, INST, BUILD) can be overridden, not only ``find_class``:
 a stock BUILD can set ``__setstate__`` on an instance and then call it.
+
+Nor may a file make us allocate much more memory than it occupies on disk:
+
+* a storage record must be exactly as large as the pickle declares (numel * itemsize), and
+  only those bytes are inflated, once, into the tensor's own buffer;
+* records are read only while the archive inflates to at most :data:`MAX_INFLATION` times its
+  size on disk (plus :data:`INFLATION_SLACK`), and no record above that slack may inflate
+  more than :data:`MAX_INFLATION` times its compressed size: ``torch.save`` and
+  ``torch.jit.save`` store weight records uncompressed (ratio 1) and deflate gains little on
+  float weights (~1.1x), so a high ratio means a zip bomb (a 3 MB file inflating to 3 GB);
+* ``data.pkl`` may hold at most :data:`MAX_PICKLE_BYTES` (real ones hold ~160 bytes per
+  tensor: tens to hundreds of KB), a safetensors header at most :data:`MAX_SAFETENSORS_HEADER`;
+* a tensor may not span more bytes than its storage holds (numel * itemsize <= the storage's
+  bytes): expanded (stride-0) or overlapping views, which saved weights never are, would turn
+  a small record into an arbitrarily large tensor as soon as it is copied or cast.
+
+:func:`check_weights` refuses NaN / Inf and non-float tensors where float weights are expected.
 """
 from __future__ import annotations
 
@@ -43,6 +60,8 @@ import math
 import pickle
 import warnings
 import zipfile
+import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +72,7 @@ __all__ = [
     "CheckpointFormatError",
     "Placeholder",
     "RestrictedUnpickler",
+    "check_weights",
     "load_clip_state_dict",
     "load_dassl_checkpoint",
     "read_torch_zip",
@@ -61,6 +81,14 @@ __all__ = [
 
 class CheckpointFormatError(ValueError):
     """A file is not in a format we can read safely, or is damaged."""
+
+
+# What a file may make us allocate (see the module docstring for why these values).
+MAX_INFLATION = 10                   # inflated / on-disk bytes: of the archive, and of each record
+INFLATION_SLACK = 1 << 20            # 1 MiB: small archives and records are not held to the ratio
+MAX_PICKLE_BYTES = 16 << 20          # data.pkl; 16 MiB is ~100,000 tensors
+MAX_SAFETENSORS_HEADER = 16 << 20    # its JSON header (safetensors itself allows 100 MB)
+_READ_CHUNK = 16 << 20               # records are inflated into their buffer this much at a time
 
 
 # ----------------------------------------------------------------------------- placeholders
@@ -149,6 +177,20 @@ def _check_int(v: object, what: str) -> int:
     return v
 
 
+def _view_problem(sizes: tuple[int, ...], strides: tuple[int, ...], itemsize: int, nbytes: int) -> str | None:
+    """Why a tensor of this geometry may not view a storage of ``nbytes`` bytes, or None.
+
+    A tensor spanning more bytes than its storage holds (numel * itemsize > nbytes) repeats
+    elements: an expanded (stride-0) or overlapping view. Saved weights never are one, and a
+    small record viewed so becomes a huge tensor when copied or cast (a 9 MB file asking 40 GB).
+    """
+    need = math.prod(sizes) * itemsize
+    if need > nbytes:
+        return (f"tensor of size {sizes} with strides {strides} spans {need} bytes, more than "
+                f"the {nbytes} bytes its storage holds (an expanded or overlapping view; saved weights never are)")
+    return None
+
+
 def _make_tensor(storage: object, offset: object, size: object, stride: object) -> Tensor:
     """A tensor viewing ``storage`` (checked against the storage's real size; ``set_``
     would silently grow a too-small storage)."""
@@ -157,17 +199,20 @@ def _make_tensor(storage: object, offset: object, size: object, stride: object) 
     if not isinstance(size, tuple) or not isinstance(stride, tuple) or len(size) != len(stride):
         raise pickle.UnpicklingError(f"bad tensor geometry size={size!r} stride={stride!r}")
     offset = _check_int(offset, "storage offset")
-    sizes = [_check_int(s, "tensor size") for s in size]
-    strides = [_check_int(s, "tensor stride") for s in stride]
+    sizes = tuple(_check_int(s, "tensor size") for s in size)
+    strides = tuple(_check_int(s, "tensor stride") for s in stride)
     itemsize = torch.empty((), dtype=storage.dtype).element_size()
     if math.prod(sizes) > 0:
         last = offset + sum((n - 1) * s for n, s in zip(sizes, strides))
         if (last + 1) * itemsize > storage.untyped.nbytes():
             raise pickle.UnpicklingError(
-                f"tensor of size {tuple(sizes)} at offset {offset} overruns storage record "
+                f"tensor of size {sizes} at offset {offset} overruns storage record "
                 f"{storage.key!r} ({storage.untyped.nbytes()} bytes)")
+    problem = _view_problem(sizes, strides, itemsize, storage.untyped.nbytes())
+    if problem:
+        raise pickle.UnpicklingError(f"{problem} (storage record {storage.key!r})")
     t = torch.empty(0, dtype=storage.dtype)
-    return t.set_(storage.untyped, offset, torch.Size(sizes), tuple(strides))
+    return t.set_(storage.untyped, offset, torch.Size(sizes), strides)
 
 
 # Safe re-implementations of the functions torch pickles name. They accept only what a real
@@ -257,10 +302,13 @@ _ALLOWED_CLASSES = (collections.OrderedDict, dict, list, tuple, set, frozenset, 
 
 # ----------------------------------------------------------------------------- archive + unpickler
 class _ZipArchive:
-    """A PyTorch zip archive: finds ``<prefix>/data.pkl`` and serves ``data/<key>`` records."""
+    """A PyTorch zip archive: finds ``<prefix>/data.pkl`` and serves ``data/<key>`` records,
+    inflating no more than the module docstring's limits allow."""
 
     def __init__(self, path: Path, zf: zipfile.ZipFile) -> None:
         self.path, self.zf = path, zf
+        self._disk_bytes = path.stat().st_size
+        self._inflated = 0  # bytes of all records read so far
         names = zf.namelist()
         pkls = [n for n in names if n.count("/") == 1 and n.endswith("/data.pkl")]
         if len(pkls) != 1:
@@ -271,24 +319,58 @@ class _ZipArchive:
         self.is_torchscript = (f"{self.prefix}constants.pkl" in names
                                or any(n.startswith(f"{self.prefix}code/") for n in names))
         order = f"{self.prefix}byteorder"
-        if order in names and zf.read(order).strip() not in (b"little", b""):
-            raise CheckpointFormatError(f"{path}: big-endian archives are not supported")
+        if order in names:
+            info = zf.getinfo(order)
+            if info.file_size > 16 or bytes(self.inflate(info)).strip() not in (b"little", b""):
+                raise CheckpointFormatError(f"{path}: its byteorder record is not 'little': big-endian (or damaged) "
+                                            "archives are not supported")
         self._storages: dict[str, torch.UntypedStorage] = {}
 
+    def inflate(self, info: zipfile.ZipInfo) -> bytearray:
+        """The record's bytes, inflated once into a buffer of its declared size (``zipfile``
+        never returns more than that), after the inflation limits are checked."""
+        size = info.file_size
+        if size > INFLATION_SLACK and size > MAX_INFLATION * info.compress_size:
+            raise CheckpointFormatError(
+                f"{self.path}: record {info.filename!r} would inflate from {info.compress_size} to {size} bytes, "
+                f"more than {MAX_INFLATION}x (torch.save stores records uncompressed): refusing a likely zip bomb")
+        self._inflated += size
+        if self._inflated > MAX_INFLATION * self._disk_bytes + INFLATION_SLACK:
+            raise CheckpointFormatError(
+                f"{self.path}: its records would inflate to {self._inflated} bytes (record {info.filename!r} "
+                f"included), more than {MAX_INFLATION}x its {self._disk_bytes} bytes on disk: refusing a likely zip bomb")
+        buf = bytearray(size)
+        view = memoryview(buf)
+        try:
+            with self.zf.open(info) as f:
+                done = 0
+                while done < size:  # in chunks: f.read(size) would hold a second full-size copy
+                    n = f.readinto(view[done:done + _READ_CHUNK])
+                    if not n:
+                        raise EOFError("fewer bytes than its header declares")
+                    done += n
+        except (zlib.error, EOFError, zipfile.BadZipFile, NotImplementedError) as e:  # bad data, CRC, method
+            raise CheckpointFormatError(f"{self.path}: record {info.filename!r} is damaged: {e}") from e
+        return buf
+
     def storage(self, key: str, nbytes: int) -> torch.UntypedStorage:
+        """Storage record ``key``, which must hold exactly the ``nbytes`` the pickle declares."""
         if key not in self._storages:
             name = f"{self.prefix}data/{key}"
             try:
                 info = self.zf.getinfo(name)
             except KeyError:
                 raise pickle.UnpicklingError(f"storage record {name!r} is missing") from None
-            if info.file_size < nbytes:
+            if info.file_size != nbytes:  # larger: bytes that only a zip bomb would need
                 raise pickle.UnpicklingError(
-                    f"storage record {name!r} has {info.file_size} bytes, the pickle needs {nbytes}")
-            with self.zf.open(info) as f:
-                raw = f.read(info.file_size)
-            self._storages[key] = (torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8)
-                                   if raw else torch.UntypedStorage(0))
+                    f"storage record {name!r} has {info.file_size} bytes, the pickle declares {nbytes}")
+            buf = self.inflate(info)
+            # frombuffer shares buf's memory (no copy); the storage keeps buf alive
+            self._storages[key] = (torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
+                                   if nbytes else torch.UntypedStorage(0))
+        elif self._storages[key].nbytes() != nbytes:
+            raise pickle.UnpicklingError(f"storage record {key!r} declared with {nbytes} bytes and with "
+                                         f"{self._storages[key].nbytes()}")
         return self._storages[key]
 
 
@@ -396,9 +478,15 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
 
 
 def _unpickle(archive: _ZipArchive) -> Any:
-    data = archive.zf.read(f"{archive.prefix}data.pkl")
+    info = archive.zf.getinfo(f"{archive.prefix}data.pkl")
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise CheckpointFormatError(f"{archive.path}: {info.filename} holds {info.file_size} bytes, more than the "
+                                    f"{MAX_PICKLE_BYTES} allowed (real ones hold ~160 bytes per tensor)")
+    data = archive.inflate(info)
     try:
         return RestrictedUnpickler(io.BytesIO(data), archive).load()
+    except CheckpointFormatError:  # the archive's limits, already naming the file
+        raise
     except (pickle.UnpicklingError, EOFError, TypeError, ValueError, KeyError, IndexError,
             AttributeError, RuntimeError, OverflowError, zipfile.BadZipFile) as e:
         raise CheckpointFormatError(f"{archive.path}: cannot read {archive.prefix}data.pkl safely: {e}") from e
@@ -460,6 +548,9 @@ def _torchscript_state_dict(path: Path, root: Any) -> dict[str, Tensor]:
 def _plain_state_dict(path: Path, obj: Any) -> dict[str, Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
+    if isinstance(obj, Placeholder):  # e.g. a pickled nn.Module, which torch.load would rebuild
+        raise CheckpointFormatError(f"{path}: holds a pickled {obj.module}.{obj.name} object, not a state dict; "
+                                    "refusing to rebuild objects from a file (save its state_dict() instead)")
     if not isinstance(obj, dict):
         raise CheckpointFormatError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     out = {(k[len("module."):] if k.startswith("module.") else k): v
@@ -492,22 +583,31 @@ def load_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
         ``positional_embedding``, ``logit_scale`` (OpenAI's files add 0-dim
         ``input_resolution``/``context_length``/``vocab_size``; traced open_clip models their
         ``attn_mask`` buffer).
+
+    Raises:
+        CheckpointFormatError: the file is damaged, not one of these formats, or exceeds the
+            limits of the module docstring (a zip bomb, an expanded view, a huge header).
     """
     path = _existing(path)
     if _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        with open(path, "rb") as f:  # safetensors checks shapes against the data, not the header's size
+            header = int.from_bytes(f.read(8), "little")
+        if header > MAX_SAFETENSORS_HEADER:
+            raise CheckpointFormatError(f"{path}: safetensors header of {header} bytes, more than the "
+                                        f"{MAX_SAFETENSORS_HEADER} allowed (real ones hold ~100 bytes per tensor)")
         try:
             return dict(load_file(str(path), device="cpu"))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointFormatError(f"{path}: not a readable safetensors file: {e}") from e
-    if zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path):  # TorchScript or torch.save: both through the restricted reader
         with _open_zip(path) as zf:
             archive = _ZipArchive(path, zf)
-            if archive.is_torchscript:
-                return _torchscript_state_dict(path, _unpickle(archive))
-    try:  # torch.save (zip or legacy): the weights-only unpickler suffices for a state dict
+            obj = _unpickle(archive)
+        return _torchscript_state_dict(path, obj) if archive.is_torchscript else _plain_state_dict(path, obj)
+    try:  # legacy (pre-zip, uncompressed) torch.save: the weights-only unpickler suffices
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointFormatError(f"{path}: torch.save file holding objects other than tensors and "
@@ -515,7 +615,12 @@ def load_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
     except Exception as e:  # torch raises many types for garbage input
         raise CheckpointFormatError(f"{path}: not a recognised CLIP weights format (expected an OpenAI "
                                     f"TorchScript .pt, a torch.save state dict or .safetensors): {e}") from e
-    return _plain_state_dict(path, obj)
+    out = _plain_state_dict(path, obj)
+    for name, t in out.items():  # the restricted reader checks this for zip archives
+        problem = _view_problem(tuple(t.shape), t.stride(), t.element_size(), t.untyped_storage().nbytes())
+        if problem:
+            raise CheckpointFormatError(f"{path}: {name!r}: {problem}")
+    return out
 
 
 def load_dassl_checkpoint(path: str | Path) -> dict[str, Tensor]:
@@ -543,3 +648,24 @@ def load_dassl_checkpoint(path: str | Path) -> dict[str, Tensor]:
         warnings.warn(f"{path}: ignoring non-tensor entries of state_dict: {skipped[:10]}", stacklevel=2)
     return out
 
+
+def check_weights(tensors: Mapping[str, Tensor], where: str) -> None:
+    """Refuse tensors that cannot be trained float weights, naming the first one.
+
+    A float tensor holding NaN or +-Inf, or a tensor of any other dtype (an integer, bool or
+    complex tensor where a float weight is expected), means a damaged or doctored file; loaded
+    into a model it would only surface later as NaN logits or silently cast garbage. Callers
+    leave out the entries that are legitimately not float weights (OpenAI's 0-dim int
+    ``input_resolution``/``context_length``/``vocab_size``, a causal ``attn_mask`` with -inf).
+
+    Raises:
+        CheckpointFormatError: ``"{where}: tensor {name!r} ..."`` saying what is wrong.
+    """
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise CheckpointFormatError(f"{where}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, "
+                                        "where a floating-point weight is expected")
+        if not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise CheckpointFormatError(f"{where}: tensor {name!r} holds {nan} NaN and {inf} infinite values "
+                                        f"(of {t.numel()}); weights must be finite")
