@@ -1,10 +1,10 @@
 """Does a run folder agree with itself? config.yaml, run.json and the adapter file each say which
 method, backbone and settings the run has; a folder whose files disagree (edited by hand,
 assembled from two runs, or tampered with) is not trusted: ``mmrl eval`` / ``predict`` /
-``export`` refuse it and ``mmrl report`` shows it as inconsistent.
+``export`` refuse it.
 
-Torch-free (the report uses it): it compares plain mappings, and reads the adapter's settings
-from the safetensors header without loading a tensor.
+Torch-free, so that ``mmrl report`` can use it too (not yet done): it compares plain mappings,
+and reads the adapter's settings from the safetensors header without loading a tensor.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmrl.config import flat
 from mmrl.fileio import read_safetensors_header
 
 # The method settings that decide the adapter's tensors and its outputs: config.yaml's method
@@ -23,15 +24,6 @@ RUN_KEYS = {"method": "method.name", "backbone": "backbone", "protocol": "protoc
             "shots": "data.shots", "dataset": "data.dataset"}
 ADAPTER_KEYS = {"backbone": "backbone", "protocol": "protocol", "seed": "seed", "shots": "data.shots",
                 "dataset": "data.dataset"}
-
-
-def _get(config: dict, dotted: str) -> Any:
-    obj: Any = config
-    for part in dotted.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
 
 
 def adapter_settings(path: str | Path) -> dict | None:
@@ -50,9 +42,10 @@ def disagreements(config: dict, run_info: dict | None, adapter: dict | None) -> 
     (``config``, a RunConfig's ``to_dict()`` or the parsed file), as ``"<file> says <key> X, config.yaml
     says Y"``. Fields a file does not record are not compared (older runs record fewer)."""
     out = []
+    settings = flat(config)
 
     def compare(what: str, field: str, theirs: Any, key: str) -> None:
-        ours = _get(config, key)
+        ours = settings.get(key)
         if theirs is not None and ours is not None and theirs != ours:
             out.append(f"{what} says {field} {theirs!r}, config.yaml says {ours!r}")
 

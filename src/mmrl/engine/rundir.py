@@ -150,21 +150,26 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
         raise CorruptFileError(f"{adapter_path} does not fit the run's {CONFIG_FILE} ({e}); "
                                f"{adapter_recovery(run_dir)}") from e
     # after the adapter's own checks, which name a damaged file more precisely
-    check_consistent(run_dir, cfg, info, file_hash=True)
+    check_adapter_hash(run_dir, info)
     model.eval()
     return model, cfg
 
 
-def check_consistent(run_dir: Path, cfg: RunConfig, info: dict, *, file_hash: bool = False) -> None:
+def check_consistent(run_dir: Path, cfg: RunConfig, info: dict) -> None:
     """Refuse a run folder whose config.yaml, run.json and adapter file disagree (method, backbone,
-    settings, identity: :func:`mmrl.engine.runcheck.disagreements`), naming what differs; with
-    ``file_hash``, also one whose adapter file is not the one run.json recorded (its sha256)."""
-    adapter_path = run_dir / ADAPTER_FILE
-    problems = [] if file_hash else disagreements(cfg.to_dict(), info, adapter_settings(adapter_path))
+    settings, identity: :func:`mmrl.engine.runcheck.disagreements`), naming what differs."""
+    _refuse_inconsistent(run_dir, disagreements(cfg.to_dict(), info, adapter_settings(run_dir / ADAPTER_FILE)))
+
+
+def check_adapter_hash(run_dir: Path, info: dict) -> None:
+    """Refuse a run folder whose adapter file is not the one run.json recorded (its sha256)."""
     recorded = info.get("adapter_sha256")
-    if file_hash and isinstance(recorded, str) and file_sha256(adapter_path) != recorded:
-        problems.append(f"{ADAPTER_FILE} is not the file run.json recorded (its sha256 differs): it was replaced "
-                        "or changed after the run wrote it")
+    if isinstance(recorded, str) and file_sha256(run_dir / ADAPTER_FILE) != recorded:
+        _refuse_inconsistent(run_dir, [f"{ADAPTER_FILE} is not the file run.json recorded (its sha256 differs): it "
+                                       "was replaced or changed after the run wrote it"])
+
+
+def _refuse_inconsistent(run_dir: Path, problems: list[str]) -> None:
     if problems:
         raise CorruptFileError(f"{run_dir}: inconsistent run folder ({'; '.join(problems)}): its files do not come "
                                f"from one run; {adapter_recovery(run_dir)}")
