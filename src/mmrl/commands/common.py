@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping
 
 from mmrl.errors import DEBUG_ENV, debug_enabled, error_line, set_debug  # noqa: F401 (the CLI's helpers)
 from mmrl.errors import shown
-from mmrl.vocab import LOGIT_CHOICES
+from mmrl.vocab import LOGIT_CHOICES, SUBSAMPLES
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -115,7 +115,7 @@ def add_class_set_flags(p: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="take the classes (and template, MMRL++ beta) of this dataset, as mmrl eval "
                                        "does (with --root)")
     p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
-    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")
+    p.add_argument("--subsample", choices=SUBSAMPLES, default="all", help="classes of --dataset")
     p.add_argument("--template", help="prompt template with one {} (default: the run's / dataset's)")
     p.add_argument("--logits", choices=LOGIT_CHOICES, default="auto",
                    help="auto: fused on the run's training classes, else class-token logits; or fused, class "

@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 
 from mmrl.fileio import dumps_json
+from mmrl.vocab import SUBSAMPLES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="folder holding the datasets in the CoOp layout")
     p.add_argument("--shots", type=int, default=16, help="images per class (<= 0: all)")
     p.add_argument("--seed", type=int, default=1, help="run seed (decides the few-shot subset)")
-    p.add_argument("--subsample", choices=("all", "base", "new"), default="all", help="classes to keep")
+    p.add_argument("--subsample", choices=SUBSAMPLES, default="all", help="classes to keep")
     p.add_argument("--out", required=True, help="output JSON file")
     _common(p)
 

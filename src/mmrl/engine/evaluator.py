@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -31,7 +30,7 @@ from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
 from mmrl.errors import shown
 from mmrl.fileio import check_writable_dir, dumps_json
-from mmrl.vocab import LOGIT_CHOICES, auto_logits, eval_file_name
+from mmrl.vocab import LOGIT_CHOICES, SUBSAMPLES, auto_logits, eval_file_name
 
 LOG = logging.getLogger("mmrl")
 # how to go on when the result cannot be written where it would go (said BEFORE the work)
@@ -92,28 +91,19 @@ def choose_logits(cfg: RunConfig | None, dataset: str, subsample: str, requested
     return auto_logits(cfg.data.dataset, cfg.data.subsample, canonical_dataset(dataset), subsample)
 
 
-def eval_beta(model: nn.Module, cfg: RunConfig | None, dataset: str | None) -> float | None:
-    """The beta an MMRL++ model uses on ``dataset`` (None for MMRL / zero-shot; the model's own
-    beta when ``dataset`` is None, i.e. a list of class names)."""
-    if not getattr(model, "is_plus", False):
-        return None
-    if cfg is not None and dataset is not None and dataset != cfg.data.dataset and dataset in cfg.eval.target_beta:
-        return float(cfg.eval.target_beta[dataset])
-    return float(model.cfg.beta)
+def eval_settings(model: nn.Module, cfg: RunConfig | None, dataset: str | None) -> dict[str, float]:
+    """The method settings ``model`` uses on ``dataset`` (None: a list of class names), as the method
+    decides (:meth:`mmrl.methods.MethodModel.evaluation_settings`): MMRL++'s beta, from the run's
+    ``eval.target_beta`` on another dataset; {} for MMRL and zero-shot CLIP."""
+    trained_on = cfg.data.dataset if cfg is not None else None
+    targets = dict(cfg.eval.target_beta) if cfg is not None else {}
+    return model.evaluation_settings(trained_on, targets, dataset)
 
 
-@contextmanager
-def using_beta(model: nn.Module, beta: float | None) -> Iterator[None]:
-    """Within the block, an MMRL++ model blends with ``beta`` (None: leave it as it is)."""
-    if beta is None:
-        yield
-        return
-    old = model.cfg
-    model.cfg = dataclasses.replace(old, beta=beta)  # the settings are frozen: the model gets a variant
-    try:
-        yield
-    finally:
-        model.cfg = old
+def recorded_settings(settings: dict[str, float]) -> dict[str, Any]:
+    """``settings`` as eval files and exported metadata record them: ``beta`` is always present
+    (null for a method without one), as mmrl 0.2 wrote it."""
+    return {"beta": None, **settings}
 
 
 class ClassSet(NamedTuple):
@@ -122,7 +112,7 @@ class ClassSet(NamedTuple):
     classnames: list[str]
     template: str
     kind: str                # "fused", "class" or "rep"
-    beta: float | None       # MMRL++'s blend on these classes (None for MMRL)
+    settings: dict[str, float]  # the method's settings on these classes (MMRL++: its beta; MMRL: none)
     dataset: str | None      # canonical dataset name when the classes came from a dataset
 
 
@@ -136,7 +126,7 @@ def resolve_class_set(model: nn.Module, cfg: RunConfig | None, run_dir: str | Pa
     run without split.json (a converted checkpoint) its dataset's training subsample; the logit kind as decoupled
     inference decides (``logits='auto'``): fused when the classes are the run's training
     classes (the same names in the same order, or the training dataset and subsample), class
-    logits otherwise; MMRL++ uses a dataset's published target beta as :func:`eval_beta` says."""
+    logits otherwise; MMRL++ uses a dataset's published target beta as :func:`eval_settings` says."""
     if classes is not None and dataset is not None:
         raise ValueError("give either classes (a list of class names) or a dataset, not both")
     if logits not in LOGIT_CHOICES:
@@ -157,13 +147,13 @@ def resolve_class_set(model: nn.Module, cfg: RunConfig | None, run_dir: str | Pa
             recorded = training_template(run_dir) if trained is not None and trained == classnames else None
             template = recorded or (cfg.data.template if cfg else None) or _dataset_template(cfg)
         kind = logits if logits != "auto" else ("fused" if trained is not None and trained == classnames else "class")
-        return ClassSet(classnames, template, kind, eval_beta(model, cfg, None), None)
+        return ClassSet(classnames, template, kind, eval_settings(model, cfg, None), None)
     dataset = canonical_dataset(dataset)
     if root is None and cfg is not None:
         root = cfg.data.root
     kind = choose_logits(cfg, dataset, subsample, logits)
     splits = eval_splits(cfg, dataset, root, subsample, template=template)
-    return ClassSet(list(splits.classnames), splits.template, kind, eval_beta(model, cfg, dataset), dataset)
+    return ClassSet(list(splits.classnames), splits.template, kind, eval_settings(model, cfg, dataset), dataset)
 
 
 def eval_splits(cfg: RunConfig | None, dataset: str, root: str | Path | None, subsample: str, *,
@@ -311,15 +301,15 @@ def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsa
                     splits, batch_size: int, precision: str, num_workers: int, skip_bad: bool,
                     predictions: str | Path | None, progress: bool | None,
                     dist_info: ddp_util.DistInfo | None = None) -> dict[str, Any]:
-    beta = eval_beta(model, cfg, dataset)
+    settings = eval_settings(model, cfg, dataset)
     t0 = time.time()
-    with using_beta(model, beta):
+    with model.using(settings):
         logits, labels, idx = run_inference(
             model, splits.test, splits.classnames, splits.template, kind, batch_size=batch_size,
             precision=precision, num_workers=num_workers, skip_bad=skip_bad, progress=progress,
             desc=f"eval {splits.name}-{subsample}", dist_info=dist_info)
     res = {"dataset": splits.name, "subsample": subsample, **summarize(logits, labels, splits.classnames),
-           "logits": kind, "beta": beta, "template": splits.template, "precision": precision,
+           "logits": kind, **recorded_settings(settings), "template": splits.template, "precision": precision,
            "time_s": round(time.time() - t0, 3)}
     if predictions is not None:
         if dist_info is None or dist_info.is_main:
@@ -347,7 +337,7 @@ class EvalRequest:
     output_dir: str | Path | None = None  # where the result goes (default RUN_DIR/eval; vocab.eval_file_name)
 
     def __post_init__(self) -> None:
-        if self.subsample not in ("all", "base", "new"):
+        if self.subsample not in SUBSAMPLES:
             raise ValueError(f"subsample={shown(self.subsample)}; expected all, base or new")
         if self.logits not in LOGIT_CHOICES:
             raise ValueError(f"logits={shown(self.logits)}; expected one of {', '.join(LOGIT_CHOICES)}")
@@ -370,8 +360,8 @@ def evaluate(run_dir_or_model: str | Path | nn.Module, request: EvalRequest, *, 
         the results dict (``accuracy`` in percent, ``macro_accuracy``, ``per_class``, ``n``,
         ``logits`` kind, ``beta`` for MMRL++, ...), also written as JSON.
 
-    An in-memory model keeps the evaluated class set afterwards (``set_classes``); its
-    ``cfg.beta`` is restored.
+    An in-memory model keeps the evaluated class set afterwards (``set_classes``); its method
+    settings are restored.
 
     Under ``torchrun`` (or with an initialised process group, for an in-memory model)
     every rank must call this: the test set is sharded over the ranks, every rank returns
@@ -533,7 +523,7 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
     device_ = model_device(model)
     model.eval()
     out = []
-    with torch.no_grad(), using_beta(model, cs.beta):
+    with torch.no_grad(), model.using(cs.settings):
         model.set_classes(classnames, cs.template)
         text = model.encode_text()
         for path in images:

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from mmrl.config import ConfigError, RunConfig, dump_config, load_config
+from mmrl.config import RunConfig, dump_config, load_config
 from mmrl.engine.checkpoint import file_sha256, load_adapter, write_json_atomic, write_text_atomic
 from mmrl.engine.runcheck import adapter_settings, disagreements
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
@@ -122,8 +122,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     ``cfg.method`` and the weights of ``adapter.safetensors`` loaded into it. The model is
     in eval mode on ``device`` (None = the auto choice: CUDA when available).
     """
-    from mmrl.engine.runtime import load_backbone_checked, resolve_device
-    from mmrl.models import MMRL
+    from mmrl.engine.runtime import check_method_fits, load_backbone_checked, resolve_device
+    from mmrl.models import build_method
 
     run_dir = Path(run_dir)
     cfg_path = check_run_dir(run_dir)
@@ -136,11 +136,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     check_consistent(run_dir, cfg, info)
     dev = torch.device(device) if isinstance(device, torch.device) else resolve_device(device or "auto")
     backbone = load_backbone_checked(cfg.backbone, device=dev)
-    try:
-        cfg.method.validate(backbone.vision_layers, backbone.text_layers)
-    except ValueError as e:
-        raise ConfigError(f"{cfg_path}: {e}") from e
-    model = MMRL(backbone, cfg.method)
+    check_method_fits(backbone, cfg.method, str(cfg_path))
+    model = build_method(backbone, cfg.method)
     try:
         tensors, _ = load_adapter(adapter_path)
         model.load_adapter_state_dict(tensors)

@@ -36,11 +36,12 @@ from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, save_adapter,
                                     save_checkpoint, set_rng_state, write_json_atomic)
 from mmrl.engine.lock import RunDirLock
-from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_checked, log_to_file,
-                                 resolve_device, resolve_precision, use_tty_progress)
+from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
+                                 log_to_file, resolve_device, resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.fileio import dumps_json
+from mmrl.models import build_method
 from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
 
@@ -197,9 +198,6 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
     if cfg.data.dataset:  # a config built in Python may name a dataset by an alias
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=canonical_dataset(cfg.data.dataset)))
     validate(cfg)
-    if cfg.protocol == "base2novel" and cfg.data.subsample == "all":
-        raise ConfigError("protocol base2novel trains on base (or new) classes: data.subsample must be 'base' "
-                          "or 'new', not 'all'")
     run_dir = cfg.run_dir()
     cfg = dataclasses.replace(cfg, output=str(run_dir))
     dinfo = ddp_util.init_distributed(cfg.device)  # single process: a no-op
@@ -236,10 +234,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     precision = resolve_precision(cfg.precision, device)
     with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
         backbone = load_backbone_checked(cfg.backbone, device=device)
-    try:
-        cfg.method.validate(backbone.vision_layers, backbone.text_layers)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    check_method_fits(backbone, cfg.method)
     files = RunFiles(run_dir, writes=is_main)
     info = files.start(cfg, dinfo)
     t_start = time.time()
@@ -401,7 +396,7 @@ class RunFiles:
 @dataclasses.dataclass
 class _Training:
     """What the epochs need, set up once for a fresh or a resumed run."""
-    model: Any                      # MMRL
+    model: Any                      # the method's model (mmrl.methods.MethodModel)
     ddp: Any                        # its DistributedDataParallel wrapper under torchrun, else None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -436,7 +431,6 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
     the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
     directory must be visible to all nodes to resume a multi-node run)."""
     from mmrl import data
-    from mmrl.models import MMRL
 
     LOG.info("run %s: %s, %s, %s, %d shots, seed %d, backbone %s, device %s, precision %s", files.dir,
              cfg.method.name, cfg.protocol, cfg.data.dataset, cfg.data.shots, cfg.seed, cfg.backbone, device,
@@ -457,7 +451,7 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
     info["shots_realised"] = _realised_shots(splits, cfg.data.shots)
 
     torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
-    model = MMRL(backbone, dataclasses.replace(cfg.method))
+    model = build_method(backbone, cfg.method)
     info["trainable_parameters"] = model.num_trainable_parameters()
     info["device"], info["precision"] = str(device), precision
     info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks

@@ -18,7 +18,8 @@ from typing import Sequence
 from mmrl.fileio import write_json_atomic, write_text_atomic
 from mmrl.report import ablation, decoupled
 from mmrl.report.document import DASH, Block, Bullets, Heading, Table, Text, mean_std, missing_blocks
-from mmrl.report.group import DISPLAY, Series, dataset_order, missing_entries, series_of
+from mmrl.methods import names as method_names
+from mmrl.report.group import Series, dataset_order, missing_entries, series_of
 from mmrl.report.protocols import PROTOCOLS
 from mmrl.report.published import load_published
 from mmrl.report.scan import AUTO, ZEROSHOT, Found, Run, scan
@@ -167,8 +168,8 @@ def runs_csv(data: dict) -> str:
 def _series_labels(data: dict) -> list[str]:
     """Every series label of the report, methods in their canonical order (MMRL first)."""
     entries = [e for sec in data["protocols"].values() for e in sec["methods"].values()]
-    methods = [m for m in DISPLAY if m != ZEROSHOT]
-    entries.sort(key=lambda e: (methods.index(e["method"]) if e["method"] in methods else len(methods), e["label"]))
+    order = method_names()
+    entries.sort(key=lambda e: (order.index(e["method"]) if e["method"] in order else len(order), e["label"]))
     return [e["label"] for e in entries]
 
 

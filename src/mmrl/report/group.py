@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from mmrl import methods
 from mmrl.report.scan import Found, Run, SweepCell, ZEROSHOT, ablation_point, describe_claim, sweep_cell
 from mmrl.vocab import ALL_DATASETS, CROSS_SOURCE, DATASETS, DEFAULT_SEEDS, sweep_run_dir
 
-DISPLAY = {"mmrl": "MMRL", "mmrl++": "MMRL++", ZEROSHOT: "CLIP zero-shot"}
-
-
 def display(method: str) -> str:
-    """The method's name in tables ("mmrl" -> "MMRL")."""
-    return DISPLAY.get(method, method)
+    """The method's name in tables ("mmrl" -> "MMRL", the registry's title)."""
+    return "CLIP zero-shot" if method == ZEROSHOT else methods.title(method)
 
 
 def dataset_order(names: Iterable[str]) -> list[str]:
@@ -211,8 +209,8 @@ def series_of(found: Found, protocol: str, shots_in_table: bool, *, ablation: bo
             s.targets = dataset_order(set(s.targets) | set(targets_at.get(r.path, [])))
     for s in groups.values():
         s.runs, s.duplicates = _one_per_cell(s.runs)
-    methods = [m for m in DISPLAY if m != ZEROSHOT]
-    return sorted(groups.values(), key=lambda s: (methods.index(s.method) if s.method in methods else len(methods),
+    order = methods.names()
+    return sorted(groups.values(), key=lambda s: (order.index(s.method) if s.method in order else len(order),
                                                   s.method, s.key, ablation_point(s.ablation or {})))
 
 
