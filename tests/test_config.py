@@ -22,7 +22,7 @@ def test_every_preset_resolves_with_protocol_values(method, protocol):
     assert (cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.warmup_lr) == (5e-4, (0.9, 0.999), 1e-5)
     assert cfg.eval.batch_size == 250 and cfg.eval.precision == "fp32"
     assert cfg.backbone == "ViT-B-16" and cfg.data.shots == 16
-    expected = {  # protocols.md, hyperparameter table: (batch, epochs, lr, warm-up epochs, subsample)
+    expected = {  # docs/protocols.md#per-protocol: (batch, epochs, lr, warm-up epochs, subsample)
         ("mmrl", "base2novel"): (4, 10, 1e-3, 1, "base"), ("mmrl++", "base2novel"): (4, 10, 1e-3, 1, "base"),
         ("mmrl", "fewshot"): (32, 50, 1e-3, 1, "all"), ("mmrl++", "fewshot"): (32, 100, 2e-3, 1, "all"),
         ("mmrl", "crossdataset"): (32, 1, 1e-3, 0, "all"), ("mmrl++", "crossdataset"): (32, 1, 1e-3, 0, "all"),

@@ -1,4 +1,4 @@
-"""The core method against method.md, point by point, on tiny CLIPs built in-process."""
+"""The core method against docs/method.md, point by point, on tiny CLIPs built in-process."""
 from __future__ import annotations
 
 import json
@@ -351,7 +351,7 @@ def test_open_clip_name_with_local_checkpoint(tmp_path):
 
 
 def test_vit_b16_parameter_counts():
-    """Trainable parameter counts of method.md on the ViT-B/16 architecture (random init)."""
+    """Trainable parameter counts of docs/method.md#trainable-parameters on the ViT-B/16 architecture (random init)."""
     bb = load_backbone("ViT-B-16", pretrained=False)
     assert build_method(bb, method_config("mmrl")).num_trainable_parameters() == 4_992_256
     assert build_method(bb, method_config("mmrl++")).num_trainable_parameters() == 813_312

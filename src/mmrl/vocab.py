@@ -115,7 +115,7 @@ def eval_file_name(dataset: str, subsample: str, logits: str = "auto") -> str:
 
 
 # ---------------------------------------------------------------------------- decoupled inference
-# The logits a model gives (method.md): from the class token, from the representation tokens, and
+# The logits a model gives (docs/method.md#decoupled-inference): from the class token, from the representation tokens, and
 # their alpha-blend. ``auto`` = the protocol's choice (:func:`auto_logits`).
 LOGIT_KINDS: tuple[str, ...] = ("fused", "class", "rep")
 LOGIT_CHOICES: tuple[str, ...] = ("auto",) + LOGIT_KINDS
@@ -123,7 +123,7 @@ LOGIT_NAMES: dict[str, str] = {"fused": "fused", "class": "class token only", "r
 
 
 def auto_logits(trained_dataset: str, trained_subsample: str, dataset: str, subsample: str) -> str:
-    """Decoupled inference (protocols.md): ``fused`` on the classes the model was trained on (the same
+    """Decoupled inference (docs/method.md#decoupled-inference): ``fused`` on the classes the model was trained on (the same
     dataset, and its training subsample or a part of all the classes it was trained on), ``class``
     on anything else (novel classes, other datasets). Dataset names must be canonical."""
     if dataset == trained_dataset and (subsample == trained_subsample or trained_subsample == "all"):

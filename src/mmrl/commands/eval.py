@@ -1,6 +1,6 @@
 """`mmrl eval`: evaluate a run directory (trained or converted) on any dataset.
 
-Logits (decoupled inference, method.md): `auto` = fused on the classes the run was
+Logits (decoupled inference, docs/method.md#decoupled-inference): `auto` = fused on the classes the run was
 trained on (same dataset, training subsample), class-only on novel classes and other
 datasets; MMRL++ uses the per-target beta of the run's eval.target_beta. Results go to
 RUN_DIR/eval/<Dataset>-<subsample>.json (an explicit --logits KIND: <Dataset>-<subsample>-<KIND>.json;

@@ -1,4 +1,4 @@
-"""Datasets, splits, few-shot sampling and preprocessing (protocols.md).
+"""Datasets, splits, few-shot sampling and preprocessing (docs/protocols.md).
 
 Typical use::
 

@@ -1,6 +1,6 @@
 """The 15 benchmark datasets in the CoOp layout, the name registry, and the split pipeline.
 
-Readers follow CoOp's dataset classes (see protocols.md, "Reader details"),
+Readers follow CoOp's dataset classes (see docs/protocols.md#reader-details),
 with every directory listing sorted. Datasets with a `split_zhou_*.json`
 use it; when it is missing the CoOp recipe builds the split from the raw
 data with `random.Random(split_seed)` (default 1, independent of the run's

@@ -1,6 +1,6 @@
 """Evaluation of a run (or a model) on any dataset, the zero-shot CLIP baseline, prediction.
 
-Decoupled inference (method.md): ``fused`` logits on the classes the model was trained on
+Decoupled inference (docs/method.md#decoupled-inference): ``fused`` logits on the classes the model was trained on
 (same dataset, the training subsample or a subset of it), ``class`` logits on novel
 classes and on other datasets. An MMRL++ model evaluated on another dataset uses that
 dataset's beta from ``cfg.eval.target_beta`` (the published cross-dataset betas) when listed.

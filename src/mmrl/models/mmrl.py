@@ -2,7 +2,7 @@
 
 Reads top to bottom: the method's small functions (slot refresh, heads, logits) -> outputs ->
 the model (representation space, text tower, vision tower, logits, loss) -> zero-shot CLIP.
-The specification is ``shared/spec/method.md``; notation: K tokens, representation width d_r,
+The specification is ``docs/method.md``; notation: K tokens, representation width d_r,
 vision width d_v, text width d_t, joint embedding d_e, blocks 1-indexed, tokens in blocks
 J..L where L is each tower's last block. The attention blocks live in
 :mod:`mmrl.models.blocks`, the aligners in :mod:`mmrl.models.aligners`.
@@ -366,7 +366,7 @@ class MMRL(nn.Module):
 
     def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
              weights: Tensor | None = None, world_size: int = 1) -> LossOutput:
-        """The training loss of method.md (see :meth:`loss_from_features`).
+        """The training loss of docs/method.md#training-loss (see :meth:`loss_from_features`).
 
         Args:
             images: (B, 3, H, W); labels: (B,) class indices.

@@ -75,7 +75,7 @@ class TaskSpec:
 
     @property
     def n_base(self) -> int:
-        """Base classes: the first ceil(n / 2) labels (protocols.md)."""
+        """Base classes: the first ceil(n / 2) labels (docs/protocols.md#base-and-novel-classes)."""
         return (len(self.classes) + 1) // 2
 
 
