@@ -14,7 +14,7 @@ from typing import Any
 
 
 PROTOCOLS: tuple[str, ...] = ("base2novel", "fewshot", "crossdataset")
-# Which classes of a dataset: all of them, the base half, the new (novel) half (protocols.md).
+# Which classes of a dataset: all of them, the base half, the new (novel) half (docs/protocols.md#base-and-novel-classes).
 SUBSAMPLES: tuple[str, ...] = ("all", "base", "new")
 
 # The 11 datasets of the base-to-novel, few-shot and cross-dataset tables, in the papers' order.
