@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="run seed (decides the few-shot subset)")
     p.add_argument("--subsample", choices=("all", "base", "new"), default="all", help="classes to keep")
     p.add_argument("--out", required=True, help="output JSON file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="label noise / class imbalance of the training list, as in a run: data.noise.type, "
+                        "data.noise.shots, data.imbalance.type, data.imbalance.ratio, data.imbalance.order "
+                        "(training rows then carry the given label and the true label)")
     _common(p)
 
     v = sub.add_parser("verify", formatter_class=fmt, help="check that datasets are present and readable",
@@ -73,13 +77,42 @@ def main(args: argparse.Namespace) -> int:
     return 2
 
 
-def _split(args: argparse.Namespace) -> int:
-    from mmrl.data import prepare_splits, write_split_file
+SPLIT_SET_SECTIONS = ("data.noise", "data.imbalance")
 
+
+def _split_data_config(args: argparse.Namespace):
+    """The ``data`` section a run with these flags and ``--set`` items has, checked (ConfigError)."""
+    from mmrl.config import ConfigError, RunConfig, parse_override, set_key
+
+    cfg = RunConfig()
+    set_key(cfg, "data.shots", args.shots, "--shots")
+    for item in args.overrides:
+        key, value = parse_override(item)
+        if not any(key == s or key.startswith(s + ".") for s in SPLIT_SET_SECTIONS):
+            raise ConfigError(f"--set {key}: mmrl data split takes the data.noise.* and data.imbalance.* keys "
+                              "(the other settings are its flags)")
+        set_key(cfg, key, value, f"--set {key}")
+    cfg.data.validate("mmrl data split")
+    return cfg.data
+
+
+def _split(args: argparse.Namespace) -> int:
+    from mmrl.data import corruption_options, corruption_record, prepare_splits, write_split_file
+
+    data_cfg = _split_data_config(args)  # refused before any work
     splits = prepare_splits(args.dataset, args.root, shots=args.shots, seed=args.seed, subsample=args.subsample,
-                            cache_dir=args.cache_dir, split_seed=args.split_seed)
+                            cache_dir=args.cache_dir, split_seed=args.split_seed, **corruption_options(data_cfg))
     write_split_file(splits, args.out)
-    print(f"{splits.summary()} -> {args.out}")
+    record = corruption_record(splits, data_cfg)
+    notes = []
+    if "noise" in record:
+        n = record["noise"]
+        notes.append(f"{n['type']} noise: {n['wrong_images']} of {n['images']} training labels wrong "
+                     f"({100 * n['rate']:.1f}%)")
+    if "imbalance" in record:
+        b = record["imbalance"]
+        notes.append(f"{b['type']} imbalance: {b['max']} .. {b['min']} training images per class")
+    print(f"{splits.summary()}{''.join('; ' + t for t in notes)} -> {args.out}")
     return 0
 
 
