@@ -250,3 +250,32 @@ def test_config_keys():
     # the config's names are the samplers' names
     assert NOISE_TYPES == noise_mod.NOISE_TYPES
     assert (IMBALANCE_TYPES, IMBALANCE_ORDERS) == (imbalance_mod.IMBALANCE_TYPES, imbalance_mod.IMBALANCE_ORDERS)
+
+
+# --------------------------------------------------------------------------- a run
+
+def test_a_run_records_the_noise(tmp_path):
+    """`mmrl train` with the noise keys trains on the noisy list; split.json and run.json record it."""
+    import torch
+
+    from helpers import make_benchmark_dataset, tiny_train_argv, write_tiny_clip
+
+    torch.set_num_threads(1)
+    clip = write_tiny_clip(tmp_path / "clip.pt")
+    make_benchmark_dataset(tmp_path / "data", "DescribableTextures", per_class=12)  # 6 train images per class
+    out = tmp_path / "run"
+    argv = tiny_train_argv(clip, tmp_path / "data", out, shots=4, protocol="base2novel",
+                           extra=["--set", "data.noise.type=symflip", "--set", "data.noise.shots=1",
+                                  "--set", "data.imbalance.type=step", "--set", "data.imbalance.ratio=0.5"])
+    assert cli_main(argv) == 0
+    info = json.loads((out / "run.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    expected = prepare_splits("dtd", tmp_path / "data", shots=4, seed=1, subsample="base", noise_type="symflip",
+                              noise_shots=1, imbalance_type="step", imbalance_ratio=0.5)
+    assert [tuple(r) for r in split["train"]] == [(d.relpath, d.label, d.classname, d.true_label)
+                                                  for d in expected.train]
+    wrong = sum(r[1] != r[3] for r in split["train"])
+    assert info["noise"] == {"type": "symflip", "shots": 1, "rate": wrong / len(split["train"]),
+                             "wrong_images": wrong, "images": len(split["train"])}
+    assert info["imbalance"]["per_class"] == info["shots_realised"]["per_class"] == [4, 2]
+    assert "fewer training images than" not in (out / "train.log").read_text()
