@@ -279,3 +279,13 @@ def test_a_run_records_the_noise(tmp_path):
                              "wrong_images": wrong, "images": len(split["train"])}
     assert info["imbalance"]["per_class"] == info["shots_realised"]["per_class"] == [4, 2]
     assert "fewer training images than" not in (out / "train.log").read_text()
+
+
+def test_a_noisy_split_file_used_verbatim_is_still_recorded(roots, tmp_path):
+    from mmrl.config import RunConfig
+
+    s = _noisy(roots["grouped"], shots=4, wrong=1, kind="pairflip")
+    write_split_file(s, tmp_path / "split.json")
+    again = prepare_splits("dtd", roots["grouped"], shots=4, seed=1, split_file=tmp_path / "split.json")
+    rec = corruption_record(again, RunConfig().data)
+    assert rec["noise"]["rate"] == 0.25 and rec["noise"]["type"] == "none"

@@ -565,9 +565,10 @@ def corruption_options(data_cfg: Any) -> dict[str, Any]:
 
 def corruption_record(splits: DatasetSplits, data_cfg: Any) -> dict[str, Any]:
     """run.json's record of the label noise and class imbalance of a training split (empty when
-    neither is drawn): the settings, the realised noise rate and the classes' realised counts."""
+    neither is drawn nor read from a split file with true labels): the settings, the realised
+    noise rate and the classes' realised counts."""
     out: dict[str, Any] = {}
-    if data_cfg.noise.type != "none":
+    if data_cfg.noise.type != "none" or any(d.true_label is not None for d in splits.train):  # or a noisy split file
         wrong = sum(d.true_label is not None and d.true_label != d.label for d in splits.train)
         out["noise"] = {"type": data_cfg.noise.type, "shots": data_cfg.noise.shots,
                         "rate": noise_rate(splits.train), "wrong_images": wrong, "images": len(splits.train)}
