@@ -772,7 +772,7 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ConfigError", "DataConfig", "NoiseConfig", "ImbalanceConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
+__all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
            "key_help", "key_table",
            "PROTOCOLS", "resolve_config", "load_config", "dump_config", "config_from_dict", "set_key",
            "parse_override", "parse_yaml", "read_yaml", "YAML_MAX_BYTES", "resume_config", "with_overrides", "validate", "all_keys", "dataset_overrides", "dataset_slug"]

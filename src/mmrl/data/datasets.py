@@ -523,6 +523,10 @@ def prepare_splits(name: str, root: str | Path | None, *, shots: int, seed: int,
         raise ValueError(f"subsample={subsample!r}; expected all, base or new")
     corrupted = noise_type != "none" or imbalance_type != "none"
     if split_file is not None:
+        if corrupted:
+            LOG.warning("%s: the split file %s is used as it is; the label noise and class imbalance settings do "
+                        "not apply to it (its training rows carry their true labels if it was drawn with noise)",
+                        name, split_file)
         loc = locate(name, root, template=template)
         train, val, test = read_split_file(split_file, loc.image_dir)
         classnames = classnames_from_items((train, val, test), str(split_file))
