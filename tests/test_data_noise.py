@@ -4,7 +4,8 @@ tests/data/joapr_noise_expected.json holds two small datasets in CoOp's split-fi
 both noise types, three seeds and several (shots, wrong shots), the training and validation lists
 that JoAPR's own functions drew from them (generate_fewshot_dataset_with_{symflip,pairflip}_noise,
 then Dassl's generate_fewshot_dataset(val, min(shots, 4)), called as JoAPR's datasets/dtd.py calls
-them). They were produced once, outside this project; the project holds none of JoAPR's code.
+them). They were produced once, outside this project, by tests/data/make_joapr_expected.py; the
+project holds none of JoAPR's code.
 """
 from __future__ import annotations
 
@@ -289,3 +290,16 @@ def test_a_noisy_split_file_used_verbatim_is_still_recorded(roots, tmp_path):
     again = prepare_splits("dtd", roots["grouped"], shots=4, seed=1, split_file=tmp_path / "split.json")
     rec = corruption_record(again, RunConfig().data)
     assert rec["noise"]["rate"] == 0.25 and rec["noise"]["type"] == "none"
+
+
+def test_config_yaml_round_trip_and_resume_difference(tmp_path):
+    from mmrl.config import config_differences, dump_config, load_config
+
+    cfg = resolve_config("mmrl", "fewshot", "dtd", overrides=["data.noise.type=pairflip", "data.noise.shots=4",
+                                                                "data.imbalance.type=exp"])
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    back = load_config(tmp_path / "config.yaml")
+    assert back == cfg
+    other = resolve_config("mmrl", "fewshot", "dtd", overrides=["data.noise.type=pairflip", "data.noise.shots=8",
+                                                                  "data.imbalance.type=exp"])
+    assert config_differences(cfg, other) == ["data.noise.shots: 4 -> 8"]
