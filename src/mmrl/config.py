@@ -49,6 +49,43 @@ class ConfigError(UserError, ValueError):
 
 
 # --------------------------------------------------------------------------- dataclasses
+# the names mmrl.data.noise / mmrl.data.imbalance take (kept here so that reading a config imports no data code)
+NOISE_TYPES = ("none", "symflip", "pairflip")
+IMBALANCE_TYPES = ("none", "exp", "step")
+IMBALANCE_ORDERS = ("label", "shuffled")
+
+
+def _check_choice(source: str, key: str, value: Any, options: Iterable[str], note: str = "") -> None:
+    options = tuple(options)
+    if value not in options:
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{source}: {key} = {shown(value)}: expected one of {', '.join(options)}{note}{hint}")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Wrong labels among the training shots, JoAPR's protocol (the ``data.noise`` section)."""
+
+    type: str = doc(
+        "label noise of the training shots (JoAPR's protocol): none / symflip (wrong shots are images of any "
+        "other class) / pairflip (images of the next class)", "none")
+    shots: int = doc("wrong shots per class: how many of data.shots are another class's image given this "
+                     "class's label (JoAPR's NUM_FP; 0 with a noise type = JoAPR's clean sampling)", 0)
+
+
+@dataclass(frozen=True)
+class ImbalanceConfig:
+    """A long-tailed profile over the training classes (the ``data.imbalance`` section)."""
+
+    type: str = doc(
+        "class imbalance of the training shots: none / exp (class c of C keeps max(1, floor(shots * "
+        "ratio^(c/(C-1))))) / step (the first half of the classes keeps all, the rest max(1, floor(shots * ratio)))",
+        "none")
+    ratio: float = doc("rho = n_min / n_max of the imbalance, in (0, 1]", 0.02)
+    order: str = doc("which classes are rare: label (the last labels) / shuffled (a seeded permutation)", "label")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = doc(
@@ -69,6 +106,29 @@ class DataConfig:
     cache_dir: Optional[str] = doc(
         "cache for splits built from raw data; null = $MMRL_CACHE_DIR or ~/.cache/mmrl",
         None)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
+
+    def validate(self, source: str = "config") -> None:
+        """The noise and imbalance keys, alone and against data.shots; ConfigError naming the key."""
+        noise, imb = self.noise, self.imbalance
+        _check_choice(source, "data.noise.type", noise.type, NOISE_TYPES)
+        if noise.shots < 0:
+            raise ConfigError(f"{source}: data.noise.shots = {shown(noise.shots)}: expected an integer >= 0")
+        if noise.type == "none" and noise.shots > 0:
+            raise ConfigError(f"{source}: data.noise.shots = {noise.shots} with data.noise.type none: expected "
+                              "data.noise.type symflip or pairflip (or data.noise.shots 0)")
+        if noise.type != "none" and self.shots < 1:
+            raise ConfigError(f"{source}: data.noise.type = {noise.type} needs a few-shot sample: expected "
+                              f"data.shots >= 1, got {self.shots}")
+        if noise.shots > self.shots >= 1:
+            raise ConfigError(f"{source}: data.noise.shots = {noise.shots}: expected at most data.shots "
+                              f"({self.shots}): the wrong shots are among each class's shots")
+        _check_choice(source, "data.imbalance.type", imb.type, IMBALANCE_TYPES)
+        if not 0.0 < imb.ratio <= 1.0:
+            raise ConfigError(f"{source}: data.imbalance.ratio = {shown(imb.ratio)}: expected rho = n_min / n_max "
+                              "in (0, 1]")
+        _check_choice(source, "data.imbalance.order", imb.order, IMBALANCE_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -552,6 +612,7 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
                           "'base' or 'new', not 'all'")
     if cfg.data.template is not None and cfg.data.template.count("{}") != 1:
         bad("data.template", cfg.data.template, "a template containing '{}' exactly once")
+    cfg.data.validate(source)
     validate_vary(cfg.vary, source)
     for k, b in cfg.eval.target_beta.items():
         if not 0.0 <= b <= 1.0:

@@ -441,14 +441,16 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
     data.set_random_seed(cfg.seed)
     splits = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
                                  subsample=cfg.data.subsample, split_file=cfg.data.split_file,
-                                 cache_dir=cfg.data.cache_dir, template=cfg.data.template)
+                                 cache_dir=cfg.data.cache_dir, template=cfg.data.template,
+                                 **data.corruption_options(cfg.data))
     if splits.test_only or not splits.train:
         raise data.DataError(f"{splits.name} has no training images (test-only dataset?); train on a dataset "
                              "with a train split")
     _check_training_classes(splits)
     files.split(splits)
     LOG.info("%s", splits.summary())
-    info["shots_realised"] = _realised_shots(splits, cfg.data.shots)
+    info["shots_realised"] = _realised_shots(splits, cfg.data.shots if cfg.data.imbalance.type == "none" else 0)
+    info.update(data.corruption_record(splits, cfg.data))  # label noise / class imbalance: settings, realised
 
     torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
     model = build_method(backbone, cfg.method)
