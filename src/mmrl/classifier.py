@@ -88,7 +88,8 @@ class Classifier:
 
     @classmethod
     def _for_classes(cls, model, cfg, run_dir: Path, **class_set) -> "Classifier":
-        from mmrl.engine.evaluator import model_image_size, recorded_settings, resolve_class_set
+        from mmrl.engine.decoupled import recorded_settings, resolve_class_set
+        from mmrl.engine.inference import model_image_size
         from mmrl.engine.export import build_metadata
 
         cs = resolve_class_set(model, cfg, run_dir, **class_set)

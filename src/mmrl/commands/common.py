@@ -108,7 +108,7 @@ def progress_value(args: argparse.Namespace) -> bool | None:
 def add_class_set_flags(p: argparse.ArgumentParser) -> None:
     """The classes a run is applied to (``mmrl predict``, ``mmrl export``): the run's own training
     classes with fused logits by default, or ``--classes`` / ``--dataset`` with class-token logits
-    (decoupled inference; :func:`mmrl.engine.evaluator.resolve_class_set` decides)."""
+    (decoupled inference; :func:`mmrl.engine.decoupled.resolve_class_set` decides)."""
     src = p.add_mutually_exclusive_group()  # neither: the run's own training classes
     src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird" (default: the run\'s '
                                        'training classes, fused logits)')

@@ -171,7 +171,8 @@ def _audit(args: argparse.Namespace) -> int:
 def _audit_probabilities(args: argparse.Namespace, splits, items) -> list[list[float]]:
     """Class probabilities (softmax of the logits, by label) of ``items``: the run's model with the
     logits decoupled inference uses on these classes, else the frozen backbone's zero-shot ones."""
-    from mmrl.engine.evaluator import resolve_class_set, run_inference
+    from mmrl.engine.decoupled import resolve_class_set
+    from mmrl.engine.inference import run_inference
     from mmrl.engine.runtime import load_backbone_checked, resolve_device
 
     device = resolve_device(args.device or "auto")
