@@ -18,9 +18,7 @@ logs; the decision to start, resume or return a finished run is rank 0's, broadc
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import logging
 import shlex
 import time
@@ -33,14 +31,12 @@ from mmrl.backbone_spec import TOY_CLIP_NAME
 from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
-from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, save_adapter,
-                                    save_checkpoint, set_rng_state, write_json_atomic)
+from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
-                                 log_to_file, resolve_device, resolve_precision, use_tty_progress)
+                                 resolve_device, resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
-from mmrl.fileio import dumps_json
 from mmrl.models import build_method
 from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
@@ -52,32 +48,6 @@ class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN/inf; the run stopped and kept its last good checkpoint."""
 
 
-def _read_results(run_dir: Path) -> dict | None:
-    p = run_dir / rd.RESULTS_FILE
-    if not p.is_file():
-        return None
-    try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError:  # damaged: the results are computed again
-        return None
-
-
-def _truncate_metrics(path: Path, keep_before_epoch: int) -> None:
-    """Keep the metrics of the epochs before ``keep_before_epoch`` (those a checkpoint covers)."""
-    if not path.is_file():
-        return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                if json.loads(line)["epoch"] < keep_before_epoch:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError):
-                break  # a line cut by a crash: everything after it is dropped too
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
 
 
 def optimizer_step(out, optimizer, scaler, *, step: int, where: str, loss: torch.Tensor | None = None) -> None:
@@ -156,7 +126,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path) -> dict | None:
         raise ConfigError(f"{run_dir} already holds a run with a different configuration ("
                           + "; ".join(diffs) + "); choose another --output, or delete that directory to start over")
     info = rd.read_run_info(run_dir) or {}
-    results = _read_results(run_dir)
+    results = rd.read_results(run_dir)
     if info.get("status") == "finished" and results is not None and (run_dir / rd.ADAPTER_FILE).is_file():
         return results
     return None
@@ -235,7 +205,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
         backbone = load_backbone_checked(cfg.backbone, device=device)
     check_method_fits(backbone, cfg.method)
-    files = RunFiles(run_dir, writes=is_main)
+    files = rd.RunFiles(run_dir, writes=is_main)
     info = files.start(cfg, dinfo)
     t_start = time.time()
     with files.log():
@@ -304,95 +274,6 @@ def _results_line(r: dict) -> str:
     return f"accuracy {r['accuracy']:.2f}%"
 
 
-class RunFiles:
-    """The run directory's ONE writer. Under torchrun only rank 0 writes (``writes``); on the
-    other ranks every method here does nothing, so the training code has no rank-0 branches."""
-
-    def __init__(self, run_dir: Path, writes: bool):
-        self.dir, self.writes = run_dir, writes
-        self.checkpoint_path = run_dir / rd.CHECKPOINT_FILE
-        self.metrics_path = run_dir / rd.METRICS_FILE
-        self._metrics = None
-
-    def start(self, cfg: RunConfig, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
-        """Write config.yaml and a run.json saying "running" (attempts counted, training time
-        of earlier attempts kept); returns the run info to keep up to date."""
-        if not self.writes:
-            return {"timings": {}}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        rd.write_config(self.dir, cfg)
-        old = rd.read_run_info(self.dir) or {}
-        info = rd.new_run_info(cfg, status="running", started=old.get("started") or rd.now_iso(),
-                               attempts=int(old.get("attempts", 0)) + 1)
-        if dinfo.enabled:
-            info["world_size"] = dinfo.world_size
-        info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
-        self.info(info)
-        return info
-
-    def log(self) -> contextlib.AbstractContextManager:
-        """train.log receives the run's log lines while the context is open."""
-        return log_to_file(self.dir / rd.LOG_FILE) if self.writes else contextlib.nullcontext()
-
-    def info(self, info: dict[str, Any]) -> None:
-        if self.writes:
-            rd.write_run_info(self.dir, info)
-
-    def split(self, splits) -> None:
-        if self.writes:
-            from mmrl import data
-
-            data.write_split_file(splits, self.dir / rd.SPLIT_FILE)
-
-    def metrics(self, start_epoch: int | None) -> contextlib.AbstractContextManager:
-        """metrics.jsonl open for appending; a resumed run (``start_epoch``) keeps the lines of the
-        epochs its checkpoint covers, a fresh one (None) starts the file over."""
-        if not self.writes:
-            return contextlib.nullcontext()
-        if start_epoch is not None:
-            _truncate_metrics(self.metrics_path, start_epoch)
-        elif self.metrics_path.exists():
-            self.metrics_path.unlink()
-
-        @contextlib.contextmanager
-        def opened():
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                self._metrics = f
-                try:
-                    yield
-                finally:
-                    self._metrics = None
-        return opened()
-
-    def metric(self, row: dict[str, Any]) -> None:
-        if self._metrics is not None:
-            self._metrics.write(dumps_json(row) + "\n")
-            self._metrics.flush()
-
-    def checkpoint(self, **state) -> None:
-        if self.writes:
-            save_checkpoint(self.checkpoint_path, **state)
-
-    def adapter(self, model, cfg: RunConfig) -> str | None:
-        """Write adapter.safetensors; its sha256 (None on the ranks that do not write)."""
-        if self.writes:
-            return save_adapter(model.adapter_state_dict(), self.dir / rd.ADAPTER_FILE,
-                         metadata={"method": model.settings(), "backbone": cfg.backbone,
-                                   "dataset": cfg.data.dataset, "protocol": cfg.protocol, "shots": cfg.data.shots,
-                                   "seed": cfg.seed})
-        return None
-
-    def results(self, results: dict[str, Any]) -> None:
-        if self.writes:
-            write_json_atomic(results, self.dir / rd.RESULTS_FILE)
-
-    def finish(self, info: dict[str, Any]) -> None:
-        """run.json says "finished"; the checkpoint goes (adapter.safetensors holds the final weights)."""
-        self.info(info)
-        if self.writes and self.checkpoint_path.is_file():
-            self.checkpoint_path.unlink()
-
-
 @dataclasses.dataclass
 class _Training:
     """What the epochs need, set up once for a fresh or a resumed run."""
@@ -406,7 +287,7 @@ class _Training:
     resumed: bool
 
 
-def _train_and_evaluate(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch.device,
+def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device,
                         precision: str, progress: bool | None,
                         on_epoch_end: Callable[[dict[str, Any]], None] | None,
                         dinfo: ddp_util.DistInfo = ddp_util.DistInfo()) -> dict[str, Any]:
@@ -425,7 +306,7 @@ def _train_and_evaluate(cfg: RunConfig, files: RunFiles, info: dict, backbone, d
     return results
 
 
-def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch.device, precision: str,
+def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device, precision: str,
             dinfo: ddp_util.DistInfo) -> _Training:
     """The splits, the model, the optimiser and the training data; the checkpoint's state when
     the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
@@ -540,7 +421,7 @@ def _check_checkpoint_progress(path: Path, epoch: int, step: int, epochs: int, p
                                f"{checkpoint_recovery(path)}")
 
 
-def _train_epochs(cfg: RunConfig, tr: _Training, files: RunFiles, info: dict, device: torch.device, precision: str,
+def _train_epochs(cfg: RunConfig, tr: _Training, files: rd.RunFiles, info: dict, device: torch.device, precision: str,
                   progress: bool | None, on_epoch_end: Callable[[dict[str, Any]], None] | None,
                   dinfo: ddp_util.DistInfo) -> None:
     """Epochs ``tr.start_epoch .. E - 1``, each followed by a checkpoint and a run.json update."""
@@ -566,7 +447,7 @@ def _train_epochs(cfg: RunConfig, tr: _Training, files: RunFiles, info: dict, de
                               "accuracy": 100.0 * mean[5], "run_dir": str(files.dir)})
 
 
-def _run_epoch(cfg: RunConfig, tr: _Training, files: RunFiles, epoch: int, lr: float, device: torch.device,
+def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr: float, device: torch.device,
                precision: str, tty: bool, dinfo: ddp_util.DistInfo) -> list[float]:
     """One epoch of optimiser steps; every step's metrics go to metrics.jsonl. Returns the epoch's
     mean ``[loss, ce_class, ce_rep, reg_image, reg_text, accuracy (0..1)]``."""
