@@ -16,7 +16,6 @@ varied keys a heat map of the metric, the remaining keys at their default in the
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import re
@@ -25,7 +24,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmrl.report.document import Block, Bullets, Figure, Heading, Table, Text, csv_num, missing_blocks, num
+from mmrl.report.document import (Block, Bullets, Figure, Heading, Table, Text, csv_num, csv_writer, esc,
+                                  missing_blocks, num)
 from mmrl.report.group import Series, dataset_order, missing_entries, series_of
 from mmrl.report.protocols import PROTOCOLS, ProtocolModule
 from mmrl.report.scan import Found, Run, ablation_point
@@ -123,7 +123,7 @@ def _read_defaults(found: Found, study: Study) -> None:
                     study.defaults.setdefault(name, {})[k] = v
     for name, k in sorted(conflicts):
         del study.defaults[name][k]
-        study.notes.append(f"the grid files disagree on the default of {k} for {name}: taken as unknown")
+        study.notes.append(f"the grid files disagree on the default of {esc(k)} for {esc(name)}: taken as unknown")
 
 
 def studies_of(found: Found, protocol: str, proto: ProtocolModule) -> list[Study]:
@@ -209,15 +209,15 @@ def _default_of(st: Study, key: str, values: list) -> dict:
         return {"value": None, "in_grid": False, "varies": False,
                 "text": "No default known (no grid file of `mmrl reproduce --vary` records it)."}
     if len(distinct) > 1:
-        parts = ", ".join(f"{d} {value_text(v)}" for d, v in known.items())
+        parts = ", ".join(f"{esc(d)} {esc(value_text(v))}" for d, v in known.items())
         return {"value": None, "in_grid": False, "varies": True, "per_dataset": known,
-                "text": f"The default of {key_short(key)} differs per dataset ({parts}): no row is marked."}
+                "text": f"The default of {esc(key_short(key))} differs per dataset ({parts}): no row is marked."}
     v = next(iter(distinct.values()))
     in_grid = _canon(v) in {_canon(x) for x in values}
-    text = (f"**Bold**: the default, {key_short(key)} = {value_text(v)}." if in_grid
-            else f"The default, {key_short(key)} = {value_text(v)}, is not in the grid.")
+    text = (f"**Bold**: the default, {esc(key_short(key))} = {esc(value_text(v))}." if in_grid
+            else f"The default, {esc(key_short(key))} = {esc(value_text(v))}, is not in the grid.")
     if unknown:
-        text += f" (No default recorded for {', '.join(unknown)}.)"
+        text += f" (No default recorded for {', '.join(map(esc, unknown))}.)"
     return {"value": v, "in_grid": in_grid, "varies": False, "text": text}
 
 
@@ -302,8 +302,9 @@ def collect(found: Found, protocols: Sequence[str] | None = None) -> tuple[list[
             studies.append(_study_data(st, proto, found.root))
             records += [{"protocol": name, **r} for r in _records(st)]
             for s in st.points.values():
-                notes += [f"`{_rel(dup.path, found.root)}` is another run of `{_rel(kept.path, found.root)}` "
-                          f"(ablation {st.id}, {kept.name}, {kept.shots} shots, seed {kept.seed}): not counted"
+                notes += [f"`{esc(_rel(dup.path, found.root))}` is another run of `{esc(_rel(kept.path, found.root))}` "
+                          f"(ablation {esc(st.id)}, {esc(kept.name)}, {kept.shots} shots, seed {kept.seed}): "
+                          "not counted"
                           for dup, kept in s.duplicates]
     _assign_files(studies)
     return studies, records, notes
@@ -432,7 +433,7 @@ def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, 
                     Text(f"Rows: {key_label(a)}; columns: {key_label(b)}; cells: {st['metric']} (%)."
                          + _others_text(st, [c for row in h["cells"] for c in row])
                          + _fallback_text([c for row in h["cells"] for c in row])),
-                    Table([f"{key_short(a)} \\ {key_short(b)}", *cols], rows)]
+                    Table([f"{key_short(a)} {esc(chr(92))} {key_short(b)}", *cols], rows)]
             if h.get("figure") in figures:
                 out.append(Figure(h["figure"], f"{st['metric']} over {a} and {b}"))
         out += missing_blocks(st["missing"])
@@ -457,7 +458,7 @@ def wide_csv(lead: list[str], records: list[tuple[list, dict]]) -> str:
     columns = list(dict.fromkeys(c for _, r in records for c in r["columns"]))
     datasets = dataset_order({d for _, r in records for d in r["per_dataset"]})
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)
     w.writerow([*lead, "runs_done", "runs_expected", *columns, "metric", "metric_value",
                 *[f"per_dataset:{d}" for d in datasets]])
     for first, r in records:

@@ -8,12 +8,11 @@ averages. Datasets outside the 11 benchmarks (user data) are listed but not aver
 """
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
 from mmrl.report import published as pub
-from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
+from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, csv_writer, mean_std, num
 from mmrl.report.group import Series, averaged_datasets, dataset_order, display
 from mmrl.report.plotting import (ZEROSHOT, ZEROSHOT_PUBLISHED, BarSeries, grouped_bars, new_figure, ours_color,
                                   published_color, save_png)
@@ -229,7 +228,7 @@ def _g(s: dict | None, key: str) -> float | None:
 
 def to_csv(sec: dict, published: dict) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)
     w.writerow(["method", "dataset", "seeds_done", "seeds_expected", "base_mean", "base_std", "novel_mean",
                 "novel_std", "hm_per_seed_mean", "hm_per_seed_std", "hm_of_means", "published_base",
                 "published_novel", "published_hm"])
