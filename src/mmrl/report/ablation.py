@@ -388,14 +388,18 @@ def _grid_text(st: dict) -> str:
             f"{', '.join(map(str, st['seeds']))}. **Runs: {st['n_finished']}/{st['n_expected']} finished.**")
 
 
-def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, str]) -> list[Block]:
-    """The "Ablations" section (``figures``: the figure files written beside the report)."""
+def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, str],
+             after_tables: bool = True) -> list[Block]:
+    """The "Ablations" section (``figures``: the figure files written beside the report; ``after_tables``:
+    protocol tables come before it)."""
     if not studies:
         return []
+    where = ("not in the protocol tables above" if after_tables
+             else "kept out of the protocol tables; this report has none")
     out: list[Block] = [
         Heading(2, TITLE),
-        Text("Runs of `mmrl reproduce --vary` (one run folder per grid point, dataset, shot count and seed; not "
-             "in the protocol tables above). Per varied key one row per value, the other keys at their default "
+        Text("Runs of `mmrl reproduce --vary` (one run folder per grid point, dataset, shot count and seed; "
+             f"{where}). Per varied key one row per value, the other keys at their default "
              "(the value each would have without `--vary`, per dataset); the numbers as the protocol table "
              "computes its average (mean over seeds, then over the datasets: the benchmark datasets, or every "
              "dataset when none is one). Accuracy in %; '(n/m)': only n of the m runs the row takes are "
@@ -410,8 +414,9 @@ def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, 
             head = key_label(t["key"]) + (f", {', '.join(key_short(k) for k in others)} at the default"
                                           if others else "")
             caption = f"{t['default']['text']}{_others_text(st, t['rows'])}{_fallback_text(t['rows'])}"
+            # bold: the default's row (its value and its metric), as the caption says
             rows = [[_value_cell(r, r["value_of_key"]),
-                     *[cell_text(r, c, c == st["metric"]) for c in st["columns"]], _runs_cell(r)]
+                     *[cell_text(r, c, c == st["metric"] and r["is_default"]) for c in st["columns"]], _runs_cell(r)]
                     for r in t["rows"]]
             out += [Heading(4, head), Text(caption.strip()),
                     Table([key_short(t["key"]), *st["columns"], "Runs"], rows)]

@@ -186,28 +186,30 @@ def document(sec: dict, published: dict, figure: str | None) -> list[Block]:
                         "so not in the average and without published numbers."))
     if figure:
         out.append(Figure(figure, "base-to-novel accuracy per dataset"))
-    # the averages beside every published method
-    out += [Heading(3, "11-dataset average vs published"),
-            Text(f"Ours: Base and Novel averaged over the datasets, HM of the averages. {DASH}: not run here / "
-                 "not published.")]
-    rows, shown = [], set()
-    for key, e, title in _blocks(sec):
-        a = e["average"]
-        if not a["expected_datasets"]:
-            continue
-        method = _method_of(key, e) if key != "zeroshot" else display("zeroshot")
-        p = pub.b2n_average(published, method)
-        shown.add(method)
-        ours = [num(a["base"]["mean"] if a.get("base") else None), num(a["novel"]["mean"] if a.get("novel") else None),
-                num(a.get("hm_of_means"))]
-        delta = num(a["hm_of_means"] - p["hm"]) if p and a.get("hm_of_means") is not None else DASH
-        rows.append([title + _avg_note(a), *ours, *([num(p[k]) for k in ("base", "novel", "hm")] if p else [DASH] * 3),
-                     delta])
-    for p in pub.b2n_average_rows(published):
-        if p["method"] not in shown:
-            rows.append([p["method"], DASH, DASH, DASH, num(p["base"]), num(p["novel"]), num(p["hm"]), DASH])
-    out.append(Table(["Method", "Base", "Novel", "HM", "Published Base", "Published Novel", "Published HM", "Δ HM"],
-                     rows))
+    # the averages beside every published method; not when no series ran a benchmark dataset (user data
+    # only): ours would be all dashes, and the published averages are of datasets not run here
+    if any(e["average"]["expected_datasets"] for _, e, _ in _blocks(sec)):
+        out += [Heading(3, "11-dataset average vs published"),
+                Text(f"Ours: Base and Novel averaged over the datasets, HM of the averages. {DASH}: not run here / "
+                     "not published.")]
+        rows, shown = [], set()
+        for key, e, title in _blocks(sec):
+            a = e["average"]
+            if not a["expected_datasets"]:
+                continue
+            method = _method_of(key, e) if key != "zeroshot" else display("zeroshot")
+            p = pub.b2n_average(published, method)
+            shown.add(method)
+            ours = [num(a["base"]["mean"] if a.get("base") else None),
+                    num(a["novel"]["mean"] if a.get("novel") else None), num(a.get("hm_of_means"))]
+            delta = num(a["hm_of_means"] - p["hm"]) if p and a.get("hm_of_means") is not None else DASH
+            theirs = [num(p[k]) for k in ("base", "novel", "hm")] if p else [DASH] * 3
+            rows.append([title + _avg_note(a), *ours, *theirs, delta])
+        for p in pub.b2n_average_rows(published):
+            if p["method"] not in shown:
+                rows.append([p["method"], DASH, DASH, DASH, num(p["base"]), num(p["novel"]), num(p["hm"]), DASH])
+        out.append(Table(["Method", "Base", "Novel", "HM", "Published Base", "Published Novel", "Published HM",
+                          "Δ HM"], rows))
     srcs = {pub.source_of(published, r.get("source")) for r in pub.b2n_average_rows(published) if r.get("source")}
     per_ds = pub.b2n_dataset_source(published, "MMRL")
     notes = [f"averages: {'; '.join(sorted(srcs))}"] if srcs else []

@@ -179,7 +179,7 @@ def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = f
         out.append(Text(f"**Runs: {n_fin}/{n_exp} finished.**"))
         out += missing_blocks(sec["missing"])
     titles = {name: proto.TITLE for name, proto in PROTOCOLS.items()}
-    out += ablation.document(data.get("ablations", []), set(ablation_figures), titles)
+    out += ablation.document(data.get("ablations", []), set(ablation_figures), titles, bool(data["protocols"]))
     out += decoupled.document(data.get("decoupled", {}), titles)
     if data.get("zeroshot"):
         out += [Heading(2, "CLIP zero-shot"),
