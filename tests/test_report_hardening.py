@@ -206,3 +206,108 @@ def test_read_only_folder_gives_one_line_with_the_out_hint(tmp_path, capsys, mon
     assert str(root / "report") in err and "Operation not permitted" in err and "--out" in err
     assert main(["report", str(root), "--out", str(tmp_path / "elsewhere"), "--no-plots"]) == 0
     assert (tmp_path / "elsewhere" / "report.md").is_file()
+
+
+# --------------------------------------------------------------------------- the newcomer's report (item 9)
+
+def test_one_adhoc_run_is_not_counted_against_the_default_seeds(tmp_path):
+    """`mmrl train` without --output puts a run in the sweep layout: without a grid file it expects itself only."""
+    root = tmp_path / "runs"
+    write_run(sweep_run_dir(root, "base2novel", "mmrl", "EuroSAT", 16, 1), "base2novel", "mmrl", "EuroSAT", 16, 1,
+              {("EuroSAT", "base"): 90.0, ("EuroSAT", "new"): 70.0})
+    data = report.collect(root)
+    sec = data["protocols"]["base2novel"]
+    assert (sec["methods"]["mmrl"]["n_finished"], sec["methods"]["mmrl"]["n_expected"]) == (1, 1)
+    assert sec["missing"] == []
+    md = (report.write_report(root, plots=False) / "report.md").read_text()
+    assert "**Runs: 1/1 finished.**" in md and "missing" not in md.split("## Base-to-novel")[1].split("###")[0]
+    assert md_row(md, "EuroSAT", after="### MMRL")[1] == "1/1"
+
+
+def _set_lr(run_dir: Path, lr: float) -> None:
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["optim"] = {"lr": lr, "epochs": 5}
+    cfg["device"] = f"cuda:{int(lr * 1000)}"  # where it ran does not make another experiment
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_runs_with_different_settings_are_kept_apart(tmp_path):
+    root = tmp_path / "runs"
+    for name, lr, seed, acc in (("a", 0.001, 1, 60.0), ("b", 0.002, 1, 70.0), ("c", 0.002, 2, 72.0),
+                                ("copy-of-a", 0.001, 1, 61.0)):
+        _set_lr(write_run(root / name, "fewshot", "mmrl", "EuroSAT", 4, seed, {("EuroSAT", "all"): acc}), lr)
+    data = report.collect(root)
+    methods = data["protocols"]["fewshot"]["methods"]
+    assert sorted(methods) == ["mmrl (optim.lr 0.001)", "mmrl (optim.lr 0.002)"]
+    low, high = methods["mmrl (optim.lr 0.001)"], methods["mmrl (optim.lr 0.002)"]
+    assert low["label"] == "MMRL (optim.lr 0.001)" and high["datasets"]["EuroSAT"]["4"]["acc"]["values"] == [70.0, 72.0]
+    assert low["datasets"]["EuroSAT"]["4"]["acc"]["n"] == 1 and (low["n_expected"], high["n_expected"]) == (1, 2)
+    # a copy with the same settings is still one run counted once, and said so
+    [note] = [n for n in data["notes"] if "not counted" in n]
+    assert "`a`" in note and "`copy-of-a`" in note and "0.001" in note
+    md = (report.write_report(root, plots=False) / "report.md").read_text()
+    assert "### MMRL (optim.lr 0.001)" in md and "### MMRL (optim.lr 0.002)" in md
+
+
+@pytest.fixture
+def alpha_study(tmp_path):
+    """A one-key ablation whose values differ by 0.15 points per step, with seed noise of about ±1 point."""
+    root = tmp_path / "sweep"
+    noise = {1: -0.8, 2: 0.5, 3: 0.3}
+    for i, a in enumerate((0.5, 0.7, 0.9)):
+        base = root / ABLATION_DIR / f"alpha{a}"
+        write_grid(base, "base2novel", "mmrl", ["folder:pets"], [16], [1, 2, 3], values={"method.alpha": a},
+                   defaults={"folder:/d/pets": {"method.alpha": 0.7}})
+        for s in (1, 2, 3):
+            write_run(sweep_run_dir(base, "base2novel", "mmrl", "folder_pets", 16, s), "base2novel", "mmrl",
+                      "folder:/d/pets", 16, s, {("folder:pets", "base"): 90.0 + 0.15 * i + noise[s],
+                                                ("folder:pets", "new"): 70.0 + 0.15 * i + noise[s]},
+                      name="folder:pets", ablation={"method.alpha": a})
+    return root
+
+
+def test_ablation_bold_marks_the_default_only_and_no_tables_above(alpha_study):
+    md = (report.write_report(alpha_study, plots=False) / "report.md").read_text()
+    table = md[md.index("#### α (method.alpha)"):]
+    assert "**Bold**: the default, α = 0.7." in table
+    assert md_row(table, "**0.7 (default)**")[3].startswith("**")
+    assert not md_row(table, "0.5")[3].startswith("**") and not md_row(table, "0.9")[3].startswith("**")
+    assert "protocol tables above" not in md and "this report has none" in md  # ablation runs only
+
+
+def test_benchmark_average_table_only_with_benchmark_datasets(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root / "pets", "base2novel", "mmrl", "folder:/d/pets", 4, 1,
+              {("folder:pets", "base"): 80.0, ("folder:pets", "new"): 60.0}, name="folder:pets")
+    md = (report.write_report(root, plots=False) / "report.md").read_text()
+    assert "average vs published" not in md and "Published sources" in md
+    write_run(root / "euro", "base2novel", "mmrl", "EuroSAT", 4, 1, {("EuroSAT", "base"): 90.0, ("EuroSAT", "new"): 70.0})
+    md = (report.write_report(root, plots=False) / "report.md").read_text()
+    assert md_row(md, "MMRL (1/11 datasets)", after="### 11-dataset average vs published")[1:4] == \
+        ["90.00", "70.00", "78.75"]
+
+
+def test_ablation_figure_draws_the_seed_spread_without_magnifying_noise(alpha_study, tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    from mmrl.report.plotting import Line, category_lines, new_figure
+    from mmrl.vocab import harmonic_mean
+
+    [st] = report.collect(alpha_study)["ablations"]
+    [t] = st["tables"]
+    noise = {1: -0.8, 2: 0.5, 3: 0.3}
+    for i, row in enumerate(t["rows"]):  # each seed's own metric: the spread the figure draws
+        assert row["seed_values"] == pytest.approx(
+            {str(s): harmonic_mean(90.0 + 0.15 * i + e, 70.0 + 0.15 * i + e) for s, e in noise.items()}, abs=1e-9)
+    out = report.write_report(alpha_study, out=tmp_path / "rep")
+    assert (out / t["figure"]).read_bytes()[:4] == b"\x89PNG"
+    # the figure's axes: 0.3 points of difference keep a span of at least 2 points; the seed band is drawn
+    ax = new_figure(6, 4).subplots()
+    category_lines(ax, ["0.5", "0.7", "0.9"], [Line("average", [78.75, 78.9, 79.05], "#000000",
+                                                    spread=[(78.0, 79.3), None, (78.2, 79.6)])],
+                   xlabel="α", ylabel="HM (%)", min_span=2.0)
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 2.0 and lo <= 78.0 and hi >= 79.6
+    assert any(isinstance(c, PolyCollection) for c in ax.collections)

@@ -16,6 +16,7 @@ varied keys a heat map of the metric, the remaining keys at their default in the
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -37,6 +38,9 @@ FIGURE_PREFIX = "ablation-"  # every ablation figure's file name starts so (old 
 SYMBOLS = {"method.n_rep_tokens": "K", "method.first_rep_block": "J", "method.rep_dim": "d_r",
            "method.alpha": "α", "method.reg_weight": "λ", "method.beta": "β"}
 _UNKNOWN = object()  # no default known
+# The y axis of a figure over a key spans at least this many accuracy points: a difference of 0.3
+# points between values must not fill the height of the figure as if it were large.
+MIN_Y_SPAN = 2.0
 
 
 def key_label(key: str) -> str:
@@ -164,10 +168,19 @@ def _done(proto: ProtocolModule, series: Series, run: Run) -> bool:
 
 
 def row_of(proto: ProtocolModule, series: Series) -> dict:
-    """``ablation_row`` of the series' protocol summary, with how many of its runs are done."""
+    """``ablation_row`` of the series' protocol summary, with how many of its runs are done and the
+    metric of each seed alone (``seed_values``: seed -> value, the same arithmetic on that seed's runs:
+    the spread the figures draw, so that a difference smaller than the seeds' is seen as such)."""
     row = proto.ablation_row(proto.summarise(series))
     row["runs_done"] = sum(_done(proto, series, r) for r in series.runs)
     row["runs_expected"] = len(series.runs)
+    row["seed_values"] = {}
+    for seed in sorted({r.seed for r in series.runs if r.state == "finished"}):
+        alone = dataclasses.replace(series, runs=[r for r in series.runs if r.seed == seed],
+                                    expected={c: seeds & {seed} for c, seeds in series.expected.items()})
+        value = proto.ablation_row(proto.summarise(alone))["value"]
+        if value is not None:
+            row["seed_values"][str(seed)] = value
     return row
 
 
@@ -500,18 +513,22 @@ def plot(studies: list[dict], out: Path, protocol_titles: dict[str, str]) -> set
             colors = dataset_colors(names)
             lines = [Line(d, [r["per_dataset"].get(d) for r in rows], colors[d]) for d in names]
             partial = [r["runs_done"] < r["runs_expected"] for r in rows]
+            spread = [(min(r["seed_values"].values()), max(r["seed_values"].values()))
+                      if len(r.get("seed_values", {})) > 1 else None for r in rows]
             lines.append(Line("average", [r["value"] for r in rows], "#000000", width=3.0, annotate=True,
-                              partial=partial))
+                              partial=partial, spread=spread))
             mark = next((i for i, r in enumerate(rows) if r["is_default"]), None)
             cats = [value_text(r["value_of_key"]) for r in rows]
             fig = new_figure(max(6.0, 1.1 * len(cats) + 3.5), 4.2)
             ax = fig.subplots()
-            category_lines(ax, cats, lines, xlabel=key_label(t["key"]), ylabel=ylabel, mark=mark)
+            category_lines(ax, cats, lines, xlabel=key_label(t["key"]), ylabel=ylabel, mark=mark,
+                           min_span=MIN_Y_SPAN)
             others = [key_short(k) for k in st["keys"] if k != t["key"]]
             sub = f"{', '.join(others)} at the default; " if others else ""
             star = "; *: some runs missing" if any(p for p, r in zip(partial, rows) if r["value"] is not None) else ""
+            band = ", grey: its range over seeds" if any(spread) else ""
             fig.suptitle(f"{st['label']}, {title}: {st['metric_label']} vs {key_short(t['key'])}\n"
-                         f"({sub}thin lines: datasets, black: average{star})", fontsize=10)
+                         f"({sub}thin lines: datasets, black: average{band}{star})", fontsize=10)
             save_png(fig, out / t["figure"])
             written.add(t["figure"])
         for h in st["heatmaps"]:
