@@ -52,6 +52,16 @@ def test_names_are_escaped_in_markdown_and_html(tmp_path):
     assert "``run|<b>`q`\\x1b[2J``" in md  # in the notes (not a table): '|' needs no escape
 
 
+def test_names_with_dollars_are_drawn_as_text(tmp_path):
+    """matplotlib reads "$...$" as mathtext and fails on an unknown symbol: a name is drawn as it is."""
+    root = tmp_path / "runs"
+    name = "folder:a$\\x{$b"
+    write_run(root / "r", "base2novel", "mmrl$\\y$", "folder:/d/x", 4, 1, {(name, "base"): 70.0, (name, "new"): 60.0},
+              name=name)
+    out = report.write_report(root)
+    assert (out / "base2novel.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_csv_cells_cannot_start_a_formula(tmp_path):
     root = tmp_path / "runs"
     name = "=HYPERLINK(\"http://x\",\"y\")"

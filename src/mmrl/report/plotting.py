@@ -197,7 +197,16 @@ def annotated_heatmap(fig, ax, matrix: Sequence[Sequence[float | None]], rows: S
 
 
 def save_png(fig, path: Path, dpi: int = 100) -> None:
-    """Write the figure as a PNG (atomically: a reader never sees half a file)."""
+    """Write the figure as a PNG (atomically: a reader never sees half a file).
+
+    Every text is drawn as it is: names from files (datasets, methods, values) may hold ``$``, which
+    matplotlib would otherwise parse as mathtext -- and fail on (``$\\x$``), losing the report."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    with matplotlib.rc_context({"text.parse_math": False}):  # texts made while drawing (tick labels)
+        fig.savefig(buf, format="png", dpi=dpi)
     write_bytes_atomic(buf.getvalue(), path)
