@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from mmrl.errors import NotWritableError, error_line, printable
+    from mmrl.errors import error_line, printable
     from mmrl.report.build import write_report_data
 
     output = Path(args.output)
@@ -31,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
     hint = "give --out OTHER_DIR to write the report elsewhere"
     try:
         out, data = write_report_data(output, args.protocol, args.out, plots=not args.no_plots, hint=hint)
-    except NotWritableError as e:
+    except OSError as e:  # NotWritableError (read-only, not permitted), a full disk: the message names the file
         print(f"mmrl report: error: {printable(error_line(e))}", file=sys.stderr)
         return 1
     # names and paths come from the folder's files: shown with their control characters escaped
