@@ -242,8 +242,10 @@ def _apart_by_settings(series: Series) -> list[Series]:
     for r in series.runs:
         if r.settings is not None:
             by_cell.setdefault((r.name, r.shots, r.seed), []).append(r)
-    differ = sorted({k for runs in by_cell.values() if len(runs) > 1 for k in set().union(*(r.settings for r in runs))
-                     if len({json.dumps(r.settings.get(k), sort_keys=True, default=str) for r in runs}) > 1})
+    # keys every run of a cell has (a config of an older version may lack a newer key: not a difference)
+    differ = sorted({k for runs in by_cell.values() if len(runs) > 1
+                     for k in set.intersection(*(set(r.settings) for r in runs))
+                     if len({json.dumps(r.settings[k], sort_keys=True, default=str) for r in runs}) > 1})
     if not differ:
         return [series]
     parts: dict[tuple, Series] = {}
