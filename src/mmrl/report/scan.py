@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +81,8 @@ def read_json_file(path: Path) -> dict | None:
 
 
 def _read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, or None when absent or unreadable (files whose damage only costs a
-    detail: a claim, results.json, a grid file is reported by :func:`read_grid`)."""
+    """The JSON object in ``path``, or None when absent or unreadable: for files whose damage costs a
+    detail only (a claim file, results.json, the first evaluation file read again)."""
     try:
         return read_json_file(path)
     except Unreadable:
@@ -126,7 +127,7 @@ def _str(x: object) -> str | None:
 
 def _finite(x: float) -> bool:
     try:
-        return abs(float(x)) != float("inf") and float(x) == float(x)
+        return math.isfinite(x)
     except OverflowError:  # an integer too large for a float
         return False
 
