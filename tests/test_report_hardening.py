@@ -178,6 +178,9 @@ def test_bad_eval_grid_claim_and_config_files(tmp_path):
     r1 = write_run(sweep_run_dir(root, "fewshot", "mmrl", "EuroSAT", 4, 1), "fewshot", "mmrl", "EuroSAT", 4, 1,
                    {("EuroSAT", "all"): 60.0, ("DescribableTextures", "all"): 40.0})
     (r1 / "eval" / "DescribableTextures-all.json").write_text("[" * 100000)
+    for i, odd in enumerate(({"accuracy": True}, {"accuracy": 1e400}, {"accuracy": 5, "logits_requested": [1]},
+                             {"accuracy": 5, "dataset": {"a": 1}, "subsample": 3, "logits": {}})):
+        (r1 / "eval" / f"Odd{i}-all.json").write_text(json.dumps(odd).replace("Infinity", "1e400"))
     r2 = write_run(sweep_run_dir(root, "fewshot", "mmrl", "EuroSAT", 4, 2), "fewshot", "mmrl", "EuroSAT", 4, 2,
                    {("EuroSAT", "all"): 62.0})
     (r2 / "config.yaml").write_text("a: &x [1]\nb: *x\n")  # aliases are refused
@@ -187,6 +190,9 @@ def test_bad_eval_grid_claim_and_config_files(tmp_path):
     assert reasons == {("fewshot/mmrl/EuroSAT/shots_4/seed_1", "eval/DescribableTextures-all.json"),
                        ("fewshot/mmrl/EuroSAT/shots_4/seed_2", "config.yaml")}
     assert data["checks"]["bad_grids"] == ["fewshot/mmrl/grid-bad.json"]
+    # evaluations of the wrong types: no number to count, except the last, read by its file name
+    [rec] = [r for r in data["protocols"]["fewshot"]["runs"] if r["seed"] == 1]
+    assert rec["acc"] == {"EuroSAT-all": 60.0, "Odd3-all": 5.0}
     e = data["protocols"]["fewshot"]["methods"]["mmrl"]
     assert e["datasets"]["EuroSAT"]["4"]["acc"]["values"] == [60.0] and (e["n_finished"], e["n_expected"]) == (1, 2)
 

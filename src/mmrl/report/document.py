@@ -37,7 +37,7 @@ def csv_num(x: float | None) -> str:
 # A spreadsheet opening a CSV file runs a cell starting with one of these as a formula
 # ("=HYPERLINK(...)", "@SUM(...)", "-2+3"): such a cell from a name is written behind an apostrophe.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def csv_cell(value: object) -> object:
