@@ -35,7 +35,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"mmrl report: error: {printable(error_line(e))}", file=sys.stderr)
         return 1
     # names and paths come from the folder's files: shown with their control characters escaped
-    if not data["n_run_folders"] and not data["checks"]["unreadable"]:
+    if not data["n_run_folders"]:
         print(f"No runs found under {printable(str(output))}: no folder under it holds run.json, config.yaml or "
               "eval/*.json (what `mmrl train`, `mmrl zeroshot`, `mmrl convert-official` and `mmrl reproduce` write)")
     c = data["checks"]

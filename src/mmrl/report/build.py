@@ -56,7 +56,7 @@ def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
     zs = zeroshot_values(found)
     # "notes" are markup (names in them through esc()); every other string is plain text
     result: dict = {"version": 1, "output": str(root), "generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "std": STD_NOTE, "n_run_folders": len(found.runs), "protocols": {}, "ablations": [],
+                    "std": STD_NOTE, "n_run_folders": len(found.runs) + len(found.unreadable), "protocols": {}, "ablations": [],
                     "decoupled": {}, "notes": []}
     for name, proto in PROTOCOLS.items():
         if protocols and name not in protocols:
@@ -160,8 +160,7 @@ def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = f
     out: list[Block] = [Heading(1, "MMRL report"),
                         Text(f"Runs under `{data['output']}` — generated {data['generated']}. "
                              f"{data['n_run_folders']} run folder(s) found.")]
-    if (not data["protocols"] and not data.get("zeroshot") and not data.get("ablations")
-            and not data.get("checks", {}).get("unreadable")):
+    if not data["n_run_folders"]:
         out.append(Text("No runs found: no folder under it holds run.json, config.yaml or eval/*.json "
                         "(what `mmrl train`, `mmrl zeroshot`, `mmrl convert-official` and `mmrl reproduce` write)."))
     if data["protocols"] or data.get("ablations"):
