@@ -20,7 +20,7 @@ def test_every_preset_resolves_with_protocol_values(method, protocol):
     assert cfg.method.name == method and cfg.protocol == protocol
     assert (cfg.method.n_rep_tokens, cfg.method.first_rep_block, cfg.method.alpha) == (5, 6, 0.7)
     assert (cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.warmup_lr) == (5e-4, (0.9, 0.999), 1e-5)
-    assert cfg.eval.batch_size == 250 and cfg.eval.precision == "fp32"
+    assert cfg.eval.batch_size == 250 and cfg.eval.precision == "auto"
     assert cfg.backbone == "ViT-B-16" and cfg.data.shots == 16
     expected = {  # docs/protocols.md#per-protocol: (batch, epochs, lr, warm-up epochs, subsample)
         ("mmrl", "base2novel"): (4, 10, 1e-3, 1, "base"), ("mmrl++", "base2novel"): (4, 10, 1e-3, 1, "base"),

@@ -53,12 +53,14 @@ class Classifier:
         self._model, self._cfg, self._run_dir, self._frozen = model, cfg, run_dir, frozen
         self._columns = columns  # a loaded file's columns kept by with_classes (None: all)
         self._transform = transform_from_spec(metadata["preprocessing"])
+        self._precision = "fp32"  # of a classifier from a run: what its model computes at
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_run(cls, run_dir: str | Path, classes: Sequence[str] | None = None, *, dataset: str | None = None,
                  root: str | Path | None = None, subsample: str = "all", logits: str = "auto",
-                 template: str | None = None, device: str | None = None) -> "Classifier":
+                 template: str | None = None, device: str | None = None,
+                 precision: str | None = None) -> "Classifier":
         """A classifier from a trained (or converted) run directory.
 
         Args:
@@ -70,6 +72,9 @@ class Classifier:
                 ``fused`` or ``class``.
             template: prompt template with one ``{}`` (default: the run's / its dataset's).
             device: where the model runs (default: CUDA when available, else CPU).
+            precision: auto / fp32 / bf16 / fp16; default the run's ``eval.precision`` (auto: bf16 on a
+                CPU with native bf16, the frozen weights cast once; fp32 elsewhere). Logits are fp32 tensors
+                whatever the precision.
 
         The class text features and the representation tokens after the vision aligners are
         computed here, once.
@@ -78,36 +83,43 @@ class Classifier:
 
         run_dir = Path(run_dir)
         model, cfg = load_run(run_dir, device=device)
+        precision = _cast_for(model, precision or cfg.eval.precision)
         if classes is None and dataset is None:
             classes = training_classnames(run_dir)
             if classes is None:
                 raise ValueError(f"{run_dir} has no split.json telling its training classes (e.g. a run converted "
                                  "from the authors' checkpoint): pass the class names (classes=[...]) or a dataset")
         return cls._for_classes(model, cfg, run_dir, classes=classes, dataset=dataset, root=root,
-                                subsample=subsample, logits=logits, template=template)
+                                subsample=subsample, logits=logits, template=template, precision=precision)
 
     @classmethod
-    def _for_classes(cls, model, cfg, run_dir: Path, **class_set) -> "Classifier":
+    def _for_classes(cls, model, cfg, run_dir: Path, precision: str = "fp32", **class_set) -> "Classifier":
         from mmrl.engine.decoupled import recorded_settings, resolve_class_set
         from mmrl.engine.inference import model_image_size
         from mmrl.engine.export import build_metadata
 
         cs = resolve_class_set(model, cfg, run_dir, **class_set)
+        from mmrl.engine import precision as amp
+
         model.eval()
+        device = model.rep_tokens.device
         with torch.no_grad(), model.using(cs.settings):
             model.set_classes(cs.classnames, cs.template)
-            frozen = model.freeze(cs.kind).eval()
+            text = amp.encode_text(model, device=device, precision=precision)
+            with amp.autocast(device, precision):  # the aligners' outputs as the image tower uses them
+                frozen = model.freeze(cs.kind, text).eval()
         meta = build_metadata(classnames=cs.classnames, template=cs.template, kind=cs.kind,
                               image_size=model_image_size(model), method=model.cfg.name, beta=recorded_settings(cs.settings)["beta"],
                               alpha=float(model.cfg.alpha), logit_scale=float(model.cfg.logit_scale),
                               backbone=cfg.backbone, trained_on=cfg.data.dataset,
                               trained_subsample=cfg.data.subsample, dataset=cs.dataset, run=str(run_dir))
-        device = frozen.text.device
 
         def run(images: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
+            with torch.no_grad(), amp.autocast(device, precision):
                 return frozen(images.to(device)).float().cpu()
-        return cls(run, meta, model=model, cfg=cfg, run_dir=run_dir, frozen=frozen)
+        clf = cls(run, meta, model=model, cfg=cfg, run_dir=run_dir, frozen=frozen)
+        clf._precision = precision
+        return clf
 
     @classmethod
     def load(cls, path: str | Path, format: str | None = None, *, trust_pt2: bool = False) -> "Classifier":
@@ -226,7 +238,7 @@ class Classifier:
         """
         if self._model is not None:
             return self._for_classes(self._model, self._cfg, self._run_dir, classes=list(classes),
-                                     logits=logits, template=self.template)
+                                     logits=logits, template=self.template, precision=self._precision)
         names = self._meta["classes"]
         missing = [c for c in classes if c not in names]
         if missing or self.logit_kind != "class" or logits == "fused" or not classes:
@@ -236,9 +248,14 @@ class Classifier:
                              "(Classifier.from_run) for a new class set")
         return Classifier(self._run, self._meta, columns=[names.index(c) for c in classes])
 
-    def export(self, path: str | Path, format: str | None = None) -> Path:
+    def export(self, path: str | Path, format: str | None = None, precision: str | None = None) -> Path:
         """Write this classifier as one self-contained file: ``onnx`` or ``torch`` (``.pt2``),
         told from the suffix when ``format`` is None. Returns the path.
+
+        ``precision``: ``fp32`` or ``bf16`` (weights and computation in bf16 inside the file, half its
+        size; inputs and logits stay float32); default: the precision this classifier runs at
+        (:meth:`from_run`'s ``precision``). A classifier built at bf16 holds bf16 weights and exports
+        only bf16: build it with ``precision='fp32'`` for an fp32 file (``mmrl export`` does by default).
 
         The file maps ``images`` (N, 3, H, W) float32 to ``logits`` (N, C) float32, with the
         class text features, the representation tokens after every aligner and the logit
@@ -252,12 +269,33 @@ class Classifier:
         if self._frozen is None:
             raise ValueError("this classifier was loaded from an exported file; export from the run "
                              "(Classifier.from_run(...).export(path))")
+        from mmrl.engine.precision import Bf16Module
+
         fmt = format_for(path, format)
+        precision = precision or ("bf16" if self._precision == "bf16" else "fp32")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={shown(precision)}; expected fp32 or bf16")
+        if precision == "fp32" and self._precision != "fp32":
+            raise ValueError(f"this classifier runs at {self._precision} (its frozen weights were cast): build it "
+                             "with Classifier.from_run(..., precision='fp32') to export an fp32 file")
         frozen = self._frozen
         if frozen.text.device.type != "cpu":  # an exported graph is for the CPU; keep the model where it is
             frozen = copy.deepcopy(frozen).cpu()
+        if precision == "bf16":
+            frozen = Bf16Module(frozen)
         program = export_program(frozen, self.input_size)
-        return write_exported(program, self._meta, path, fmt)
+        return write_exported(program, {**self._meta, "precision": precision}, path, fmt)
+
+
+def _cast_for(model, precision: str) -> str:
+    """The precision a just-loaded model runs at (auto resolved), its frozen weights cast to bf16 once
+    on a CPU when that is it."""
+    from mmrl.engine import precision as amp
+
+    device = model.rep_tokens.device
+    precision = amp.eval_precision(precision, device)[0]
+    amp.cast_frozen(model, precision)
+    return precision
 
 
 def _as_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:

@@ -39,7 +39,7 @@ from mmrl.methods import MethodConfig, MMRLConfig
 from mmrl.vocab import PROTOCOLS, SUBSAMPLES, dataset_slug, doc
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DATASET_OVERRIDES_FILE = PRESET_DIR / "datasets.yaml"
 
@@ -145,7 +145,9 @@ class OptimConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     batch_size: int = doc("evaluation batch size", 250)
-    precision: str = doc("evaluation precision: fp32 / bf16 / fp16", "fp32")
+    precision: str = doc(
+        "evaluation, predict and Classifier precision: auto (bf16 on a CPU with native bf16, the frozen weights "
+        "cast once; fp32 elsewhere) / fp32 / bf16 / fp16", "auto")
     target_beta: dict[str, float] = doc(
         "MMRL++: beta used when evaluating on each listed dataset (cross-dataset targets)",
         factory=dict)
@@ -159,7 +161,8 @@ class RunConfig:
         "backbone spec: open_clip NAME[:TAG] (ViT-B-16 = OpenAI weights), an OpenAI-format file, toy-clip",
         "ViT-B-16")
     precision: str = doc(
-        "training precision: auto (bf16 on GPUs with bf16, else fp16 on GPU, fp32 on CPU) / bf16 / fp16 / fp32",
+        "training precision: auto (bf16 on GPUs with bf16, else fp16 on GPU; on a CPU bf16 where it is native "
+        "(AVX512-BF16 / AMX), the frozen weights cast once, else fp32) / bf16 / fp16 / fp32",
         "auto")
     device: str = doc("auto (CUDA when available) / cpu / cuda / cuda:N", "auto")
     output: Optional[str] = doc("run directory; null = runs/<protocol>/<method>/<dataset>/shots_<k>/seed_<s>", None)

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "evaluation-only ablation, written to eval/<Dataset>-<subsample>-<kind>.json")
     p.add_argument("--predictions", metavar="FILE.jsonl", help="write one JSON object per test image")
     p.add_argument("--batch-size", type=positive_int, help="evaluation batch (default: the run's eval.batch_size)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="default: the run's eval.precision")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's eval.precision")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--num-workers", type=nonnegative_int, help="data-loading workers (default: the run's data.num_workers)")
     p.add_argument("--output-dir", help="folder for the result JSON (default RUN_DIR/eval; use it for a run "

@@ -14,6 +14,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_class_set_flags(p)
     p.add_argument("--format", choices=["onnx", "torch"],
                    help="onnx (onnxruntime) or torch (torch.export .pt2); default: from the suffix of FILE")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (default) or bf16: the file's weights and computation in bf16 (half the size; "
+                        "float32 input and logits)")
     p.add_argument("--json", action="store_true", help="print the file's metadata as JSON")
 
 
@@ -35,15 +38,16 @@ def main(args: argparse.Namespace) -> int:
         classes = args.classes.split(",") if args.classes is not None else None
         clf = Classifier.from_run(args.run_dir, classes, dataset=args.dataset, root=args.root,
                                   subsample=args.subsample, logits=args.logits, template=args.template,
-                                  device="cpu")
-        path = clf.export(args.output, fmt)
+                                  device="cpu", precision="fp32")  # bf16: the exported copy is cast
+        path = clf.export(args.output, fmt, precision=args.precision)
         meta = clf.metadata
         if args.json:
-            print(dumps_json({"path": str(path), "format": fmt, "bytes": Path(path).stat().st_size, **meta}, indent=2))
+            print(dumps_json({"path": str(path), "format": fmt, "precision": args.precision,
+                              "bytes": Path(path).stat().st_size, **meta}, indent=2))
         else:
             size = meta["input_size"]
-            print(f"{path}: {fmt}, {len(meta['classes'])} classes, {meta['logits']} logits, input (N, 3, {size}, "
-                  f"{size}) float32, {Path(path).stat().st_size / 2**20:.1f} MiB")
+            print(f"{path}: {fmt}, {args.precision}, {len(meta['classes'])} classes, {meta['logits']} logits, "
+                  f"input (N, 3, {size}, {size}) float32, {Path(path).stat().st_size / 2**20:.1f} MiB")
         return 0
 
     return run_reporting_errors(go, extra=_user_errors())

@@ -20,6 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_class_set_flags(p)
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], help="default: the run's eval.precision")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -50,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
         classes = _check_flags(args)
         out = predict(args.run_dir, args.images, classes=classes, dataset=args.dataset, root=args.root,
                       subsample=args.subsample, top_k=args.top_k, logits=args.logits, template=args.template,
-                      device=args.device, skip_bad=True)
+                      device=args.device, skip_bad=True, precision=args.precision)
         failed = [r for r in out if "error" in r]
         for r in failed:
             print(f"mmrl: error: {r['error']}", file=sys.stderr)

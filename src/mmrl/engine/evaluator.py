@@ -22,8 +22,9 @@ from mmrl.config import RunConfig, canonical_dataset, with_overrides
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import write_json_atomic
 from mmrl.engine.decoupled import choose_logits, eval_settings, eval_splits, recorded_settings
-from mmrl.engine.inference import run_inference, summarize, write_predictions
+from mmrl.engine.inference import model_device, run_inference, summarize, write_predictions
 from mmrl.engine.lock import RunDirLock
+from mmrl.engine.precision import cast_frozen, eval_precision, inference_precision
 from mmrl.engine.rundir import EVAL_DIR, SPLIT_FILE, check_run_dir, load_run
 from mmrl.engine.runtime import resolve_device
 from mmrl.errors import shown
@@ -74,6 +75,8 @@ def evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsam
                     predictions: str | Path | None, progress: bool | None,
                     dist_info: ddp_util.DistInfo | None = None) -> dict[str, Any]:
     settings = eval_settings(model, cfg, dataset)
+    why = eval_precision(precision, model_device(model))[1]
+    precision = inference_precision(model, precision, model_device(model))  # what auto means here
     t0 = time.time()
     with model.using(settings):
         logits, labels, idx = run_inference(
@@ -82,7 +85,7 @@ def evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsam
             desc=f"eval {splits.name}-{subsample}", dist_info=dist_info)
     res = {"dataset": splits.name, "subsample": subsample, **summarize(logits, labels, splits.classnames),
            "logits": kind, **recorded_settings(settings), "template": splits.template, "precision": precision,
-           "time_s": round(time.time() - t0, 3)}
+           "precision_reason": why,           "time_s": round(time.time() - t0, 3)}
     if predictions is not None:
         if dist_info is None or dist_info.is_main:
             write_predictions(predictions, splits.test, idx, logits, labels, splits.classnames, kind)
@@ -184,6 +187,8 @@ def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, requ
     splits = eval_splits(cfg, dataset, root, subsample, split_file=request.split_file, template=request.template,
                          run_split=run_dir / SPLIT_FILE if run_dir is not None else None)
     how = {k: cfg.value(k) if cfg is not None else settings.get(k, DEFAULTS.value(k)) for k in EVAL_SETTINGS}
+    if run_dir is not None:  # a model loaded for this evaluation: its frozen weights in bf16 once (CPU)
+        cast_frozen(model, eval_precision(how["eval.precision"], model_device(model))[0])
     res = evaluate_model(
         model, cfg, dataset, subsample, kind, splits=splits, batch_size=how["eval.batch_size"],
         precision=how["eval.precision"], num_workers=how["data.num_workers"],

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from mmrl import data
 from mmrl.engine import distributed as ddp_util
-from mmrl.engine.runtime import Progress, autocast, use_tty_progress
+from mmrl.engine import precision as amp
+from mmrl.engine.runtime import Progress, use_tty_progress
 from mmrl.fileio import dumps_json
 
 
@@ -42,12 +43,12 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
     info = dist_info or ddp_util.DistInfo()
 
     device = model_device(model)
+    precision = amp.inference_precision(model, precision, device)  # auto: bf16 on a CPU with native bf16
     was_training = model.training
     model.eval()
     try:
         model.set_classes(classnames, template)
-        with autocast(device, precision):
-            text = model.encode_text()
+        text = amp.encode_text(model, device=device, precision=precision)
         ds = data.ImageDataset(items, data.build_transform(False, model_image_size(model)), seed=0,
                                skip_bad=skip_bad)
         kept = {id(d): i for i, d in enumerate(items)}
@@ -65,8 +66,7 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
         it = Progress(loader, total=len(loader), desc=desc, tty=use_tty_progress(progress) and info.is_main)
         for images, labels, idx in it:
             images = images.to(device, non_blocking=True)
-            with autocast(device, precision):
-                lg = model.logits(images, text)
+            lg = amp.logits(model, images, text, device=device, precision=precision)
             chosen = lg.of(kind)
             out_logits.append(chosen.float().cpu())
             out_labels.append(labels)

@@ -39,12 +39,12 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs; on the CPU bf16 where the CPU
+    computes bf16 natively (AVX512-BF16 / AMX), else fp32. The decision and its reason:
+    :func:`mmrl.engine.precision.choose_precision`."""
+    from mmrl.engine.precision import choose_precision
+
+    return choose_precision(precision, device)[0]
 
 
 def autocast(device: torch.device, precision: str):

@@ -30,11 +30,12 @@ import torch
 from mmrl.backbone_spec import TOY_CLIP_NAME
 from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
 from mmrl.engine import distributed as ddp_util
+from mmrl.engine import precision as amp
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
-                                 resolve_device, resolve_precision, use_tty_progress)
+                                 resolve_device, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.models import build_method
@@ -72,8 +73,7 @@ def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Ten
     changes if the loss is not finite. (Data parallelism calls the DDP wrapper's forward
     and :func:`optimizer_step` itself, see :func:`_ddp_train_step`.)
     """
-    with autocast(device, precision):
-        out = model.loss(images, labels, **loss_kw)
+    out = amp.loss(model, images, labels, device=device, precision=precision, **loss_kw)
     optimizer_step(out, optimizer, scaler, step=step, where=where)
     return out
 
@@ -201,12 +201,13 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     if cfg.data.split_file is not None and not Path(cfg.data.split_file).is_file():
         raise data.MissingDataError(f"data.split_file: no such file: {cfg.data.split_file}")
     device = ddp_util.local_device(resolve_device(cfg.device), dinfo)
-    precision = resolve_precision(cfg.precision, device)
+    precision, precision_reason = amp.choose_precision(cfg.precision, device)
     with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
         backbone = load_backbone_checked(cfg.backbone, device=device)
     check_method_fits(backbone, cfg.method)
     files = rd.RunFiles(run_dir, writes=is_main)
     info = files.start(cfg, dinfo)
+    info["precision_reason"] = precision_reason
     t_start = time.time()
     with files.log():
         try:
@@ -335,6 +336,8 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
 
     torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
     model = build_method(backbone, cfg.method)
+    if not dinfo.enabled:  # frozen weights in bf16 once (CPU); DDP keeps autocasting fp32 weights
+        amp.cast_frozen(model, precision)
     info["trainable_parameters"] = model.num_trainable_parameters()
     info["device"], info["precision"] = str(device), precision
     info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
@@ -510,6 +513,7 @@ def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None) -
     from mmrl.engine.evaluator import EvalRequest, evaluate
 
     model.eval()
+    amp.match_eval_precision(model, cfg)
 
     def run(subsample: str) -> dict[str, Any]:
         request = EvalRequest(cfg.data.dataset, cfg.data.root, subsample, output_dir=run_dir / rd.EVAL_DIR)

@@ -1,0 +1,205 @@
+"""Reduced precision on the CPU: whether this CPU computes bf16 natively, the frozen towers'
+weights cast to bf16 once, and the loss / logits heads kept in fp32.
+
+Why casting once: under ``torch.autocast`` every matmul casts its fp32 weight to bf16 again at
+every call (autocast caches casts of trainable leaves only, and CLIP's weights are frozen), so
+a bf16 step of ViT-B/16 rereads and rewrites ~150 M weights per forward and per backward. With
+the frozen weights stored in bf16 the casts are no-ops; autocast still casts the (small)
+trainable tensors and the fp32 inputs. Trainable tensors, their gradients and the optimiser
+state stay fp32; the features leaving the towers are upcast, and the logits, the cross-entropies
+and the regularisers are computed from them in fp32 (:func:`loss`, :func:`logits`).
+
+Only the CPU path casts: GPU runs keep today's autocast of fp32 weights (``precision`` auto
+there is bf16/fp16 as before).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmrl.engine.runtime import autocast
+
+# a machine-wide override of what `auto` picks on the CPU: 0 = fp32, 1 = bf16 (the CPU is not
+# asked); the test suite sets 0 so that its numbers do not depend on the machine's CPU
+ENV_CPU_BF16 = "MMRL_CPU_BF16"
+_CAST = {"bf16": torch.bfloat16}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_cpu_bf16() -> tuple[bool, str]:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16), and why we think so.
+
+    The instruction sets are read from ``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``), else
+    from PyTorch's own CPU probe (``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``,
+    private: absent in some versions). oneDNN, which runs PyTorch's CPU matmuls and convolutions,
+    uses them whenever they exist; without them it emulates bf16 with fp32 instructions, slower
+    than fp32 itself. ``torch.backends.cpu.get_cpu_capability()`` (e.g. ``AVX512``) is recorded:
+    it says which vector kernels PyTorch's elementwise ops use, not whether bf16 is native.
+    """
+    cap = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    found = sorted(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
+    if not flags:  # not Linux: ask torch's cpuinfo-based probe
+        probe = getattr(torch, "cpu", None)
+        for name, flag in (("_is_avx512_bf16_supported", "avx512_bf16"), ("_is_amx_tile_supported", "amx_bf16")):
+            try:
+                if getattr(probe, name)():
+                    found.append(flag)
+            except (AttributeError, RuntimeError):
+                pass
+    if found:
+        return True, f"CPU with native bf16 ({', '.join(found)}; torch CPU capability {cap})"
+    return False, f"CPU without native bf16 (no avx512_bf16 / amx_bf16; torch CPU capability {cap})"
+
+
+def choose_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """``(precision, why)``: ``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs; on the CPU
+    bf16 where it is native (:func:`native_cpu_bf16`) and fp32 elsewhere; ``MMRL_CPU_BF16=0|1``
+    overrides the CPU's answer. An explicit precision is kept as it is."""
+    if precision != "auto":
+        return precision, "asked for"
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ("bf16", "auto: GPU with bf16") if ok else ("fp16", "auto: GPU without bf16")
+    env = os.environ.get(ENV_CPU_BF16, "").strip()
+    if env in ("0", "1"):
+        return ("bf16" if env == "1" else "fp32"), f"auto: {ENV_CPU_BF16}={env}"
+    native, why = native_cpu_bf16()
+    return ("bf16" if native else "fp32"), f"auto: {why}"
+
+
+def cast_frozen(model: nn.Module, precision: str) -> torch.dtype | None:
+    """Store the frozen weights and floating buffers of a model on the CPU in ``precision``'s dtype
+    (bf16), once; trainable tensors are left fp32. Returns the dtype, or None when nothing was
+    cast (fp32, or a model on a GPU). Call it before ``set_classes`` (the class caches are then
+    computed in bf16 as autocast would compute them) or again after it."""
+    dtype = _CAST.get(precision)
+    device = next(model.parameters()).device
+    if dtype is None or device.type != "cpu":
+        return None
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.requires_grad and p.is_floating_point():
+                p.data = p.data.to(dtype)
+        for m in model.modules():
+            for name, b in m.named_buffers(recurse=False):
+                if b is not None and b.is_floating_point():
+                    setattr(m, name, b.to(dtype))
+    return dtype
+
+
+def frozen_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the frozen weights (bf16 after :func:`cast_frozen`, else fp32)."""
+    for p in model.parameters():
+        if not p.requires_grad and p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def inference_precision(model: nn.Module, precision: str, device: torch.device) -> str:
+    """The precision an evaluation of ``model`` can run at: ``precision`` (auto resolved as
+    :func:`eval_precision` does), refused when the model's weights were cast to a lower precision
+    (fp32 numbers from bf16 weights would be bf16 numbers labelled fp32)."""
+    if precision == "auto":
+        precision = eval_precision("auto", device)[0]
+    held = frozen_dtype(model)
+    if held == torch.bfloat16 and precision != "bf16":
+        raise ValueError(f"precision {precision}: this model's frozen weights are stored in bf16 (cast for a "
+                         "bf16 run); evaluate it at bf16, or load it again for another precision")
+    return precision
+
+
+def eval_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """``eval.precision``: ``auto`` is bf16 on a CPU with native bf16 and fp32 elsewhere (a GPU evaluates
+    fast in fp32 and keeps the authors' numbers); explicit values are kept."""
+    if precision != "auto":
+        return precision, "asked for"
+    if device.type == "cuda":
+        return "fp32", "auto: fp32 on a GPU"
+    return choose_precision("auto", device)
+
+
+def _float(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float()
+
+
+def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device, precision: str,
+         **loss_kw: Any):
+    """``model.loss(images, labels, **loss_kw)`` with the towers under autocast and the loss head in
+    fp32: the features are upcast before the logits, cross-entropies and regularisers (the very
+    same calls as ``MMRL.loss``; at fp32 the same numbers bit for bit)."""
+    with autocast(device, precision):
+        feats = model.encode_image(images, teacher=True)
+        text = model.encode_text()
+    feats = type(feats)(*(_float(f) for f in feats))
+    return model.loss_from_features(feats, text.float(), labels, **loss_kw)
+
+
+def encode_text(model: nn.Module, *, device: torch.device, precision: str) -> torch.Tensor:
+    """The class text features under autocast, upcast to fp32."""
+    with autocast(device, precision):
+        return model.encode_text().float()
+
+
+def logits(model: nn.Module, images: torch.Tensor, text: torch.Tensor, *, device: torch.device, precision: str):
+    """``model.logits(images, text)``: the image tower under autocast, the cosine logits in fp32 (a
+    model without separate image features, zero-shot CLIP, computes its logits under autocast)."""
+    if not hasattr(model, "logits_from_features"):
+        with autocast(device, precision):
+            out = model.logits(images, text)
+        return type(out)(*(t.float() for t in out))
+    with autocast(device, precision):
+        feats = model.encode_image(images)
+    return model.logits_from_features(type(feats)(*(_float(f) for f in feats)), text.float())
+
+
+def match_eval_precision(model: nn.Module, cfg) -> None:
+    """Before a run's end-of-training evaluation: a model whose frozen weights were cast to bf16 for
+    training but is evaluated at another ``eval.precision`` gets its backbone's weights back
+    (loaded again: the cast lost their low bits). Nothing to do in the common case (both auto)."""
+    device = next(model.parameters()).device
+    if frozen_dtype(model) == torch.float32 or eval_precision(cfg.eval.precision, device)[0] == "bf16":
+        return
+    from mmrl.engine.runtime import load_backbone_checked
+
+    fresh = load_backbone_checked(cfg.backbone, device=device).clip
+    with torch.no_grad():
+        weights = dict(fresh.named_parameters())
+        for name, p in model.clip.named_parameters():
+            if not p.requires_grad:
+                p.data = weights[name].data
+        for name, b in fresh.named_buffers():
+            owner, _, leaf = name.rpartition(".")
+            setattr(model.clip.get_submodule(owner) if owner else model.clip, leaf, b)
+    # the model's class caches are recomputed by set_classes at the evaluation
+
+
+class Bf16Module(nn.Module):
+    """A copy of an images -> logits module computing in bf16 throughout (weights and buffers cast),
+    float32 in and out: what ``mmrl export --precision bf16`` traces (no autocast in the graph, so
+    the exported file holds bf16 weights, half the bytes, and runs bf16 kernels)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        import copy
+
+        self.module = copy.deepcopy(module).to(torch.bfloat16)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images.to(torch.bfloat16)).float()
