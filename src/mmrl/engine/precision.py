@@ -136,7 +136,8 @@ def eval_precision(precision: str, device: torch.device) -> tuple[str, str]:
 
 
 def _float(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.float()
+    """bf16 / fp16 -> fp32 (fp32 and float64 as they are)."""
+    return t if t is None or t.dtype not in (torch.bfloat16, torch.float16) else t.float()
 
 
 def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device, precision: str,
@@ -148,13 +149,13 @@ def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device
         feats = model.encode_image(images, teacher=True)
         text = model.encode_text()
     feats = type(feats)(*(_float(f) for f in feats))
-    return model.loss_from_features(feats, text.float(), labels, **loss_kw)
+    return model.loss_from_features(feats, _float(text), labels, **loss_kw)
 
 
 def encode_text(model: nn.Module, *, device: torch.device, precision: str) -> torch.Tensor:
     """The class text features under autocast, upcast to fp32."""
     with autocast(device, precision):
-        return model.encode_text().float()
+        return _float(model.encode_text())
 
 
 def logits(model: nn.Module, images: torch.Tensor, text: torch.Tensor, *, device: torch.device, precision: str):
@@ -163,10 +164,10 @@ def logits(model: nn.Module, images: torch.Tensor, text: torch.Tensor, *, device
     if not hasattr(model, "logits_from_features"):
         with autocast(device, precision):
             out = model.logits(images, text)
-        return type(out)(*(t.float() for t in out))
+        return type(out)(*(_float(t) for t in out))
     with autocast(device, precision):
         feats = model.encode_image(images)
-    return model.logits_from_features(type(feats)(*(_float(f) for f in feats)), text.float())
+    return model.logits_from_features(type(feats)(*(_float(f) for f in feats)), _float(text))
 
 
 def match_eval_precision(model: nn.Module, cfg) -> None:
