@@ -181,3 +181,28 @@ def test_auto_trains_evaluates_and_predicts_in_bf16_where_native(world, monkeypa
     assert top[0][0] == p["prediction"]
     with pytest.raises(ValueError, match="precision='fp32'"):
         clf.export(tmp_path / "x.pt2", precision="fp32")
+
+
+def test_bf16_export_is_as_accurate_as_bf16_inference(world, tmp_path, capsys):
+    """``mmrl export --precision bf16`` (.pt2): the file's logits against the float64 truth are within
+    tests/precision.py's per-tensor bound of the bf16 Classifier's (autocast over bf16 weights); ONNX
+    refuses bf16 before any work (onnxruntime has no CPU bf16 kernels)."""
+    from mmrl import Classifier
+    from precision import TENSOR_RATIO_BOUND, rel_err
+
+    run = world["base"] / "export"
+    assert main(tiny_train_argv(world["clip"], world["root"], run)) == 0  # auto is fp32 in the suite
+    out = tmp_path / "c.pt2"
+    assert main(["export", str(run), "-o", str(out), "--precision", "bf16"]) == 0
+    assert main(["export", str(run), "-o", str(tmp_path / "c.onnx"), "--precision", "bf16"]) != 0
+    assert "bf16 is for --format torch" in capsys.readouterr().err and not (tmp_path / "c.onnx").exists()
+
+    fp32 = Classifier.from_run(run, precision="fp32")
+    images = fp32.preprocess(sorted(world["root"].rglob("*.png"))[:8])
+    truth = copy.deepcopy(fp32._frozen).double()(images.double())
+    exported = Classifier.load(out, trust_pt2=True)
+    assert exported.metadata["precision"] == "bf16"
+    bf16 = Classifier.from_run(run, precision="bf16")
+    e_file, e_clf = rel_err(exported.logits(images), truth), rel_err(bf16.logits(images), truth)
+    assert max(e_file, UNIT_ROUNDOFF[BF16]) <= TENSOR_RATIO_BOUND * max(e_clf, UNIT_ROUNDOFF[BF16]), (e_file, e_clf)
+    assert rel_err(fp32.logits(images), truth) < 1e-5  # the fp32 classifier itself is fp32-exact

@@ -252,8 +252,8 @@ class Classifier:
         """Write this classifier as one self-contained file: ``onnx`` or ``torch`` (``.pt2``),
         told from the suffix when ``format`` is None. Returns the path.
 
-        ``precision``: ``fp32`` or ``bf16`` (weights and computation in bf16 inside the file, half its
-        size; inputs and logits stay float32); default: the precision this classifier runs at
+        ``precision``: ``fp32`` or ``bf16`` (``.pt2`` only: weights and computation in bf16 inside the
+        file, about 2/3 its size; inputs and logits stay float32); default: the precision this classifier runs at
         (:meth:`from_run`'s ``precision``). A classifier built at bf16 holds bf16 weights and exports
         only bf16: build it with ``precision='fp32'`` for an fp32 file (``mmrl export`` does by default).
 
@@ -275,6 +275,10 @@ class Classifier:
         precision = precision or ("bf16" if self._precision == "bf16" else "fp32")
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision={shown(precision)}; expected fp32 or bf16")
+        if precision == "bf16" and fmt == "onnx":
+            # onnxruntime's CPU kernels have no bf16 MatMul/LayerNorm: it refuses such a file when loading it
+            raise ValueError("bf16 export is for the torch format (.pt2): onnxruntime cannot run a bf16 ONNX "
+                             "graph on the CPU; export ONNX in fp32")
         if precision == "fp32" and self._precision != "fp32":
             raise ValueError(f"this classifier runs at {self._precision} (its frozen weights were cast): build it "
                              "with Classifier.from_run(..., precision='fp32') to export an fp32 file")

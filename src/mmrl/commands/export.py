@@ -15,8 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["onnx", "torch"],
                    help="onnx (onnxruntime) or torch (torch.export .pt2); default: from the suffix of FILE")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32 (default) or bf16: the file's weights and computation in bf16 (half the size; "
-                        "float32 input and logits)")
+                   help="fp32 (default) or bf16 (.pt2 only): the file's weights and computation in bf16 "
+                        "(smaller; float32 input and logits)")
     p.add_argument("--json", action="store_true", help="print the file's metadata as JSON")
 
 
@@ -34,6 +34,9 @@ def main(args: argparse.Namespace) -> int:
 
         fmt = format_for(args.output, args.format)  # a bad suffix or a missing package fails before the model loads
         if fmt == "onnx":
+            if args.precision == "bf16":
+                raise ValueError("--precision bf16 is for --format torch (.pt2): onnxruntime cannot run a bf16 "
+                                 "ONNX graph on the CPU")
             require_onnx_export()
         classes = args.classes.split(",") if args.classes is not None else None
         clf = Classifier.from_run(args.run_dir, classes, dataset=args.dataset, root=args.root,
