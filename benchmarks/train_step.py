@@ -247,14 +247,19 @@ def run_one(cfg: dict) -> dict:
 
     import torch
 
+    from mmrl.engine import precision as amp
     from mmrl.models import build_method, load_backbone, method_config, reference
+    from mmrl.models.mmrl import ImageFeatures
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
     device = torch.device(cfg["device"])
     cuda = device.type == "cuda"
-    autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if cfg["precision"] == "bf16"
-                else torch.autocast(device_type=device.type, enabled=False))
+    # fp32; bf16 = what mmrl trains with (on a CPU the frozen weights cast to bf16 once, the towers under
+    # autocast, the loss head in fp32); bf16-autocast = autocast over fp32 weights (mmrl < 0.5 on a CPU)
+    precision = cfg["precision"]
+    amp_precision = "fp32" if precision == "fp32" else "bf16"
+    autocast = amp.autocast(device, amp_precision)
     ref = cfg["path"] == "reference"
     if ref and not cuda:
         try:  # the reference needs ~19 MB per class: if memory runs out, be the process the kernel kills
@@ -273,6 +278,13 @@ def run_one(cfg: dict) -> dict:
 
     backbone = load_backbone("ViT-B-16", pretrained=False, device=device)
     model = build_method(backbone, method_config(cfg["method"]))
+    original = None
+    if cfg.get("compile") and cfg["eval_batch"] > 0:  # the float64 truth of the compiled logits' check
+        import copy
+
+        original = copy.deepcopy(model)
+    if precision == "bf16":
+        amp.cast_frozen(model, "bf16")
     names, template, _ = class_names(cfg["classes"])
     t0 = time.perf_counter()
     model.set_classes(names, template)
@@ -285,10 +297,17 @@ def run_one(cfg: dict) -> dict:
     images = torch.randn(cfg["batch"], 3, size, size, generator=g).to(device)
     labels = torch.randint(0, len(names), (cfg["batch"],), generator=g).to(device)
 
+    def loss_of(y):
+        if not ref:
+            return amp.loss(model, images, y, device=device, precision=amp_precision)
+        with autocast:  # the reference towers, the loss head in fp32 as the fast path's
+            feats = reference.encode_image(model, images, teacher=True)
+            text = reference.encode_text(model)
+        return model.loss_from_features(ImageFeatures(*(amp._float(f) for f in feats)), amp._float(text), y)
+
     def step(y=labels) -> float:
         opt.zero_grad(set_to_none=True)
-        with autocast:
-            loss = (reference.loss(model, images, y) if ref else model.loss(images, y)).total
+        loss = loss_of(y).total
         loss.float().backward()
         opt.step()
         return float(loss)
@@ -322,23 +341,80 @@ def run_one(cfg: dict) -> dict:
     if cfg["eval_batch"] > 0:
         del opt
         eval_images = torch.randn(cfg["eval_batch"], 3, size, size, generator=g).to(device)
-        with torch.no_grad(), autocast:
+        with torch.no_grad():
             text = None
             if not ref:
                 t0 = time.perf_counter()
-                text = model.encode_text()
+                text = amp.encode_text(model, device=device, precision=amp_precision)
                 sync()
                 out["text_once_s"] = time.perf_counter() - t0
-            (reference.encode_image(model, eval_images[:2]) if ref else model.encode_image(eval_images[:2]))  # warm-up
-            walls = []
+
+            def evaluate(x):  # what `mmrl eval` runs per batch (fast path), or the reference
+                if ref:
+                    with autocast:
+                        return reference.logits(model, x)
+                return amp.logits(model, x, text, device=device, precision=amp_precision)
+
+            evaluate(eval_images[:2])  # warm-up
+            walls, cpus = [], []
             for _ in range(cfg["eval_batches"]):
                 sync()
-                t0 = time.perf_counter()
-                reference.logits(model, eval_images) if ref else model.logits(eval_images, text)
+                t0, c0 = time.perf_counter(), cpu_s()
+                evaluate(eval_images)
                 sync()
                 walls.append(time.perf_counter() - t0)
-        out["eval_s"] = statistics.median(walls)
-        out["eval_img_per_s"] = cfg["eval_batch"] / out["eval_s"]
+                cpus.append(cpu_s() - c0)
+            out["eval_s"] = statistics.median(walls)
+            out["eval_img_per_s"] = cfg["eval_batch"] / out["eval_s"]
+            out["eval_img_per_cpu_s"] = cfg["eval_batch"] / statistics.median(cpus)
+            if original is not None and not ref:
+                out.update(_compiled_eval(model, original, text, evaluate, eval_images, cfg, cpu_s, names,
+                                          template))
+    return out
+
+
+def _compiled_eval(model, original, text, evaluate, eval_images, cfg, cpu_s, names, template) -> dict:
+    """torch.compile of the evaluation (:func:`mmrl.engine.precision.compiled_logits`): the seconds of
+    compiling (the first call), images/s after it, and its accuracy against the float64 truth beside
+    the eager path's (tests/precision.py's error ratio, per logits kind, on 4 images)."""
+    import copy
+
+    import torch
+
+    from mmrl.engine import precision as amp
+
+    device = eval_images.device
+    prec = "fp32" if cfg["precision"] == "fp32" else "bf16"
+    run = amp.compiled_logits(model, text, device=device, precision=prec)
+    out = {}
+    t0, c0 = time.perf_counter(), cpu_s()
+    run(eval_images)
+    out["compile_s"], out["compile_cpu_s"] = time.perf_counter() - t0, cpu_s() - c0
+    walls, cpus = [], []
+    for _ in range(cfg["eval_batches"]):
+        t0, c0 = time.perf_counter(), cpu_s()
+        run(eval_images)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(cpu_s() - c0)
+    out["compiled_img_per_s"] = cfg["eval_batch"] / statistics.median(walls)
+    out["compiled_img_per_cpu_s"] = cfg["eval_batch"] / statistics.median(cpus)
+    x = eval_images[:4]
+    torch.set_default_dtype(torch.float64)
+    try:
+        m64 = copy.deepcopy(original).double()
+        m64.set_classes(names, template)
+        truth = m64.logits(x.double(), m64.encode_text())
+    finally:
+        torch.set_default_dtype(torch.float32)
+    del m64
+    eager, compiled = evaluate(x), run(x)
+
+    def err(a, b):
+        return float((a.double() - b).norm() / b.norm())
+    unit = 2.0 ** -8 if prec == "bf16" else 2.0 ** -24
+    out["compiled_error_ratio"] = {k: max(err(compiled.of(k), truth.of(k)), unit) / max(err(eager.of(k), truth.of(k)), unit)
+                                   for k in ("class", "rep", "fused")}
+    out["eager_rel_error"] = {k: err(eager.of(k), truth.of(k)) for k in ("class", "rep", "fused")}
     return out
 
 
@@ -375,7 +451,15 @@ def _prompt_stats(n: int, batch: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--precision", nargs="+", choices=("fp32", "bf16", "bf16-autocast"), default=["fp32"],
+                    help="one or more, measured side by side in alternating fresh processes: bf16 = mmrl's bf16 "
+                         "(frozen weights cast once on a CPU, loss head fp32), bf16-autocast = autocast over "
+                         "fp32 weights (the CPU path before the cast)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat each (classes, method, path) this many times, the precisions alternating")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile of the evaluation (compile seconds, img/s after, accuracy "
+                         "against float64 beside the eager path's)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     ap.add_argument("--steps", type=int, default=None,
                     help="timed training steps of the fast path after 1 warm-up (default 5 CPU, 20 GPU)")
@@ -417,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "memory_gb": round(mem_total_gb(), 1),
                "torch": torch.__version__, "threads": args.threads, "device": args.device,
-               "precision": args.precision, "omp_wait": args.omp_wait}
+               "precision": args.precision, "omp_wait": args.omp_wait, "cpu_bf16": _cpu_bf16()}
     if gpu:
         machine["gpu"] = torch.cuda.get_device_name(0)
     results = {"machine": machine, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
@@ -433,35 +517,45 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fp32 matmul GFLOP/s ({args.threads} threads): "
               f"{ {k: round(v, 1) for k, v in results['gemm_gflops'].items() if k != 'error'} }", flush=True)
     t_start = time.time()
-    for n in args.classes:
-        for method in args.methods:
-            for path in args.paths:  # fast and reference one after the other: similar machine load
-                cfg = {"classes": n, "method": method, "path": path, "device": args.device,
-                       "precision": args.precision, "threads": args.threads, "batch": args.batch,
-                       "steps": steps if path == "fast" else ref_steps, "budget_s": args.budget_s,
-                       "eval_batch": args.eval_batch if method in eval_methods else 0,
-                       "eval_batches": args.eval_batches}
-                load = load_text()
-                need = REF_MB_PER_CLASS * n * args.batch / 4 + 2000
-                if path == "reference" and not gpu and args.max_mem_frac > 0 \
-                        and need > args.max_mem_frac * mem_available_mb():
-                    r = {"error": f"skipped: needs ~{need / 1024:.0f} GB, {mem_available_mb() / 1024:.0f} GB "
-                                  "available (--max-mem-frac)"}
-                else:
-                    r = _spawn(cfg, args.omp_wait)
-                r.update(cfg, loadavg_before=load, loadavg_after=load_text())
-                results["runs"].append(r)
-                if "error" in r:
-                    print(f"{n:5d} {method:7s} {path:9s} ERROR {r['error'][-300:]}", flush=True)
-                else:
-                    ev = f" eval {r['eval_img_per_s']:.2f} img/s" if "eval_img_per_s" in r else ""
-                    print(f"{n:5d} {method:7s} {path:9s} step {r.get('step_s', float('nan')):8.2f} s "
-                          f"(cpu {r.get('step_cpu_s', float('nan')):7.2f} s) peak {r.get('mem_peak_mb', 0):8.0f} MB"
-                          f"{ev}  load {load} [{time.time() - t_start:.0f} s]", flush=True)
+    plan = [(n, method, path, rnd, precision) for n in args.classes for method in args.methods
+            for path in args.paths  # fast and reference one after the other: similar machine load
+            for rnd in range(args.rounds) for precision in args.precision]  # precisions alternate
+    for n, method, path, rnd, precision in plan:
+        cfg = {"classes": n, "method": method, "path": path, "device": args.device,
+               "precision": precision, "threads": args.threads, "batch": args.batch,
+               "steps": steps if path == "fast" else ref_steps, "budget_s": args.budget_s,
+               "eval_batch": args.eval_batch if method in eval_methods else 0,
+               "eval_batches": args.eval_batches, "round": rnd,
+               "compile": args.compile and path == "fast"}
+        load = load_text()
+        need = REF_MB_PER_CLASS * n * args.batch / 4 + 2000
+        if path == "reference" and not gpu and args.max_mem_frac > 0 \
+                and need > args.max_mem_frac * mem_available_mb():
+            r = {"error": f"skipped: needs ~{need / 1024:.0f} GB, {mem_available_mb() / 1024:.0f} GB "
+                          "available (--max-mem-frac)"}
+        else:
+            r = _spawn(cfg, args.omp_wait)
+        r.update(cfg, loadavg_before=load, loadavg_after=load_text())
+        results["runs"].append(r)
+        if "error" in r:
+            print(f"{n:5d} {method:7s} {path:9s} {precision:13s} ERROR {r['error'][-300:]}", flush=True)
+        else:
+            ev = (f" eval {r['eval_img_per_s']:.2f} img/s ({r['eval_img_per_cpu_s']:.2f} per CPU-s)"
+                  if "eval_img_per_s" in r else "")
+            if "compile_s" in r:
+                ev += (f" compiled {r['compiled_img_per_s']:.2f} img/s ({r['compiled_img_per_cpu_s']:.2f} per "
+                       f"CPU-s) after {r['compile_s']:.0f} s compiling, error ratio vs eager "
+                       f"{max(r['compiled_error_ratio'].values()):.2f}")
+            print(f"{n:5d} {method:7s} {path:9s} {precision:13s} step {r.get('step_s', float('nan')):8.2f} s "
+                  f"(cpu {r.get('step_cpu_s', float('nan')):7.2f} s) peak {r.get('mem_peak_mb', 0):8.0f} MB"
+                  f"{ev}  load {load} [{time.time() - t_start:.0f} s]", flush=True)
     results["loadavg_end"] = load_text()
     results["total_s"] = time.time() - t_start
     print()
-    print(table(results))
+    if len(args.precision) > 1:
+        print(precision_table(results))
+    else:
+        print(table(results))
     print()
     print(flop_table(results))
     if args.json:
@@ -470,6 +564,45 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(results, indent=1))
         os.replace(tmp, args.json)
     return 0
+
+
+def _cpu_bf16() -> str:
+    from mmrl.engine.precision import choose_precision, native_cpu_bf16
+
+    import torch
+
+    return f"{native_cpu_bf16()[1]}; auto -> {choose_precision('auto', torch.device('cpu'))[0]}"
+
+
+def precision_table(results: dict) -> str:
+    """Markdown table: each precision beside fp32 per (classes, method, path), medians over the
+    rounds, with the load average before each run (range over the rounds)."""
+    groups: dict = {}
+    for r in results["runs"]:
+        if "error" not in r:
+            groups.setdefault((r["classes"], r["method"], r["path"]), {}).setdefault(r["precision"], []).append(r)
+
+    def med(rs, k):
+        v = [r[k] for r in rs if k in r]
+        return statistics.median(v) if v else None
+
+    def load(rs):
+        v = [float(r["loadavg_before"].split()[0]) for r in rs]
+        return f"{min(v):.1f}-{max(v):.1f}"
+    lines = ["| classes | method | path | precision | runs | step s | step CPU s | CPU-time speed-up | "
+             "eval img/s | eval img per CPU-s | eval CPU speed-up | compiled img per CPU-s | compile s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    fmt = (lambda x, f=".2f": "-" if x is None else format(x, f))
+    for (n, method, path), by in groups.items():
+        base = by.get("fp32", [])
+        for prec, rs in by.items():
+            sc, bc = med(rs, "step_cpu_s"), med(base, "step_cpu_s")
+            ec, bec = med(rs, "eval_img_per_cpu_s"), med(base, "eval_img_per_cpu_s")
+            lines.append(f"| {n} | {method} | {path} | {prec} | {len(rs)} | {fmt(med(rs, 'step_s'))} | {fmt(sc)} | "
+                         f"{fmt(bc / sc if sc and bc else None)}x | {fmt(med(rs, 'eval_img_per_s'))} | {fmt(ec)} | "
+                         f"{fmt(ec / bec if ec and bec else None)}x | {fmt(med(rs, 'compiled_img_per_cpu_s'))} | "
+                         f"{fmt(med(rs, 'compile_s'), '.0f')} | {load(rs)} |")
+    return "\n".join(lines)
 
 
 def table(results: dict) -> str:
