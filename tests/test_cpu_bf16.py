@@ -206,3 +206,38 @@ def test_bf16_export_is_as_accurate_as_bf16_inference(world, tmp_path, capsys):
     e_file, e_clf = rel_err(exported.logits(images), truth), rel_err(bf16.logits(images), truth)
     assert max(e_file, UNIT_ROUNDOFF[BF16]) <= TENSOR_RATIO_BOUND * max(e_clf, UNIT_ROUNDOFF[BF16]), (e_file, e_clf)
     assert rel_err(fp32.logits(images), truth) < 1e-5  # the fp32 classifier itself is fp32-exact
+
+
+def test_compiled_evaluation_is_as_accurate_as_eager(world, tmp_path, caplog):
+    """``eval.compile: true``: the compiled evaluation (one graph, the last batch padded) is as accurate
+    as the eager one. At bf16 its error is within tests/precision.py's per-tensor bound of the eager
+    error; the truth is the eager fp32 evaluation, which stands in for float64 here because its own
+    error (~1e-7 relative, measured against float64 in tests/test_models_fast_path.py) is four
+    orders of magnitude below bf16's unit roundoff. At fp32 the compiled logits must match that
+    truth to 1e-5 (inductor reorders and fuses sums: rounding of ~1e-7 per op, nothing more)."""
+    from mmrl.engine import EvalRequest, evaluate
+    from precision import TENSOR_RATIO_BOUND, rel_err
+
+    run = world["base"] / "compile"
+    assert main(tiny_train_argv(world["clip"], world["root"], run)) == 0
+
+    def logits(precision, compile, name):
+        preds = tmp_path / f"{name}.jsonl"
+        # batch 3 of 8 test images: the last batch (2) is padded to the compiled size
+        res = evaluate(run, EvalRequest("dtd", output_dir=tmp_path / name, predictions=preds),
+                       settings={"eval.precision": precision, "eval.compile": compile, "eval.batch_size": 3})
+        rows = [json.loads(line) for line in preds.read_text().splitlines()]
+        return res, torch.tensor([r["logits"] for r in rows], dtype=torch.float64)
+
+    _, truth = logits("fp32", False, "fp32")
+    for precision in ("bf16", "fp32"):
+        unit = UNIT_ROUNDOFF[BF16] if precision == "bf16" else 2.0 ** -24
+        res_e, eager = logits(precision, False, f"eager-{precision}")
+        res_c, compiled = logits(precision, True, f"compiled-{precision}")
+        assert res_c["n"] == res_e["n"] == 8 and res_c["precision"] == precision
+        if precision == "fp32":  # the truth here is fp32; both errors against it are rounding only
+            assert rel_err(compiled, truth) < 1e-5
+        else:
+            ratio = max(rel_err(compiled, truth), unit) / max(rel_err(eager, truth), unit)
+            assert ratio <= TENSOR_RATIO_BOUND, ratio
+    assert "torch.compile failed" not in caplog.text  # the compiled graph ran, not the eager fallback

@@ -73,7 +73,7 @@ def writable_outputs(run_dir: Path | None, out_dir: Path | None, predictions: st
 def evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsample: str, kind: str, *,
                     splits, batch_size: int, precision: str, num_workers: int, skip_bad: bool,
                     predictions: str | Path | None, progress: bool | None,
-                    dist_info: ddp_util.DistInfo | None = None) -> dict[str, Any]:
+                    dist_info: ddp_util.DistInfo | None = None, compile: bool | None = False) -> dict[str, Any]:
     settings = eval_settings(model, cfg, dataset)
     why = eval_precision(precision, model_device(model))[1]
     precision = inference_precision(model, precision, model_device(model))  # what auto means here
@@ -82,7 +82,7 @@ def evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsam
         logits, labels, idx = run_inference(
             model, splits.test, splits.classnames, splits.template, kind, batch_size=batch_size,
             precision=precision, num_workers=num_workers, skip_bad=skip_bad, progress=progress,
-            desc=f"eval {splits.name}-{subsample}", dist_info=dist_info)
+            desc=f"eval {splits.name}-{subsample}", dist_info=dist_info, compile=compile)
     res = {"dataset": splits.name, "subsample": subsample, **summarize(logits, labels, splits.classnames),
            "logits": kind, **recorded_settings(settings), "template": splits.template, "precision": precision,
            "precision_reason": why,           "time_s": round(time.time() - t0, 3)}
@@ -96,7 +96,8 @@ def evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsam
 # The run-config keys that say HOW to evaluate; `mmrl eval`'s flags override them for one evaluation.
 
 
-EVAL_SETTINGS = ("eval.batch_size", "eval.precision", "data.num_workers", "data.skip_bad_images", "device")
+EVAL_SETTINGS = ("eval.batch_size", "eval.precision", "eval.compile", "data.num_workers", "data.skip_bad_images",
+                 "device")
 DEFAULTS = RunConfig()  # an in-memory model without a config is evaluated with the keys' defaults
 
 
@@ -193,7 +194,7 @@ def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, requ
         model, cfg, dataset, subsample, kind, splits=splits, batch_size=how["eval.batch_size"],
         precision=how["eval.precision"], num_workers=how["data.num_workers"],
         skip_bad=bool(how["data.skip_bad_images"]), predictions=request.predictions, progress=progress,
-        dist_info=dinfo)
+        dist_info=dinfo, compile=how["eval.compile"])
     if cfg is not None:
         res.update({"method": cfg.method.name, "protocol": cfg.protocol, "trained_on": cfg.data.dataset,
                     "trained_subsample": cfg.data.subsample, "shots": cfg.data.shots, "seed": cfg.seed,

@@ -30,15 +30,17 @@ def model_device(model: nn.Module) -> torch.device:
 def run_inference(model: nn.Module, items: Sequence, classnames: list[str], template: str, kind: str, *,
                   batch_size: int = 250, precision: str = "fp32", num_workers: int | None = 0,
                   skip_bad: bool = False,
-                  progress: bool | None = None, desc: str = "eval", dist_info: ddp_util.DistInfo | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+                  progress: bool | None = None, desc: str = "eval", dist_info: ddp_util.DistInfo | None = None,
+                  compile: bool | None = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Logits of ``kind`` for every item: ``(logits (N, C) fp32 CPU, labels (N,), item indices)``.
 
     Items dropped as unreadable (``skip_bad``) are absent from the returned indices.
     ``num_workers`` None = the machine's default (:func:`mmrl.data.default_num_workers`).
     With ``dist_info`` of several ranks (every rank must call this), each rank computes a
     contiguous share of the evaluation batches (the same batches as one process) and the
-    results are gathered on every rank in item order.
+    results are gathered on every rank in item order. ``compile``: the image tower through
+    ``torch.compile`` on a CPU (:func:`mmrl.engine.precision.compiled_logits`); None = when there
+    are at least :data:`mmrl.engine.precision.COMPILE_MIN_IMAGES` items.
     """
     info = dist_info or ddp_util.DistInfo()
 
@@ -62,11 +64,16 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
         else:
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **data.worker_options(num_workers),
                                 pin_memory=device.type == "cuda")
+        if amp.use_compile(compile, device, len(ds)):
+            run = amp.compiled_logits(model, text, device=device, precision=precision)
+        else:
+            def run(images: torch.Tensor):
+                return amp.logits(model, images, text, device=device, precision=precision)
         out_logits, out_labels, out_idx = [], [], []
         it = Progress(loader, total=len(loader), desc=desc, tty=use_tty_progress(progress) and info.is_main)
         for images, labels, idx in it:
             images = images.to(device, non_blocking=True)
-            lg = amp.logits(model, images, text, device=device, precision=precision)
+            lg = run(images)
             chosen = lg.of(kind)
             out_logits.append(chosen.float().cpu())
             out_labels.append(labels)

@@ -241,3 +241,16 @@ def compiled_logits(model: nn.Module, text: torch.Tensor, *, device: torch.devic
             return eager(images)
         return type(out)(*(t[:n] for t in out))
     return run
+
+
+# eval.compile null: compile when the test list has at least this many images. Compiling ViT-B/16's
+# evaluation graph costs ~50-85 s on 2 shared cores and saves ~0.07 s per image in bf16
+# (docs/performance.md#compiled-evaluation): it pays from ~750 images on; 1000 leaves a margin.
+COMPILE_MIN_IMAGES = 1000
+
+
+def use_compile(compile: bool | None, device: torch.device, n_images: int) -> bool:
+    """Whether an evaluation of ``n_images`` compiles (``eval.compile``; CPU only, where it was measured)."""
+    if device.type != "cpu":
+        return False
+    return n_images >= COMPILE_MIN_IMAGES if compile is None else bool(compile)
