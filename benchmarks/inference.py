@@ -97,6 +97,14 @@ def setup(work: Path, n_classes: list[int]) -> dict:
     return {"clip": clip_file, "run": run, "image": image, "classes": classes}
 
 
+ENGINES = {"mmrl": "mmrl eval / predict fp32 (CLIP + adapter)",
+           "mmrl-bf16": "mmrl eval / predict bf16 (weights cast once)",
+           "mmrl-bf16-compiled": "mmrl eval bf16, torch.compile",
+           "mmrl-compiled": "mmrl eval fp32, torch.compile",
+           "torch": "exported .pt2 fp32 (torch.export)", "torch-bf16": "exported .pt2 bf16",
+           "onnx": "exported .onnx fp32 (onnxruntime)"}
+
+
 # --------------------------------------------------------------------------- workers
 def worker(cfg: dict) -> dict:
     """One engine in this process: throughput at each batch size, logits of the fixed batch."""
@@ -105,18 +113,31 @@ def worker(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     g = torch.Generator().manual_seed(0)
     batch = torch.randn(max(cfg["batches"] + [4]), 3, 224, 224, generator=g)
-    if cfg["engine"] == "mmrl":
+    if cfg["engine"].startswith("mmrl"):
         from mmrl.engine import load_run
+        from mmrl.engine import precision as amp
 
+        # mmrl / mmrl-bf16 (the frozen weights cast once, as `mmrl eval` at bf16) / *-compiled
+        prec = "bf16" if "bf16" in cfg["engine"] else "fp32"
+        dev = torch.device("cpu")
         model, _ = load_run(cfg["run"], device="cpu")
+        amp.cast_frozen(model, prec)
         model.set_classes(cfg["names"], cfg["template"])
         with torch.no_grad():
-            text = model.encode_text()
+            text = amp.encode_text(model, device=dev, precision=prec)
+        if cfg["engine"].endswith("compiled"):
+            graphs = {}
 
-        def run(x):
-            with torch.no_grad():
-                return model.logits(x, text).fused
-    elif cfg["engine"] == "torch":
+            def run(x):  # one compiled graph per batch size (the padding is for a test set's last batch)
+                with torch.no_grad():
+                    if x.shape[0] not in graphs:
+                        graphs[x.shape[0]] = amp.compiled_logits(model, text, device=dev, precision=prec)
+                    return graphs[x.shape[0]](x).fused
+        else:
+            def run(x):
+                with torch.no_grad():
+                    return amp.logits(model, x, text, device=dev, precision=prec).fused
+    elif cfg["engine"].startswith("torch"):
         module = torch.export.load(cfg["file"]).module()  # a file this benchmark exported itself: trusted
 
         def run(x):
@@ -134,10 +155,14 @@ def worker(cfg: dict) -> dict:
 
         def run(x):
             return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    t0 = time.perf_counter()
     out: dict = {"logits": run(batch[:4]).tolist()}
+    out["first_call_s"] = time.perf_counter() - t0  # compiled engines: the compile of batch 4
     for b in cfg["batches"]:
         x = batch[:b].contiguous()
-        run(x)  # warm-up
+        t0 = time.perf_counter()
+        run(x)  # warm-up (compiled engines: compiles this batch size)
+        out[f"warmup_s_b{b}"] = time.perf_counter() - t0
         walls: list[float] = []
         cpus: list[float] = []
         while len(walls) < cfg["min_reps"] or (sum(walls) < cfg["budget_s"] and len(walls) < 1000):
@@ -188,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-reps", type=int, default=3)
     ap.add_argument("--ttfp-repeats", type=int, default=2, help="time-to-first-prediction runs (best is kept)")
     ap.add_argument("--work", default="/tmp/mmrl-bench-inference", help="folder for the CLIP file, run, exports")
+    ap.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES),
+                    help="throughput engines, alternating in fresh processes")
+    ap.add_argument("--rounds", type=int, default=1, help="throughput rounds (medians are reported)")
+    ap.add_argument("--skip-ttfp", action="store_true", help="no time-to-first-prediction runs")
     ap.add_argument("--json", help="write all results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -215,21 +244,23 @@ def main(argv: list[str] | None = None) -> int:
     files: dict = {}
     for n, c in s["classes"].items():
         names = ",".join(c["names"])
-        for fmt, suffix in (("onnx", "onnx"), ("torch", "pt2")):
-            f = work / f"mmrl-{n}.{suffix}"
+        for fmt, suffix, prec in (("onnx", "onnx", "fp32"), ("torch", "pt2", "fp32"), ("torch-bf16", "pt2", "bf16")):
+            f = work / f"mmrl-{n}-{prec}.{suffix}"
             cmd = [sys.executable, "-m", "mmrl", "export", str(s["run"]), "-o", str(f), "--classes", names,
-                   "--template", c["template"], "--logits", "fused"]
+                   "--template", c["template"], "--logits", "fused", "--precision", prec]
             res["export_s"][f"{fmt}-{n}"] = _timed(cmd, args.threads)
             res["sizes_mb"][f"{fmt}-{n}"] = f.stat().st_size / 2**20
             files[(fmt, n)] = f
             print(f"export {fmt} {n} classes: {res['export_s'][f'{fmt}-{n}']:.1f}s, "
                   f"{res['sizes_mb'][f'{fmt}-{n}']:.1f} MiB", flush=True)
-    for n, c in s["classes"].items():
+    for n, c in ({} if args.skip_ttfp else s["classes"]).items():
         cmds = {"mmrl predict": [sys.executable, "-m", "mmrl", "predict", str(s["run"]), str(s["image"]),
                                  "--classes", ",".join(c["names"]), "--template", c["template"], "--logits",
                                  "fused", "--device", "cpu"],
                 "onnx": [sys.executable, str(EXAMPLE), str(files[("onnx", n)]), str(s["image"])],
-                "torch": [sys.executable, str(EXAMPLE), str(files[("torch", n)]), str(s["image"]), "--trust-pt2"]}
+                "torch": [sys.executable, str(EXAMPLE), str(files[("torch", n)]), str(s["image"]), "--trust-pt2"],
+                "torch-bf16": [sys.executable, str(EXAMPLE), str(files[("torch-bf16", n)]), str(s["image"]),
+                               "--trust-pt2"]}
         for name, cmd in cmds.items():
             walls = [_timed(cmd, args.threads) for _ in range(args.ttfp_repeats)]
             res["ttfp_s"][f"{name}-{n}"] = min(walls)
@@ -238,16 +269,25 @@ def main(argv: list[str] | None = None) -> int:
     c = s["classes"][n]
     base = {"threads": args.threads, "batches": args.batches, "budget_s": args.budget_s, "min_reps": args.min_reps,
             "run": str(s["run"]), "names": c["names"], "template": c["template"]}
-    outs = {}
-    for engine in ("mmrl", "torch", "onnx"):
-        cfg = dict(base, engine=engine, file=str(files.get((engine, n), "")))
-        outs[engine] = _spawn_worker(cfg, args.threads)
-        res["throughput"][engine] = {k: v for k, v in outs[engine].items() if k != "logits"}
-        print(f"throughput {engine}: " + ", ".join(
-            f"batch {b} {outs[engine][f'img_per_s_b{b}']:.2f} img/s ({outs[engine][f'img_per_cpu_s_b{b}']:.2f} "
-            "per CPU-s)" for b in args.batches), flush=True)
-    for engine in ("torch", "onnx"):
-        res["agreement"][engine] = _rel(outs[engine]["logits"], outs["mmrl"]["logits"])
+    outs: dict = {}
+    for rnd in range(args.rounds):  # the engines alternate, each run a fresh process
+        for engine in args.engines:
+            cfg = dict(base, engine=engine, file=str(files.get((engine, n), "")))
+            load = load_text()
+            o = _spawn_worker(cfg, args.threads)
+            o["loadavg_before"] = load
+            outs.setdefault(engine, []).append(o)
+            print(f"throughput {engine} (round {rnd + 1}, load {load}): " + ", ".join(
+                f"batch {b} {o[f'img_per_s_b{b}']:.2f} img/s ({o[f'img_per_cpu_s_b{b}']:.2f} per CPU-s)"
+                for b in args.batches) + f", first call {o['first_call_s']:.1f} s", flush=True)
+    for engine, runs in outs.items():  # medians over the rounds
+        res["throughput"][engine] = {k: statistics.median(r[k] for r in runs) for k in runs[0]
+                                     if k not in ("logits", "loadavg_before")}
+        res["throughput"][engine]["loads"] = [r["loadavg_before"] for r in runs]
+    ref = outs["mmrl"][0]["logits"] if "mmrl" in outs else None
+    for engine, runs in outs.items():
+        if ref is not None and engine != "mmrl":
+            res["agreement"][engine] = _rel(runs[0]["logits"], ref)
     res["loadavg_end"] = load_text()
     print(table(res, args))
     if args.json:
@@ -257,20 +297,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(res: dict, args) -> str:
     b = args.batches
+    engines = list(res["throughput"])
     rows = ["| engine | " + " | ".join(f"img/s batch {x}" for x in b) + " | "
             + " | ".join(f"img per CPU-s batch {x}" for x in b) + " | "
             + " | ".join(f"first prediction s ({n} classes)" for n in args.classes) + " | file MiB |",
             "|---" * (2 + 2 * len(b) + len(args.classes)) + "|"]
-    names = {"mmrl": "mmrl eval / predict (CLIP + adapter)", "torch": "exported .pt2 (torch.export)",
-             "onnx": "exported .onnx (onnxruntime)"}
-    for engine, label in names.items():
+    for engine in engines:
+        label = ENGINES[engine]
         tp = res["throughput"][engine]
         ttfp = [res["ttfp_s"].get(f"{'mmrl predict' if engine == 'mmrl' else engine}-{n}") for n in args.classes]
-        size = (res["sizes_mb"]["clip_file"] + res["sizes_mb"]["adapter"] if engine == "mmrl"
+        size = (res["sizes_mb"]["clip_file"] + res["sizes_mb"]["adapter"] if engine.startswith("mmrl")
                 else res["sizes_mb"][f"{engine}-{args.classes[0]}"])
         rows.append(f"| {label} | " + " | ".join(f"{tp[f'img_per_s_b{x}']:.2f}" for x in b) + " | "
                     + " | ".join(f"{tp[f'img_per_cpu_s_b{x}']:.2f}" for x in b) + " | "
-                    + " | ".join(f"{t:.2f}" for t in ttfp) + f" | {size:.0f} |")
+                    + " | ".join("-" if t is None else f"{t:.2f}" for t in ttfp) + f" | {size:.0f} |")
+    rows.append("")
+    rows.append("load average before each run: " + "; ".join(f"{e} {res['throughput'][e]['loads']}" for e in engines))
     rows.append("")
     rows.append("export s: " + ", ".join(f"{k} {v:.1f}" for k, v in res["export_s"].items())
                 + "; agreement (max rel. logit difference vs mmrl): "
