@@ -519,8 +519,8 @@ def prepare_splits(name: str, root: str | Path | None, *, shots: int, seed: int,
     `imbalance_type` exp / step cuts the training shots to the long-tailed profile
     (:mod:`mmrl.data.imbalance`) over the training classes.
     """
-    if subsample not in ("all", "base", "new"):
-        raise ValueError(f"subsample={subsample!r}; expected all, base or new")
+    if subsample not in vocab.SUBSAMPLES:
+        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(vocab.SUBSAMPLES)}")
     corrupted = noise_type != "none" or imbalance_type != "none"
     if split_file is not None:
         if corrupted:

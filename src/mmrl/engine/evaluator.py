@@ -113,7 +113,7 @@ class EvalRequest:
 
     def __post_init__(self) -> None:
         if self.subsample not in SUBSAMPLES:
-            raise ValueError(f"subsample={shown(self.subsample)}; expected all, base or new")
+            raise ValueError(f"subsample={shown(self.subsample)}; expected one of {', '.join(SUBSAMPLES)}")
         if self.logits not in LOGIT_CHOICES:
             raise ValueError(f"logits={shown(self.logits)}; expected one of {', '.join(LOGIT_CHOICES)}")
 
