@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     setup_cli_logging()
 
     def go() -> int:
-        from mmrl.engine.zeroshot import zeroshot
+        from mmrl.engine.baseline import zeroshot
 
         res = zeroshot(args.dataset, args.root, args.subsample, backbone=args.backbone, output=args.output,
                        shots=args.shots, seed=args.seed, template=args.template, batch_size=args.batch_size,

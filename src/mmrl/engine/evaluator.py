@@ -4,7 +4,7 @@
 Which classes, logits and method settings is decoupled inference's choice
 (:mod:`mmrl.engine.decoupled`); running the model over the images and sharding them over
 torchrun ranks is :mod:`mmrl.engine.inference`. The zero-shot baseline is
-:mod:`mmrl.engine.zeroshot`, prediction of image files :mod:`mmrl.engine.predict`.
+:mod:`mmrl.engine.baseline`, prediction of image files :mod:`mmrl.engine.prediction`.
 """
 from __future__ import annotations
 

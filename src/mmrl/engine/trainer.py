@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 
 from mmrl.backbone_spec import TOY_CLIP_NAME
-from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
+from mmrl.config import (ConfigError, RunConfig, canonical_dataset, config_differences, load_config, toy_settings,
+                         validate)
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
@@ -38,7 +39,6 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fit
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.models import build_method
-from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
