@@ -1,15 +1,20 @@
-"""Atomic file writes: a crash or ``kill -9`` leaves either the old file or the new one.
+"""Atomic file writes, and the one JSON reader.
 
-Written to a temporary file in the same folder, fsynced, then ``os.replace``d.
+Writes: a crash or ``kill -9`` leaves either the old file or the new one (written to a temporary
+file in the same folder, fsynced, then ``os.replace``d). Reads: :func:`read_json` /
+:func:`loads_json` fail with one line naming the file, whatever the file holds.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from mmrl.errors import UserError
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
@@ -70,20 +75,53 @@ def read_safetensors_header(path: str | Path) -> dict:
         if not 0 < n <= SAFETENSORS_HEADER_MAX:
             raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
         try:
-            header = json.loads(f.read(n))
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"{path}: not a safetensors file (header is not JSON: {e})") from e
+            header = loads_json(f.read(n), path)
+        except JSONFileError as e:
+            raise ValueError(f"{path}: not a safetensors file (header is not JSON: {str(e).split(': ', 1)[1]})") from e
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
     return header
 
 
+class JSONFileError(UserError, ValueError):
+    """A JSON file (or JSON text inside a file) that cannot be read; the message is one line naming
+    the file. A ValueError, so callers that treat a damaged file as absent keep doing so."""
+
+
+def loads_json(text: str | bytes, source: str | Path) -> Any:
+    """``json.loads`` whose failures are one :class:`JSONFileError` naming ``source``.
+
+    Every JSON the project reads goes through here (or :func:`read_json`): a file from
+    elsewhere may be nested deeper than Python's parser recurses (``[[[[...``, a few bytes
+    per level), which raises RecursionError -- not a ValueError -- and would otherwise escape
+    as a traceback from wherever the file happens to be read.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JSONFileError(f"{source}: not valid JSON for mmrl: nested more than {JSON_DEPTH_MAX} levels "
+                            "deep (no file mmrl reads needs more than a few)") from None
+    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError of bytes that are not UTF-8
+        raise JSONFileError(f"{source}: not valid JSON ({e})") from None
+
+
+# Python's parser gives up at about its recursion limit (1000 by default); said in the message only.
+JSON_DEPTH_MAX = sys.getrecursionlimit()
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path``. OSError when it cannot be opened; :class:`JSONFileError` naming
+    the file when it is not JSON (also when nested too deeply, or not UTF-8)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    return loads_json(raw, path)
+
+
 def read_json_or_none(path: str | Path) -> dict | None:
     """The JSON object in ``path``, or None when absent, unreadable or not an object
-    (e.g. cut short by a writer that crashed)."""
+    (e.g. cut short by a writer that crashed, or nested too deeply to parse)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

@@ -21,7 +21,6 @@
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's
     eval_file_name,
 )
 from mmrl.errors import CorruptFileError
+from mmrl.fileio import JSONFileError, read_json
 
 
 def now_iso() -> str:
@@ -52,11 +52,10 @@ def read_run_info(run_dir: str | Path) -> dict | None:
     if not p.is_file():
         return None
     try:
-        with open(p, encoding="utf-8") as f:
-            info = json.load(f)
-    except ValueError as e:
-        raise CorruptFileError(f"{p}: not valid JSON ({e}); the run's status file is damaged: delete it to let "
-                               "`mmrl train` treat the folder as a run to resume or replace") from e
+        info = read_json(p)
+    except JSONFileError as e:
+        raise CorruptFileError(f"{e}; the run's status file is damaged: delete it to let "
+                               "`mmrl train` treat the folder as a run to resume or replace") from None
     if not isinstance(info, dict):
         raise CorruptFileError(f"{p}: expected a JSON object, found {type(info).__name__}")
     return info
@@ -91,9 +90,12 @@ def training_classnames(run_dir: str | Path) -> list[str] | None:
     p = Path(run_dir) / SPLIT_FILE
     if not p.is_file():
         return None
-    with open(p, encoding="utf-8") as f:
-        train = json.load(f).get("train", [])
-    names: dict[int, str] = {int(y): c for _, y, c in train}
+    split = read_json(p)  # a damaged file: JSONFileError naming it
+    train = split.get("train", []) if isinstance(split, dict) else []
+    try:
+        names: dict[int, str] = {int(y): c for _, y, c in train}
+    except (TypeError, ValueError):
+        raise CorruptFileError(f"{p}: expected the split format (\"train\": [[path, label, classname], ...])") from None
     return [names[y] for y in sorted(names)] if names else None
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import shlex
 import time
@@ -40,7 +39,7 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_ch
                                  resolve_device, resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
-from mmrl.fileio import dumps_json
+from mmrl.fileio import dumps_json, loads_json, read_json_or_none
 from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
 
@@ -55,11 +54,7 @@ def _read_results(run_dir: Path) -> dict | None:
     p = run_dir / rd.RESULTS_FILE
     if not p.is_file():
         return None
-    try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError:  # damaged: the results are computed again
-        return None
+    return read_json_or_none(p)  # damaged: the results are computed again
 
 
 def _truncate_metrics(path: Path, keep_before_epoch: int) -> None:
@@ -70,9 +65,9 @@ def _truncate_metrics(path: Path, keep_before_epoch: int) -> None:
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                if json.loads(line)["epoch"] < keep_before_epoch:
+                if loads_json(line, path)["epoch"] < keep_before_epoch:
                     kept.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 break  # a line cut by a crash: everything after it is dropped too
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
