@@ -6,35 +6,75 @@ file in the same folder, fsynced, then ``os.replace``d). Reads: :func:`read_json
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from mmrl.errors import UserError
 
 
-def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, os.replace."""
+class WriteFailedError(UserError, OSError):
+    """A file could not be written (a full disk, a quota, an I/O error): the message names the file.
+
+    An OSError, so code that treats a failed cache write as a warning keeps doing so; a UserError,
+    so the command line prints it as one line. ``errno`` is the failed call's."""
+
+
+def write_failed(path: str | Path, e: OSError) -> WriteFailedError:
+    """The error to raise when writing ``path`` failed with ``e`` (the OS's own message often
+    names no file, e.g. ``[Errno 28] No space left on device``)."""
+    if isinstance(e, WriteFailedError):
+        return e
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (the disk or your quota is full: free space there, or write elsewhere)"
+    err = WriteFailedError(f"cannot write {path}: {reason}")
+    err.errno = e.errno
+    return err
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """A file to write ``path`` through: a temporary file in the same folder, fsynced and
+    ``os.replace``d over ``path`` when the block ends without an error.
+
+    On any error the temporary file is removed (a full disk leaves no ``.*.tmp`` behind) and
+    ``path`` keeps its old content; an OSError becomes :class:`WriteFailedError` naming ``path``.
+    ``mode``: ``"wb"`` or ``"w"`` (UTF-8 text), for files too large to build in memory first.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()  # a full disk shows here (or at fsync, on network file systems)
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        tmp = None
+    except OSError as e:
+        raise write_failed(path, e) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, os.replace
+    (:func:`open_atomic`: WriteFailedError naming ``path`` when it fails, nothing left behind)."""
+    with open_atomic(path) as f:
+        f.write(data)
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
@@ -127,22 +167,35 @@ def read_json_or_none(path: str | Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+WRITE_TEST_BYTES = 4096  # what check_writable_dir writes: an empty file still fits on a full disk
+
+
 def check_writable_dir(folder: str | Path, hint: str) -> Path:
-    """Create ``folder`` (and parents) if needed and prove that files can be created in it.
+    """Create ``folder`` (and parents) if needed and prove that files can be written in it.
 
     Raises :class:`mmrl.errors.NotWritableError` naming the folder, the reason and ``hint``
     (how to write elsewhere) -- before any work whose result would then be lost. A real
-    file is created and removed: permission bits, read-only mounts and full disks all show.
+    file of a few KB is written, fsynced and removed: permission bits, read-only mounts and
+    full disks (where creating an empty file still succeeds) all show.
     """
     from mmrl.errors import NotWritableError
 
     folder = Path(folder)
+    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mmrl-write-test.")
-        os.close(fd)
-        os.unlink(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * WRITE_TEST_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise NotWritableError(f"cannot write into {folder}: {reason}; {hint}") from e
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     return folder

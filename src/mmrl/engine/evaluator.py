@@ -30,7 +30,7 @@ from mmrl.engine.rundir import (EVAL_DIR, SPLIT_FILE, check_run_dir, eval_result
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import Progress, autocast, resolve_device, use_tty_progress
 from mmrl.errors import shown
-from mmrl.fileio import check_writable_dir, dumps_json
+from mmrl.fileio import check_writable_dir, dumps_json, open_atomic
 from mmrl.vocab import LOGIT_CHOICES, auto_logits, eval_file_name
 
 LOG = logging.getLogger("mmrl")
@@ -292,11 +292,8 @@ def write_predictions(path: str | Path, items: Sequence, idx: list[int], logits:
                       labels: torch.Tensor, classnames: list[str], kind: str) -> None:
     """One JSON object per image: image (relpath), label, classname, prediction,
     predicted_classname, correct, logits_kind, logits (the decision's logits)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     pred = logits.argmax(dim=-1).tolist()
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path, "w") as f:  # a full disk: WriteFailedError naming the file, no .tmp left
         for row, i in enumerate(idx):
             d = items[i]
             y = int(labels[row])
@@ -304,7 +301,6 @@ def write_predictions(path: str | Path, items: Sequence, idx: list[int], logits:
                                 "prediction": pred[row], "predicted_classname": classnames[pred[row]],
                                 "correct": pred[row] == y, "logits_kind": kind,
                                 "logits": logits[row].tolist()}) + "\n")
-    tmp.replace(path)
 
 
 def _evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsample: str, kind: str, *,

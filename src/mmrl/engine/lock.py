@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.errors import RunLockedError
-from mmrl.fileio import check_writable_dir, read_json_or_none
+from mmrl.fileio import check_writable_dir, read_json_or_none, write_failed
 
 RUN_LOCK_FILE = ".lock"
 # Another host's run-folder lock not refreshed for this long belongs to a machine that went away.
@@ -137,13 +137,26 @@ def acquire_claim(path: Path, timeout_s: float | None = None, extra: dict[str, A
         content = {**(extra or {}), "host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(),
                    "proc_start": _proc_start(os.getpid()), "time": time.time(),
                    "time_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_all(fd, json.dumps(content).encode())
+            os.fsync(fd)
+        except OSError as e:
+            # e.g. a full disk: the file exists but is empty, and would keep the next command out
+            # (an unreadable lock counts as being written for 30 s); it is ours, so remove it
+            path.unlink(missing_ok=True)
+            raise write_failed(path, e) from None
+        finally:
+            os.close(fd)
         return ClaimResult(Claim(path, token))
     seen = _read_claim(path)
     return ClaimResult(None, (seen[0] if seen else None) or {"host": "?", "pid": "?"})
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _take_over(path: Path, judged: dict | None, judged_mtime: float, timeout_s: float | None) -> bool:
@@ -266,8 +279,12 @@ class RunDirLock:
         while not p.exists() and p != p.parent:
             created.append(p)
             p = p.parent
-        check_writable_dir(run_dir, hint)
-        got = acquire_claim(run_lock_path(run_dir), timeout_s, extra={"command": command})
+        try:
+            check_writable_dir(run_dir, hint)
+            got = acquire_claim(run_lock_path(run_dir), timeout_s, extra={"command": command})
+        except OSError:  # not writable, or a full disk: leave no empty folders behind either
+            _remove_empty(created)
+            raise
         if got.claim is None:
             _remove_empty(created)
             h = got.holder or {}

@@ -39,7 +39,7 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_ch
                                  resolve_device, resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
-from mmrl.fileio import dumps_json, loads_json, read_json_or_none
+from mmrl.fileio import dumps_json, loads_json, read_json_or_none, write_failed, write_text_atomic
 from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
 
@@ -69,9 +69,7 @@ def _truncate_metrics(path: Path, keep_before_epoch: int) -> None:
                     kept.append(line if line.endswith("\n") else line + "\n")
             except (ValueError, KeyError, TypeError):
                 break  # a line cut by a crash: everything after it is dropped too
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic("".join(kept), path)
 
 
 def optimizer_step(out, optimizer, scaler, *, step: int, where: str, loss: torch.Tensor | None = None) -> None:
@@ -366,8 +364,11 @@ class RunFiles:
 
     def metric(self, row: dict[str, Any]) -> None:
         if self._metrics is not None:
-            self._metrics.write(dumps_json(row) + "\n")
-            self._metrics.flush()
+            try:
+                self._metrics.write(dumps_json(row) + "\n")
+                self._metrics.flush()
+            except OSError as e:  # a full disk: say which file (the OS's message names none)
+                raise write_failed(self.metrics_path, e) from None
 
     def checkpoint(self, **state) -> None:
         if self.writes:
