@@ -5,7 +5,8 @@ one process can create it) holding the holder's host, boot id, pid, process star
 time and a random token. It is *stale*, and may be taken over, when
 
 * its holder ran on this host (same host name and boot id) and that process is gone (the
-  pid is checked together with its start time, so a reused pid does not count), or
+  pid is checked together with its start time, so a reused pid does not count; a zombie --
+  killed but not yet reaped by its parent -- counts as gone), or
 * its holder ran on another host and the file was not touched for ``timeout_s`` seconds
   (holders touch their locks every ``heartbeat`` seconds with :class:`Heartbeat`, so only
   abandoned locks age).
@@ -51,14 +52,21 @@ def _boot_id() -> str:
         return ""
 
 
-def _proc_start(pid: int) -> str:
-    """Start time of a process (clock ticks since boot) or "" where /proc is not there; guards pid reuse."""
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or [] where /proc
+    does not have them."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
+        return []
     # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _proc_start(pid: int) -> str:
+    """Start time of a process (clock ticks since boot) or "" where /proc is not there; guards pid reuse."""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 HOST = socket.gethostname()
@@ -73,10 +81,13 @@ def pid_alive(pid: int, proc_start: str = "") -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    if proc_start:
-        now = _proc_start(pid)
-        if now and now != proc_start:
-            return False  # the pid was reused by another process
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        # killed (or exited) but not yet reaped by its parent: a zombie runs nothing and holds nothing;
+        # its pid stays taken until then, so os.kill alone says "alive"
+        return False
+    if proc_start and len(fields) > 19 and fields[19] != proc_start:
+        return False  # the pid was reused by another process
     return True
 
 

@@ -19,7 +19,7 @@ from mmrl import sweep
 from mmrl.fileio import write_json_atomic
 from mmrl.sweep import Cell, Outcome
 from mmrl.sweep.ablation import Vary, check_grid, parse_vary, points
-from mmrl.sweep.grid import EvalJob
+from mmrl.sweep.grid import EvalJob, check_data
 
 
 @dataclass
@@ -111,6 +111,7 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     defaults = check_grid(protocol, method, list(dict.fromkeys(c.dataset for c in grid)), grid_points, sets,
                           backbone, min((c.shots for c in grid), default=1))
     cells = sweep.take_shard(grid, *shard) if shard else grid
+    check_data(cells, root)  # this shard's: on a cluster each node may hold only the data of its own cells
     log(plan_text(protocol, method, grid, cells, varies, output, shard))
     if dry_run:
         return ReproduceResult(cells, [])

@@ -3,9 +3,11 @@ or `--jobs` CPU workers), each claimed first (:mod:`mmrl.sweep.state`) and logge
 `RUN_DIR/stdout.log`."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +27,34 @@ from mmrl.vocab import CONFIG_FILE, EVAL_DIR, RUN_FILE
 _TORCHRUN_VARS = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                             "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
                             "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS"})
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGTERM when the sweep dies, or None off Linux.
+
+    Without it a ``kill -9`` of ``mmrl reproduce`` leaves its ``mmrl train`` children running
+    unsupervised (their claims look abandoned, so a rerun would start a second writer; the run
+    folder lock stops that, but the orphans still hold the GPUs). SIGTERM, not SIGKILL: the child
+    stops as on Ctrl-C, marks its run interrupted and releases its lock, so a rerun resumes it.
+    The signal comes when the *thread* that started the child ends: a worker thread waits for
+    its child, so that is when the sweep process dies.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:  # looked up here, in the parent: after fork the child only makes the call
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the sweep died between fork and prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
 
 
 class SubprocessRunner:
@@ -88,7 +118,8 @@ class SubprocessRunner:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} host={HOST} pid={os.getpid()} "
                       f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}\n=== {' '.join(cmd)}\n")
             log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                    preexec_fn=_die_with_parent())
             with self._lock:
                 self._procs.add(proc)
             try:
@@ -142,9 +173,12 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
     `on_start` is called once the cell is claimed and work on it begins.
     """
     t0 = time.time()
-    if cell_state(cell).kind == "finished":
-        return Outcome(cell, "skipped", "already finished")
-    got = acquire_claim(claim_path(cell), claim_timeout)
+    try:
+        if cell_state(cell).kind == "finished":
+            return Outcome(cell, "skipped", "already finished")
+        got = acquire_claim(claim_path(cell), claim_timeout)
+    except Exception as e:  # e.g. a folder name the file system refuses, a full disk: this cell only
+        return Outcome(cell, "failed", _reason(e), time.time() - t0)
     if got.claim is None:
         h = got.holder or {}
         return Outcome(cell, "elsewhere", f"claimed by {h.get('host', '?')} pid {h.get('pid', '?')} "
@@ -181,12 +215,23 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
         if errors:
             return Outcome(cell, "failed", "; ".join(errors), time.time() - t0)
         return Outcome(cell, "done", "", time.time() - t0)
-    except Exception:  # a runner bug must not stop the other workers
-        return Outcome(cell, "failed", traceback.format_exc(limit=3).strip(), time.time() - t0)
+    except Exception as e:  # a runner bug, a full disk: fails this cell, never the worker
+        return Outcome(cell, "failed", _reason(e), time.time() - t0)
     finally:
         if heartbeat is not None:
             heartbeat.discard(got.claim.path)
-        release_claim(got.claim)
+        try:
+            release_claim(got.claim)
+        except OSError:
+            pass  # a claim that cannot be removed is taken over as stale (its holder is this process, once gone)
+
+
+def _reason(e: BaseException) -> str:
+    """Why a cell failed, on one line (the summary lists it); the traceback too with ``--debug``."""
+    from mmrl.errors import UserError, debug_enabled, error_line
+
+    line = error_line(e) if isinstance(e, (UserError, OSError)) else f"{type(e).__name__}: {error_line(e)}"
+    return f"{line}\n{traceback.format_exc(limit=5).strip()}" if debug_enabled() else line
 
 
 def _eta(elapsed: float, ran: int, left: int) -> str:
