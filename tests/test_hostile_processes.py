@@ -60,9 +60,10 @@ def test_kill_9_of_reproduce_kills_its_children_and_a_rerun_resumes(tmp_path):
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "mmrl", "reproduce", "base2novel", "--method", "mmrl", "--root", str(tmp_path),
             "--output", str(out), "--datasets", "Caltech101", "EuroSAT", "--seeds", "1", "--jobs", "2", "--no-report"]
+    cells = sweep.build_grid("base2novel", "mmrl", out, datasets=["Caltech101", "EuroSAT"], seeds=[1])
     sweep_proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(lambda: len(_calls(calls)) == 2, 60, "both train children to start")
+    try:  # both children training: their run.json written (what makes the rerun resume), now sleeping
+        _wait_for(lambda: all((c.run_dir / "config.yaml").exists() for c in cells), 60, "both train children")
     finally:
         t_kill = time.monotonic()
         sweep_proc.kill()                                  # SIGKILL: no handler of the sweep runs
@@ -77,7 +78,7 @@ def test_kill_9_of_reproduce_kills_its_children_and_a_rerun_resumes(tmp_path):
     assert "summary: 2 run now, 0 already finished" in again.stdout, again.stdout
     resumed = _calls(calls)[2:]
     assert len(resumed) == 2 and all(c["args"][-1] == "--resume" for c in resumed)
-    for c in sweep.build_grid("base2novel", "mmrl", out, datasets=["Caltech101", "EuroSAT"], seeds=[1]):
+    for c in cells:
         assert sweep.cell_state(c).kind == "finished"
 
 

@@ -21,6 +21,7 @@
 """
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's
     ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, RESULTS_FILE, RUN_FILE, SPLIT_FILE,
     eval_file_name,
 )
-from mmrl.errors import CorruptFileError
+from mmrl.errors import CorruptFileError, clip
 from mmrl.fileio import JSONFileError, read_json
 
 
@@ -133,8 +134,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     adapter_path = run_dir / ADAPTER_FILE
     info = read_run_info(run_dir) or {}
     if not adapter_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {ADAPTER_FILE} (run status: {info.get('status', 'unknown')}); "
-                                "resume the training with `mmrl train --resume RUN_DIR` first")
+        raise FileNotFoundError(no_adapter_message(run_dir, info))
     check_consistent(run_dir, cfg, info)
     dev = torch.device(device) if isinstance(device, torch.device) else resolve_device(device or "auto")
     backbone = load_backbone_checked(cfg.backbone, device=dev)
@@ -177,11 +177,32 @@ def _refuse_inconsistent(run_dir: Path, problems: list[str]) -> None:
                                f"from one run; {adapter_recovery(run_dir)}")
 
 
+def no_adapter_message(run_dir: str | Path, info: dict) -> str:
+    """Why a run folder has no adapter yet, and the way on: resume only where resuming helps (an
+    unfinished run); a failed run first needs its cause fixed, which the message names."""
+    run_dir = Path(run_dir)
+    status = info.get("status")
+    resume = f"mmrl train --resume {shlex.quote(str(run_dir.absolute()))}"
+    head = f"{run_dir}: no {ADAPTER_FILE}"
+    if status == "failed":
+        return (f"{head}: its training failed ({clip(str(info.get('error') or 'no reason recorded'), 300)}); "
+                f"resuming repeats that until its cause is fixed: fix it first, then run `{resume}`")
+    if status in ("running", "interrupted"):
+        return f"{head}: its training has not finished (run status {status}); resume it with `{resume}`"
+    if status == "finished" and info.get("source"):
+        return f"{head}, although run.json says the run is complete: the file was removed; {adapter_recovery(run_dir)}"
+    if status == "finished":
+        return (f"{head}, although run.json says the training finished: the file was removed; train it again with "
+                f"`{resume}` (from the last checkpoint when one is left, else from the start with the same config)")
+    return f"{head} and no run status: its training has not started; start it with `{resume}`"
+
+
 def adapter_recovery(run_dir: str | Path) -> str:
     """How to go on when a run's adapter file cannot be used."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir) or {}
     if info.get("source"):
         return "convert the official checkpoint again with `mmrl convert-official` into this folder or another one"
-    return (f"train the run again: delete {run_dir / ADAPTER_FILE} and run `mmrl train --resume {run_dir}` "
+    return (f"train the run again: delete {run_dir / ADAPTER_FILE} and run "
+            f"`mmrl train --resume {shlex.quote(str(run_dir.absolute()))}` "
             "(it resumes from the last checkpoint when one is left, else starts over with the same config)")

@@ -130,12 +130,23 @@ class SubprocessRunner:
             log.write(f"=== exit code {rc}\n")
         return rc
 
-    def terminate_all(self) -> None:
-        """Stop the children this runner started (on Ctrl-C / SIGTERM of the sweep)."""
+    def terminate_all(self, grace: float = 5.0) -> None:
+        """Stop the children this runner started (on Ctrl-C / SIGTERM of the sweep).
+
+        A terminal's Ctrl-C reaches the children too, and they are already stopping (marking their
+        runs interrupted): they get ``grace`` seconds to finish that before SIGTERM, which would
+        interrupt their clean-up a second time."""
         with self._lock:
             procs = list(self._procs)
+        deadline = time.monotonic() + grace
         for p in procs:
-            p.terminate()
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
         for p in procs:
             try:
                 p.wait(timeout=30)
@@ -152,7 +163,8 @@ class Outcome:
     """What happened to a cell in this invocation.
 
     status: "done" (ran now), "skipped" (already finished), "elsewhere"
-    (claimed by another live process), "failed".
+    (claimed by another live process), "interrupted" (its child was stopped by Ctrl-C or SIGTERM:
+    not a failure, the next run resumes it), "failed".
     """
     cell: Cell
     status: str
@@ -196,6 +208,8 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
             on_start(cell)
         if state.kind in ("fresh", "resume"):
             rc = run_train(cell)
+            if stopped_by_signal(rc):
+                return Outcome(cell, "interrupted", f"train {stopped_by_signal(rc)}", time.time() - t0)
             if rc != 0:
                 return Outcome(cell, "failed", f"train exited with code {rc}", time.time() - t0)
             state = cell_state(cell)
@@ -210,6 +224,8 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
             rc = run_eval(cell, job)
             what = f"eval {job.dataset}" + (f" {job.subsample}" if job.subsample != "all" else "") + \
                 (f" --logits {job.logits}" if job.logits != "auto" else "")
+            if stopped_by_signal(rc):
+                return Outcome(cell, "interrupted", f"{what} {stopped_by_signal(rc)}", time.time() - t0)
             if rc != 0 or not (cell.run_dir / EVAL_DIR / job.file).is_file():
                 errors.append(f"{what} exited with code {rc}" if rc else f"{what} wrote no file")
         if errors:
@@ -224,6 +240,26 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
             release_claim(got.claim)
         except OSError:
             pass  # a claim that cannot be removed is taken over as stale (its holder is this process, once gone)
+
+
+# How a child that Ctrl-C or SIGTERM stopped exits: `mmrl train`/`mmrl eval` catch the signal and exit
+# 130 (the shell's 128 + SIGINT); one stopped before its handler was set is killed by the signal itself
+# (Popen's -2 / -15); a shell in between reports 128 + the signal.
+_INTERRUPTED = {130: "SIGINT", 143: "SIGTERM", -signal.SIGINT: "SIGINT", -signal.SIGTERM: "SIGTERM"}
+
+
+def stopped_by_signal(rc: int) -> str:
+    """'was interrupted (exit code 130)' when exit status ``rc`` means Ctrl-C / SIGTERM, else ''."""
+    return f"was interrupted ({_INTERRUPTED[rc]}, exit code {rc})" if rc in _INTERRUPTED else ""
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped :func:`run_cells`; ``outcomes`` are those of the cells handled
+    (in grid order), so the caller can still say what happened to each."""
+
+    def __init__(self, outcomes: list["Outcome"]):
+        super().__init__("interrupted")
+        self.outcomes = outcomes
 
 
 def _reason(e: BaseException) -> str:
@@ -254,8 +290,8 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
     starts a subprocess, so the threads only wait). Outcomes are returned in
     grid order. A failing cell does not stop the others. On Ctrl-C (or
     SIGTERM turned into KeyboardInterrupt) no new cell starts, `on_interrupt`
-    stops the running children, the workers release their claims, and the
-    KeyboardInterrupt is re-raised.
+    stops the running children, the workers release their claims, and
+    :class:`SweepInterrupted` (a KeyboardInterrupt carrying the outcomes so far) is raised.
     """
     todo: queue.Queue[tuple[int, Cell]] = queue.Queue()
     for i, c in enumerate(cells):
@@ -287,6 +323,7 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
             if out.status == "skipped":
                 continue  # counted in the summary; one line per finished run would drown the rest
             msg = {"done": f"done in {out.seconds:.0f} s", "elsewhere": f"in progress elsewhere ({out.detail})",
+                   "interrupted": f"interrupted: {out.detail}; it resumes when the sweep runs again",
                    "failed": f"FAILED: {out.detail} (log: {c.log_path})"}[out.status]
             log(f"[{i + 1}/{total}] {c.name}: {msg}{_eta(time.time() - t_start, ran, total - handled)}")
 
@@ -315,5 +352,7 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
             if on_interrupt is not None:
                 on_interrupt()
             all_done.wait(60.0)  # let the workers record their outcome and release their claims
-            raise
+            with lock:
+                handled = [o for o in outcomes if o is not None]
+            raise SweepInterrupted(handled) from None
     return [o for o in outcomes if o is not None]
