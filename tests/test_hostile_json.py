@@ -40,19 +40,19 @@ def test_split_file_manifest_and_dataset_json(tmp_path):
     root = tmp_path / "root"
     folder = make_benchmark_dataset(root, "DescribableTextures")
     (folder / "split_zhou_DescribableTextures.json").write_text(DEEP)
-    with pytest.raises(data.DataError, match="split_zhou_DescribableTextures.json: not valid JSON.*nested"):
+    with pytest.raises(data.DataError, match="split_zhou_DescribableTextures.json: unreadable JSON: nested"):
         data.load_dataset("DescribableTextures", root)
 
     make_folder_dataset(tmp_path / "imgs")
     manifest = tmp_path / "m.json"
     manifest.write_text(DEEP)
-    with pytest.raises(data.DataError, match="m.json: not valid JSON.*nested"):
+    with pytest.raises(data.DataError, match="m.json: unreadable JSON: nested"):
         data.load_dataset(f"manifest:{manifest}", None)
 
     ds = tmp_path / "mine"
     ds.mkdir()
     (ds / "dataset.json").write_text(DEEP_OBJECT)
-    with pytest.raises(data.DataError, match="dataset.json: not valid JSON.*nested"):
+    with pytest.raises(data.DataError, match="dataset.json: unreadable JSON: nested"):
         data.load_dataset(f"dataset:{ds}", None)
 
 
@@ -60,10 +60,10 @@ def test_run_json_and_split_json_of_a_run(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(DEEP)
-    with pytest.raises(UserError, match="run.json: not valid JSON.*nested.*status file is damaged"):
+    with pytest.raises(UserError, match="run.json: unreadable JSON: nested.*status file is damaged"):
         rundir.read_run_info(run)
     (run / "split.json").write_text(DEEP)
-    with pytest.raises(UserError, match="split.json: not valid JSON.*nested"):
+    with pytest.raises(UserError, match="split.json: unreadable JSON: nested"):
         rundir.training_classnames(run)
 
 
@@ -88,7 +88,7 @@ def test_cli_one_line_no_traceback(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr and "RecursionError" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "split_zhou_DescribableTextures.json: not valid JSON" in lines[0], r.stderr
+    assert len(lines) == 1 and "split_zhou_DescribableTextures.json: unreadable JSON: nested" in lines[0], r.stderr
 
 
 def test_safetensors_header_nested(tmp_path):
@@ -97,5 +97,5 @@ def test_safetensors_header_nested(tmp_path):
     header = DEEP.encode()
     p = tmp_path / "a.safetensors"
     p.write_bytes(len(header).to_bytes(8, "little") + header)
-    with pytest.raises(ValueError, match="a.safetensors: not a safetensors file .header is not JSON: .*nested"):
+    with pytest.raises(ValueError, match="a.safetensors: not a safetensors file .its header: unreadable JSON: nested"):
         read_safetensors_header(p)

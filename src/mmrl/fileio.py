@@ -115,9 +115,9 @@ def read_safetensors_header(path: str | Path) -> dict:
         if not 0 < n <= SAFETENSORS_HEADER_MAX:
             raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
         try:
-            header = loads_json(f.read(n), path)
+            header = loads_json(f.read(n), "its header")
         except JSONFileError as e:
-            raise ValueError(f"{path}: not a safetensors file (header is not JSON: {str(e).split(': ', 1)[1]})") from e
+            raise ValueError(f"{path}: not a safetensors file ({e})") from e
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
     return header
@@ -139,8 +139,8 @@ def loads_json(text: str | bytes, source: str | Path) -> Any:
     try:
         return json.loads(text)
     except RecursionError:
-        raise JSONFileError(f"{source}: not valid JSON for mmrl: nested more than {JSON_DEPTH_MAX} levels "
-                            "deep (no file mmrl reads needs more than a few)") from None
+        raise JSONFileError(f"{source}: unreadable JSON: nested more than {JSON_DEPTH_MAX} levels deep "
+                            "(no file mmrl reads needs more than a few)") from None
     except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError of bytes that are not UTF-8
         raise JSONFileError(f"{source}: not valid JSON ({e})") from None
 
