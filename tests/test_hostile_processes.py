@@ -156,3 +156,53 @@ def test_child_gets_sigterm_not_orphaned_between_fork_and_prctl():
                             "ctypes.CDLL(None).prctl(2, ctypes.byref(s)); print(s.value)"],  # PR_GET_PDEATHSIG
                            preexec_fn=preexec, capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == str(int(signal.SIGTERM))
+
+
+def test_a_burst_of_sigterms_interrupts_once():
+    """A dying multi-threaded sweep sends its children's parent-death SIGTERM once per thread: only
+    the first interrupts, so the clean-up it starts (run marked interrupted, lock released) finishes."""
+    from mmrl.commands.common import sigterm_as_interrupt
+
+    cleaned, before = False, signal.getsignal(signal.SIGTERM)
+    with sigterm_as_interrupt():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+            pytest.fail("SIGTERM did not interrupt")
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGTERM)           # the second of the burst, inside the clean-up
+            time.sleep(0.05)
+            cleaned = True
+    assert cleaned
+    assert signal.getsignal(signal.SIGTERM) == before        # the handler from before is back
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_kill_9_of_a_real_sweep_marks_its_run_interrupted_and_the_rerun_resumes(tmp_path):
+    from helpers import make_benchmark_dataset, tiny_method_overrides, write_tiny_clip
+
+    root = tmp_path / "data"
+    make_benchmark_dataset(root, "DescribableTextures", per_class=10)
+    clip = write_tiny_clip(tmp_path / "clip.pt")
+    sets = [s for s in tiny_method_overrides() if not s.startswith("optim.epochs")] + ["optim.epochs=400"]
+    out = tmp_path / "sweep"
+    args = [sys.executable, "-m", "mmrl", "reproduce", "fewshot", "--method", "mmrl", "--root", str(root),
+            "--output", str(out), "--datasets", "dtd", "--shots", "2", "--seeds", "1", "--backbone", str(clip),
+            "--no-report", *[x for s in sets for x in ("--set", s)]]
+    run = sweep.build_grid("fewshot", "mmrl", out, datasets=["dtd"], shots=[2], seeds=[1])[0].run_dir
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (run / "checkpoint.safetensors").exists(), 120, "the first checkpoint")
+        child = json.loads((run / ".lock").read_text())["pid"]   # the `mmrl train` writing the run
+    finally:
+        proc.kill()
+        proc.wait()
+    _wait_for(lambda: not lock.pid_alive(child), 30, "the train child to stop")
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and "kept in checkpoint.safetensors" in info["stopped"]
+    assert not (run / ".lock").exists()                       # released by the child itself
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "summary: 1 run now" in again.stdout, again.stdout + again.stderr
+    assert "resuming from" in (run / "train.log").read_text()
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
