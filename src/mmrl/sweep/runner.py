@@ -40,7 +40,9 @@ def _die_with_parent() -> Callable[[], None] | None:
     folder lock stops that, but the orphans still hold the GPUs). SIGTERM, not SIGKILL: the child
     stops as on Ctrl-C, marks its run interrupted and releases its lock, so a rerun resumes it.
     The signal comes when the *thread* that started the child ends: a worker thread waits for
-    its child, so that is when the sweep process dies.
+    its child, so that is when the sweep process dies. Linux then hands the child to another
+    thread of the dying sweep and signals it again, once per thread: `mmrl train` and `mmrl eval`
+    act on the first SIGTERM only (:func:`mmrl.commands.common.sigterm_as_interrupt`).
     """
     if not sys.platform.startswith("linux"):
         return None
