@@ -88,13 +88,12 @@ STEP_WORKER = r"""
 import hashlib, json, sys, time, torch
 threads = int(sys.argv[1])
 torch.set_num_threads(threads)
-from mmrl.models import MMRL, load_backbone
-from mmrl.models.mmrl import MethodConfig
+from mmrl.models import build_method, load_backbone, method_config
 from mmrl.toyworld.demo import toy_overrides
 method = {k.split(".", 1)[1]: json.loads(v) for k, v in (o.split("=", 1) for o in toy_overrides("mmrl++"))
           if k.startswith("method.")}
 torch.manual_seed(0)
-model = MMRL(load_backbone("toy-clip"), MethodConfig(name="mmrl++", **method))
+model = build_method(load_backbone("toy-clip"), method_config("mmrl++", **method))
 model.set_classes([f"red {s}" for s in "circle square triangle star cross heart moon arrow".split()], "a photo of a {}.")
 model.train(); model.clip.eval()
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)

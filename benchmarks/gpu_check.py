@@ -53,7 +53,7 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("precision", "fastref", "cli", "ddp", "speed")
-METHODS = ("mmrl", "mmrl++")
+METHODS = ("mmrl", "mmrl++")  # the published methods (mmrl.methods registers them first)
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEMA_VERSION = 1
 
@@ -232,11 +232,11 @@ def section_precision(sec: Section, device, smoke: bool, steps: int) -> None:
     import torch
 
     from mmrl.engine.trainer import train_step
-    from mmrl.models import MMRL, MethodConfig
+    from mmrl.models import build_method, method_config
     from train_step import class_names
 
     backbone = _backbone(smoke, device)
-    method_kw = dict(n_rep_tokens=3, rep_dim=16, first_rep_block=2, proj_lora_rank=4) if smoke else {}
+    method_kw = dict(n_rep_tokens=3, rep_dim=16, first_rep_block=2) if smoke else {}
     class_counts = (5,) if smoke else (47, 1000)
     size = backbone.image_size
     table = []
@@ -247,7 +247,8 @@ def section_precision(sec: Section, device, smoke: bool, steps: int) -> None:
         labels = [torch.randint(0, n_classes, (4,), generator=g).to(device) for _ in range(steps)]
         for method in METHODS:
             torch.manual_seed(0)
-            model = MMRL(backbone, MethodConfig(name=method, **method_kw)).to(device)
+            plus = {"proj_lora_rank": 4} if smoke and method == "mmrl++" else {}
+            model = build_method(backbone, method_config(method, **method_kw, **plus)).to(device)
             start = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
             with _float64_default():  # the ground truth of the first step's loss
                 m64 = copy.deepcopy(model).double()

@@ -72,12 +72,12 @@ def setup(work: Path, n_classes: list[int]) -> dict:
         from mmrl.config import resolve_config
         from mmrl.engine import rundir as rd
         from mmrl.engine.checkpoint import save_adapter
-        from mmrl.models import MMRL, load_backbone
+        from mmrl.models import build_method, load_backbone
 
         cfg = resolve_config("mmrl", "fewshot", "dtd", None, [], flags={"backbone": str(clip_file),
                                                                        "output": str(run)})
         torch.manual_seed(0)
-        model = MMRL(load_backbone(str(clip_file)), cfg.method)
+        model = build_method(load_backbone(str(clip_file)), cfg.method)
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():  # a "trained" adapter: the fresh one plus noise (aligners differ per block)
             for p in model.adapter_state_dict().values():

@@ -247,7 +247,7 @@ def run_one(cfg: dict) -> dict:
 
     import torch
 
-    from mmrl.models import MMRL, MethodConfig, load_backbone, reference
+    from mmrl.models import build_method, load_backbone, method_config, reference
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -272,7 +272,7 @@ def run_one(cfg: dict) -> dict:
         return r.ru_utime + r.ru_stime
 
     backbone = load_backbone("ViT-B-16", pretrained=False, device=device)
-    model = MMRL(backbone, MethodConfig(name=cfg["method"]))
+    model = build_method(backbone, method_config(cfg["method"]))
     names, template, _ = class_names(cfg["classes"])
     t0 = time.perf_counter()
     model.set_classes(names, template)

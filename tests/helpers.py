@@ -227,12 +227,12 @@ def train_killed_after_first_checkpoint(argv: Sequence[str], timeout: float = 30
 import os, signal, sys, torch
 torch.set_num_threads(1)
 from mmrl.cli import main
-from mmrl.engine import trainer
-real = trainer.save_checkpoint
+from mmrl.engine import rundir
+real = rundir.save_checkpoint
 def save_then_die(path, **kw):
     real(path, **kw)
     os.kill(os.getpid(), signal.SIGKILL)
-trainer.save_checkpoint = save_then_die
+rundir.save_checkpoint = save_then_die
 main({[str(a) for a in argv]!r})
 """
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)

@@ -211,13 +211,13 @@ def test_interrupt_says_where_and_how_to_resume(world, sig):
 import os, signal, sys, torch
 torch.set_num_threads(1)
 from mmrl.cli import main
-from mmrl.engine import trainer
-real = trainer.save_checkpoint
+from mmrl.engine import rundir
+real = rundir.save_checkpoint
 def save_then_interrupt(path, **kw):
     real(path, **kw)
     if kw["epoch"] == 1:
         os.kill(os.getpid(), signal.{sig})  # as Ctrl-C (or a stopping sweep) after the first epoch
-trainer.save_checkpoint = save_then_interrupt
+rundir.save_checkpoint = save_then_interrupt
 sys.exit(main({[str(a) for a in argv]!r}))
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -323,11 +323,11 @@ def test_other_everyday_mistakes(world, cli, tmp_path):
 
 # --------------------------------------------------------------------------- unexpected errors, --debug
 def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(world, cli, monkeypatch):
-    import mmrl.engine.evaluator
+    import mmrl.engine.predict
 
     def boom(*a, **k):
         raise RuntimeError("something nobody foresaw")
-    monkeypatch.setattr(mmrl.engine.evaluator, "predict", boom)
+    monkeypatch.setattr(mmrl.engine.predict, "predict", boom)
     argv = ["predict", world["run"], world["bad_train"], "--classes", "a,b"]
     rc, _, err = cli(argv)
     line = _one_line(err)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmrl.config import (PRESET_DIR, ConfigError, RunConfig, all_keys, dump_config, load_config, resolve_config,
-                         KEY_DOCS)
+from mmrl.config import (PRESET_DIR, ConfigError, RunConfig, all_keys, dump_config, key_docs, load_config,
+                         resolve_config)
 
 
 # --------------------------------------------------------------------------- presets and per-dataset values
@@ -22,7 +22,7 @@ def test_every_preset_resolves_with_protocol_values(method, protocol):
     assert (cfg.optim.weight_decay, cfg.optim.betas, cfg.optim.warmup_lr) == (5e-4, (0.9, 0.999), 1e-5)
     assert cfg.eval.batch_size == 250 and cfg.eval.precision == "fp32"
     assert cfg.backbone == "ViT-B-16" and cfg.data.shots == 16
-    expected = {  # protocols.md, hyperparameter table: (batch, epochs, lr, warm-up epochs, subsample)
+    expected = {  # docs/protocols.md#per-protocol: (batch, epochs, lr, warm-up epochs, subsample)
         ("mmrl", "base2novel"): (4, 10, 1e-3, 1, "base"), ("mmrl++", "base2novel"): (4, 10, 1e-3, 1, "base"),
         ("mmrl", "fewshot"): (32, 50, 1e-3, 1, "all"), ("mmrl++", "fewshot"): (32, 100, 2e-3, 1, "all"),
         ("mmrl", "crossdataset"): (32, 1, 1e-3, 0, "all"), ("mmrl++", "crossdataset"): (32, 1, 1e-3, 0, "all"),
@@ -86,7 +86,7 @@ def test_dump_and_load_round_trip(tmp_path):
 
 
 def test_key_docs_cover_every_key():
-    assert set(all_keys()) == set(KEY_DOCS)
+    assert set(all_keys()) == set(key_docs())
 
 
 def test_every_preset_field_is_commented():
@@ -195,18 +195,18 @@ def test_each_key_documented_once_and_shown_everywhere():
     from pathlib import Path
 
     from mmrl.commands import train
-    from mmrl.config import RunConfig, dump_config, key_table
+    from mmrl.config import dump_config, key_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert key_table() in readme  # regenerate with: python -m mmrl.config
-    dumped = dump_config(RunConfig())
-    for key, text in KEY_DOCS.items():
+    dumped = "".join(dump_config(resolve_config(m, "fewshot", "dtd")) for m in ("mmrl", "mmrl++"))
+    for key, text in key_docs().items():
         assert text and f"# {text}" in dumped, key
     p = argparse.ArgumentParser()
     train.add_arguments(p)
     helps = {a.dest: a.help for a in p._actions}
-    assert helps["shots"] == f"{KEY_DOCS['data.shots']} (config key data.shots)"
-    assert helps["root"] == f"{KEY_DOCS['data.root']} (config key data.root)"
+    assert helps["shots"] == f"{key_docs()['data.shots']} (config key data.shots)"
+    assert helps["root"] == f"{key_docs()['data.root']} (config key data.root)"
 
 
 def test_light_modules_do_not_import_torch(tmp_path):

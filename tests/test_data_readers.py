@@ -63,7 +63,7 @@ def test_registry_lists_and_templates():
                             "FGVCAircraft", "SUN397", "DescribableTextures", "EuroSAT", "UCF101"]
     assert IMAGENET_VARIANTS == ["ImageNetV2", "ImageNetSketch", "ImageNetA", "ImageNetR"]
     assert set(BENCHMARKS) == set(ALL_DATASETS) and len(ALL_DATASETS) == 15
-    # the templates of protocols.md's table
+    # the templates of docs/protocols.md#the-15-datasets
     assert dataset_template("dtd") == "{} texture."
     assert dataset_template("eurosat") == "a centered satellite photo of {}."
     assert dataset_template("food101") == "a photo of {}, a type of food."
@@ -200,7 +200,7 @@ def test_variant_classnames_fall_back_to_imagenet(tmp_path):
 # --------------------------------------------------------------------------- building splits from raw data
 
 def _coop_read_and_split(image_dir, ignored=(), renames=None, seed=1):
-    """CoOp's DTD.read_and_split_data with the global random module (listings sorted, per protocols.md)."""
+    """CoOp's DTD.read_and_split_data with the global random module (listings sorted, per docs/protocols.md#reader-details)."""
     state = random.getstate()
     random.seed(seed)
     try:

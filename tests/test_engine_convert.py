@@ -13,7 +13,7 @@ from helpers import (make_benchmark_dataset, random_adapter, read_jsonl, tiny_me
 from mmrl import data
 from mmrl.cli import main
 from mmrl.config import resolve_config
-from mmrl.models import MMRL, load_backbone
+from mmrl.models import build_method, load_backbone
 
 torch.set_num_threads(1)
 
@@ -29,7 +29,7 @@ def world(tmp_path_factory):
 def _direct_logits(world, method, tensors, subsample):
     """Logits of the model with ``tensors`` set directly, on the test images of ``subsample``."""
     cfg = resolve_config(method, "base2novel", "dtd", overrides=tiny_method_overrides(method))
-    model = MMRL(load_backbone(str(world["clip"])), cfg.method).eval()
+    model = build_method(load_backbone(str(world["clip"])), cfg.method).eval()
     model.load_adapter_state_dict(tensors)
     splits = data.prepare_splits("dtd", world["root"], shots=2, seed=1, subsample=subsample)
     ds = data.ImageDataset(splits.test, data.build_transform(False, 32))
@@ -43,7 +43,7 @@ def _direct_logits(world, method, tensors, subsample):
 @pytest.mark.parametrize("method, prefix", [("mmrl", "module."), ("mmrl++", "")])
 def test_convert_official_round_trip(world, method, prefix):
     cfg = resolve_config(method, "base2novel", "dtd", overrides=tiny_method_overrides(method))
-    shapes = MMRL(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
+    shapes = build_method(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
     tensors = random_adapter(shapes, seed=3)
     ckpt = write_official_checkpoint(world["base"] / method / "model.pth.tar-10", tensors, method, prefix)
     run = world["base"] / f"run-{method}"
@@ -74,7 +74,7 @@ def test_convert_official_round_trip(world, method, prefix):
 
 def test_convert_official_wrong_method_is_explained(world, capsys):
     cfg = resolve_config("mmrl", "base2novel", "dtd", overrides=tiny_method_overrides("mmrl"))
-    shapes = MMRL(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
+    shapes = build_method(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
     ckpt = write_official_checkpoint(world["base"] / "wrong" / "model.pth.tar-5", random_adapter(shapes), "mmrl")
     argv = ["convert-official", str(ckpt), "--method", "mmrl++", "--backbone", str(world["clip"]),
             "--dataset", "dtd", "--protocol", "base2novel", "-o", str(world["base"] / "wrong-run")]
@@ -87,7 +87,7 @@ def test_convert_official_wrong_method_is_explained(world, capsys):
 
 def test_convert_official_shape_mismatch_is_explained(world, capsys):
     cfg = resolve_config("mmrl", "base2novel", "dtd", overrides=tiny_method_overrides("mmrl"))
-    shapes = MMRL(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
+    shapes = build_method(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
     ckpt = write_official_checkpoint(world["base"] / "shape" / "model.pth.tar-5", random_adapter(shapes), "mmrl")
     argv = ["convert-official", str(ckpt), "--method", "mmrl", "--backbone", str(world["clip"]),
             "--dataset", "dtd", "--protocol", "base2novel", "-o", str(world["base"] / "shape-run")]

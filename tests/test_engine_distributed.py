@@ -82,13 +82,12 @@ def test_rank_losses_average_to_the_single_process_gradient(tmp_path, method):
     with the global batch size, world size and rank_batches' weights; DDP averages their
     gradients. The average equals the single-process gradient, also with a padding rank
     (global batch of 2 over 3 ranks), and the summed metrics equal the single-process loss."""
-    from mmrl.models import MMRL, load_backbone
-    from mmrl.models.mmrl import MethodConfig
+    from mmrl.models import build_method, load_backbone, method_config
 
     torch.manual_seed(0)
     lora = {"proj_lora_rank": 4, "aligner_lora_rank": 2} if method == "mmrl++" else {}
-    model = MMRL(load_backbone(str(write_tiny_clip(tmp_path / "clip.pt"))),
-                 MethodConfig(name=method, first_rep_block=2, n_rep_tokens=2, rep_dim=16, **lora)).double()
+    model = build_method(load_backbone(str(write_tiny_clip(tmp_path / "clip.pt"))),
+                         method_config(method, first_rep_block=2, n_rep_tokens=2, rep_dim=16, **lora)).double()
     model.set_classes(["a", "b", "c"], "a photo of a {}.")
     with torch.no_grad():
         for p in model.parameters():

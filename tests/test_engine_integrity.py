@@ -71,13 +71,13 @@ def test_no_json_the_project_writes_contains_nan(tmp_path):
 
 def test_a_diverged_step_writes_valid_metrics(world, monkeypatch, tmp_path):
     """metrics.jsonl of a run whose loss is NaN stays valid JSON (null where the value is not finite)."""
-    from mmrl.engine import trainer
+    from mmrl.engine import rundir
 
-    real = trainer.RunFiles.metric
+    real = rundir.RunFiles.metric
 
     def nan_metric(self, row):
         real(self, {**row, "loss": math.nan})
-    monkeypatch.setattr(trainer.RunFiles, "metric", nan_metric)
+    monkeypatch.setattr(rundir.RunFiles, "metric", nan_metric)
     out = tmp_path / "run"
     assert main(tiny_train_argv(world["clip"], world["root"], out)) == 0
     rows = [_strict_json(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]

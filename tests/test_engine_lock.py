@@ -177,10 +177,10 @@ def test_eval_refused_while_the_run_is_written_but_may_write_elsewhere(world, tm
 def test_convert_official_takes_the_lock(world, tmp_path, capsys):
     from helpers import random_adapter, write_official_checkpoint
     from mmrl.config import resolve_config
-    from mmrl.models import MMRL, load_backbone
+    from mmrl.models import build_method, load_backbone
 
     cfg = resolve_config("mmrl", "fewshot", "dtd", overrides=tiny_method_overrides("mmrl"))
-    shapes = MMRL(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
+    shapes = build_method(load_backbone(str(world["clip"])), cfg.method).adapter_shapes()
     ckpt = write_official_checkpoint(tmp_path / "model.pth.tar-5", random_adapter(shapes), "mmrl")
     out = tmp_path / "converted"
     argv = ["convert-official", str(ckpt), "--method", "mmrl", "--backbone", str(world["clip"]), "--dataset", "dtd",

@@ -1,4 +1,4 @@
-"""The per-epoch learning-rate schedule (method.md) and the seeded global batch order."""
+"""The per-epoch learning-rate schedule (docs/method.md#optimisation) and the seeded global batch order."""
 from __future__ import annotations
 
 import math
@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 
 def spec_lr(e: int, lr: float, E: int, warmup: bool, warmup_lr: float = 1e-5) -> float:
-    """method.md, written out: warm-up epoch at 1e-5, then lr (1 + cos(pi (e - 1) / E)) / 2;
+    """docs/method.md#optimisation, written out: warm-up epoch at 1e-5, then lr (1 + cos(pi (e - 1) / E)) / 2;
     without warm-up lr (1 + cos(pi e / E)) / 2."""
     if warmup:
         return warmup_lr if e == 0 else lr * (1 + math.cos(math.pi * (e - 1) / E)) / 2

@@ -80,7 +80,7 @@ def test_train_then_eval(world, method, protocol):
         assert other["beta"] == (0.3 if protocol == "crossdataset" else cfg.method.beta)
     else:
         assert other["beta"] is None
-    assert model.cfg.beta == cfg.method.beta
+    assert model.cfg == cfg.method  # the settings used on another dataset were put back
 
 
 def test_run_dir_logs_and_metrics(world):
@@ -122,7 +122,7 @@ def test_eval_predictions_file(world):
 
 def test_eval_logit_kinds_decompose_as_the_spec_says(world):
     """`mmrl eval --logits class|rep|fused`: each kind's logits per image, and fused = alpha class + (1 - alpha)
-    rep (method.md). The three come from the same fp32 features; the identity holds to a few fp32 roundings
+    rep (docs/method.md#logits). The three come from the same fp32 features; the identity holds to a few fp32 roundings
     of logits of size <= logit_scale = 100 (ulp 7.6e-6), so 1e-4 is tight yet safe on any CPU."""
     run = _train(world, "kinds", protocol="base2novel")
     alpha = yaml.safe_load((run / "config.yaml").read_text())["method"]["alpha"]

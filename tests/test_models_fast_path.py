@@ -20,7 +20,7 @@ from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 
 from mmrl.models.backbone import Backbone, _frozen  # noqa: E402
 from mmrl.models import reference as reference_path  # noqa: E402
-from mmrl.models.mmrl import MMRL, MethodConfig  # noqa: E402
+from mmrl.models import MMRL, build_method, method_config  # noqa: E402
 from precision import UNIT_ROUNDOFF, amp_outputs, error_ratios, ratio_failures, rel_err  # noqa: E402
 
 # fp32: both paths compute the same sums in a different order (SDPA vs MultiheadAttention,
@@ -67,9 +67,10 @@ def make_model(clip, tokenizer, method: str, J: int, dtype: torch.dtype, seed: i
     """MMRL(++) with K=3 and every trainable tensor perturbed (LoRA B != 0, blocks differ)."""
     clip = copy.deepcopy(clip).to(dtype)
     torch.manual_seed(seed)
-    model = MMRL(Backbone(clip, tokenizer, "tiny"),
-                 MethodConfig(name=method, n_rep_tokens=3, rep_dim=16, first_rep_block=J,
-                              beta=0.6, reg_weight=2.0, proj_lora_rank=4, aligner_lora_rank=2)).to(dtype)
+    plus = {"beta": 0.6, "proj_lora_rank": 4, "aligner_lora_rank": 2} if method == "mmrl++" else {}
+    model = build_method(Backbone(clip, tokenizer, "tiny"),
+                         method_config(method, n_rep_tokens=3, rep_dim=16, first_rep_block=J, reg_weight=2.0,
+                                       **plus)).to(dtype)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:

@@ -1,4 +1,4 @@
-"""The core method against method.md, point by point, on tiny CLIPs built in-process."""
+"""The core method against docs/method.md, point by point, on tiny CLIPs built in-process."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 import mmrl.models.reference as reference
 from mmrl.cli import main as cli_main
 from mmrl.models.backbone import Backbone, _frozen, _tokenizer, check_vit_clip, load_backbone
-from mmrl.models.mmrl import MMRL, MethodConfig
+from mmrl.methods import MMRLConfig, MMRLPlusConfig
+from mmrl.models import MMRL, build_method, method_config
 from mmrl.models.zeroshot import ZeroShotCLIP
 
 CLASSES = ["cat", "dog house", "golden_retriever", "a very long class name with many words in it"]
@@ -43,8 +44,9 @@ def perturbed(model: MMRL, scale: float = 0.1, seed: int = 1) -> MMRL:
 
 
 def make(name: str, dtype=torch.float64, **kw) -> MMRL:
-    cfg = MethodConfig(name=name, n_rep_tokens=3, rep_dim=16, first_rep_block=2, beta=0.6, **kw)
-    model = perturbed(MMRL(tiny_backbone(), cfg)).to(dtype)
+    plus = {"beta": 0.6} if name == "mmrl++" else {}
+    cfg = method_config(name, n_rep_tokens=3, rep_dim=16, first_rep_block=2, **plus, **kw)
+    model = perturbed(build_method(tiny_backbone(), cfg)).to(dtype)
     model.set_classes(CLASSES, TEMPLATE)
     return model
 
@@ -74,7 +76,7 @@ def test_tower_code_without_tokens_equals_open_clip():
     backbone's own encode_image / encode_text (fp32; 1e-5 relative: only the attention
     kernel (SDPA vs nn.MultiheadAttention) and op order differ)."""
     bb = tiny_backbone()
-    model = MMRL(bb, MethodConfig(n_rep_tokens=3, rep_dim=16, first_rep_block=3))
+    model = MMRL(bb, MMRLConfig(n_rep_tokens=3, rep_dim=16, first_rep_block=3))
     model.set_classes(CLASSES, TEMPLATE)
     x = images(dtype=torch.float32)
     with torch.no_grad():
@@ -170,7 +172,7 @@ def test_eot_read_at_eot_plus_k_and_causal_mask(monkeypatch):
 
 # ----------------------------------------------------------------------------- init
 def test_initial_state_mmrl():
-    model = MMRL(tiny_backbone(), MethodConfig(name="mmrl", n_rep_tokens=5, rep_dim=512, first_rep_block=2))
+    model = build_method(tiny_backbone(), method_config("mmrl", n_rep_tokens=5, rep_dim=512, first_rep_block=2))
     assert model.rep_tokens.shape == (5, 512)
     # N(0, 0.02^2): 2560 samples, std within 10% (5 sigma of the sample std's spread is ~7%)
     assert abs(model.rep_tokens.std().item() - 0.02) < 0.002
@@ -187,7 +189,7 @@ def test_initial_state_mmrl():
 
 
 def test_initial_state_mmrl_plus():
-    model = MMRL(tiny_backbone(), MethodConfig(name="mmrl++", n_rep_tokens=5, rep_dim=512, first_rep_block=2))
+    model = build_method(tiny_backbone(), method_config("mmrl++", n_rep_tokens=5, rep_dim=512, first_rep_block=2))
     al = model.vision_aligner
     rep = model.rep_tokens
     for i in range(len(al)):
@@ -271,14 +273,14 @@ def test_zero_shot_clip_matches_open_clip():
                                        ("beta", 1.5), ("beta", -0.1), ("alpha", 2.0), ("rep_dim", 0),
                                        ("name", "coop"), ("reg_weight", -1.0)])
 def test_invalid_settings_name_the_key(key, value):
-    cfg = MethodConfig(**{key: value}) if key != "first_rep_block" else MethodConfig(first_rep_block=value)
+    cfg = MMRLPlusConfig(**{key: value})  # MMRL++: every key of MMRL and its own
     with pytest.raises(ValueError, match=f"method.{key}"):
-        MMRL(tiny_backbone(layers=4), cfg)
+        build_method(tiny_backbone(layers=4), cfg)
 
 
 def test_too_shallow_backbone_says_why():
     with pytest.raises(ValueError, match="at least J blocks"):
-        MMRL(tiny_backbone(layers=4), MethodConfig(first_rep_block=6))
+        MMRL(tiny_backbone(layers=4), MMRLConfig(first_rep_block=6))
 
 
 def test_resnet_clip_refused():
@@ -349,11 +351,11 @@ def test_open_clip_name_with_local_checkpoint(tmp_path):
 
 
 def test_vit_b16_parameter_counts():
-    """Trainable parameter counts of method.md on the ViT-B/16 architecture (random init)."""
+    """Trainable parameter counts of docs/method.md#trainable-parameters on the ViT-B/16 architecture (random init)."""
     bb = load_backbone("ViT-B-16", pretrained=False)
-    assert MMRL(bb, MethodConfig(name="mmrl")).num_trainable_parameters() == 4_992_256
-    assert MMRL(bb, MethodConfig(name="mmrl++")).num_trainable_parameters() == 813_312
-    assert MMRL(bb, MethodConfig(name="mmrl", rep_dim=2048)).num_trainable_parameters() == 18_762_496
+    assert build_method(bb, method_config("mmrl")).num_trainable_parameters() == 4_992_256
+    assert build_method(bb, method_config("mmrl++")).num_trainable_parameters() == 813_312
+    assert build_method(bb, method_config("mmrl", rep_dim=2048)).num_trainable_parameters() == 18_762_496
 
 
 def test_describe_cli(capsys):

@@ -239,7 +239,7 @@ def test_base2novel_zeroshot_row_and_cli(tmp_path):
     (zdir / "DescribableTextures-new.json").write_text(json.dumps({"accuracy": 59.90}))
     assert main(["report", str(out), "--out", str(tmp_path / "r"), "--no-plots"]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
-    assert md_row(md, "DescribableTextures", after="### MMRL++")[1:3] == ["1/3", "80.00"]
+    assert md_row(md, "DescribableTextures", after="### MMRL++")[1:3] == ["1/1", "80.00"]  # no grid file: ad hoc
     zrow = md_row(md, "DescribableTextures", after="### CLIP zero-shot (ours)")
     assert zrow[2:4] == ["53.24", "59.90"] and zrow[5] == f"{hm(53.24, 59.90):.2f}"
     # no published MMRL++ numbers in the spec: dash

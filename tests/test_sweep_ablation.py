@@ -115,7 +115,7 @@ def test_grid_files_record_each_point_and_its_defaults(tmp_path):
         base = out / "ablation" / f"method.reg_weight={value}"
         (grid,) = (base / "base2novel" / "mmrl").glob("grid-*.json")
         spec = json.loads(grid.read_text())
-        # lambda's default differs per dataset (protocols.md: MMRL ImageNet 0.5, EuroSAT 0.01)
+        # lambda's default differs per dataset (docs/protocols.md#per-dataset: MMRL ImageNet 0.5, EuroSAT 0.01)
         assert spec["ablation"] == {"values": {"method.reg_weight": value},
                                     "defaults": {"ImageNet": {"method.reg_weight": 0.5},
                                                  "EuroSAT": {"method.reg_weight": 0.01}}}

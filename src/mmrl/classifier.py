@@ -88,17 +88,17 @@ class Classifier:
 
     @classmethod
     def _for_classes(cls, model, cfg, run_dir: Path, **class_set) -> "Classifier":
-        from mmrl.engine.evaluator import model_image_size, resolve_class_set, using_beta
+        from mmrl.engine.decoupled import recorded_settings, resolve_class_set
+        from mmrl.engine.inference import model_image_size
         from mmrl.engine.export import build_metadata
-        from mmrl.models.frozen import FrozenClassifier
 
         cs = resolve_class_set(model, cfg, run_dir, **class_set)
         model.eval()
-        with torch.no_grad(), using_beta(model, cs.beta):
+        with torch.no_grad(), model.using(cs.settings):
             model.set_classes(cs.classnames, cs.template)
-            frozen = FrozenClassifier(model, cs.kind).eval()
+            frozen = model.freeze(cs.kind).eval()
         meta = build_metadata(classnames=cs.classnames, template=cs.template, kind=cs.kind,
-                              image_size=model_image_size(model), method=model.cfg.name, beta=cs.beta,
+                              image_size=model_image_size(model), method=model.cfg.name, beta=recorded_settings(cs.settings)["beta"],
                               alpha=float(model.cfg.alpha), logit_scale=float(model.cfg.logit_scale),
                               backbone=cfg.backbone, trained_on=cfg.data.dataset,
                               trained_subsample=cfg.data.subsample, dataset=cs.dataset, run=str(run_dir))

@@ -33,12 +33,13 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import yaml
 
+from mmrl import methods
 from mmrl.errors import UserError, clip, shown
-from mmrl.vocab import METHODS, PROTOCOLS, MethodConfig, dataset_slug, doc
+from mmrl.methods import MethodConfig, MMRLConfig
+from mmrl.vocab import PROTOCOLS, SUBSAMPLES, dataset_slug, doc
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
-SUBSAMPLES = ("all", "base", "new")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DATASET_OVERRIDES_FILE = PRESET_DIR / "datasets.yaml"
 
@@ -48,6 +49,43 @@ class ConfigError(UserError, ValueError):
 
 
 # --------------------------------------------------------------------------- dataclasses
+# the names mmrl.data.noise / mmrl.data.imbalance take (kept here so that reading a config imports no data code)
+NOISE_TYPES = ("none", "symflip", "pairflip")
+IMBALANCE_TYPES = ("none", "exp", "step")
+IMBALANCE_ORDERS = ("label", "shuffled")
+
+
+def _check_choice(source: str, key: str, value: Any, options: Iterable[str], note: str = "") -> None:
+    options = tuple(options)
+    if value not in options:
+        close = difflib.get_close_matches(str(value), options, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{source}: {key} = {shown(value)}: expected one of {', '.join(options)}{note}{hint}")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Wrong labels among the training shots, JoAPR's protocol (the ``data.noise`` section)."""
+
+    type: str = doc(
+        "label noise of the training shots (JoAPR's protocol): none / symflip (wrong shots are images of any "
+        "other class) / pairflip (images of the next class)", "none")
+    shots: int = doc("wrong shots per class: how many of data.shots are another class's image given this "
+                     "class's label (JoAPR's NUM_FP; 0 with a noise type = JoAPR's clean sampling)", 0)
+
+
+@dataclass(frozen=True)
+class ImbalanceConfig:
+    """A long-tailed profile over the training classes (the ``data.imbalance`` section)."""
+
+    type: str = doc(
+        "class imbalance of the training shots: none / exp (class c of C keeps max(1, floor(shots * "
+        "ratio^(c/(C-1))))) / step (the first half of the classes keeps all, the rest max(1, floor(shots * ratio)))",
+        "none")
+    ratio: float = doc("rho = n_min / n_max of the imbalance, in (0, 1]", 0.02)
+    order: str = doc("which classes are rare: label (the last labels) / shuffled (a seeded permutation)", "label")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = doc(
@@ -68,6 +106,29 @@ class DataConfig:
     cache_dir: Optional[str] = doc(
         "cache for splits built from raw data; null = $MMRL_CACHE_DIR or ~/.cache/mmrl",
         None)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
+
+    def validate(self, source: str = "config") -> None:
+        """The noise and imbalance keys, alone and against data.shots; ConfigError naming the key."""
+        noise, imb = self.noise, self.imbalance
+        _check_choice(source, "data.noise.type", noise.type, NOISE_TYPES)
+        if noise.shots < 0:
+            raise ConfigError(f"{source}: data.noise.shots = {shown(noise.shots)}: expected an integer >= 0")
+        if noise.type == "none" and noise.shots > 0:
+            raise ConfigError(f"{source}: data.noise.shots = {noise.shots} with data.noise.type none: expected "
+                              "data.noise.type symflip or pairflip (or data.noise.shots 0)")
+        if noise.type != "none" and self.shots < 1:
+            raise ConfigError(f"{source}: data.noise.type = {noise.type} needs a few-shot sample: expected "
+                              f"data.shots >= 1, got {self.shots}")
+        if noise.shots > self.shots >= 1:
+            raise ConfigError(f"{source}: data.noise.shots = {noise.shots}: expected at most data.shots "
+                              f"({self.shots}): the wrong shots are among each class's shots")
+        _check_choice(source, "data.imbalance.type", imb.type, IMBALANCE_TYPES)
+        if not 0.0 < imb.ratio <= 1.0:
+            raise ConfigError(f"{source}: data.imbalance.ratio = {shown(imb.ratio)}: expected rho = n_min / n_max "
+                              "in (0, 1]")
+        _check_choice(source, "data.imbalance.order", imb.order, IMBALANCE_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -105,7 +166,7 @@ class RunConfig:
     vary: tuple[str, ...] = doc(
         "keys this run varies in an ablation (mmrl reproduce --vary sets it); run.json records their values "
         "and mmrl report groups the runs by them", ())
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodConfig = field(default_factory=MMRLConfig)  # the class of method.name (mmrl.methods)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -155,20 +216,37 @@ def leaves(cfg: Any, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field,
             yield f"{prefix}{f.name}", f, v
 
 
-# Every key's one-line meaning, read from the fields' documentation (each key is documented once,
-# where it is declared): the comments of config.yaml, --help, and the README's key table.
-KEY_DOCS: dict[str, str] = {key: f.metadata["doc"] for key, f, _ in leaves(RunConfig())}
+def every_leaf() -> list[tuple[str, dataclasses.Field, Any]]:
+    """Every key of every registered method's config, in the config's order (the ``method`` section
+    lists the first method's keys, then the keys only later methods have), with its default."""
+    out = []
+    for key, f, v in leaves(RunConfig()):
+        if not key.startswith("method."):
+            out.append((key, f, v))
+        elif key == "method.name":
+            seen: dict[str, tuple[str, dataclasses.Field, Any]] = {}
+            for name in methods.names():
+                for k, mf, mv in leaves(methods.get(name).config(), "method."):
+                    seen.setdefault(k, (k, mf, mv))
+            out.extend(seen.values())
+    return out
+
+
+def key_docs() -> dict[str, str]:
+    """Every key's one-line meaning, read from the fields' documentation (each key is documented
+    once, where it is declared): the comments of config.yaml, --help, and the README's key table."""
+    return {key: f.metadata["doc"] for key, f, _ in every_leaf()}
 
 
 def key_help(key: str) -> str:
     """A command-line flag's help text: the key's documentation and the key itself."""
-    return f"{KEY_DOCS[key]} (config key {key})"
+    return f"{key_docs()[key]} (config key {key})"
 
 
 def key_table() -> str:
     """The Markdown table of every key, its default and its meaning (the README's)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    rows += [f"| `{key}` | `{_scalar(v)}` | {f.metadata['doc']} |" for key, f, v in leaves(RunConfig())]
+    rows += [f"| `{key}` | `{_scalar(v)}` | {f.metadata['doc']} |" for key, f, v in every_leaf()]
     return "\n".join(rows) + "\n"
 
 
@@ -187,8 +265,22 @@ def _is_section(obj: Any) -> bool:
 
 
 def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
-    """Every valid dotted key of a RunConfig (sections excluded)."""
-    return [key for key, _, _ in leaves(RunConfig() if cfg is None else cfg, prefix)]
+    """Every valid dotted key of ``cfg`` (sections excluded); with no ``cfg``, of a RunConfig of any
+    registered method."""
+    if cfg is None:
+        return [key for key, _, _ in every_leaf()]
+    return [key for key, _, _ in leaves(cfg, prefix)]
+
+
+def _unknown_key(cfg: RunConfig, key: str, source: str) -> ConfigError:
+    """An unknown key, with the closest valid ones -- or the methods it belongs to."""
+    owners = [n for n in methods.names() if n != cfg.method.name
+              and key in all_keys(methods.get(n).config(), "method.")]
+    if owners:
+        return ConfigError(f"{source}: {shown(key)} is a setting of {' / '.join(owners)}, not of method "
+                           f"{cfg.method.name} (method.name); {cfg.method.name}'s keys: "
+                           + ", ".join(all_keys(cfg.method, "method.")))
+    return ConfigError(f"{source}: unknown config key {shown(key)}; {_suggest(key, all_keys(cfg))}")
 
 
 def _suggest(key: str, valid: Iterable[str]) -> str:
@@ -301,7 +393,7 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
         here = ".".join(parts[: i + 1])
         names = [f.name for f in dataclasses.fields(obj)]
         if name not in names:
-            raise ConfigError(f"{source}: unknown config key {shown(key)}; {_suggest(key, all_keys())}")
+            raise _unknown_key(cfg, key, source)
         current = getattr(obj, name)
         tp = _hints(type(obj))[name]
         if _is_section(current):
@@ -309,7 +401,8 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
                 if not isinstance(value, dict):
                     raise ConfigError(f"{source}: {key} is a section; expected a mapping of its keys "
                                       f"({', '.join(all_keys(current, key + '.'))}), got {shown(value)}")
-                for k, v in value.items():
+                # the method's name first: it decides which of the section's keys exist
+                for k, v in sorted(value.items(), key=lambda kv: kv[0] != "name" or key != "method"):
                     set_key(cfg, f"{key}.{k}", v, source)
                 return
             obj = current
@@ -322,8 +415,14 @@ def set_key(cfg: RunConfig, key: str, value: Any, source: str = "--set") -> None
             return
         if i < len(parts) - 1:
             raise ConfigError(f"{source}: unknown config key {shown(key)}: {clip(here)} is a value, not a section; "
-                              f"{_suggest(key, all_keys())}")
-        if typing.get_origin(tp) is dict:
+                              f"{_suggest(key, all_keys(cfg))}")
+        if here == "method.name":  # the method decides which method.* keys exist: its settings' class
+            name = _coerce(value, tp, here, source)
+            try:
+                object.__setattr__(cfg, "method", methods.convert_config(cfg.method, name))
+            except ValueError as e:
+                raise ConfigError(f"{source}: method.name: {e}") from None
+        elif typing.get_origin(tp) is dict:
             current.update(_coerce(value, tp, here, source))  # mappings merge across layers
         else:
             object.__setattr__(obj, name, _coerce(value, tp, here, source))  # the builder's one write
@@ -349,6 +448,9 @@ def typed_value(key: str, value: Any, source: str = "--set") -> Any:
     """``value`` checked and typed as ``key`` holds it (``("optim.lr", 1)`` -> ``1.0``; lists of a
     tuple key as lists); ConfigError naming the key otherwise."""
     cfg = RunConfig()
+    owner = next((n for n in methods.names() if key in all_keys(methods.get(n).config(), "method.")), None)
+    if owner is not None:  # a key of another method than the default one
+        set_key(cfg, "method.name", owner, source)
     set_key(cfg, key, value, source)
     return cfg.value(key)
 
@@ -505,8 +607,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
         bad("optim.weight_decay", cfg.optim.weight_decay, "a value >= 0")
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
         bad("optim.betas", list(cfg.optim.betas), "two values in [0, 1)")
+    if cfg.protocol == "base2novel" and cfg.data.subsample == "all":
+        raise ConfigError(f"{source}: protocol base2novel trains on base (or new) classes: data.subsample must be "
+                          "'base' or 'new', not 'all'")
     if cfg.data.template is not None and cfg.data.template.count("{}") != 1:
         bad("data.template", cfg.data.template, "a template containing '{}' exactly once")
+    cfg.data.validate(source)
     validate_vary(cfg.vary, source)
     for k, b in cfg.eval.target_beta.items():
         if not 0.0 <= b <= 1.0:
@@ -632,18 +738,22 @@ def resolve_config(method: str, protocol: str, dataset: str, config_file: str | 
     Raises:
         ConfigError: unknown key (with the closest valid keys), wrong type, bad value.
     """
-    if method not in METHODS:
-        raise ConfigError(f"--method {shown(method)}: expected one of {', '.join(METHODS)}")
+    try:
+        spec = methods.get(method)
+    except ValueError as e:
+        raise ConfigError(f"--method: {e}") from None
     if protocol not in PROTOCOLS:
         close = difflib.get_close_matches(protocol, PROTOCOLS, n=1)
         raise ConfigError(f"--protocol {shown(protocol)}: expected one of {', '.join(PROTOCOLS)}"
                           + (f" (did you mean {close[0]!r}?)" if close else ""))
     canonical = canonical_dataset(dataset)
     cfg = RunConfig()
-    preset = preset_path(method, protocol)
+    preset = preset_path(spec.preset_name, protocol)
     apply_mapping(cfg, _package_yaml(preset, "preset"), f"preset {preset.name}")
+    set_key(cfg, "method.name", method, "--method")  # a method may use another method's presets
     set_key(cfg, "data.dataset", canonical, "--dataset")
-    apply_mapping(cfg, dataset_overrides(method, protocol, canonical), f"{DATASET_OVERRIDES_FILE.name} [{canonical}]")
+    apply_mapping(cfg, dataset_overrides(spec.preset_name, protocol, canonical),
+                  f"{DATASET_OVERRIDES_FILE.name} [{canonical}]")
     if config_file is not None:
         apply_mapping(cfg, read_yaml(config_file), str(config_file))
     _apply_command_line(cfg, flags, overrides)
@@ -679,8 +789,13 @@ def resume_config(stored: RunConfig, run_dir: str | Path, overrides: Iterable[Ov
 
 # --------------------------------------------------------------------------- files
 def config_from_dict(d: Any, source: str) -> RunConfig:
-    """A RunConfig from a full mapping (e.g. a run's config.yaml), checked."""
+    """A RunConfig from a full mapping (e.g. a run's config.yaml), checked. Method keys that an older
+    mmrl wrote for a method that ignores them (its spec's ``retired_keys``) are dropped."""
     cfg = RunConfig()
+    section = d.get("method") if isinstance(d, dict) else None
+    if isinstance(section, dict) and isinstance(section.get("name"), str) and section["name"] in methods.names():
+        retired = methods.get(section["name"]).retired_keys
+        d = {**d, "method": {k: v for k, v in section.items() if k not in retired}}
     apply_mapping(cfg, d, source)
     validate(cfg, source)
     return cfg
@@ -699,7 +814,7 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
         for f in dataclasses.fields(obj):
             key = f"{prefix}{f.name}"
             v = getattr(obj, f.name)
-            doc = KEY_DOCS.get(key, "")
+            doc = f.metadata.get("doc", "")
             if _is_section(v):
                 lines.append(f"{indent}{f.name}:")
                 emit(v, key + ".", indent + "  ")
@@ -711,8 +826,8 @@ def dump_config(cfg: RunConfig, header: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "KEY_DOCS",
-           "key_help", "key_table",
+__all__ = ["ConfigError", "DataConfig", "OptimConfig", "EvalConfig", "RunConfig", "MethodConfig", "key_docs",
+           "key_help", "key_table", "every_leaf",
            "PROTOCOLS", "resolve_config", "load_config", "dump_config", "config_from_dict", "set_key",
            "parse_override", "parse_yaml", "read_yaml", "YAML_MAX_BYTES", "resume_config", "with_overrides", "validate", "all_keys", "dataset_overrides", "dataset_slug"]
 

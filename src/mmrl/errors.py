@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import reprlib
+import unicodedata
 from typing import Any
 
 
@@ -81,6 +82,24 @@ def clip(text: str, limit: int = SHOWN_MAX) -> str:
     """``text`` cut to at most ``limit`` characters (``...`` marks the cut): for a message that
     quotes text from elsewhere as it is (another library's error, a line of a file)."""
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def printable(text: str) -> str:
+    """``text`` with every control or format character written as its escape (``\\n``, ``\\x1b``,
+    ``\\u202e``): for names and paths from files of others shown on a terminal or in a report, where an
+    ANSI escape would recolour or rewrite the screen, a NUL or newline cut the line, a bidi override
+    reorder it. Everything else, backslashes included, is kept as it is."""
+    if text.isprintable():  # the common case, in C
+        return text
+    # isprintable() is also False for spaces other than " " (e.g. a no-break space): those are kept
+    return "".join(ch.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text)
+
+
+# control, format (bidi overrides, zero-width), line / paragraph separators, unassigned, surrogates
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cn", "Cs"})
+
+
 DEBUG_ENV = "MMRL_DEBUG"
 _debug_flag = False
 
@@ -120,4 +139,4 @@ def error_line(e: BaseException) -> str:
 
 __all__ = ["UserError", "RunLockedError", "NotWritableError", "CorruptFileError", "BackboneUnavailableError",
            "UntrustedFileError", "RunInterrupted", "DEBUG_ENV", "set_debug", "debug_enabled", "error_line",
-           "shown", "clip", "SHOWN_MAX"]
+           "shown", "clip", "printable", "SHOWN_MAX"]

@@ -40,20 +40,21 @@ def write_failed(path: str | Path, e: OSError) -> WriteFailedError:
 
 
 @contextlib.contextmanager
-def open_atomic(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+def open_atomic(path: str | Path, mode: str = "wb", newline: str | None = None) -> Iterator[IO]:
     """A file to write ``path`` through: a temporary file in the same folder, fsynced and
     ``os.replace``d over ``path`` when the block ends without an error.
 
     On any error the temporary file is removed (a full disk leaves no ``.*.tmp`` behind) and
     ``path`` keeps its old content; an OSError becomes :class:`WriteFailedError` naming ``path``.
-    ``mode``: ``"wb"`` or ``"w"`` (UTF-8 text), for files too large to build in memory first.
+    ``mode``: ``"wb"`` or ``"w"`` (UTF-8 text, ``newline`` as for :func:`open`: ``""`` for csv), for
+    files too large to build in memory first.
     """
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as f:
             yield f
             f.flush()  # a full disk shows here (or at fsync, on network file systems)
             os.fsync(f.fileno())

@@ -1,6 +1,6 @@
-"""The project's vocabulary, torch-free: methods and their settings (:class:`MethodConfig`),
-protocols, benchmark datasets and THE alias table, the run-folder layout and its file names,
-and the harmonic mean.
+"""The project's vocabulary, torch-free: protocols, benchmark datasets and THE alias table, the
+run-folder layout and its file names, the logit kinds, the harmonic mean and :func:`doc` (how a
+setting is documented). The methods are in :mod:`mmrl.methods`.
 
 Everything that only needs these names (``mmrl report``, sweep planning) imports this module
 instead of the model or the config, so it starts without importing torch.
@@ -8,14 +8,14 @@ instead of the model or the config, so it starts without importing torch.
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, field
 from pathlib import Path
 from typing import Any
 
-from mmrl.errors import shown
 
-METHODS: tuple[str, ...] = ("mmrl", "mmrl++")
 PROTOCOLS: tuple[str, ...] = ("base2novel", "fewshot", "crossdataset")
+# Which classes of a dataset: all of them, the base half, the new (novel) half (docs/protocols.md#base-and-novel-classes).
+SUBSAMPLES: tuple[str, ...] = ("all", "base", "new")
 
 # The 11 datasets of the base-to-novel, few-shot and cross-dataset tables, in the papers' order.
 DATASETS: tuple[str, ...] = (
@@ -115,7 +115,7 @@ def eval_file_name(dataset: str, subsample: str, logits: str = "auto") -> str:
 
 
 # ---------------------------------------------------------------------------- decoupled inference
-# The logits a model gives (method.md): from the class token, from the representation tokens, and
+# The logits a model gives (docs/method.md#decoupled-inference): from the class token, from the representation tokens, and
 # their alpha-blend. ``auto`` = the protocol's choice (:func:`auto_logits`).
 LOGIT_KINDS: tuple[str, ...] = ("fused", "class", "rep")
 LOGIT_CHOICES: tuple[str, ...] = ("auto",) + LOGIT_KINDS
@@ -123,7 +123,7 @@ LOGIT_NAMES: dict[str, str] = {"fused": "fused", "class": "class token only", "r
 
 
 def auto_logits(trained_dataset: str, trained_subsample: str, dataset: str, subsample: str) -> str:
-    """Decoupled inference (protocols.md): ``fused`` on the classes the model was trained on (the same
+    """Decoupled inference (docs/method.md#decoupled-inference): ``fused`` on the classes the model was trained on (the same
     dataset, and its training subsample or a part of all the classes it was trained on), ``class``
     on anything else (novel classes, other datasets). Dataset names must be canonical."""
     if dataset == trained_dataset and (subsample == trained_subsample or trained_subsample == "all"):
@@ -137,48 +137,8 @@ def harmonic_mean(a: float, b: float) -> float:
     return 2 * a * b / (a + b) if a + b > 0 else 0.0
 
 
-# ---------------------------------------------------------------------------- the method's settings
+# ---------------------------------------------------------------------------- documented settings
 def doc(text: str, default: Any = MISSING, *, factory: Any = MISSING) -> Any:
     """A dataclass field documented where it is declared: ``x: int = doc("meaning", 3)``.
     The text is the key's ONE documentation (config.yaml comments, --help, the README table)."""
     return field(default=default, default_factory=factory, metadata={"doc": text})
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    """Settings of MMRL / MMRL++ (the ``method`` section of a run config)."""
-
-    name: str = doc("mmrl / mmrl++", "mmrl")
-    n_rep_tokens: int = doc("K: number of representation tokens", 5)
-    rep_dim: int = doc("d_r: width of the shared representation space", 512)
-    first_rep_block: int = doc("J (1-indexed): first transformer block (both towers) that sees the tokens", 6)
-    alpha: float = doc("weight of the class-token logits/loss (1 - alpha: representation tokens)", 0.7)
-    beta: float = doc("MMRL++ slot blend beta (progressive representation composition); unused by MMRL", 0.9)
-    reg_weight: float = doc("lambda: weight of the two consistency regularisers", 1.0)
-    proj_lora_rank: int = doc("MMRL++: rank of A B in proj_rep = proj + A B", 64)
-    aligner_lora_rank: int = doc("MMRL++: rank of the per-block residual A_i B_i of the shared aligner", 4)
-    logit_scale: float = doc("fixed logit scale (not CLIP's learned one)", 100.0)
-
-    def validate(self, vision_layers: int | None = None, text_layers: int | None = None) -> None:
-        """Raise ValueError naming the first invalid key."""
-        def bad(key: str, msg: str):
-            raise ValueError(f"method.{key} = {shown(getattr(self, key))}: {msg}")
-
-        if self.name not in METHODS:
-            bad("name", f"expected one of {METHODS}")
-        for key in ("n_rep_tokens", "rep_dim", "proj_lora_rank", "aligner_lora_rank"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                bad(key, "expected an integer >= 1")
-        if not 0.0 <= self.alpha <= 1.0:
-            bad("alpha", "expected a value in [0, 1]")
-        if not 0.0 <= self.beta <= 1.0:
-            bad("beta", "expected a value in [0, 1]")
-        if self.reg_weight < 0:
-            bad("reg_weight", "expected lambda >= 0")
-        if not self.logit_scale > 0:
-            bad("logit_scale", "expected a positive scale")
-        depth = min(d for d in (vision_layers, text_layers, 10**9) if d is not None)
-        if not isinstance(self.first_rep_block, int) or not 1 <= self.first_rep_block <= depth:
-            bad("first_rep_block", f"expected a block number J in 1..{depth} (1-indexed; both towers must "
-                                   f"have at least J blocks; this backbone has {vision_layers} vision and "
-                                   f"{text_layers} text blocks). MMRL needs a ViT CLIP with at least J blocks")

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Mapping
 
 from mmrl.errors import DEBUG_ENV, debug_enabled, error_line, set_debug  # noqa: F401 (the CLI's helpers)
 from mmrl.errors import shown
-from mmrl.vocab import LOGIT_CHOICES
+from mmrl.vocab import LOGIT_CHOICES, SUBSAMPLES
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -112,14 +112,14 @@ def progress_value(args: argparse.Namespace) -> bool | None:
 def add_class_set_flags(p: argparse.ArgumentParser) -> None:
     """The classes a run is applied to (``mmrl predict``, ``mmrl export``): the run's own training
     classes with fused logits by default, or ``--classes`` / ``--dataset`` with class-token logits
-    (decoupled inference; :func:`mmrl.engine.evaluator.resolve_class_set` decides)."""
+    (decoupled inference; :func:`mmrl.engine.decoupled.resolve_class_set` decides)."""
     src = p.add_mutually_exclusive_group()  # neither: the run's own training classes
     src.add_argument("--classes", help='comma-separated class names, e.g. "cat,dog,bird" (default: the run\'s '
                                        'training classes, fused logits)')
     src.add_argument("--dataset", help="take the classes (and template, MMRL++ beta) of this dataset, as mmrl eval "
                                        "does (with --root)")
     p.add_argument("--root", help="data root for --dataset (default: the run's data.root)")
-    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes of --dataset")
+    p.add_argument("--subsample", choices=SUBSAMPLES, default="all", help="classes of --dataset")
     p.add_argument("--template", help="prompt template with one {} (default: the run's / dataset's)")
     p.add_argument("--logits", choices=LOGIT_CHOICES, default="auto",
                    help="auto: fused on the run's training classes, else class-token logits; or fused, class "

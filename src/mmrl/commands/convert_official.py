@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 
+from mmrl import methods
 from mmrl.commands.common import run_reporting_errors
+from mmrl.vocab import PROTOCOLS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="official checkpoint (model.pth.tar-N)")
-    p.add_argument("--method", choices=["mmrl", "mmrl++"], required=True)
+    p.add_argument("--method", choices=[n for n in methods.names() if methods.get(n).official], required=True,
+                   help="the method the authors' checkpoint holds")
     p.add_argument("--backbone", default="ViT-B-16", help="backbone spec the checkpoint was trained on")
     p.add_argument("--dataset", required=True, help="dataset it was trained on")
-    p.add_argument("--protocol", choices=["base2novel", "fewshot", "crossdataset"], required=True)
+    p.add_argument("--protocol", choices=PROTOCOLS, required=True)
     p.add_argument("--shots", type=int, default=16)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--output", "-o", required=True, metavar="RUN_DIR", help="run directory to write")

@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from mmrl import methods
 from mmrl.fileio import dumps_json
 
 
@@ -18,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="run seed")
     p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS), metavar="TASK",
                    help=f"tasks to run ({', '.join(TASKS)})")
-    p.add_argument("--methods", nargs="+", choices=["mmrl", "mmrl++"], default=["mmrl", "mmrl++"])
+    p.add_argument("--methods", nargs="+", choices=methods.names(), default=list(methods.names()))
     p.add_argument("--backbone", default="toy-clip", help="tiny CLIP to adapt (the packaged one by default)")
     p.add_argument("--threads", type=int, default=DEMO_THREADS,
                    help="CPU threads for torch; more threads make the tiny model slower, and the last digit of "

@@ -6,47 +6,38 @@ random weights (parameter counts and shapes do not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
+from mmrl import methods
 from mmrl.fileio import dumps_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=["mmrl", "mmrl++", "clip"], default="mmrl", help="method to build")
+    p.add_argument("--method", choices=[*methods.names(), "clip"], default="mmrl",
+                   help="method to build (clip: zero-shot CLIP)")
     p.add_argument("--backbone", default="ViT-B-16", help="backbone spec (open_clip name[:tag], file, toy-clip)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="method setting, e.g. method.rep_dim=2048 (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def apply_method_overrides(cfg, overrides: list[str]):
-    """`method.key=value` (or `key=value`) with YAML-parsed values, type-checked against the dataclass."""
-    from mmrl.config import parse_yaml
-    from mmrl.errors import clip, shown
+def method_settings(method: str, overrides: list[str]):
+    """The settings of ``method`` with ``method.key=value`` (or ``key=value``) items applied, typed
+    and checked as any config key is (:func:`mmrl.config.set_key`)."""
+    from mmrl.config import RunConfig, parse_override, set_key
 
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    cfg = RunConfig()
+    set_key(cfg, "method.name", method, "--method")
     for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set {shown(item)}: expected KEY=VALUE")
-        name = key.removeprefix("method.")
-        if name not in fields:
-            import difflib
-            close = difflib.get_close_matches(name, fields, n=3)
-            raise ValueError(f"--set {clip(key)}: unknown method key; closest: {['method.' + c for c in close]}")
-        value = parse_yaml(raw, f"--set {clip(key)}")
-        want = type(getattr(cfg, name))
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or isinstance(value, bool) != (want is bool):
-            raise ValueError(f"--set {clip(key)}={clip(raw)}: expected {want.__name__}")
-        cfg = dataclasses.replace(cfg, **{name: value})
-    return cfg
+        key, value = parse_override(item)
+        key = key if key.startswith("method.") else f"method.{key}"
+        set_key(cfg, key, value, f"--set {key}")
+    cfg.method.validate()
+    return cfg.method
 
 
 def main(args: argparse.Namespace) -> int:
-    from mmrl.engine.runtime import load_backbone_checked
-    from mmrl.models import MMRL, MethodConfig, ZeroShotCLIP
+    from mmrl.engine.runtime import check_method_fits, load_backbone_checked
+    from mmrl.models import ZeroShotCLIP, build_method
 
     backbone = load_backbone_checked(args.backbone, pretrained=False)
     info: dict = {"backbone": backbone.describe()}
@@ -55,8 +46,9 @@ def main(args: argparse.Namespace) -> int:
         info["method"] = {"name": "clip"}
         info["trainable_parameters"] = 0
     else:
-        cfg = apply_method_overrides(MethodConfig(name=args.method), args.overrides)
-        model = MMRL(backbone, cfg)
+        cfg = method_settings(args.method, args.overrides)
+        check_method_fits(backbone, cfg)
+        model = build_method(backbone, cfg)
         info["method"] = model.settings()
         info["trainable_parameters"] = model.num_trainable_parameters()
         info["adapter_tensors"] = {k: list(v) for k, v in model.adapter_shapes().items()}

@@ -1,6 +1,6 @@
 """`mmrl eval`: evaluate a run directory (trained or converted) on any dataset.
 
-Logits (decoupled inference, method.md): `auto` = fused on the classes the run was
+Logits (decoupled inference, docs/method.md#decoupled-inference): `auto` = fused on the classes the run was
 trained on (same dataset, training subsample), class-only on novel classes and other
 datasets; MMRL++ uses the per-target beta of the run's eval.target_beta. Results go to
 RUN_DIR/eval/<Dataset>-<subsample>.json (an explicit --logits KIND: <Dataset>-<subsample>-<KIND>.json;
@@ -16,7 +16,7 @@ import argparse
 from mmrl.commands.common import (add_progress_flag, nonnegative_int, positive_int, progress_value,
                                   run_reporting_errors)
 from mmrl.fileio import dumps_json
-from mmrl.vocab import LOGIT_CHOICES
+from mmrl.vocab import LOGIT_CHOICES, SUBSAMPLES
 
 SKIP_BAD_HINT = " (to skip unreadable images instead: --skip-bad-images)"
 
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory (mmrl train / mmrl convert-official)")
     p.add_argument("--dataset", required=True, help="dataset name or alias, or folder:PATH")
     p.add_argument("--root", help="data root (default: the run's data.root)")
-    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes to evaluate")
+    p.add_argument("--subsample", choices=SUBSAMPLES, default="all", help="classes to evaluate")
     p.add_argument("--split-file", help="evaluate on the test list of this split file (e.g. from mmrl data split)")
     p.add_argument("--template", help="prompt template with one {} (default: the run's / the dataset's)")
     p.add_argument("--logits", choices=LOGIT_CHOICES, default="auto",

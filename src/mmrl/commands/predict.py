@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _check_flags(args: argparse.Namespace) -> list[str] | None:
     """The class list of --classes; ConfigError (exit 2) for a bad --top-k or --classes."""
     from mmrl.config import ConfigError
-    from mmrl.engine.evaluator import check_class_list
+    from mmrl.engine.decoupled import check_class_list
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k {args.top_k}: expected a number >= 1 (classes shown per image)")
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     setup_cli_logging()
 
     def go() -> int:
-        from mmrl.engine.evaluator import predict
+        from mmrl.engine.predict import predict
 
         classes = _check_flags(args)
         out = predict(args.run_dir, args.images, classes=classes, dataset=args.dataset, root=args.root,

@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 
-from mmrl import sweep
+from mmrl import methods, sweep
 from mmrl.commands.common import sigterm_as_interrupt
 from mmrl.errors import shown
 
@@ -26,7 +26,7 @@ RUNNER_ENV = "MMRL_REPRODUCE_RUNNER"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("protocol", choices=sweep.PROTOCOLS, help="which table to reproduce")
-    p.add_argument("--method", required=True, choices=sweep.METHODS)
+    p.add_argument("--method", required=True, choices=methods.names())
     p.add_argument("--root", default=None,
                    help="datasets folder (CoOp layout); needed for the benchmark datasets, not for user datasets")
     p.add_argument("--output", required=True,

@@ -14,19 +14,21 @@ import argparse
 from pathlib import Path
 
 from mmrl.commands.common import add_progress_flag, progress_value, run_reporting_errors
-from mmrl.config import KEY_DOCS, PRECISIONS, key_help
+from mmrl import methods
+from mmrl.config import PRECISIONS, key_docs, key_help
 from mmrl.fileio import dumps_json
-from mmrl.vocab import CONFIG_FILE, METHODS, PROTOCOLS
+from mmrl.vocab import CONFIG_FILE, PROTOCOLS
 
 
 SKIP_BAD_HINT = " (to skip unreadable images instead: --set data.skip_bad_images=true)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=METHODS, help=f"{KEY_DOCS['method.name']} (required unless --resume)")
+    docs = key_docs()
+    p.add_argument("--method", choices=methods.names(), help=f"{docs['method.name']} (required unless --resume)")
     p.add_argument("--dataset", help=key_help("data.dataset"))
     p.add_argument("--protocol", choices=PROTOCOLS,
-                   help=f"{KEY_DOCS['protocol']}: the preset to use (required unless --resume)")
+                   help=f"{docs['protocol']}: the preset to use (required unless --resume)")
     p.add_argument("--root", help=key_help("data.root"))
     p.add_argument("--shots", type=int, help=key_help("data.shots"))
     p.add_argument("--seed", type=int, help=key_help("seed"))

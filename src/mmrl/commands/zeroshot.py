@@ -9,12 +9,13 @@ import argparse
 from mmrl.commands.common import (add_progress_flag, nonnegative_int, positive_int, progress_value,
                                   run_reporting_errors)
 from mmrl.fileio import dumps_json
+from mmrl.vocab import SUBSAMPLES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="dataset name or alias, or folder:PATH")
     p.add_argument("--root", default="data", help="data root holding the datasets")
-    p.add_argument("--subsample", choices=["all", "base", "new"], default="all", help="classes to evaluate")
+    p.add_argument("--subsample", choices=SUBSAMPLES, default="all", help="classes to evaluate")
     p.add_argument("--backbone", default="ViT-B-16", help="backbone spec")
     p.add_argument("--output", "-o", help="output folder (default runs/zeroshot/<backbone>)")
     p.add_argument("--shots", type=int, default=16, help="few-shot K that decides base/novel classes")
@@ -36,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     setup_cli_logging()
 
     def go() -> int:
-        from mmrl.engine.evaluator import zeroshot
+        from mmrl.engine.zeroshot import zeroshot
 
         res = zeroshot(args.dataset, args.root, args.subsample, backbone=args.backbone, output=args.output,
                        shots=args.shots, seed=args.seed, template=args.template, batch_size=args.batch_size,

@@ -1,4 +1,4 @@
-"""Datasets, splits, few-shot sampling and preprocessing (protocols.md).
+"""Datasets, splits, few-shot sampling and preprocessing (docs/protocols.md).
 
 Typical use::
 
@@ -16,6 +16,8 @@ from .datasets import (
     BENCHMARKS,
     IMAGENET_VARIANTS,
     canonical_name,
+    corruption_options,
+    corruption_record,
     dataset_template,
     load_dataset,
     locate,
@@ -42,7 +44,8 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ALL_DATASETS", "BENCHMARK_11", "BENCHMARKS", "BadImageError", "CLIP_MEAN", "CLIP_STD", "DEFAULT_TEMPLATE",
     "DataError", "DatasetSplits", "Datum", "IMAGENET_VARIANTS", "ImageDataset", "MissingDataError",
-    "VerifyReport", "build_loader", "build_transform", "canonical_name", "dataset_template", "default_cache_dir",
+    "VerifyReport", "build_loader", "build_transform", "canonical_name", "corruption_options", "corruption_record",
+    "dataset_template", "default_cache_dir",
     "default_num_workers", "worker_options",
     "fewshot", "find_bad_images", "load_dataset", "load_image", "locate", "prepare_splits", "preprocessing_spec",
     "read_split_file", "sample_seed", "set_random_seed", "subsample_classes", "transform_from_spec", "verify",

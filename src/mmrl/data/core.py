@@ -42,6 +42,10 @@ class Datum:
     label: int
     classname: str
     relpath: str  # path relative to the dataset's image folder (what split files and predictions use)
+    # the image's real class where ``label`` is the label it is GIVEN (label-noise studies, noise.py):
+    # a wrong shot has true_label != label; None = no noise was drawn (label is the image's class),
+    # -1 = a class outside this split (a noisy split cut to base/novel classes afterwards)
+    true_label: Optional[int] = None
 
 
 @dataclass

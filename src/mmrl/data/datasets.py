@@ -1,6 +1,6 @@
 """The 15 benchmark datasets in the CoOp layout, the name registry, and the split pipeline.
 
-Readers follow CoOp's dataset classes (see protocols.md, "Reader details"),
+Readers follow CoOp's dataset classes (see docs/protocols.md#reader-details),
 with every directory listing sorted. Datasets with a `split_zhou_*.json`
 use it; when it is missing the CoOp recipe builds the split from the raw
 data with `random.Random(split_seed)` (default 1, independent of the run's
@@ -19,7 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from mmrl import vocab
 
@@ -48,6 +48,8 @@ from .core import (
 from mmrl.fileio import read_json as read_json_file
 
 from .imagefolder import is_user_spec, locate_user
+from .imbalance import imbalanced
+from .noise import noise_rate, noisy_fewshot
 from .splits import (
     Splits3,
     fewshot,
@@ -56,6 +58,7 @@ from .splits import (
     split_groups,
     split_trainval,
     subsample_classes,
+    subsample_labels,
 )
 
 # the vocabulary's names, as lists (this module's interface)
@@ -496,8 +499,11 @@ def load_dataset(name: str, root: str | Path | None, *, cache_dir: str | Path | 
 
 def prepare_splits(name: str, root: str | Path | None, *, shots: int, seed: int, subsample: str = "all",
                    split_file: str | Path | None = None, cache_dir: str | Path | None = None,
-                   template: str | None = None, split_seed: int = 1) -> DatasetSplits:
-    """The splits a run uses, in CoOp's order: full splits -> few-shot train -> few-shot val -> base/novel.
+                   template: str | None = None, split_seed: int = 1, noise_type: str = "none",
+                   noise_shots: int = 0, imbalance_type: str = "none", imbalance_ratio: float = 1.0,
+                   imbalance_order: str = "label") -> DatasetSplits:
+    """The splits a run uses, in CoOp's order: full splits -> few-shot train -> few-shot val -> base/novel
+    (-> class imbalance).
 
     Few-shot draws from `random.Random(seed)` (the same numbers as CoOp's
     `random.seed(seed)`): train with `shots`, then val with min(shots, 4)
@@ -505,10 +511,22 @@ def prepare_splits(name: str, root: str | Path | None, *, shots: int, seed: int,
     With `split_file` (a file written by `mmrl data split`) its lists are
     used as they are: no few-shot and no base/novel are applied to them.
     Test-only datasets ignore `shots`; base/novel does not apply to them.
+
+    `noise_type` symflip / pairflip draws the training shots as JoAPR does instead, `noise_shots`
+    of them per class with another class's image (:func:`mmrl.data.noise.noisy_fewshot`; the
+    same Python stream then draws val). For base/novel the noise is drawn among the kept classes
+    only, so no image of the other half enters training (JoAPR draws before subsampling). Then
+    `imbalance_type` exp / step cuts the training shots to the long-tailed profile
+    (:mod:`mmrl.data.imbalance`) over the training classes.
     """
-    if subsample not in ("all", "base", "new"):
-        raise ValueError(f"subsample={subsample!r}; expected all, base or new")
+    if subsample not in vocab.SUBSAMPLES:
+        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(vocab.SUBSAMPLES)}")
+    corrupted = noise_type != "none" or imbalance_type != "none"
     if split_file is not None:
+        if corrupted:
+            LOG.warning("%s: the split file %s is used as it is; the label noise and class imbalance settings do "
+                        "not apply to it (its training rows carry their true labels if it was drawn with noise)",
+                        name, split_file)
         loc = locate(name, root, template=template)
         train, val, test = read_split_file(split_file, loc.image_dir)
         classnames = classnames_from_items((train, val, test), str(split_file))
@@ -517,10 +535,50 @@ def prepare_splits(name: str, root: str | Path | None, *, shots: int, seed: int,
     if splits.test_only:
         if subsample != "all":
             raise DataError(f"{splits.name} is test-only: base/novel (subsample={subsample}) does not apply")
+        if corrupted:
+            raise DataError(f"{splits.name} is test-only: label noise and class imbalance apply to training sets")
         return splits
+    if noise_type != "none" and shots <= 0:
+        raise DataError(f"{splits.name}: label noise needs a few-shot sample (shots >= 1), got shots = {shots}")
+    selected = None
     if shots > 0:
         rng = random.Random(seed)
-        train = fewshot(splits.train, shots, rng)
+        if noise_type == "none":
+            train = fewshot(splits.train, shots, rng)
+        else:
+            selected = subsample_labels(splits.train, subsample, splits.name)
+            kept = set(selected)
+            train = noisy_fewshot([d for d in splits.train if d.label in kept], shots, noise_shots, noise_type,
+                                  seed, rng, splits.name)
         val = splits.test if splits.name == "ImageNet" else fewshot(splits.val, min(shots, 4), rng)
         splits = dataclasses.replace(splits, train=train, val=val)
-    return subsample_classes(splits, subsample)
+    splits = subsample_classes(splits, subsample, selected)
+    if imbalance_type != "none":
+        k = shots if shots > 0 else max(splits.train_counts(), default=0)
+        splits.train = imbalanced(splits.train, splits.num_classes, k, imbalance_type, imbalance_ratio,
+                                  imbalance_order, seed)
+    return splits
+
+
+def corruption_options(data_cfg: Any) -> dict[str, Any]:
+    """`prepare_splits`' noise and imbalance arguments from a run's ``data`` config section."""
+    return {"noise_type": data_cfg.noise.type, "noise_shots": data_cfg.noise.shots,
+            "imbalance_type": data_cfg.imbalance.type, "imbalance_ratio": data_cfg.imbalance.ratio,
+            "imbalance_order": data_cfg.imbalance.order}
+
+
+def corruption_record(splits: DatasetSplits, data_cfg: Any) -> dict[str, Any]:
+    """run.json's record of the label noise and class imbalance of a training split (empty when
+    neither is drawn nor read from a split file with true labels): the settings, the realised
+    noise rate and the classes' realised counts."""
+    out: dict[str, Any] = {}
+    if data_cfg.noise.type != "none" or any(d.true_label is not None for d in splits.train):  # or a noisy split file
+        wrong = sum(d.true_label is not None and d.true_label != d.label for d in splits.train)
+        out["noise"] = {"type": data_cfg.noise.type, "shots": data_cfg.noise.shots,
+                        "rate": noise_rate(splits.train), "wrong_images": wrong, "images": len(splits.train)}
+    if data_cfg.imbalance.type != "none":
+        counts = splits.train_counts()
+        out["imbalance"] = {"type": data_cfg.imbalance.type, "ratio": data_cfg.imbalance.ratio,
+                            "order": data_cfg.imbalance.order, "min": min(counts, default=0),
+                            "max": max(counts, default=0), "per_class": counts}
+    return out

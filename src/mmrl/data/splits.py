@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl.fileio import dumps_json
+from mmrl.vocab import SUBSAMPLES
 
 from .core import (
     LOG,
@@ -32,7 +33,6 @@ from .core import (
 )
 
 SPLIT_KEYS = ("train", "val", "test")
-SUBSAMPLE_CHOICES = ("all", "base", "new")
 
 
 # --------------------------------------------------------------------------- split files
@@ -42,7 +42,9 @@ def read_split_file(path: str | Path, image_dir: str | Path) -> tuple[list[Datum
 
     Each of `train`, `val`, `test` is a list of `[relative path, int label,
     class name]`, the path relative to `image_dir`. Entries with absolute
-    paths or `..` are rejected (error names the file and entry).
+    paths or `..` are rejected (error names the file and entry). A training
+    list drawn with label noise has a fourth entry per row, the image's true
+    label (the second is the label it is given and trained on).
     """
     path = Path(path)
     obj = read_json(path, "split file")
@@ -56,17 +58,28 @@ def read_split_file(path: str | Path, image_dir: str | Path) -> tuple[list[Datum
         items = []
         for i, e in enumerate(entries):
             src = f"{path}: {key}[{i}]"
-            if (not isinstance(e, (list, tuple)) or len(e) != 3 or not isinstance(e[0], str)
-                    or not isinstance(e[1], int) or isinstance(e[1], bool) or not isinstance(e[2], str)):
-                raise DataError(f"{src} = {e!r}; expected [relative path (str), label (int), class name (str)]")
-            items.append(make_datum(image_dir, e[0], e[1], e[2], src))
+            if (not isinstance(e, (list, tuple)) or len(e) not in (3, 4) or not isinstance(e[0], str)
+                    or not _is_int(e[1]) or not isinstance(e[2], str) or (len(e) == 4 and not _is_int(e[3]))):
+                raise DataError(f"{src} = {e!r}; expected [relative path (str), label (int), class name (str)] "
+                                "or, in a noisy training list, [relative path, given label, class name, true label]")
+            d = make_datum(image_dir, e[0], e[1], e[2], src)
+            items.append(dataclasses.replace(d, true_label=e[3]) if len(e) == 4 else d)
         out.append(items)
     return out[0], out[1], out[2]
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def split_row(d: Datum) -> list:
+    """One split-file row: ``[path, label, class name]``, plus the true label when label noise was drawn."""
+    row = [d.relpath, d.label, d.classname]
+    return row if d.true_label is None else row + [d.true_label]
+
+
 def split_to_json(train: Sequence[Datum], val: Sequence[Datum], test: Sequence[Datum]) -> dict:
-    return {k: [[d.relpath, d.label, d.classname] for d in items]
-            for k, items in zip(SPLIT_KEYS, (train, val, test))}
+    return {k: [split_row(d) for d in items] for k, items in zip(SPLIT_KEYS, (train, val, test))}
 
 
 def split_file_text(train: Sequence[Datum], val: Sequence[Datum], test: Sequence[Datum]) -> str:
@@ -242,27 +255,42 @@ def fewshot(items: Sequence[Datum], shots: int, rng: random.Random) -> list[Datu
     return out
 
 
-def subsample_classes(splits: DatasetSplits, subsample: str) -> DatasetSplits:
+def subsample_labels(train: Sequence[Datum], subsample: str, name: str) -> list[int]:
+    """The labels `subsample` keeps ("base": the first ceil(n/2) of the sorted train labels, "new":
+    the rest, "all": every one), before any relabelling."""
+    labels = sorted({d.label for d in train})
+    if subsample == "all":
+        return labels
+    if not labels:
+        raise DataError(f"{name}: the train split is empty, so base/novel classes cannot be chosen")
+    m = math.ceil(len(labels) / 2)
+    selected = labels[:m] if subsample == "base" else labels[m:]
+    if not selected:
+        raise DataError(f"{name}: only {len(labels)} class(es) in train, so there are no novel classes")
+    return selected
+
+
+def subsample_classes(splits: DatasetSplits, subsample: str, selected: Sequence[int] | None = None
+                      ) -> DatasetSplits:
     """Keep base (first ceil(n/2) of the sorted train labels) or novel (the rest) classes.
 
     Applies to train, val and test and relabels the kept classes 0..m-1 in
     sorted order; `classnames` follows. "all" returns an unchanged copy.
+    `selected`: the labels to keep, when they were chosen before the train split was sampled
+    (:func:`subsample_labels` of the full train split).
     """
-    if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(SUBSAMPLE_CHOICES)}")
+    if subsample not in SUBSAMPLES:
+        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(SUBSAMPLES)}")
     if subsample == "all":
         return dataclasses.replace(splits)
-    labels = sorted({d.label for d in splits.train})
-    if not labels:
-        raise DataError(f"{splits.name}: the train split is empty, so base/novel classes cannot be chosen")
-    m = math.ceil(len(labels) / 2)
-    selected = labels[:m] if subsample == "base" else labels[m:]
-    if not selected:
-        raise DataError(f"{splits.name}: only {len(labels)} class(es) in train, so there are no novel classes")
+    if selected is None:
+        selected = subsample_labels(splits.train, subsample, splits.name)
     relabel = {y: i for i, y in enumerate(selected)}
 
     def keep(items: list[Datum]) -> list[Datum]:
-        return [dataclasses.replace(d, label=relabel[d.label]) for d in items if d.label in relabel]
+        return [dataclasses.replace(d, label=relabel[d.label],
+                                    true_label=None if d.true_label is None else relabel.get(d.true_label, -1))
+                for d in items if d.label in relabel]
 
     return dataclasses.replace(
         splits, train=keep(splits.train), val=keep(splits.val), test=keep(splits.test),

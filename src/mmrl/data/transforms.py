@@ -1,4 +1,4 @@
-"""Train / test image preprocessing (protocols.md, "Image preprocessing")."""
+"""Train / test image preprocessing (docs/protocols.md#image-preprocessing)."""
 from __future__ import annotations
 
 from torchvision import transforms as T

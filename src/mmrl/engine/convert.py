@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-from mmrl.config import ConfigError, Override, RunConfig, resolve_config
+from mmrl.config import Override, RunConfig, resolve_config
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import save_adapter
 from mmrl.engine.lock import RunDirLock
@@ -39,16 +39,14 @@ def convert_official(checkpoint: str | Path, method: str, backbone: str, dataset
 def _convert(checkpoint: Path, cfg: RunConfig, run_dir: Path) -> Path:
     """:func:`convert_official` once the run directory's writer lock is held."""
     from mmrl.engine.runtime import load_backbone_checked
-    from mmrl.models import MMRL
+    from mmrl.engine.runtime import check_method_fits
+    from mmrl.models import build_method
     from mmrl.models.official import load_official_adapter
 
     # shapes only: an open_clip name is built without downloading weights
     bb = load_backbone_checked(cfg.backbone, pretrained=False)
-    try:
-        cfg.method.validate(bb.vision_layers, bb.text_layers)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    model = MMRL(bb, cfg.method)
+    check_method_fits(bb, cfg.method)
+    model = build_method(bb, cfg.method)
     tensors = load_official_adapter(checkpoint, cfg.method.name, model.adapter_shapes())
     model.load_adapter_state_dict(tensors)  # casts to fp32, checks again
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ method, backbone and settings the run has; a folder whose files disagree (edited
 assembled from two runs, or tampered with) is not trusted: ``mmrl eval`` / ``predict`` /
 ``export`` refuse it.
 
-Torch-free, so that ``mmrl report`` can use it too (not yet done): it compares plain mappings,
+Torch-free, so that ``mmrl report`` uses it too (:mod:`mmrl.report.scan`): it compares plain mappings,
 and reads the adapter's settings from the safetensors header without loading a tensor.
 """
 from __future__ import annotations

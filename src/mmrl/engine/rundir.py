@@ -1,4 +1,5 @@
-"""The run directory: what a run writes, and how a finished run is loaded back.
+"""The run directory: what a run writes (:class:`RunFiles`, its one writer), and how a finished run
+is loaded back (:func:`load_run`).
 
 ::
 
@@ -21,6 +22,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from pathlib import Path
@@ -28,8 +30,13 @@ from typing import Any
 
 import torch
 
-from mmrl.config import ConfigError, RunConfig, dump_config, load_config
-from mmrl.engine.checkpoint import file_sha256, load_adapter, write_json_atomic, write_text_atomic
+from mmrl import data
+from mmrl.config import RunConfig, dump_config, load_config
+from mmrl.engine import distributed as ddp_util
+from mmrl.engine.checkpoint import (file_sha256, load_adapter, save_adapter, save_checkpoint, write_json_atomic,
+                                    write_text_atomic)
+from mmrl.engine.runtime import log_to_file
+from mmrl.fileio import dumps_json, loads_json, read_json_or_none, write_failed
 from mmrl.engine.runcheck import adapter_settings, disagreements
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
     ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, RESULTS_FILE, RUN_FILE, SPLIT_FILE,
@@ -125,8 +132,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     ``cfg.method`` and the weights of ``adapter.safetensors`` loaded into it. The model is
     in eval mode on ``device`` (None = the auto choice: CUDA when available).
     """
-    from mmrl.engine.runtime import load_backbone_checked, resolve_device
-    from mmrl.models import MMRL
+    from mmrl.engine.runtime import check_method_fits, load_backbone_checked, resolve_device
+    from mmrl.models import build_method
 
     run_dir = Path(run_dir)
     cfg_path = check_run_dir(run_dir)
@@ -138,11 +145,8 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     check_consistent(run_dir, cfg, info)
     dev = torch.device(device) if isinstance(device, torch.device) else resolve_device(device or "auto")
     backbone = load_backbone_checked(cfg.backbone, device=dev)
-    try:
-        cfg.method.validate(backbone.vision_layers, backbone.text_layers)
-    except ValueError as e:
-        raise ConfigError(f"{cfg_path}: {e}") from e
-    model = MMRL(backbone, cfg.method)
+    check_method_fits(backbone, cfg.method, str(cfg_path))
+    model = build_method(backbone, cfg.method)
     try:
         tensors, _ = load_adapter(adapter_path)
         model.load_adapter_state_dict(tensors)
@@ -206,3 +210,117 @@ def adapter_recovery(run_dir: str | Path) -> str:
     return (f"train the run again: delete {run_dir / ADAPTER_FILE} and run "
             f"`mmrl train --resume {shlex.quote(str(run_dir.absolute()))}` "
             "(it resumes from the last checkpoint when one is left, else starts over with the same config)")
+
+
+# --------------------------------------------------------------------------- writing a run folder
+def read_results(run_dir: Path) -> dict | None:
+    """results.json of a finished run; None when absent or damaged (the results are then computed again)."""
+    p = run_dir / RESULTS_FILE
+    if not p.is_file():
+        return None
+    return read_json_or_none(p)  # damaged: the results are computed again
+
+
+def truncate_metrics(path: Path, keep_before_epoch: int) -> None:
+    """Keep the metrics of the epochs before ``keep_before_epoch`` (those a checkpoint covers)."""
+    if not path.is_file():
+        return
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                if loads_json(line, path)["epoch"] < keep_before_epoch:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut by a crash: everything after it is dropped too
+    write_text_atomic("".join(kept), path)
+
+
+class RunFiles:
+    """The run directory's ONE writer. Under torchrun only rank 0 writes (``writes``); on the
+    other ranks every method here does nothing, so the training code has no rank-0 branches."""
+
+    def __init__(self, run_dir: Path, writes: bool):
+        self.dir, self.writes = run_dir, writes
+        self.checkpoint_path = run_dir / CHECKPOINT_FILE
+        self.metrics_path = run_dir / METRICS_FILE
+        self._metrics = None
+
+    def start(self, cfg: RunConfig, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
+        """Write config.yaml and a run.json saying "running" (attempts counted, training time
+        of earlier attempts kept); returns the run info to keep up to date."""
+        if not self.writes:
+            return {"timings": {}}
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_config(self.dir, cfg)
+        old = read_run_info(self.dir) or {}
+        info = new_run_info(cfg, status="running", started=old.get("started") or now_iso(),
+                               attempts=int(old.get("attempts", 0)) + 1)
+        if dinfo.enabled:
+            info["world_size"] = dinfo.world_size
+        info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
+        self.info(info)
+        return info
+
+    def log(self) -> contextlib.AbstractContextManager:
+        """train.log receives the run's log lines while the context is open."""
+        return log_to_file(self.dir / LOG_FILE) if self.writes else contextlib.nullcontext()
+
+    def info(self, info: dict[str, Any]) -> None:
+        if self.writes:
+            write_run_info(self.dir, info)
+
+    def split(self, splits) -> None:
+        if self.writes:
+            data.write_split_file(splits, self.dir / SPLIT_FILE)
+
+    def metrics(self, start_epoch: int | None) -> contextlib.AbstractContextManager:
+        """metrics.jsonl open for appending; a resumed run (``start_epoch``) keeps the lines of the
+        epochs its checkpoint covers, a fresh one (None) starts the file over."""
+        if not self.writes:
+            return contextlib.nullcontext()
+        if start_epoch is not None:
+            truncate_metrics(self.metrics_path, start_epoch)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+        @contextlib.contextmanager
+        def opened():
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                self._metrics = f
+                try:
+                    yield
+                finally:
+                    self._metrics = None
+        return opened()
+
+    def metric(self, row: dict[str, Any]) -> None:
+        if self._metrics is not None:
+            try:
+                self._metrics.write(dumps_json(row) + "\n")
+                self._metrics.flush()
+            except OSError as e:  # a full disk: say which file (the OS's message names none)
+                raise write_failed(self.metrics_path, e) from None
+
+    def checkpoint(self, **state) -> None:
+        if self.writes:
+            save_checkpoint(self.checkpoint_path, **state)
+
+    def adapter(self, model, cfg: RunConfig) -> str | None:
+        """Write adapter.safetensors; its sha256 (None on the ranks that do not write)."""
+        if self.writes:
+            return save_adapter(model.adapter_state_dict(), self.dir / ADAPTER_FILE,
+                         metadata={"method": model.settings(), "backbone": cfg.backbone,
+                                   "dataset": cfg.data.dataset, "protocol": cfg.protocol, "shots": cfg.data.shots,
+                                   "seed": cfg.seed})
+        return None
+
+    def results(self, results: dict[str, Any]) -> None:
+        if self.writes:
+            write_json_atomic(results, self.dir / RESULTS_FILE)
+
+    def finish(self, info: dict[str, Any]) -> None:
+        """run.json says "finished"; the checkpoint goes (adapter.safetensors holds the final weights)."""
+        self.info(info)
+        if self.writes and self.checkpoint_path.is_file():
+            self.checkpoint_path.unlink()

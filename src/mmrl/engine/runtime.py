@@ -184,6 +184,17 @@ class Progress:
                 self.bar.close()
 
 
+def check_method_fits(backbone, method_cfg, source: str | None = None) -> None:
+    """ConfigError (naming ``source``, e.g. the run's config.yaml) when the method's settings do not
+    fit the backbone (J deeper than a tower): the one check before a model is built on it."""
+    from mmrl.config import ConfigError
+
+    try:
+        method_cfg.validate(backbone.vision_layers, backbone.text_layers)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from e
+
+
 def load_backbone_checked(spec: str, device: torch.device | str = "cpu", pretrained: bool = True):
     """``mmrl.models.load_backbone`` with a bad spec reported as a ConfigError (key ``backbone``)."""
     from mmrl.config import ConfigError

@@ -13,7 +13,7 @@ from mmrl.engine.distributed import global_batches, rank_slice
 
 
 def lr_at_epoch(epoch: int, optim) -> float:
-    """Learning rate of 0-indexed ``epoch`` (method.md, "Optimisation").
+    """Learning rate of 0-indexed ``epoch`` (docs/method.md#optimisation).
 
     With ``W = optim.warmup_epochs`` warm-up epochs, epochs ``0..W-1`` run at the constant
     ``optim.warmup_lr``; epoch ``e >= W`` runs at ``lr * (1 + cos(pi * (e - W) / E)) / 2``

@@ -18,7 +18,6 @@ logs; the decision to start, resume or return a finished run is rank 0's, broadc
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import shlex
@@ -32,14 +31,13 @@ from mmrl.backbone_spec import TOY_CLIP_NAME
 from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
-from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, save_adapter,
-                                    save_checkpoint, set_rng_state, write_json_atomic)
+from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
 from mmrl.engine.lock import RunDirLock
-from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, load_backbone_checked, log_to_file,
+from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
                                  resolve_device, resolve_precision, use_tty_progress)
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
-from mmrl.fileio import dumps_json, loads_json, read_json_or_none, write_failed, write_text_atomic
+from mmrl.models import build_method
 from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
 
@@ -50,26 +48,6 @@ class NonFiniteLossError(UserError, RuntimeError):
     """The training loss became NaN/inf; the run stopped and kept its last good checkpoint."""
 
 
-def _read_results(run_dir: Path) -> dict | None:
-    p = run_dir / rd.RESULTS_FILE
-    if not p.is_file():
-        return None
-    return read_json_or_none(p)  # damaged: the results are computed again
-
-
-def _truncate_metrics(path: Path, keep_before_epoch: int) -> None:
-    """Keep the metrics of the epochs before ``keep_before_epoch`` (those a checkpoint covers)."""
-    if not path.is_file():
-        return
-    kept = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                if loads_json(line, path)["epoch"] < keep_before_epoch:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError, TypeError):
-                break  # a line cut by a crash: everything after it is dropped too
-    write_text_atomic("".join(kept), path)
 
 
 def optimizer_step(out, optimizer, scaler, *, step: int, where: str, loss: torch.Tensor | None = None) -> None:
@@ -148,7 +126,7 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: Path) -> dict | None:
         raise ConfigError(f"{run_dir} already holds a run with a different configuration ("
                           + "; ".join(diffs) + "); choose another --output, or delete that directory to start over")
     info = rd.read_run_info(run_dir) or {}
-    results = _read_results(run_dir)
+    results = rd.read_results(run_dir)
     if info.get("status") == "finished" and results is not None and (run_dir / rd.ADAPTER_FILE).is_file():
         return results
     return None
@@ -190,9 +168,6 @@ def train(cfg: RunConfig, *, progress: bool | None = None,
     if cfg.data.dataset:  # a config built in Python may name a dataset by an alias
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=canonical_dataset(cfg.data.dataset)))
     validate(cfg)
-    if cfg.protocol == "base2novel" and cfg.data.subsample == "all":
-        raise ConfigError("protocol base2novel trains on base (or new) classes: data.subsample must be 'base' "
-                          "or 'new', not 'all'")
     run_dir = cfg.run_dir()
     cfg = dataclasses.replace(cfg, output=str(run_dir))
     dinfo = ddp_util.init_distributed(cfg.device)  # single process: a no-op
@@ -229,11 +204,8 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     precision = resolve_precision(cfg.precision, device)
     with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
         backbone = load_backbone_checked(cfg.backbone, device=device)
-    try:
-        cfg.method.validate(backbone.vision_layers, backbone.text_layers)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    files = RunFiles(run_dir, writes=is_main)
+    check_method_fits(backbone, cfg.method)
+    files = rd.RunFiles(run_dir, writes=is_main)
     info = files.start(cfg, dinfo)
     t_start = time.time()
     with files.log():
@@ -302,102 +274,10 @@ def _results_line(r: dict) -> str:
     return f"accuracy {r['accuracy']:.2f}%"
 
 
-class RunFiles:
-    """The run directory's ONE writer. Under torchrun only rank 0 writes (``writes``); on the
-    other ranks every method here does nothing, so the training code has no rank-0 branches."""
-
-    def __init__(self, run_dir: Path, writes: bool):
-        self.dir, self.writes = run_dir, writes
-        self.checkpoint_path = run_dir / rd.CHECKPOINT_FILE
-        self.metrics_path = run_dir / rd.METRICS_FILE
-        self._metrics = None
-
-    def start(self, cfg: RunConfig, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
-        """Write config.yaml and a run.json saying "running" (attempts counted, training time
-        of earlier attempts kept); returns the run info to keep up to date."""
-        if not self.writes:
-            return {"timings": {}}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        rd.write_config(self.dir, cfg)
-        old = rd.read_run_info(self.dir) or {}
-        info = rd.new_run_info(cfg, status="running", started=old.get("started") or rd.now_iso(),
-                               attempts=int(old.get("attempts", 0)) + 1)
-        if dinfo.enabled:
-            info["world_size"] = dinfo.world_size
-        info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
-        self.info(info)
-        return info
-
-    def log(self) -> contextlib.AbstractContextManager:
-        """train.log receives the run's log lines while the context is open."""
-        return log_to_file(self.dir / rd.LOG_FILE) if self.writes else contextlib.nullcontext()
-
-    def info(self, info: dict[str, Any]) -> None:
-        if self.writes:
-            rd.write_run_info(self.dir, info)
-
-    def split(self, splits) -> None:
-        if self.writes:
-            from mmrl import data
-
-            data.write_split_file(splits, self.dir / rd.SPLIT_FILE)
-
-    def metrics(self, start_epoch: int | None) -> contextlib.AbstractContextManager:
-        """metrics.jsonl open for appending; a resumed run (``start_epoch``) keeps the lines of the
-        epochs its checkpoint covers, a fresh one (None) starts the file over."""
-        if not self.writes:
-            return contextlib.nullcontext()
-        if start_epoch is not None:
-            _truncate_metrics(self.metrics_path, start_epoch)
-        elif self.metrics_path.exists():
-            self.metrics_path.unlink()
-
-        @contextlib.contextmanager
-        def opened():
-            with open(self.metrics_path, "a", encoding="utf-8") as f:
-                self._metrics = f
-                try:
-                    yield
-                finally:
-                    self._metrics = None
-        return opened()
-
-    def metric(self, row: dict[str, Any]) -> None:
-        if self._metrics is not None:
-            try:
-                self._metrics.write(dumps_json(row) + "\n")
-                self._metrics.flush()
-            except OSError as e:  # a full disk: say which file (the OS's message names none)
-                raise write_failed(self.metrics_path, e) from None
-
-    def checkpoint(self, **state) -> None:
-        if self.writes:
-            save_checkpoint(self.checkpoint_path, **state)
-
-    def adapter(self, model, cfg: RunConfig) -> str | None:
-        """Write adapter.safetensors; its sha256 (None on the ranks that do not write)."""
-        if self.writes:
-            return save_adapter(model.adapter_state_dict(), self.dir / rd.ADAPTER_FILE,
-                         metadata={"method": model.settings(), "backbone": cfg.backbone,
-                                   "dataset": cfg.data.dataset, "protocol": cfg.protocol, "shots": cfg.data.shots,
-                                   "seed": cfg.seed})
-        return None
-
-    def results(self, results: dict[str, Any]) -> None:
-        if self.writes:
-            write_json_atomic(results, self.dir / rd.RESULTS_FILE)
-
-    def finish(self, info: dict[str, Any]) -> None:
-        """run.json says "finished"; the checkpoint goes (adapter.safetensors holds the final weights)."""
-        self.info(info)
-        if self.writes and self.checkpoint_path.is_file():
-            self.checkpoint_path.unlink()
-
-
 @dataclasses.dataclass
 class _Training:
     """What the epochs need, set up once for a fresh or a resumed run."""
-    model: Any                      # MMRL
+    model: Any                      # the method's model (mmrl.methods.MethodModel)
     ddp: Any                        # its DistributedDataParallel wrapper under torchrun, else None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -407,7 +287,7 @@ class _Training:
     resumed: bool
 
 
-def _train_and_evaluate(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch.device,
+def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device,
                         precision: str, progress: bool | None,
                         on_epoch_end: Callable[[dict[str, Any]], None] | None,
                         dinfo: ddp_util.DistInfo = ddp_util.DistInfo()) -> dict[str, Any]:
@@ -426,13 +306,12 @@ def _train_and_evaluate(cfg: RunConfig, files: RunFiles, info: dict, backbone, d
     return results
 
 
-def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch.device, precision: str,
+def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device, precision: str,
             dinfo: ddp_util.DistInfo) -> _Training:
     """The splits, the model, the optimiser and the training data; the checkpoint's state when
     the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
     directory must be visible to all nodes to resume a multi-node run)."""
     from mmrl import data
-    from mmrl.models import MMRL
 
     LOG.info("run %s: %s, %s, %s, %d shots, seed %d, backbone %s, device %s, precision %s", files.dir,
              cfg.method.name, cfg.protocol, cfg.data.dataset, cfg.data.shots, cfg.seed, cfg.backbone, device,
@@ -443,17 +322,19 @@ def _set_up(cfg: RunConfig, files: RunFiles, info: dict, backbone, device: torch
     data.set_random_seed(cfg.seed)
     splits = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
                                  subsample=cfg.data.subsample, split_file=cfg.data.split_file,
-                                 cache_dir=cfg.data.cache_dir, template=cfg.data.template)
+                                 cache_dir=cfg.data.cache_dir, template=cfg.data.template,
+                                 **data.corruption_options(cfg.data))
     if splits.test_only or not splits.train:
         raise data.DataError(f"{splits.name} has no training images (test-only dataset?); train on a dataset "
                              "with a train split")
     _check_training_classes(splits)
     files.split(splits)
     LOG.info("%s", splits.summary())
-    info["shots_realised"] = _realised_shots(splits, cfg.data.shots)
+    info["shots_realised"] = _realised_shots(splits, cfg.data.shots if cfg.data.imbalance.type == "none" else 0)
+    info.update(data.corruption_record(splits, cfg.data))  # label noise / class imbalance: settings, realised
 
     torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
-    model = MMRL(backbone, dataclasses.replace(cfg.method))
+    model = build_method(backbone, cfg.method)
     info["trainable_parameters"] = model.num_trainable_parameters()
     info["device"], info["precision"] = str(device), precision
     info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
@@ -540,7 +421,7 @@ def _check_checkpoint_progress(path: Path, epoch: int, step: int, epochs: int, p
                                f"{checkpoint_recovery(path)}")
 
 
-def _train_epochs(cfg: RunConfig, tr: _Training, files: RunFiles, info: dict, device: torch.device, precision: str,
+def _train_epochs(cfg: RunConfig, tr: _Training, files: rd.RunFiles, info: dict, device: torch.device, precision: str,
                   progress: bool | None, on_epoch_end: Callable[[dict[str, Any]], None] | None,
                   dinfo: ddp_util.DistInfo) -> None:
     """Epochs ``tr.start_epoch .. E - 1``, each followed by a checkpoint and a run.json update."""
@@ -566,7 +447,7 @@ def _train_epochs(cfg: RunConfig, tr: _Training, files: RunFiles, info: dict, de
                               "accuracy": 100.0 * mean[5], "run_dir": str(files.dir)})
 
 
-def _run_epoch(cfg: RunConfig, tr: _Training, files: RunFiles, epoch: int, lr: float, device: torch.device,
+def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr: float, device: torch.device,
                precision: str, tty: bool, dinfo: ddp_util.DistInfo) -> list[float]:
     """One epoch of optimiser steps; every step's metrics go to metrics.jsonl. Returns the epoch's
     mean ``[loss, ce_class, ce_rep, reg_image, reg_text, accuracy (0..1)]``."""

@@ -50,7 +50,8 @@ class FrozenClassifier(nn.Module):
         self.visual = model.clip.visual
         self.first_block = model.J0          # 0-indexed block J
         self.n_rep = model.K
-        self.beta = float(model.cfg.beta) if model.is_plus else None
+        beta = model.slot_beta()
+        self.beta = None if beta is None else float(beta)
         self.alpha = float(model.cfg.alpha)
         self.scale = float(model.cfg.logit_scale)
         with torch.no_grad():

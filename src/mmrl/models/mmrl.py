@@ -2,7 +2,7 @@
 
 Reads top to bottom: the method's small functions (slot refresh, heads, logits) -> outputs ->
 the model (representation space, text tower, vision tower, logits, loss) -> zero-shot CLIP.
-The specification is ``shared/spec/method.md``; notation: K tokens, representation width d_r,
+The specification is ``docs/method.md``; notation: K tokens, representation width d_r,
 vision width d_v, text width d_t, joint embedding d_e, blocks 1-indexed, tokens in blocks
 J..L where L is each tower's last block. The attention blocks live in
 :mod:`mmrl.models.blocks`, the aligners in :mod:`mmrl.models.aligners`.
@@ -17,15 +17,17 @@ the authors' code does) and the tests check that both agree (docs/performance.md
 Choices where the spec is silent (also in docs):
 * J applies to both towers; tokens live from block J to the last block of EACH tower, so
   towers of different depth get different numbers of aligner maps.
-* ``K``, ``d_r``, J, the LoRA ranks follow :class:`MethodConfig`; widths follow the backbone.
+* ``K``, ``d_r``, J, the LoRA ranks follow :class:`MMRLConfig` / :class:`MMRLPlusConfig`; widths
+  follow the backbone.
 * Text-side blocks 1..J-1 run on the prompt cut after its longest EOT (exact under the
   causal mask) for the cached states and the zero-shot teacher features.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import asdict
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ from mmrl.models.aligners import BlockAligners, SharedResidualAligners
 from mmrl.models.backbone import Backbone
 from mmrl.models.blocks import finish_block, finish_tokens, in_proj, run_adapted_vision_blocks, run_block, run_block_rows
 from mmrl.models.prompts import tokenize_classes
-from mmrl.vocab import METHODS, MethodConfig  # noqa: F401 (part of this module's interface)
+from mmrl.methods import MMRLConfig, MMRLPlusConfig
 
 
 def refresh_slots(slots: Tensor, new: Tensor, beta: float | None) -> Tensor:
@@ -121,46 +123,45 @@ class ImageFeatures(NamedTuple):
 
 # --------------------------------------------------------------------------- model
 class MMRL(nn.Module):
-    """MMRL (``cfg.name == "mmrl"``) or MMRL++ (``"mmrl++"``) around a frozen CLIP.
+    """MMRL around a frozen CLIP (:class:`MMRLPlus` is MMRL++); a :class:`mmrl.methods.MethodModel`.
 
     Usage::
 
-        model = MMRL(load_backbone("ViT-B-16"), MethodConfig(name="mmrl"))
+        model = MMRL(load_backbone("ViT-B-16"), MMRLConfig())
         model.set_classes(["cat", "dog"], "a photo of a {}.")
         out = model.loss(images, labels)            # training
         logits = model.logits(images).fused         # (B, C)
 
-    Only the adapter (``rep_tokens``, the aligners, ``proj_rep`` or ``proj_lora_A/B``) is
-    trainable; ``model.clip`` is frozen.
+    Only the adapter (``rep_tokens``, the aligners, ``proj_rep``) is trainable; ``model.clip``
+    is frozen.
     """
 
-    def __init__(self, backbone: Backbone, cfg: MethodConfig):
+    config_class: type[MMRLConfig] = MMRLConfig  # the settings it is built from
+
+    def __init__(self, backbone: Backbone, cfg: MMRLConfig):
         super().__init__()
+        if type(cfg) is not self.config_class:
+            raise TypeError(f"{type(self).__name__} is built from {self.config_class.__name__}, got "
+                            f"{type(cfg).__name__} (method {cfg.name!r}): use mmrl.models.build_method")
         cfg.validate(backbone.vision_layers, backbone.text_layers)
         self.cfg = cfg
         self.clip = backbone.clip
         self.tokenizer = backbone.tokenizer
-        self.is_plus = cfg.name == "mmrl++"
-        K, d_r = cfg.n_rep_tokens, cfg.rep_dim
-        d_v, d_t, d_e = backbone.vision_width, backbone.text_width, backbone.embed_dim
         n_v = backbone.vision_layers - cfg.first_rep_block + 1
         n_t = backbone.text_layers - cfg.first_rep_block + 1
-
         # R: the shared representation space, N(0, 0.02^2)
-        self.rep_tokens = nn.Parameter(torch.randn(K, d_r) * 0.02)
-        if self.is_plus:
-            r = cfg.aligner_lora_rank
-            self.vision_aligner = SharedResidualAligners(d_r, d_v, n_v, r)
-            self.text_aligner = SharedResidualAligners(d_r, d_t, n_t, r)
-            self.proj_lora_A = nn.Parameter(torch.empty(d_v, cfg.proj_lora_rank))
-            nn.init.kaiming_uniform_(self.proj_lora_A, a=math.sqrt(5))
-            self.proj_lora_B = nn.Parameter(torch.zeros(cfg.proj_lora_rank, d_e))
-        else:
-            self.vision_aligner = BlockAligners(d_r, d_v, n_v)
-            self.text_aligner = BlockAligners(d_r, d_t, n_t)
-            self.proj_rep = nn.Parameter(d_v ** -0.5 * torch.randn(d_v, d_e))
+        self.rep_tokens = nn.Parameter(torch.randn(cfg.n_rep_tokens, cfg.rep_dim) * 0.02)
+        self._build_maps(backbone, n_v, n_t)
         self.to(backbone.clip.positional_embedding.device)
         self.classnames: list[str] = []
+
+    def _build_maps(self, backbone: Backbone, n_v: int, n_t: int) -> None:
+        """The aligners (one map per block J..L of each tower) and the representation projection,
+        created right after ``rep_tokens`` (the order of the random draws is the authors')."""
+        d_r, d_v, d_e = self.cfg.rep_dim, backbone.vision_width, backbone.embed_dim
+        self.vision_aligner = BlockAligners(d_r, d_v, n_v)
+        self.text_aligner = BlockAligners(d_r, backbone.text_width, n_t)
+        self.proj_rep = nn.Parameter(d_v ** -0.5 * torch.randn(d_v, d_e))
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -173,14 +174,16 @@ class MMRL(nn.Module):
         return self.cfg.first_rep_block - 1
 
     def rep_projection(self) -> Tensor:
-        """(d_v, d_e): ``proj_rep`` (MMRL) or ``proj + A B`` (MMRL++)."""
-        if self.is_plus:
-            return self.clip.visual.proj + self.proj_lora_A @ self.proj_lora_B
+        """(d_v, d_e): ``proj_rep``."""
         return self.proj_rep
+
+    def slot_beta(self) -> float | None:
+        """The slot blend of :func:`refresh_slots`: None, MMRL replaces the slots."""
+        return None
 
     def refresh_slots(self, slots: Tensor, new: Tensor) -> Tensor:
         """Slot refresh before block i > J: replace (MMRL) or beta-blend (MMRL++ PRC)."""
-        return refresh_slots(slots, new, self.cfg.beta if self.is_plus else None)
+        return refresh_slots(slots, new, self.slot_beta())
 
     def adapter_state_dict(self) -> dict[str, Tensor]:
         """The trainable tensors only (a few MB), detached, by name."""
@@ -363,7 +366,7 @@ class MMRL(nn.Module):
 
     def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
              weights: Tensor | None = None, world_size: int = 1) -> LossOutput:
-        """The training loss of method.md (see :meth:`loss_from_features`).
+        """The training loss of docs/method.md#training-loss (see :meth:`loss_from_features`).
 
         Args:
             images: (B, 3, H, W); labels: (B,) class indices.
@@ -406,12 +409,68 @@ class MMRL(nn.Module):
 
     def settings(self) -> dict:
         """Effective settings (JSON-able)."""
-        d = asdict(self.cfg)
+        d = dataclasses.asdict(self.cfg)
         d["blocks_vision"] = [self.cfg.first_rep_block, len(self.clip.visual.transformer.resblocks)]
         d["blocks_text"] = [self.cfg.first_rep_block, len(self.clip.transformer.resblocks)]
-        if not self.is_plus:
-            d.pop("beta"), d.pop("proj_lora_rank"), d.pop("aligner_lora_rank")
         return d
 
+    # ---------------------------------------------------------------- applying the model
+    def evaluation_settings(self, trained_on: str | None, target_settings: dict[str, float],
+                            dataset: str | None) -> dict[str, float]:
+        """MMRL has no per-dataset settings."""
+        return {}
 
-__all__ = ["MethodConfig", "MMRL", "Logits", "LossOutput", "ImageFeatures", "METHODS"]
+    @contextmanager
+    def using(self, settings: dict[str, float]) -> Iterator[None]:
+        """Within the block the model computes with ``settings`` (method keys -> values)."""
+        if not settings:
+            yield
+            return
+        old = self.cfg
+        self.cfg = dataclasses.replace(old, **settings)  # the settings are frozen: the model gets a variant
+        try:
+            yield
+        finally:
+            self.cfg = old
+
+    def freeze(self, kind: str, text: Tensor | None = None) -> nn.Module:
+        """A :class:`mmrl.models.frozen.FrozenClassifier` of the current classes and settings."""
+        from mmrl.models.frozen import FrozenClassifier  # it builds on this module's functions
+
+        return FrozenClassifier(self, kind, text)
+
+
+class MMRLPlus(MMRL):
+    """MMRL++ (docs/method.md): MMRL with a shared residual aligner (SRRA), the slot blend beta of
+    the progressive representation composition (PRC) and ``proj_rep = proj + A B``. Only the
+    adapter (``rep_tokens``, the aligners, ``proj_lora_A/B``) is trainable."""
+
+    cfg: MMRLPlusConfig
+    config_class = MMRLPlusConfig
+
+    def _build_maps(self, backbone: Backbone, n_v: int, n_t: int) -> None:
+        d_r, d_v, d_e, r = self.cfg.rep_dim, backbone.vision_width, backbone.embed_dim, self.cfg.aligner_lora_rank
+        self.vision_aligner = SharedResidualAligners(d_r, d_v, n_v, r)
+        self.text_aligner = SharedResidualAligners(d_r, backbone.text_width, n_t, r)
+        self.proj_lora_A = nn.Parameter(torch.empty(d_v, self.cfg.proj_lora_rank))
+        nn.init.kaiming_uniform_(self.proj_lora_A, a=math.sqrt(5))
+        self.proj_lora_B = nn.Parameter(torch.zeros(self.cfg.proj_lora_rank, d_e))
+
+    def rep_projection(self) -> Tensor:
+        """(d_v, d_e): ``proj + A B``."""
+        return self.clip.visual.proj + self.proj_lora_A @ self.proj_lora_B
+
+    def slot_beta(self) -> float | None:
+        """PRC's blend ``beta * new + (1 - beta) * slots``."""
+        return self.cfg.beta
+
+    def evaluation_settings(self, trained_on: str | None, target_settings: dict[str, float],
+                            dataset: str | None) -> dict[str, float]:
+        """The beta on ``dataset``: its published target beta (``eval.target_beta``) when it is another
+        dataset than the training one and listed, else the run's own."""
+        if dataset is not None and dataset != trained_on and dataset in target_settings:
+            return {"beta": float(target_settings[dataset])}
+        return {"beta": float(self.cfg.beta)}
+
+
+__all__ = ["MMRL", "MMRLPlus", "Logits", "LossOutput", "ImageFeatures"]

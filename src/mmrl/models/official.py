@@ -28,7 +28,6 @@ from pathlib import Path
 from torch import Tensor
 
 from mmrl.models.safe_load import check_weights, load_dassl_checkpoint
-from mmrl.vocab import METHODS
 
 __all__ = ["check_adapter_shapes", "convert_official_state_dict", "load_official_adapter"]
 
@@ -64,8 +63,9 @@ _ANCHOR = re.compile(r"^(?:(?P<prefix>.*?)\.)??(?P<rel>(?:representation_learner
 
 def _method(method: str) -> str:
     m = method.lower()
-    if m not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if m not in _RULES:
+        raise ValueError(f"method must be one of {', '.join(_RULES)} (the methods the authors released "
+                         f"checkpoints of), got {method!r}")
     return m
 
 

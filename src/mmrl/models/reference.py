@@ -1,4 +1,4 @@
-"""MMRL / MMRL++ computed the straightforward way: ``shared/spec/method.md`` as code.
+"""MMRL / MMRL++ computed the straightforward way: ``docs/method.md`` as code.
 
 Each function takes a :class:`~mmrl.models.mmrl.MMRL` (its parameters and cached prompts) and
 computes what the spec says, line by line, with open_clip's own blocks

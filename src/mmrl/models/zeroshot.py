@@ -1,6 +1,8 @@
 """Zero-shot CLIP: the baseline every adapted model is compared with."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,6 +35,14 @@ class ZeroShotCLIP(nn.Module):
 
     def encode_text(self) -> Tensor:
         return self.text_features
+
+    def evaluation_settings(self, trained_on: str | None, target_settings: dict[str, float],
+                            dataset: str | None) -> dict[str, float]:
+        """Zero-shot CLIP has no per-dataset settings."""
+        return {}
+
+    def using(self, settings: dict[str, float]) -> contextlib.nullcontext:
+        return contextlib.nullcontext()
 
     def logits(self, images: Tensor, text: Tensor | None = None) -> Logits:
         text = self.text_features if text is None else text

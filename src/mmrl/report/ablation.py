@@ -16,7 +16,7 @@ varied keys a heat map of the metric, the remaining keys at their default in the
 """
 from __future__ import annotations
 
-import csv
+import dataclasses
 import io
 import json
 import re
@@ -25,7 +25,8 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmrl.report.document import Block, Bullets, Figure, Heading, Table, Text, csv_num, missing_blocks, num
+from mmrl.report.document import (Block, Bullets, Figure, Heading, Table, Text, csv_num, csv_writer, esc,
+                                  missing_blocks, num)
 from mmrl.report.group import Series, dataset_order, missing_entries, series_of
 from mmrl.report.protocols import PROTOCOLS, ProtocolModule
 from mmrl.report.scan import Found, Run, ablation_point
@@ -37,6 +38,9 @@ FIGURE_PREFIX = "ablation-"  # every ablation figure's file name starts so (old 
 SYMBOLS = {"method.n_rep_tokens": "K", "method.first_rep_block": "J", "method.rep_dim": "d_r",
            "method.alpha": "α", "method.reg_weight": "λ", "method.beta": "β"}
 _UNKNOWN = object()  # no default known
+# The y axis of a figure over a key spans at least this many accuracy points: a difference of 0.3
+# points between values must not fill the height of the figure as if it were large.
+MIN_Y_SPAN = 2.0
 
 
 def key_label(key: str) -> str:
@@ -123,7 +127,7 @@ def _read_defaults(found: Found, study: Study) -> None:
                     study.defaults.setdefault(name, {})[k] = v
     for name, k in sorted(conflicts):
         del study.defaults[name][k]
-        study.notes.append(f"the grid files disagree on the default of {k} for {name}: taken as unknown")
+        study.notes.append(f"the grid files disagree on the default of {esc(k)} for {esc(name)}: taken as unknown")
 
 
 def studies_of(found: Found, protocol: str, proto: ProtocolModule) -> list[Study]:
@@ -164,10 +168,19 @@ def _done(proto: ProtocolModule, series: Series, run: Run) -> bool:
 
 
 def row_of(proto: ProtocolModule, series: Series) -> dict:
-    """``ablation_row`` of the series' protocol summary, with how many of its runs are done."""
+    """``ablation_row`` of the series' protocol summary, with how many of its runs are done and the
+    metric of each seed alone (``seed_values``: seed -> value, the same arithmetic on that seed's runs:
+    the spread the figures draw, so that a difference smaller than the seeds' is seen as such)."""
     row = proto.ablation_row(proto.summarise(series))
     row["runs_done"] = sum(_done(proto, series, r) for r in series.runs)
     row["runs_expected"] = len(series.runs)
+    row["seed_values"] = {}
+    for seed in sorted({r.seed for r in series.runs if r.state == "finished"}):
+        alone = dataclasses.replace(series, runs=[r for r in series.runs if r.seed == seed],
+                                    expected={c: seeds & {seed} for c, seeds in series.expected.items()})
+        value = proto.ablation_row(proto.summarise(alone))["value"]
+        if value is not None:
+            row["seed_values"][str(seed)] = value
     return row
 
 
@@ -209,15 +222,15 @@ def _default_of(st: Study, key: str, values: list) -> dict:
         return {"value": None, "in_grid": False, "varies": False,
                 "text": "No default known (no grid file of `mmrl reproduce --vary` records it)."}
     if len(distinct) > 1:
-        parts = ", ".join(f"{d} {value_text(v)}" for d, v in known.items())
+        parts = ", ".join(f"{esc(d)} {esc(value_text(v))}" for d, v in known.items())
         return {"value": None, "in_grid": False, "varies": True, "per_dataset": known,
-                "text": f"The default of {key_short(key)} differs per dataset ({parts}): no row is marked."}
+                "text": f"The default of {esc(key_short(key))} differs per dataset ({parts}): no row is marked."}
     v = next(iter(distinct.values()))
     in_grid = _canon(v) in {_canon(x) for x in values}
-    text = (f"**Bold**: the default, {key_short(key)} = {value_text(v)}." if in_grid
-            else f"The default, {key_short(key)} = {value_text(v)}, is not in the grid.")
+    text = (f"**Bold**: the default, {esc(key_short(key))} = {esc(value_text(v))}." if in_grid
+            else f"The default, {esc(key_short(key))} = {esc(value_text(v))}, is not in the grid.")
     if unknown:
-        text += f" (No default recorded for {', '.join(unknown)}.)"
+        text += f" (No default recorded for {', '.join(map(esc, unknown))}.)"
     return {"value": v, "in_grid": in_grid, "varies": False, "text": text}
 
 
@@ -302,8 +315,9 @@ def collect(found: Found, protocols: Sequence[str] | None = None) -> tuple[list[
             studies.append(_study_data(st, proto, found.root))
             records += [{"protocol": name, **r} for r in _records(st)]
             for s in st.points.values():
-                notes += [f"`{_rel(dup.path, found.root)}` is another run of `{_rel(kept.path, found.root)}` "
-                          f"(ablation {st.id}, {kept.name}, {kept.shots} shots, seed {kept.seed}): not counted"
+                notes += [f"`{esc(_rel(dup.path, found.root))}` is another run of `{esc(_rel(kept.path, found.root))}` "
+                          f"(ablation {esc(st.id)}, {esc(kept.name)}, {kept.shots} shots, seed {kept.seed}): "
+                          "not counted"
                           for dup, kept in s.duplicates]
     _assign_files(studies)
     return studies, records, notes
@@ -387,14 +401,18 @@ def _grid_text(st: dict) -> str:
             f"{', '.join(map(str, st['seeds']))}. **Runs: {st['n_finished']}/{st['n_expected']} finished.**")
 
 
-def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, str]) -> list[Block]:
-    """The "Ablations" section (``figures``: the figure files written beside the report)."""
+def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, str],
+             after_tables: bool = True) -> list[Block]:
+    """The "Ablations" section (``figures``: the figure files written beside the report; ``after_tables``:
+    protocol tables come before it)."""
     if not studies:
         return []
+    where = ("not in the protocol tables above" if after_tables
+             else "kept out of the protocol tables; this report has none")
     out: list[Block] = [
         Heading(2, TITLE),
-        Text("Runs of `mmrl reproduce --vary` (one run folder per grid point, dataset, shot count and seed; not "
-             "in the protocol tables above). Per varied key one row per value, the other keys at their default "
+        Text("Runs of `mmrl reproduce --vary` (one run folder per grid point, dataset, shot count and seed; "
+             f"{where}). Per varied key one row per value, the other keys at their default "
              "(the value each would have without `--vary`, per dataset); the numbers as the protocol table "
              "computes its average (mean over seeds, then over the datasets: the benchmark datasets, or every "
              "dataset when none is one). Accuracy in %; '(n/m)': only n of the m runs the row takes are "
@@ -409,8 +427,9 @@ def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, 
             head = key_label(t["key"]) + (f", {', '.join(key_short(k) for k in others)} at the default"
                                           if others else "")
             caption = f"{t['default']['text']}{_others_text(st, t['rows'])}{_fallback_text(t['rows'])}"
+            # bold: the default's row (its value and its metric), as the caption says
             rows = [[_value_cell(r, r["value_of_key"]),
-                     *[cell_text(r, c, c == st["metric"]) for c in st["columns"]], _runs_cell(r)]
+                     *[cell_text(r, c, c == st["metric"] and r["is_default"]) for c in st["columns"]], _runs_cell(r)]
                     for r in t["rows"]]
             out += [Heading(4, head), Text(caption.strip()),
                     Table([key_short(t["key"]), *st["columns"], "Runs"], rows)]
@@ -432,7 +451,7 @@ def document(studies: list[dict], figures: set[str], protocol_titles: dict[str, 
                     Text(f"Rows: {key_label(a)}; columns: {key_label(b)}; cells: {st['metric']} (%)."
                          + _others_text(st, [c for row in h["cells"] for c in row])
                          + _fallback_text([c for row in h["cells"] for c in row])),
-                    Table([f"{key_short(a)} \\ {key_short(b)}", *cols], rows)]
+                    Table([f"{key_short(a)} {esc(chr(92))} {key_short(b)}", *cols], rows)]
             if h.get("figure") in figures:
                 out.append(Figure(h["figure"], f"{st['metric']} over {a} and {b}"))
         out += missing_blocks(st["missing"])
@@ -457,7 +476,7 @@ def wide_csv(lead: list[str], records: list[tuple[list, dict]]) -> str:
     columns = list(dict.fromkeys(c for _, r in records for c in r["columns"]))
     datasets = dataset_order({d for _, r in records for d in r["per_dataset"]})
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)
     w.writerow([*lead, "runs_done", "runs_expected", *columns, "metric", "metric_value",
                 *[f"per_dataset:{d}" for d in datasets]])
     for first, r in records:
@@ -494,18 +513,22 @@ def plot(studies: list[dict], out: Path, protocol_titles: dict[str, str]) -> set
             colors = dataset_colors(names)
             lines = [Line(d, [r["per_dataset"].get(d) for r in rows], colors[d]) for d in names]
             partial = [r["runs_done"] < r["runs_expected"] for r in rows]
+            spread = [(min(r["seed_values"].values()), max(r["seed_values"].values()))
+                      if len(r.get("seed_values", {})) > 1 else None for r in rows]
             lines.append(Line("average", [r["value"] for r in rows], "#000000", width=3.0, annotate=True,
-                              partial=partial))
+                              partial=partial, spread=spread))
             mark = next((i for i, r in enumerate(rows) if r["is_default"]), None)
             cats = [value_text(r["value_of_key"]) for r in rows]
             fig = new_figure(max(6.0, 1.1 * len(cats) + 3.5), 4.2)
             ax = fig.subplots()
-            category_lines(ax, cats, lines, xlabel=key_label(t["key"]), ylabel=ylabel, mark=mark)
+            category_lines(ax, cats, lines, xlabel=key_label(t["key"]), ylabel=ylabel, mark=mark,
+                           min_span=MIN_Y_SPAN)
             others = [key_short(k) for k in st["keys"] if k != t["key"]]
             sub = f"{', '.join(others)} at the default; " if others else ""
             star = "; *: some runs missing" if any(p for p, r in zip(partial, rows) if r["value"] is not None) else ""
+            band = ", grey: its range over seeds" if any(spread) else ""
             fig.suptitle(f"{st['label']}, {title}: {st['metric_label']} vs {key_short(t['key'])}\n"
-                         f"({sub}thin lines: datasets, black: average{star})", fontsize=10)
+                         f"({sub}thin lines: datasets, black: average{band}{star})", fontsize=10)
             save_png(fig, out / t["figure"])
             written.add(t["figure"])
         for h in st["heatmaps"]:

@@ -8,12 +8,11 @@ averages. Datasets outside the 11 benchmarks (user data) are listed but not aver
 """
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
 from mmrl.report import published as pub
-from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
+from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, csv_writer, mean_std, num
 from mmrl.report.group import Series, averaged_datasets, dataset_order, display
 from mmrl.report.plotting import (ZEROSHOT, ZEROSHOT_PUBLISHED, BarSeries, grouped_bars, new_figure, ours_color,
                                   published_color, save_png)
@@ -187,28 +186,30 @@ def document(sec: dict, published: dict, figure: str | None) -> list[Block]:
                         "so not in the average and without published numbers."))
     if figure:
         out.append(Figure(figure, "base-to-novel accuracy per dataset"))
-    # the averages beside every published method
-    out += [Heading(3, "11-dataset average vs published"),
-            Text(f"Ours: Base and Novel averaged over the datasets, HM of the averages. {DASH}: not run here / "
-                 "not published.")]
-    rows, shown = [], set()
-    for key, e, title in _blocks(sec):
-        a = e["average"]
-        if not a["expected_datasets"]:
-            continue
-        method = _method_of(key, e) if key != "zeroshot" else display("zeroshot")
-        p = pub.b2n_average(published, method)
-        shown.add(method)
-        ours = [num(a["base"]["mean"] if a.get("base") else None), num(a["novel"]["mean"] if a.get("novel") else None),
-                num(a.get("hm_of_means"))]
-        delta = num(a["hm_of_means"] - p["hm"]) if p and a.get("hm_of_means") is not None else DASH
-        rows.append([title + _avg_note(a), *ours, *([num(p[k]) for k in ("base", "novel", "hm")] if p else [DASH] * 3),
-                     delta])
-    for p in pub.b2n_average_rows(published):
-        if p["method"] not in shown:
-            rows.append([p["method"], DASH, DASH, DASH, num(p["base"]), num(p["novel"]), num(p["hm"]), DASH])
-    out.append(Table(["Method", "Base", "Novel", "HM", "Published Base", "Published Novel", "Published HM", "Δ HM"],
-                     rows))
+    # the averages beside every published method; not when no series ran a benchmark dataset (user data
+    # only): ours would be all dashes, and the published averages are of datasets not run here
+    if any(e["average"]["expected_datasets"] for _, e, _ in _blocks(sec)):
+        out += [Heading(3, "11-dataset average vs published"),
+                Text(f"Ours: Base and Novel averaged over the datasets, HM of the averages. {DASH}: not run here / "
+                     "not published.")]
+        rows, shown = [], set()
+        for key, e, title in _blocks(sec):
+            a = e["average"]
+            if not a["expected_datasets"]:
+                continue
+            method = _method_of(key, e) if key != "zeroshot" else display("zeroshot")
+            p = pub.b2n_average(published, method)
+            shown.add(method)
+            ours = [num(a["base"]["mean"] if a.get("base") else None),
+                    num(a["novel"]["mean"] if a.get("novel") else None), num(a.get("hm_of_means"))]
+            delta = num(a["hm_of_means"] - p["hm"]) if p and a.get("hm_of_means") is not None else DASH
+            theirs = [num(p[k]) for k in ("base", "novel", "hm")] if p else [DASH] * 3
+            rows.append([title + _avg_note(a), *ours, *theirs, delta])
+        for p in pub.b2n_average_rows(published):
+            if p["method"] not in shown:
+                rows.append([p["method"], DASH, DASH, DASH, num(p["base"]), num(p["novel"]), num(p["hm"]), DASH])
+        out.append(Table(["Method", "Base", "Novel", "HM", "Published Base", "Published Novel", "Published HM",
+                          "Δ HM"], rows))
     srcs = {pub.source_of(published, r.get("source")) for r in pub.b2n_average_rows(published) if r.get("source")}
     per_ds = pub.b2n_dataset_source(published, "MMRL")
     notes = [f"averages: {'; '.join(sorted(srcs))}"] if srcs else []
@@ -229,7 +230,7 @@ def _g(s: dict | None, key: str) -> float | None:
 
 def to_csv(sec: dict, published: dict) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)
     w.writerow(["method", "dataset", "seeds_done", "seeds_expected", "base_mean", "base_std", "novel_mean",
                 "novel_std", "hm_per_seed_mean", "hm_per_seed_std", "hm_of_means", "published_base",
                 "published_novel", "published_hm"])

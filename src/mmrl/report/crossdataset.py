@@ -7,12 +7,11 @@ per-target means, separately for the 10 other benchmark datasets ("crossdataset"
 """
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 
 from mmrl.report import published as pub
-from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
+from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, csv_writer, mean_std, num
 from mmrl.report.group import Series, dataset_order, display
 from mmrl.report.plotting import (ZEROSHOT, BarSeries, grouped_bars, new_figure, ours_color, published_color,
                                   save_png)
@@ -189,7 +188,7 @@ def document(sec: dict, published: dict, figure: str | None) -> list[Block]:
 
 def to_csv(sec: dict, published: dict) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)
     w.writerow(["method", "shots", "target", "group", "seeds_done", "seeds_expected", "acc_mean", "acc_std",
                 "published"])
     blocks = [(m, display(e.get("method", m)), k, t) for m, e in sec["methods"].items() for k, t in e["shots"].items()]

@@ -1,16 +1,21 @@
 """The report as a list of blocks, written as Markdown (report.md) or as one self-contained HTML
 page (report.html: the same tables, the plots inlined as base64 PNG), and how numbers are written.
 
-Inline markup inside texts and table cells: ``**bold**`` and ```code```, nothing else.
+Inline markup inside texts and table cells: ``**bold**``, ```code``` and ``\\X`` for a literal X,
+nothing else; names from files go in through :func:`esc` (see "Inline markup" below).
 """
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence, Union
+
+from mmrl.errors import printable
 
 DASH = "—"
 
@@ -27,6 +32,34 @@ def num(x: float | None) -> str:
 def csv_num(x: float | None) -> str:
     """A number in a CSV file: every digit (repr), or empty when there is none."""
     return "" if x is None else repr(float(x))
+
+
+# A spreadsheet opening a CSV file runs a cell starting with one of these as a formula
+# ("=HYPERLINK(...)", "@SUM(...)", "-2+3"): such a cell from a name is written behind an apostrophe.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: object) -> object:
+    """A CSV cell that no spreadsheet reads as a formula: numbers (negative ones too) as they are, a
+    text starting with = + - @ tab or CR with a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+class _SafeWriter:
+    def __init__(self, buf):
+        self._w = csv.writer(buf, lineterminator="\n")
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._w.writerow([csv_cell(c) for c in row])
+
+
+def csv_writer(buf) -> _SafeWriter:
+    """``csv.writer(buf)`` (one line per row) whose cells go through :func:`csv_cell`: every CSV file of
+    the report is written with it."""
+    return _SafeWriter(buf)
 
 
 def mean_std(s: dict | None, expected: int | None = None, show_n: bool = False, empty: str = "missing") -> str:
@@ -75,36 +108,135 @@ class Bullets:
 Block = Union[Heading, Text, Table, Figure, Bullets]
 
 
+# ----------------------------------------------------------------------------------------------
+# Inline markup
+# ----------------------------------------------------------------------------------------------
+# Texts, headings and table cells may hold ``**bold**``, ```code``` and ``\X`` (the character X itself).
+# A name, path or value from a file is put into markup through esc(), so that its own ``*``, backticks
+# and backslashes stay characters; everything else a name may hold (``|``, ``<``, ``&``, ``[``, a newline,
+# an ANSI escape) is escaped by the writers below for their format, whoever built the text.
+
+_SPECIAL = re.compile(r"([\\`*])")
+_INLINE = re.compile(r"\\(.)|`((?:\\.|[^`\\])+)`|\*\*((?:\\.|[^\\*]|\*(?!\*))+)\*\*", re.S)
+_UNESCAPE = re.compile(r"\\(.)", re.S)
+
+
+def esc(text: object) -> str:
+    """``text`` as literal text in the inline markup (its ``*``, backticks and backslashes escaped)."""
+    return _SPECIAL.sub(r"\\\1", str(text))
+
+
+def escaped(obj: object, markup: frozenset[str] = frozenset({"notes", "text"})) -> object:
+    """A copy of report data (report.json's form) with every string escaped by :func:`esc`, dictionary
+    keys too (dataset names are keys), for building the document from it. The values of the fields
+    named in ``markup`` are markup already (built with esc() around the names they hold) and kept."""
+    if isinstance(obj, str):
+        return esc(obj)
+    if isinstance(obj, dict):
+        return {(esc(k) if isinstance(k, str) else k):
+                (v if k in markup and isinstance(v, (str, list)) else escaped(v, markup)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [escaped(v, markup) for v in obj]
+    return obj
+
+
+def tokens(text: str) -> list[tuple[str, str]]:
+    """The inline markup of ``text`` as (kind, literal text) pieces, kind "text", "bold" or "code"; an
+    unmatched ``**`` or backtick is text."""
+    out: list[tuple[str, str]] = []
+
+    def add(kind: str, t: str) -> None:
+        if out and out[-1][0] == kind == "text":
+            out[-1] = ("text", out[-1][1] + t)
+        elif t:
+            out.append((kind, t))
+
+    pos = 0
+    for m in _INLINE.finditer(text):
+        add("text", text[pos:m.start()])
+        if m.group(1) is not None:
+            add("text", m.group(1))
+        elif m.group(2) is not None:
+            add("code", _UNESCAPE.sub(r"\1", m.group(2)))
+        else:
+            add("bold", _UNESCAPE.sub(r"\1", m.group(3)))
+        pos = m.end()
+    add("text", text[pos:])
+    return out
+
+
+def plain(text: str) -> str:
+    """The literal text of markup (for an image's alt text)."""
+    return "".join(t for _, t in tokens(text))
+
+
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}  # raw HTML is never passed through
+
+
+def _md_text(t: str, in_table: bool) -> str:
+    out = []
+    for i, ch in enumerate(t):
+        if ch in _MD_ENTITIES:
+            out.append(_MD_ENTITIES[ch])
+        elif ch in "\\`*[]~" or (ch == "|" and in_table):
+            out.append("\\" + ch)
+        elif ch == "_" and not (0 < i < len(t) - 1 and t[i - 1].isalnum() and t[i + 1].isalnum()):
+            out.append("\\_")  # an underscore inside a word (n_rep_tokens) never emphasises: kept bare
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _md_code(t: str, in_table: bool) -> str:
+    """A Markdown code span holding ``t`` literally: fenced by more backticks than it holds in a row."""
+    if in_table:  # GFM splits cells on '|' even inside a code span, and reads "\|" there as '|'
+        t = t.replace("|", "\\|")
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", t)), default=0) + 1)
+    pad = " " if t.startswith("`") or t.endswith("`") else ""
+    return f"{fence}{pad}{t}{pad}{fence}"
+
+
+def inline_markdown(text: str, in_table: bool = False) -> str:
+    """Markup as Markdown, every character of the texts escaped as needed (control characters written
+    as escapes by :func:`mmrl.errors.printable`)."""
+    out = []
+    for kind, t in tokens(text):
+        t = printable(t)
+        if kind == "code":
+            out.append(_md_code(t, in_table))
+        elif kind == "bold":
+            out.append(f"**{_md_text(t, in_table)}**")
+        else:
+            out.append(_md_text(t, in_table))
+    line = "".join(out)
+    return "\\" + line if line.startswith(("#", "+", "-")) and not in_table else line  # not a heading/list
+
+
 def to_markdown(blocks: Iterable[Block]) -> str:
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
-            out += ["#" * b.level + " " + b.text, ""]
+            out += ["#" * b.level + " " + inline_markdown(b.text), ""]
         elif isinstance(b, Text):
-            out += [b.text, ""]
+            out += [inline_markdown(b.text), ""]
         elif isinstance(b, Table):
-            lines = ["| " + " | ".join(b.header) + " |", "|" + "|".join([" --- "] * len(b.header)) + "|"]
-            lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in b.rows]
+            cells = [inline_markdown(str(c), in_table=True) for c in b.header]
+            lines = ["| " + " | ".join(cells) + " |", "|" + "|".join([" --- "] * len(b.header)) + "|"]
+            lines += ["| " + " | ".join(inline_markdown(str(c), in_table=True) for c in row) + " |" for row in b.rows]
             out += lines + [""]
         elif isinstance(b, Figure):
-            out += [f"![{b.alt}]({b.file})", ""]
+            out += [f"![{_md_text(printable(plain(b.alt)), False)}]({urllib.parse.quote(b.file)})", ""]
         elif isinstance(b, Bullets):
-            out += [f"- {item}" for item in b.items] + [""]
+            out += [f"- {inline_markdown(item)}" for item in b.items] + [""]
     return "\n".join(out) + "\n" if out else "\n"
 
 
-_INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
-
-
 def _inline_html(text: str) -> str:
-    """Escape ``text`` for HTML, turning **bold** and `code` into tags."""
-    out, pos = [], 0
-    for m in _INLINE.finditer(text):
-        out.append(html.escape(text[pos:m.start()]))
-        out.append(f"<strong>{html.escape(m.group(1))}</strong>" if m.group(1) is not None
-                   else f"<code>{html.escape(m.group(2))}</code>")
-        pos = m.end()
-    out.append(html.escape(text[pos:]))
+    """Markup as HTML: every text escaped, **bold** and `code` as tags."""
+    out = []
+    for kind, t in tokens(text):
+        t = html.escape(printable(t))
+        out.append(f"<strong>{t}</strong>" if kind == "bold" else f"<code>{t}</code>" if kind == "code" else t)
     return "".join(out)
 
 
@@ -143,11 +275,12 @@ def to_html(blocks: Iterable[Block], title: str, image_dir: Path) -> str:
             p = image_dir / b.file
             if p.is_file():
                 data = base64.b64encode(p.read_bytes()).decode("ascii")
-                body.append(f'<figure><img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}"></figure>')
+                alt = html.escape(printable(plain(b.alt)))
+                body.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"></figure>')
         elif isinstance(b, Bullets):
             body.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in b.items) + "</ul>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+            f"<title>{html.escape(printable(title))}</title><style>{_CSS}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
 
 

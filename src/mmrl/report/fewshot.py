@@ -2,12 +2,11 @@
 and the average over the benchmark datasets per shot count (the mean of the per-dataset means)."""
 from __future__ import annotations
 
-import csv
 import io
 import math
 from pathlib import Path
 
-from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, mean_std, num
+from mmrl.report.document import DASH, Block, Figure, Heading, Table, Text, csv_num, csv_writer, mean_std, num
 from mmrl.report.group import Series, averaged_datasets, dataset_order
 from mmrl.report.plotting import ACC_LABEL, ZEROSHOT, new_figure, ours_color, save_png
 from mmrl.report.scan import Run
@@ -145,7 +144,7 @@ def document(sec: dict, published: dict, figure: str | None) -> list[Block]:
 
 def to_csv(sec: dict, published: dict) -> str:
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv_writer(buf)
     w.writerow(["method", "dataset", "shots", "seeds_done", "seeds_expected", "acc_mean", "acc_std"])
     for m, e in sec["methods"].items():
         for d, per in e["datasets"].items():

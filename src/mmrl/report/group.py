@@ -7,9 +7,16 @@ ImageNet; for base-to-novel a second shot count; a second backbone). A *cell* is
 
 What is *expected* comes from the sweep layout only (ad-hoc runs show just what is there):
 for ``<base>/<protocol>/<method>/`` the union of its grid files (what `mmrl reproduce` was
-asked for), else the datasets and shot counts found there times the protocol's seeds
-(1, 2, 3) -- so one finished seed reads "1/3". Expected cells without a run folder become
-"missing" (or "claimed", when a claim file says a process is on it).
+asked for), else the datasets, shot counts and seeds found there, crossed (a sweep whose grid
+files are gone still shows its gaps). Never the protocol's default seeds: a run that
+`mmrl train` placed in that layout by itself is not part of a grid, and one run of seed 1
+reads "1/1", not "1/3". Expected cells without a run folder become "missing" (or "claimed",
+when a claim file says a process is on it).
+
+Two runs of one cell (dataset, shots, seed) are copies of one run (the latest finished one is
+counted, the others noted) unless their settings differ (config.yaml: ``optim.lr``, ``method.alpha``,
+...): then they are two experiments, and the series is split by the differing settings, its parts
+labelled with their values.
 
 Ablation runs (`mmrl reproduce --vary`: a run that records the values of the keys it varies) are
 another experiment: the protocol tables leave them out (``series_of(..., ablation=False)``) and
@@ -19,19 +26,19 @@ its name; its placeholders carry the point's values.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from mmrl import methods
 from mmrl.report.scan import Found, Run, SweepCell, ZEROSHOT, ablation_point, describe_claim, sweep_cell
-from mmrl.vocab import ALL_DATASETS, CROSS_SOURCE, DATASETS, DEFAULT_SEEDS, sweep_run_dir
-
-DISPLAY = {"mmrl": "MMRL", "mmrl++": "MMRL++", ZEROSHOT: "CLIP zero-shot"}
-
+from mmrl.vocab import ALL_DATASETS, CROSS_SOURCE, DATASETS, sweep_run_dir
 
 def display(method: str) -> str:
-    """The method's name in tables ("mmrl" -> "MMRL")."""
-    return DISPLAY.get(method, method)
+    """The method's name in tables ("mmrl" -> "MMRL", the registry's title)."""
+    return "CLIP zero-shot" if method == ZEROSHOT else methods.title(method)
 
 
 def dataset_order(names: Iterable[str]) -> list[str]:
@@ -134,10 +141,10 @@ def _expected_cells(found: Found, protocol: str, trained: list[Run]) -> tuple[li
             shots = {int(k) for s in fam.specs for k in s.get("shots", [])}
             seeds = {int(k) for s in fam.specs for k in s.get("seeds", [])}
             fam_targets = dataset_order({t for s in fam.specs for t in s.get("targets", [])})
-        else:  # no grid file: what is there, with the protocol's seeds
+        else:  # no grid file: what is there (runs, claims), crossed -- never the protocol's default seeds
             datasets = {c.dataset for c in fam.cells}
             shots = {c.shots for c in fam.cells}
-            seeds = {c.seed for c in fam.cells} | set(DEFAULT_SEEDS)
+            seeds = {c.seed for c in fam.cells}
             fam_targets = []
         mine = [r for r in trained if r.cell is not None
                 and (r.cell.base, r.cell.protocol, r.cell.method) == (fam.base, protocol, fam.method)]
@@ -145,20 +152,18 @@ def _expected_cells(found: Found, protocol: str, trained: list[Run]) -> tuple[li
         backbones = {r.backbone for r in mine if r.backbone}
         point = next((a for a in map(spec_ablation, fam.specs) if a), None) \
             or next((r.ablation for r in mine if r.ablation), None)
-        for d in datasets:
-            for k in shots:
-                for s in seeds:
-                    path = sweep_run_dir(fam.base, protocol, fam.method, d, k, s)
-                    targets[path] = fam_targets
-                    if path in by_path:
-                        out.append((by_path[path], False))
-                        continue
-                    claim = found.claims.get(path)
-                    out.append((Run(path=path, method=fam.method, protocol=protocol, dataset=d, name=names.get(d, d),
-                                    shots=k, seed=s, backbone=next(iter(backbones)) if len(backbones) == 1 else None,
-                                    state="missing" if claim is None else "claimed", evals={},
-                                    detail=describe_claim(claim), ablation=dict(point) if point else None,
-                                    cell=SweepCell(fam.base, protocol, fam.method, d, k, s)), True))
+        for d, k, s in sorted((d, k, s) for d in datasets for k in shots for s in seeds):
+            path = sweep_run_dir(fam.base, protocol, fam.method, d, k, s)
+            targets[path] = fam_targets
+            if path in by_path:
+                out.append((by_path[path], False))
+                continue
+            claim = found.claims.get(path)
+            out.append((Run(path=path, method=fam.method, protocol=protocol, dataset=d, name=names.get(d, d),
+                            shots=k, seed=s, backbone=next(iter(backbones)) if len(backbones) == 1 else None,
+                            state="missing" if claim is None else "claimed", evals={},
+                            detail=describe_claim(claim), ablation=dict(point) if point else None,
+                            cell=SweepCell(fam.base, protocol, fam.method, d, k, s)), True))
     return out, targets
 
 
@@ -209,11 +214,58 @@ def series_of(found: Found, protocol: str, shots_in_table: bool, *, ablation: bo
         s.expected.setdefault((r.name, r.shots), set()).add(r.seed)
         if r.path in expected_cells:
             s.targets = dataset_order(set(s.targets) | set(targets_at.get(r.path, [])))
-    for s in groups.values():
+    parts = [part for s in groups.values() for part in _apart_by_settings(s)]
+    for s in parts:
         s.runs, s.duplicates = _one_per_cell(s.runs)
-    methods = [m for m in DISPLAY if m != ZEROSHOT]
-    return sorted(groups.values(), key=lambda s: (methods.index(s.method) if s.method in methods else len(methods),
+    order = methods.names()
+    return sorted(parts, key=lambda s: (order.index(s.method) if s.method in order else len(order),
                                                   s.method, s.key, ablation_point(s.ablation or {})))
+
+
+SETTING_TEXT_MAX = 40  # characters of a setting's value in a series label
+
+
+def _value_text(v: object) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str)
+    return text if len(text) <= SETTING_TEXT_MAX else text[:SETTING_TEXT_MAX - 3] + "..."
+
+
+def _apart_by_settings(series: Series) -> list[Series]:
+    """The series, or its parts when runs of one cell (dataset, shots, seed) differ in their settings
+    (:attr:`Run.settings`): two experiments, not two copies of one run, so neither is dropped as a
+    duplicate. Each part holds one combination of the differing settings; its key and label say which
+    ("MMRL (optim.lr 0.002)"). Runs without settings (placeholders, zero-shot) join the part of their
+    sweep folder, else the first part."""
+    by_cell: dict[tuple, list[Run]] = {}
+    for r in series.runs:
+        if r.settings is not None:
+            by_cell.setdefault((r.name, r.shots, r.seed), []).append(r)
+    # keys every run of a cell has (a config of an older version may lack a newer key: not a difference)
+    differ = sorted({k for runs in by_cell.values() if len(runs) > 1
+                     for k in set.intersection(*(set(r.settings) for r in runs))
+                     if len({json.dumps(r.settings[k], sort_keys=True, default=str) for r in runs}) > 1})
+    if not differ:
+        return [series]
+    parts: dict[tuple, Series] = {}
+    home: dict[tuple, tuple] = {}  # sweep folder -> the part its runs are in
+    for r in sorted((r for r in series.runs if r.settings is not None), key=lambda r: str(r.path)):
+        values = tuple(r.settings.get(k) for k in differ)
+        point = tuple(json.dumps(v, sort_keys=True, default=str) for v in values)
+        if point not in parts:
+            q = ", ".join(f"{k} {_value_text(v)}" for k, v in zip(differ, values))
+            parts[point] = dataclasses.replace(series, key=f"{series.key} ({q})", label=f"{series.label} ({q})",
+                                               runs=[], expected={}, duplicates=[])
+        parts[point].runs.append(r)
+        if r.cell is not None:
+            home.setdefault((r.cell.base, r.cell.method), point)
+    first = next(iter(parts))
+    for r in series.runs:
+        if r.settings is None:
+            parts[home.get((r.cell.base, r.cell.method), first) if r.cell else first].runs.append(r)
+    for part in parts.values():
+        for r in part.runs:
+            part.expected.setdefault((r.name, r.shots), set()).add(r.seed)
+    return list(parts.values())
 
 
 def _one_per_cell(runs: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:

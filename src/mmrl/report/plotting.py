@@ -119,14 +119,22 @@ class Line:
     width: float = 1.2
     annotate: bool = False   # write each value (1 decimal) above its point
     partial: Sequence[bool] | None = None  # per category: the value lacks some runs (annotated with '*')
+    spread: Sequence[tuple[float, float] | None] | None = None  # per category: (low, high) over seeds, drawn
 
 
 def category_lines(ax, categories: Sequence[str], lines: Sequence[Line], *, xlabel: str, ylabel: str,
-                   mark: int | None = None, mark_label: str = "default") -> None:
+                   mark: int | None = None, mark_label: str = "default", min_span: float = 0.0) -> None:
     """Lines over evenly spaced categorical x ticks (labelled ``categories``); ``mark``: the index of a
-    category marked by a vertical dashed line (legend: ``mark_label``). Missing values leave gaps; the
-    legend sits outside, right of the axes."""
+    category marked by a vertical dashed line (legend: ``mark_label``). A line's ``spread`` is drawn as
+    a grey band with whiskers. Missing values leave gaps; the y axis spans at least ``min_span``
+    (centred on the data); the legend sits outside, right of the axes."""
     xs = list(range(len(categories)))
+    for ln in lines:
+        if ln.spread is not None and any(ln.spread):
+            lo = [float("nan") if s is None else s[0] for s in ln.spread]
+            hi = [float("nan") if s is None else s[1] for s in ln.spread]
+            ax.fill_between(xs, lo, hi, color="#999999", alpha=0.3, lw=0, zorder=1, label=f"{ln.label}: seed range")
+            ax.vlines(xs, lo, hi, color=ln.color, lw=1.0, zorder=2)
     for ln in lines:
         ys = [float("nan") if v is None else v for v in ln.values]
         ax.plot(xs, ys, marker="o", ms=3.5 + ln.width, lw=ln.width, color=ln.color, label=ln.label,
@@ -142,6 +150,10 @@ def category_lines(ax, categories: Sequence[str], lines: Sequence[Line], *, xlab
     ax.set_xticks(xs, list(categories))
     ax.set_xlim(-0.5, len(categories) - 0.5)
     ax.margins(y=0.12)
+    lo, hi = ax.get_ylim()
+    if hi - lo < min_span:  # a small difference keeps a small height
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - min_span / 2, mid + min_span / 2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -185,7 +197,16 @@ def annotated_heatmap(fig, ax, matrix: Sequence[Sequence[float | None]], rows: S
 
 
 def save_png(fig, path: Path, dpi: int = 100) -> None:
-    """Write the figure as a PNG (atomically: a reader never sees half a file)."""
+    """Write the figure as a PNG (atomically: a reader never sees half a file).
+
+    Every text is drawn as it is: names from files (datasets, methods, values) may hold ``$``, which
+    matplotlib would otherwise parse as mathtext -- and fail on (``$\\x$``), losing the report."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    with matplotlib.rc_context({"text.parse_math": False}):  # texts made while drawing (tick labels)
+        fig.savefig(buf, format="png", dpi=dpi)
     write_bytes_atomic(buf.getvalue(), path)

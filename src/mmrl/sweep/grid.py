@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from mmrl import methods
 from mmrl.errors import shown
 from mmrl.sweep.ablation import Point, point_dir
 from mmrl.vocab import (ABLATION_DIR, ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS,
-                        LOGIT_KINDS, METHODS, PROTOCOLS, STDOUT_LOG, auto_logits, canonical_benchmark,
+                        LOGIT_KINDS, PROTOCOLS, STDOUT_LOG, auto_logits, canonical_benchmark,
                         dataset_slug, eval_file_name, sweep_run_dir)
 
 
@@ -215,8 +216,7 @@ def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequ
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {shown(protocol)}; expected one of {', '.join(PROTOCOLS)}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {shown(method)}; expected one of {', '.join(METHODS)}")
+    methods.get(method)  # ValueError naming the registered methods
     if bad := [k for k in logits if k not in LOGIT_KINDS]:
         raise ValueError(f"--logits {','.join(bad)}: expected some of {', '.join(LOGIT_KINDS)}")
     seeds = sorted(set(int(s) for s in (seeds or DEFAULT_SEEDS)))

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmrl import methods
 from mmrl.toyworld.tasks import TASKS
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
 TOY_PRESET = Path(__file__).resolve().parent.parent / "presets" / "toy.yaml"
-METHODS = ("mmrl", "mmrl++")
 # torch CPU threads of the demo. One: a training step of the tiny CLIP (batch 4, ~1300 small
 # ops) is dispatch overhead, not arithmetic, and a second thread adds a wake-up or a spin-wait
 # to every op (2 AMD EPYC cores: 10-12 ms per step with one thread; 16-30 ms with two sleeping
@@ -58,7 +58,7 @@ class DemoConfig:
     seed: int = 1                                    # run seed (few-shot subset, init, data order)
     task_seed: int = 0                               # seed the task images are rendered with
     tasks: tuple[str, ...] = tuple(TASKS)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = field(default_factory=methods.names)  # every registered method
     backbone: str = "toy-clip"                       # the packaged tiny CLIP (or another small CLIP file)
     threads: int | None = DEMO_THREADS               # torch CPU threads per process (None: torch's setting)
     jobs: int | None = None                          # worker processes (None: default_jobs(); 1: all in this one)
@@ -67,11 +67,12 @@ class DemoConfig:
 
 def toy_settings(method: str) -> dict[str, object]:
     """The toy preset (presets/toy.yaml) for ``method`` as ``{dotted key: value}``: its common
-    settings, then the method's own."""
+    settings, then the method's own (or those of the method whose presets it uses)."""
     from mmrl.config import flat, read_yaml
 
     preset = read_yaml(TOY_PRESET, "toy preset")
-    return {**flat(preset.get("common", {})), **flat(preset.get(method, {}))}
+    own = preset.get(method, preset.get(methods.get(method).preset_name, {}))
+    return {**flat(preset.get("common", {})), **flat(own)}
 
 
 def toy_overrides(method: str) -> list[str]:
@@ -85,7 +86,7 @@ def write_settings(out_dir: str | os.PathLike, backbone: str = "toy-clip") -> li
     from mmrl.fileio import write_text_atomic
 
     paths = []
-    for method in METHODS:
+    for method in methods.names():
         items = {"backbone": backbone, **toy_settings(method)}
         text = (f"# {method} on the toy world's tasks, as `mmrl demo` trains it (presets/toy.yaml on top of\n"
                 "# the base2novel preset): mmrl train --config / mmrl reproduce --config this file.\n"
@@ -155,7 +156,7 @@ def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -
     res = train(run_cfg, progress=progress)
     fused = evaluate(run_dir, EvalRequest(dataset, subsample="new", logits="fused"),
                      progress=progress)
-    return {"dataset": name, "method": "MMRL" if method == "mmrl" else "MMRL++",
+    return {"dataset": name, "method": methods.title(method),
             "base": res["base"], "novel": res["novel"], "hm": res["hm"],
             "novel_fused": fused["accuracy"], "chance_novel": 100 / fused["n_classes"]}
 
