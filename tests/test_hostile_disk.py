@@ -136,3 +136,21 @@ def test_disk_full_during_the_run_then_the_next_command_runs(world, monkeypatch,
     assert leftovers(run) == []                               # no .lock, no .run.json.*.tmp
     assert main(argv) == 0                                    # space freed: the same command runs
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
+
+
+def test_reproduce_on_a_full_disk_says_so_before_any_run(tmp_path, monkeypatch, capsys):
+    from helpers import make_benchmark_folders
+
+    make_benchmark_folders(tmp_path)
+    out = tmp_path / "sweep"
+    out.mkdir()
+    started = []
+    monkeypatch.setattr("mmrl.sweep.SubprocessRunner.train", lambda self, cell: started.append(cell) or 0)
+    fill_disk(monkeypatch, out)
+    rc = main(["reproduce", "fewshot", "--method", "mmrl", "--root", str(tmp_path), "--output", str(out),
+               "--datasets", "dtd", "--shots", "1", "--seeds", "1"])
+    monkeypatch.undo()
+    lines = _error_lines(capsys.readouterr().err)
+    assert rc == 1 and lines == [f"mmrl: error: cannot write into {out}: No space left on device; "
+                                 "choose another --output"], lines
+    assert started == [] and leftovers(out) == [] and not list(out.rglob("grid-*.json"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl import sweep
-from mmrl.fileio import write_json_atomic
+from mmrl.fileio import check_writable_dir, write_json_atomic
 from mmrl.sweep import Cell, Outcome
 from mmrl.sweep.ablation import Vary, check_grid, parse_vary, points
 from mmrl.sweep.grid import EvalJob, check_data
@@ -117,6 +117,8 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     log(plan_text(protocol, method, grid, cells, varies, output, shard))
     if dry_run:
         return ReproduceResult(cells, [])
+    # a few KB written and removed: a read-only or full output folder is said before any run starts
+    check_writable_dir(output, "choose another --output")
     write_grid_spec(output, grid, defaults)
     workers: list[str | None] = list(devices) if devices else [None] * max(1, jobs)
     runner = sweep.SubprocessRunner(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl.engine.lock import HOST, Heartbeat, acquire_claim, release_claim
+from mmrl.fileio import write_failed
 from mmrl.sweep.ablation import point_sets
 from mmrl.sweep.grid import Cell, EvalJob
 from mmrl.sweep.state import cell_state, claim_path
@@ -116,10 +117,14 @@ class SubprocessRunner:
         if debug_enabled():  # `mmrl --debug reproduce`: the runs' logs get full tracebacks too
             env[DEBUG_ENV] = "1"
         cell.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(cell.log_path, "a") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} host={HOST} pid={os.getpid()} "
-                      f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}\n=== {' '.join(cmd)}\n")
-            log.flush()
+        log = open(cell.log_path, "a")
+        try:
+            try:
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} host={HOST} pid={os.getpid()} "
+                          f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}\n=== {' '.join(cmd)}\n")
+                log.flush()
+            except OSError as e:  # a full disk: the run could not even log; the OS's message names no file
+                raise write_failed(cell.log_path, e) from None
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
                                     preexec_fn=_die_with_parent())
             with self._lock:
@@ -129,7 +134,16 @@ class SubprocessRunner:
             finally:
                 with self._lock:
                     self._procs.discard(proc)
-            log.write(f"=== exit code {rc}\n")
+            try:
+                log.write(f"=== exit code {rc}\n")
+                log.flush()
+            except OSError:
+                pass  # the exit code is in the cell's outcome as well
+        finally:
+            try:
+                log.close()
+            except OSError:
+                pass
         return rc
 
     def terminate_all(self, grace: float = 5.0) -> None:
