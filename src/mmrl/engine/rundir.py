@@ -10,6 +10,7 @@ is loaded back (:func:`load_run`).
                                "status": running|finished|failed|interrupted, "timings",
                                "trainable_parameters", "template" (the prompt template trained with), ...}
       split.json              the exact split used (split-file format: train = the few-shot subset)
+      split-other.json        a user dataset's other half of the classes as it was then (base2novel only)
       train.log               human-readable log (logger "mmrl")
       metrics.jsonl           one JSON object per optimiser step
       checkpoint.safetensors  training state after the last completed epoch (removed when finished)
@@ -39,7 +40,8 @@ from mmrl.engine.runtime import log_to_file
 from mmrl.fileio import dumps_json, loads_json, read_json_or_none, write_failed
 from mmrl.engine.runcheck import adapter_settings, disagreements
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
-    ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, RESULTS_FILE, RUN_FILE, SPLIT_FILE,
+    ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, OTHER_SPLIT_FILE, RESULTS_FILE,
+    RUN_FILE, SPLIT_FILE,
     eval_file_name,
 )
 from mmrl.errors import CorruptFileError, clip
@@ -270,9 +272,10 @@ class RunFiles:
         if self.writes:
             write_run_info(self.dir, info)
 
-    def split(self, splits) -> None:
+    def split(self, splits, name: str = SPLIT_FILE) -> None:
+        """split.json: the lists the run trains and is tested on (or, by ``name``, another record)."""
         if self.writes:
-            data.write_split_file(splits, self.dir / SPLIT_FILE)
+            data.write_split_file(splits, self.dir / name)
 
     def metrics(self, start_epoch: int | None) -> contextlib.AbstractContextManager:
         """metrics.jsonl open for appending; a resumed run (``start_epoch``) keeps the lines of the
