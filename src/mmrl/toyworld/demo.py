@@ -119,13 +119,15 @@ hm = harmonic_mean  # the name this module's callers use
 
 def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
     """Zero-shot CLIP on one task's base and novel classes: the table's CLIP row."""
-    from mmrl.engine import zeroshot
+    from mmrl.engine import EvalRequest, zeroshot
 
     folder = cfg.out / "tasks" / name
     acc = {}
     for sub in ("base", "new"):
-        zs = zeroshot(f"folder:{folder}", None, sub, backbone=cfg.backbone, shots=16, seed=cfg.seed,
-                      precision="fp32", device="cpu", output=cfg.out / "runs" / "zeroshot" / name, progress=progress)
+        zs = zeroshot(EvalRequest(f"folder:{folder}", subsample=sub), backbone=cfg.backbone,
+                      output=cfg.out / "runs" / "zeroshot" / name, progress=progress,
+                      settings={"data.shots": 16, "seed": cfg.seed, "eval.precision": "fp32", "device": "cpu",
+                                "data.num_workers": 0})
         acc[sub] = zs["accuracy"]
     return {"dataset": name, "method": "CLIP", "base": acc["base"], "novel": acc["new"],
             "hm": hm(acc["base"], acc["new"]), "novel_fused": None, "chance_novel": 100 / zs["n_classes"]}
