@@ -161,7 +161,7 @@ def test_auto_trains_evaluates_and_predicts_in_bf16_where_native(world, monkeypa
     gets fp32 weights back."""
     from mmrl import Classifier
     from mmrl.engine import EvalRequest, evaluate
-    from mmrl.engine.predict import predict
+    from mmrl.engine.prediction import predict
 
     monkeypatch.setenv(amp.ENV_CPU_BF16, "1")
     run = world["base"] / "auto"

@@ -42,6 +42,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DATASET_OVERRIDES_FILE = PRESET_DIR / "datasets.yaml"
+TOY_PRESET_FILE = PRESET_DIR / "toy.yaml"
 
 
 class ConfigError(UserError, ValueError):
@@ -714,6 +715,15 @@ def dataset_overrides(method: str, protocol: str, dataset: str) -> dict[str, Any
     if betas:
         out["eval.target_beta"] = dict(betas)
     return out
+
+
+def toy_settings(method: str) -> dict[str, Any]:
+    """The toy world's preset (presets/toy.yaml: what `mmrl demo` trains with) for ``method`` as
+    ``{dotted key: value}``: its common settings, then the method's own (or those of the method
+    whose presets it uses)."""
+    preset = _package_yaml(TOY_PRESET_FILE, "toy preset")
+    own = preset.get(method, preset.get(methods.get(method).preset_name, {}))
+    return {**flat(preset.get("common", {})), **flat(own)}
 
 
 Override = Union[str, tuple[str, Any]]

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from mmrl.fileio import open_atomic
+
 from .core import Datum
 
 SUSPECTS_FILE, CLASSES_FILE, DUPLICATES_FILE = "suspects.csv", "classes.csv", "duplicates.csv"
@@ -96,18 +98,18 @@ def write_audit(out_dir: str | Path, suspects: Sequence[Suspect], classnames: Se
     out.mkdir(parents=True, exist_ok=True)
     rare = set(rare_classes(counts))
     paths = [out / SUSPECTS_FILE, out / CLASSES_FILE, out / DUPLICATES_FILE]
-    with open(paths[0], "w", newline="", encoding="utf-8") as f:
+    with open_atomic(paths[0], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["rank", "path", "label", "class", "p_given", "preferred_class", "p_preferred"])
         for s in suspects:
             w.writerow([s.rank, s.relpath, s.label, s.classname, f"{s.p_given:.6f}", s.preferred,
                         f"{s.p_preferred:.6f}"])
-    with open(paths[1], "w", newline="", encoding="utf-8") as f:
+    with open_atomic(paths[1], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label", "class", "train_images", "rare"])
         for c, (name, n) in enumerate(zip(classnames, counts)):
             w.writerow([c, name, n, int(c in rare)])
-    with open(paths[2], "w", newline="", encoding="utf-8") as f:
+    with open_atomic(paths[2], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["group", "split", "path", "label", "class"])
         for g, group in enumerate(duplicates, 1):

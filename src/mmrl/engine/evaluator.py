@@ -4,7 +4,7 @@
 Which classes, logits and method settings is decoupled inference's choice
 (:mod:`mmrl.engine.decoupled`); running the model over the images and sharding them over
 torchrun ranks is :mod:`mmrl.engine.inference`. The zero-shot baseline is
-:mod:`mmrl.engine.zeroshot`, prediction of image files :mod:`mmrl.engine.predict`.
+:mod:`mmrl.engine.baseline`, prediction of image files :mod:`mmrl.engine.prediction`.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsam
             desc=f"eval {splits.name}-{subsample}", dist_info=dist_info, compile=compile)
     res = {"dataset": splits.name, "subsample": subsample, **summarize(logits, labels, splits.classnames),
            "logits": kind, **recorded_settings(settings), "template": splits.template, "precision": precision,
-           "precision_reason": why,           "time_s": round(time.time() - t0, 3)}
+           "precision_reason": why, "time_s": round(time.time() - t0, 3)}
     if predictions is not None:
         if dist_info is None or dist_info.is_main:
             write_predictions(predictions, splits.test, idx, logits, labels, splits.classnames, kind)
@@ -117,7 +117,7 @@ class EvalRequest:
 
     def __post_init__(self) -> None:
         if self.subsample not in SUBSAMPLES:
-            raise ValueError(f"subsample={shown(self.subsample)}; expected all, base or new")
+            raise ValueError(f"subsample={shown(self.subsample)}; expected one of {', '.join(SUBSAMPLES)}")
         if self.logits not in LOGIT_CHOICES:
             raise ValueError(f"logits={shown(self.logits)}; expected one of {', '.join(LOGIT_CHOICES)}")
 

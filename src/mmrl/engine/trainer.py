@@ -28,7 +28,9 @@ from typing import Any, Callable
 import torch
 
 from mmrl.backbone_spec import TOY_CLIP_NAME
-from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
+from mmrl.config import (ConfigError, RunConfig, canonical_dataset, config_differences, load_config, toy_settings,
+                         validate)
+from mmrl.data.imagefolder import is_user_spec
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import precision as amp
 from mmrl.engine import rundir as rd
@@ -39,7 +41,6 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fit
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.models import build_method
-from mmrl.toyworld.demo import toy_settings
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
@@ -330,6 +331,11 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
                              "with a train split")
     _check_training_classes(splits)
     files.split(splits)
+    if is_user_spec(cfg.data.dataset) and cfg.data.subsample != "all":  # the other half, as it is now
+        other = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
+                                    subsample="new" if cfg.data.subsample == "base" else "base",
+                                    cache_dir=cfg.data.cache_dir, template=cfg.data.template)
+        files.split(other, rd.OTHER_SPLIT_FILE)
     LOG.info("%s", splits.summary())
     info["shots_realised"] = _realised_shots(splits, cfg.data.shots if cfg.data.imbalance.type == "none" else 0)
     info.update(data.corruption_record(splits, cfg.data))  # label noise / class imbalance: settings, realised
