@@ -37,6 +37,9 @@ def test_auto_follows_the_cpu_flags(monkeypatch, flags, expected):
     assert precision == expected and why.startswith("auto: CPU with")
     assert amp.eval_precision("auto", CPU)[0] == expected
     assert amp.choose_precision("fp32", CPU) == ("fp32", "asked for")  # an explicit choice is kept
+    # a narrow image tower (the demo's toy-clip: 128) is overhead-bound: fp32 even where bf16 is native
+    assert amp.choose_precision("auto", CPU, width=128)[0] == "fp32"
+    assert amp.choose_precision("auto", CPU, width=768)[0] == expected
 
 
 @pytest.mark.parametrize("env, expected", [("0", "fp32"), ("1", "bf16")])

@@ -283,7 +283,7 @@ def _cast_for(model, precision: str) -> str:
     """The precision a just-loaded model runs at (auto resolved), its frozen weights cast to bf16 once
     on a CPU when that is it."""
     device = model.rep_tokens.device
-    precision = amp.eval_precision(precision, device)[0]
+    precision = amp.eval_precision(precision, device, amp.tower_width(model))[0]
     amp.cast_frozen(model, precision)
     return precision
 

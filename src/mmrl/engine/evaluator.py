@@ -24,7 +24,7 @@ from mmrl.engine.checkpoint import write_json_atomic
 from mmrl.engine.decoupled import choose_logits, eval_settings, eval_splits, recorded_settings
 from mmrl.engine.inference import model_device, run_inference, summarize, write_predictions
 from mmrl.engine.lock import RunDirLock
-from mmrl.engine.precision import cast_frozen, eval_precision, inference_precision
+from mmrl.engine.precision import cast_frozen, eval_precision, inference_precision, tower_width
 from mmrl.engine.rundir import EVAL_DIR, SPLIT_FILE, check_run_dir, load_run
 from mmrl.engine.runtime import resolve_device
 from mmrl.errors import shown
@@ -75,7 +75,7 @@ def evaluate_model(model: nn.Module, cfg: RunConfig | None, dataset: str, subsam
                     predictions: str | Path | None, progress: bool | None,
                     dist_info: ddp_util.DistInfo | None = None, compile: bool | None = False) -> dict[str, Any]:
     settings = eval_settings(model, cfg, dataset)
-    why = eval_precision(precision, model_device(model))[1]
+    why = eval_precision(precision, model_device(model), tower_width(model))[1]
     precision = inference_precision(model, precision, model_device(model))  # what auto means here
     t0 = time.time()
     with model.using(settings):
@@ -189,7 +189,7 @@ def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, requ
                          run_split=run_dir / SPLIT_FILE if run_dir is not None else None)
     how = {k: cfg.value(k) if cfg is not None else settings.get(k, DEFAULTS.value(k)) for k in EVAL_SETTINGS}
     if run_dir is not None:  # a model loaded for this evaluation: its frozen weights in bf16 once (CPU)
-        cast_frozen(model, eval_precision(how["eval.precision"], model_device(model))[0])
+        cast_frozen(model, eval_precision(how["eval.precision"], model_device(model), tower_width(model))[0])
     res = evaluate_model(
         model, cfg, dataset, subsample, kind, splits=splits, batch_size=how["eval.batch_size"],
         precision=how["eval.precision"], num_workers=how["data.num_workers"],

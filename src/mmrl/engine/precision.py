@@ -27,6 +27,12 @@ from mmrl.engine.runtime import autocast
 # asked); the test suite sets 0 so that its numbers do not depend on the machine's CPU
 ENV_CPU_BF16 = "MMRL_CPU_BF16"
 _CAST = {"bf16": torch.bfloat16}
+# `auto` on a CPU with native bf16 picks bf16 for image towers at least this wide. A tower's
+# matmuls are what bf16 speeds up; a narrow one is overhead-bound (many small ops, where the
+# casts cost more than bf16 saves). Measured (docs/performance.md#bf16-on-the-cpu): ViT-B/16
+# (width 768) trains 2.5x and evaluates ~3x faster per CPU-second in bf16; the demo's toy-clip
+# (width 128) runs 1.24x SLOWER (91 vs 74 CPU-s for the whole demo).
+MIN_BF16_WIDTH = 512
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,10 +74,20 @@ def native_cpu_bf16() -> tuple[bool, str]:
     return False, f"CPU without native bf16 (no avx512_bf16 / amx_bf16; torch CPU capability {cap})"
 
 
-def choose_precision(precision: str, device: torch.device) -> tuple[str, str]:
+def tower_width(model_or_backbone: Any) -> int | None:
+    """The image tower's width (d_v) of a Backbone or a model holding ``clip`` (None: unknown)."""
+    width = getattr(model_or_backbone, "vision_width", None)
+    if width is None:
+        transformer = getattr(getattr(getattr(model_or_backbone, "clip", None), "visual", None), "transformer", None)
+        width = getattr(transformer, "width", None)
+    return int(width) if width is not None else None
+
+
+def choose_precision(precision: str, device: torch.device, width: int | None = None) -> tuple[str, str]:
     """``(precision, why)``: ``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs; on the CPU
-    bf16 where it is native (:func:`native_cpu_bf16`) and fp32 elsewhere; ``MMRL_CPU_BF16=0|1``
-    overrides the CPU's answer. An explicit precision is kept as it is."""
+    bf16 where it is native (:func:`native_cpu_bf16`) and the image tower is at least
+    :data:`MIN_BF16_WIDTH` wide (``width``; None = not known, taken as wide), fp32 elsewhere;
+    ``MMRL_CPU_BF16=0|1`` overrides the CPU's answer. An explicit precision is kept as it is."""
     if precision != "auto":
         return precision, "asked for"
     if device.type == "cuda":
@@ -81,6 +97,9 @@ def choose_precision(precision: str, device: torch.device) -> tuple[str, str]:
     if env in ("0", "1"):
         return ("bf16" if env == "1" else "fp32"), f"auto: {ENV_CPU_BF16}={env}"
     native, why = native_cpu_bf16()
+    if native and width is not None and width < MIN_BF16_WIDTH:
+        return "fp32", (f"auto: {why}, but an image tower of width {width} < {MIN_BF16_WIDTH} is overhead-bound: "
+                        "fp32 is faster")
     return ("bf16" if native else "fp32"), f"auto: {why}"
 
 
@@ -117,7 +136,7 @@ def inference_precision(model: nn.Module, precision: str, device: torch.device) 
     :func:`eval_precision` does), refused when the model's weights were cast to a lower precision
     (fp32 numbers from bf16 weights would be bf16 numbers labelled fp32)."""
     if precision == "auto":
-        precision = eval_precision("auto", device)[0]
+        precision = eval_precision("auto", device, tower_width(model))[0]
     held = frozen_dtype(model)
     if held == torch.bfloat16 and precision != "bf16":
         raise ValueError(f"precision {precision}: this model's frozen weights are stored in bf16 (cast for a "
@@ -125,14 +144,14 @@ def inference_precision(model: nn.Module, precision: str, device: torch.device) 
     return precision
 
 
-def eval_precision(precision: str, device: torch.device) -> tuple[str, str]:
+def eval_precision(precision: str, device: torch.device, width: int | None = None) -> tuple[str, str]:
     """``eval.precision``: ``auto`` is bf16 on a CPU with native bf16 and fp32 elsewhere (a GPU evaluates
     fast in fp32 and keeps the authors' numbers); explicit values are kept."""
     if precision != "auto":
         return precision, "asked for"
     if device.type == "cuda":
         return "fp32", "auto: fp32 on a GPU"
-    return choose_precision("auto", device)
+    return choose_precision("auto", device, width)
 
 
 def _float(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -175,7 +194,8 @@ def match_eval_precision(model: nn.Module, cfg) -> None:
     training but is evaluated at another ``eval.precision`` gets its backbone's weights back
     (loaded again: the cast lost their low bits). Nothing to do in the common case (both auto)."""
     device = next(model.parameters()).device
-    if frozen_dtype(model) == torch.float32 or eval_precision(cfg.eval.precision, device)[0] == "bf16":
+    if frozen_dtype(model) == torch.float32 or \
+            eval_precision(cfg.eval.precision, device, tower_width(model))[0] == "bf16":
         return
     from mmrl.engine.runtime import load_backbone_checked
 

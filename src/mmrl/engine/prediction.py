@@ -45,7 +45,7 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
     device_ = model_device(model)
     requested = precision or (cfg.eval.precision if cfg is not None else "auto")
     if run_dir is not None:  # loaded here: the frozen weights in bf16 once (CPU)
-        amp.cast_frozen(model, amp.eval_precision(requested, device_)[0])
+        amp.cast_frozen(model, amp.eval_precision(requested, device_, amp.tower_width(model))[0])
     precision = amp.inference_precision(model, requested, device_)
     cs = resolve_class_set(model, cfg, run_dir, classes=classes, dataset=dataset, root=root, subsample=subsample,
                            logits=logits, template=template)

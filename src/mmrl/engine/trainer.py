@@ -202,9 +202,9 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     if cfg.data.split_file is not None and not Path(cfg.data.split_file).is_file():
         raise data.MissingDataError(f"data.split_file: no such file: {cfg.data.split_file}")
     device = ddp_util.local_device(resolve_device(cfg.device), dinfo)
-    precision, precision_reason = amp.choose_precision(cfg.precision, device)
     with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
         backbone = load_backbone_checked(cfg.backbone, device=device)
+    precision, precision_reason = amp.choose_precision(cfg.precision, device, amp.tower_width(backbone))
     check_method_fits(backbone, cfg.method)
     files = rd.RunFiles(run_dir, writes=is_main)
     info = files.start(cfg, dinfo)
