@@ -31,7 +31,7 @@ _CAST = {"bf16": torch.bfloat16}
 # matmuls are what bf16 speeds up; a narrow one is overhead-bound (many small ops, where the
 # casts cost more than bf16 saves). Measured (docs/performance.md#bf16-on-the-cpu): ViT-B/16
 # (width 768) trains 2.5x and evaluates ~3x faster per CPU-second in bf16; the demo's toy-clip
-# (width 128) runs 1.24x SLOWER (91 vs 74 CPU-s for the whole demo).
+# (width 128) runs ~1.2x SLOWER (91 and 95 vs 74 and 81 CPU-s for the whole demo, alternating runs).
 MIN_BF16_WIDTH = 512
 
 
@@ -265,7 +265,7 @@ def compiled_logits(model: nn.Module, text: torch.Tensor, *, device: torch.devic
 
 # eval.compile null: compile when the test list has at least this many images. Compiling ViT-B/16's
 # evaluation graph costs ~50-85 s on 2 shared cores and saves ~0.07 s per image in bf16
-# (docs/performance.md#compiled-evaluation): it pays from ~750 images on; 1000 leaves a margin.
+# (docs/performance.md#bf16-on-the-cpu): it pays from ~750 images on; 1000 leaves a margin.
 COMPILE_MIN_IMAGES = 1000
 
 
