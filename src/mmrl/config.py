@@ -150,8 +150,8 @@ class EvalConfig:
         "evaluation, predict and Classifier precision: auto (bf16 on a CPU with native bf16, the frozen weights "
         "cast once; fp32 elsewhere) / fp32 / bf16 / fp16", "auto")
     compile: Optional[bool] = doc(
-        "torch.compile the image tower for evaluation on a CPU (the first batch compiles, ~1 min for ViT-B/16): "
-        "null = when the test list has at least 1000 images, true, false", None)
+        "torch.compile the image tower for evaluation on a CPU (the first batch compiles, 0.5-1.5 min for "
+        "ViT-B/16): null = at bf16 when the test list has at least 4000 images, true, false", None)
     target_beta: dict[str, float] = doc(
         "MMRL++: beta used when evaluating on each listed dataset (cross-dataset targets)",
         factory=dict)

@@ -39,7 +39,7 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
     With ``dist_info`` of several ranks (every rank must call this), each rank computes a
     contiguous share of the evaluation batches (the same batches as one process) and the
     results are gathered on every rank in item order. ``compile``: the image tower through
-    ``torch.compile`` on a CPU (:func:`mmrl.engine.precision.compiled_logits`); None = when there
+    ``torch.compile`` on a CPU (:func:`mmrl.engine.precision.compiled_logits`); None = at bf16 when there
     are at least :data:`mmrl.engine.precision.COMPILE_MIN_IMAGES` items.
     """
     info = dist_info or ddp_util.DistInfo()
@@ -64,7 +64,7 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
         else:
             loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **data.worker_options(num_workers),
                                 pin_memory=device.type == "cuda")
-        if amp.use_compile(compile, device, len(ds)):
+        if amp.use_compile(compile, device, len(ds), precision):
             run = amp.compiled_logits(model, text, device=device, precision=precision)
         else:
             def run(images: torch.Tensor):

@@ -263,14 +263,20 @@ def compiled_logits(model: nn.Module, text: torch.Tensor, *, device: torch.devic
     return run
 
 
-# eval.compile null: compile when the test list has at least this many images. Compiling ViT-B/16's
-# evaluation graph costs ~50-85 s on 2 shared cores and saves ~0.07 s per image in bf16
-# (docs/performance.md#bf16-on-the-cpu): it pays from ~750 images on; 1000 leaves a margin.
-COMPILE_MIN_IMAGES = 1000
+# eval.compile null: compile a bf16 evaluation on a CPU when the test list has at least this many
+# images. Measured on ViT-B/16, 2 cores (docs/performance.md#bf16-on-the-cpu): compiled bf16 runs
+# 14.0 instead of 10.1 images per second (1.39x), i.e. saves 0.027 s per image, and compiling costs
+# 31 s with inductor's on-disk cache warm, 84 s cold: it pays from ~1100 (warm) / ~3100 (cold)
+# images on; 4000 pays even cold (ImageNet, SUN397, Food101, EuroSAT; not DTD's 1692). In fp32
+# compiling gained only 1.16x, under the 1.2x worth its minute: auto leaves fp32 eager.
+COMPILE_MIN_IMAGES = 4000
 
 
-def use_compile(compile: bool | None, device: torch.device, n_images: int) -> bool:
-    """Whether an evaluation of ``n_images`` compiles (``eval.compile``; CPU only, where it was measured)."""
+def use_compile(compile: bool | None, device: torch.device, n_images: int, precision: str) -> bool:
+    """Whether an evaluation of ``n_images`` compiles (``eval.compile``; CPU only, where it was
+    measured; null: bf16 and at least :data:`COMPILE_MIN_IMAGES` images)."""
     if device.type != "cpu":
         return False
-    return n_images >= COMPILE_MIN_IMAGES if compile is None else bool(compile)
+    if compile is None:
+        return precision == "bf16" and n_images >= COMPILE_MIN_IMAGES
+    return bool(compile)
