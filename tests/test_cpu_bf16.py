@@ -50,7 +50,7 @@ def test_environment_overrides_the_cpu(monkeypatch, env, expected):
 
 
 # --------------------------------------------------------------------------- the cast
-def test_cast_keeps_trainable_tensors_and_optimiser_state_fp32(tiny_clip, tokenizer):
+def test_cast_keeps_trainable_tensors_and_optimiser_state_fp32(tiny_clip, tokenizer):  # noqa: F811 (fixtures)
     model = make_model(tiny_clip, tokenizer, "mmrl++", 2, torch.float32)
     assert amp.cast_frozen(model, "fp32") is None and amp.frozen_dtype(model) == torch.float32
     assert amp.cast_frozen(model, "bf16") == BF16
@@ -109,7 +109,7 @@ def split_outputs(model, images, labels, *, reference: bool) -> dict[str, torch.
 
 @pytest.mark.parametrize("J", [2, 4])
 @pytest.mark.parametrize("method", ["mmrl", "mmrl++"])
-def test_bf16_weights_are_as_accurate_as_the_reference(tiny_clip, tokenizer, method, J):
+def test_bf16_weights_are_as_accurate_as_the_reference(tiny_clip, tokenizer, method, J):  # noqa: F811 (fixtures)
     """With the frozen weights cast to bf16, the fast path's errors against the float64 truth of the
     original (fp32) model stay within tests/precision.py's bounds of the reference path's errors
     (same bf16 weights) and of the reference path autocasting the fp32 weights at every call (what
