@@ -40,6 +40,7 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fit
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.models import build_method
+from mmrl.models.losses import Criterion, build_criterion, cross_entropy
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
@@ -81,7 +82,7 @@ def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Ten
 
 def _ddp_train_step(ddp, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                     global_batch: int, *, info: ddp_util.DistInfo, device: torch.device, precision: str,
-                    step: int, where: str):
+                    step: int, where: str, criterion: Criterion = cross_entropy):
     """One data-parallel step on this rank's slice of a global batch.
 
     The forward goes through the DDP wrapper (its reducer averages the gradients over
@@ -94,7 +95,8 @@ def _ddp_train_step(ddp, optimizer, scaler, images: torch.Tensor, labels: torch.
     backward pass, so a non-finite loss on any rank stops every rank at the same step.
     """
     with autocast(device, precision):
-        out = ddp(images, labels, batch_size=global_batch, weights=weights, world_size=info.world_size)
+        out = ddp(images, labels, batch_size=global_batch, weights=weights, world_size=info.world_size,
+                  criterion=criterion)
     with torch.no_grad():
         real = weights > 0
         correct = ((out.logits.fused.argmax(-1) == labels) & real).sum()
@@ -286,6 +288,7 @@ class _Training:
     start_epoch: int                # epochs already done (a resumed run's checkpoint)
     step: int                       # optimiser steps already done
     resumed: bool
+    criterion: Criterion            # the per-sample classification loss (optim.loss, optim.balance)
 
 
 def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device,
@@ -386,7 +389,10 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
         # DDP broadcasts rank 0's parameters (identical anyway: same seed, same checkpoint) and
         # averages gradients; optimizer, checkpoints and the adapter file use `model` itself
         ddp = ddp_util.wrap_ddp(model, device)
-    return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume))
+    # the class counts of the realised training split: an imbalanced sample's own frequencies
+    criterion = build_criterion(cfg.optim.loss, cfg.optim.gce_q, cfg.optim.balance, cfg.optim.balance_tau,
+                                splits.train_counts())
+    return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume), criterion)
 
 
 def _say_if_toy_clip_without_toy_settings(cfg: RunConfig) -> None:
@@ -487,10 +493,10 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
                 _, weights, global_batch = plan[b]
                 out, vals = _ddp_train_step(tr.ddp, tr.optimizer, tr.scaler, images, labels, weights.to(device),
                                             global_batch, info=dinfo, device=device, precision=precision,
-                                            step=tr.step + 1, where=where)
+                                            step=tr.step + 1, where=where, criterion=tr.criterion)
             else:
                 out = train_step(model, tr.optimizer, tr.scaler, images, labels, device=device,
-                                 precision=precision, step=tr.step + 1, where=where)
+                                 precision=precision, step=tr.step + 1, where=where, criterion=tr.criterion)
         except NonFiniteLossError as e:
             kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {files.checkpoint_path}"
                     if files.checkpoint_path.is_file() else "no checkpoint was written yet")
