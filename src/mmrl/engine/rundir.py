@@ -34,18 +34,16 @@ import torch
 from mmrl import data
 from mmrl.config import RunConfig, dump_config, load_config
 from mmrl.engine import distributed as ddp_util
-from mmrl.engine.checkpoint import (file_sha256, load_adapter, save_adapter, save_checkpoint, write_json_atomic,
+from mmrl.engine.checkpoint import (load_adapter, save_adapter, save_checkpoint, write_json_atomic,
                                     write_text_atomic)
-from mmrl.engine.runtime import log_to_file
-from mmrl.fileio import dumps_json, loads_json, read_json_or_none, write_failed
 from mmrl.engine.runcheck import adapter_settings, disagreements
+from mmrl.engine.runtime import log_to_file
+from mmrl.errors import CorruptFileError, clip
+from mmrl.fileio import JSONFileError, dumps_json, file_sha256, loads_json, read_json, read_json_or_none, write_failed
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
     ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, OTHER_SPLIT_FILE, RESULTS_FILE,
-    RUN_FILE, SPLIT_FILE,
-    eval_file_name,
+    RUN_FILE, SPLIT_FILE, eval_file_name,
 )
-from mmrl.errors import CorruptFileError, clip
-from mmrl.fileio import JSONFileError, read_json
 
 
 def now_iso() -> str:
