@@ -46,6 +46,8 @@ from torch import nn
 
 from mmrl.backbone_spec import CHECKPOINT_SUFFIXES, TOY_CLIP_FILE, TOY_CLIP_NAME
 from mmrl.errors import BackboneUnavailableError
+from mmrl.models.towers import (Towers, attention_layout_problem, block_problem, check_block_math,  # noqa: F401
+                               towers_of)
 
 CLIP_BPE_VOCAB = 49408  # size of CLIP's BPE vocabulary (open_clip's SimpleTokenizer)
 
@@ -74,49 +76,61 @@ class Backbone:
     spec: str
 
     @property
+    def towers(self) -> Towers:
+        """The adapters of both towers (:mod:`mmrl.models.towers`), the only view of the model's internals."""
+        return towers_of(self.clip, self.spec)
+
+    @property
     def vision_width(self) -> int:  # d_v
-        return self.clip.visual.conv1.out_channels
+        return self.towers.vision.width
 
     @property
     def text_width(self) -> int:  # d_t
-        return self.clip.ln_final.normalized_shape[0]
+        return self.towers.text.width
 
     @property
     def embed_dim(self) -> int:  # d_e
-        return self.clip.text_projection.shape[1]
+        return self.towers.text.embed_dim
 
     @property
     def vision_layers(self) -> int:
-        return len(self.clip.visual.transformer.resblocks)
+        return self.towers.vision.layers
 
     @property
     def text_layers(self) -> int:
-        return len(self.clip.transformer.resblocks)
+        return self.towers.text.layers
 
     @property
     def image_size(self) -> int:
-        size = self.clip.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return self.towers.vision.image_size
 
     @property
     def context_length(self) -> int:
-        return int(self.clip.positional_embedding.shape[0])
+        return self.towers.text.context_length
 
     def describe(self) -> dict:
         """Architecture summary (JSON-able)."""
+        t = self.towers
+        v, x = t.vision, t.text
+        pre = v.preprocess
         return {
             "spec": self.spec,
-            "vision_width": self.vision_width,
-            "vision_layers": self.vision_layers,
-            "vision_heads": self.clip.visual.transformer.resblocks[0].attn.num_heads,
-            "patch_size": self.clip.visual.conv1.kernel_size[0],
-            "image_size": self.image_size,
-            "text_width": self.text_width,
-            "text_layers": self.text_layers,
-            "text_heads": self.clip.transformer.resblocks[0].attn.num_heads,
-            "context_length": self.context_length,
-            "vocab_size": self.clip.token_embedding.num_embeddings,
-            "embed_dim": self.embed_dim,
+            "vision_tower": v.kind,
+            "vision_width": v.width,
+            "vision_layers": v.layers,
+            "vision_heads": v.heads,
+            "patch_size": v.patch_size,
+            "image_size": v.image_size,
+            "image_mean": list(pre["mean"]),
+            "image_std": list(pre["std"]),
+            "text_width": x.width,
+            "text_layers": x.layers,
+            "text_heads": x.heads,
+            "text_pooling": x.pool_type if x.causal else f"{x.pool_type} (bidirectional)",
+            "context_length": x.context_length,
+            "vocab_size": x.vocab_size,
+            "embed_dim": x.embed_dim,
+            "fast_path": t.clip_layout,
         }
 
 
@@ -127,92 +141,34 @@ def _frozen(clip: nn.Module) -> nn.Module:
     return clip
 
 
-def attention_layout_problem(attn: nn.Module) -> str | None:
-    """What keeps ``attn`` from being run as plain fused multi-head self-attention, or None.
-
-    Recognised by its parts, not its class, so that both open_clip generations pass: 3.x's
-    ``nn.MultiheadAttention`` and 4.x's own ``Attention`` both hold a fused
-    ``in_proj_weight`` (3D, D), an optional ``in_proj_bias`` (3D,), an ``out_proj`` Linear and
-    ``num_heads``. Anything that changes the math of ``softmax(q k^T / sqrt(d_h)) v`` is
-    refused: separate q/k/v weights, MHA's ``bias_k``/``add_zero_attn``, scaled-cosine
-    attention, per-head scales, q/k or inner norms, a non-standard scale.
-    """
-    w, out, heads = (getattr(attn, n, None) for n in ("in_proj_weight", "out_proj", "num_heads"))
-    if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[0] != 3 * w.shape[1]:
-        return "a fused q/k/v projection (in_proj_weight of shape (3D, D))"
-    D = w.shape[1]
-    bias = getattr(attn, "in_proj_bias", None)
-    if bias is not None and tuple(bias.shape) != (3 * D,):
-        return "an in_proj_bias of shape (3D,)"
-    if not isinstance(out, nn.Linear) or (out.in_features, out.out_features) != (D, D):
-        return "an out_proj Linear (D, D)"
-    if not isinstance(heads, int) or heads < 1 or D % heads:
-        return "a num_heads that divides the width"
-    if getattr(attn, "bias_k", None) is not None or getattr(attn, "add_zero_attn", False):
-        return "attention without extra key/value biases (bias_k, add_zero_attn)"
-    for name in ("logit_scale", "head_scale"):  # scaled-cosine attention, per-head output scales
-        if getattr(attn, name, None) is not None:
-            return f"attention without {name}"
-    for name in ("ln_q", "ln_k", "ln_inner"):
-        if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity):
-            return f"attention without {name}"
-    scale = getattr(attn, "scale", None)
-    if scale is not None and abs(float(scale) - (D // heads) ** -0.5) > 1e-12:
-        return "the standard attention scale 1/sqrt(head width)"
-    return None
-
-
-def block_layout_problem(blk: nn.Module) -> str | None:
-    """What keeps ``blk`` from being a pre-LN residual attention block
-    ``x + ls_1(attn(ln_1(x)))``, then ``x + ls_2(mlp(ln_2(x)))``, or None (parts, not class)."""
-    for name in ("ln_1", "attn", "ln_2", "mlp"):
-        if not isinstance(getattr(blk, name, None), nn.Module):
-            return f"a block part {name}"
-    if hasattr(blk, "ln_1_kv"):
-        return "self-attention blocks (not cross-attention)"
-    for name in ("ls_1", "ls_2"):
-        if not callable(getattr(blk, name, None)):
-            return f"a block part {name} (LayerScale or identity)"
-    if not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity):
-        return "blocks without a norm after attention (ln_attn)"
-    return attention_layout_problem(blk.attn)
+# the layout checks live with the adapters; these names stay importable from here
+block_layout_problem = block_problem
 
 
 def check_vit_clip(clip: nn.Module, spec: str) -> None:
-    """Refuse backbones MMRL cannot be applied to, saying why.
+    """Refuse backbones MMRL cannot be applied to, with one line naming the model and the part.
 
-    MMRL inserts representation tokens between transformer blocks of BOTH towers and
-    reads the class token / EOT token, so it needs open_clip's standard ``CLIP`` with a
-    ViT image tower (class-token pooling) and CLIP's causal text transformer, whose blocks
-    are plain pre-LN attention blocks (:func:`block_layout_problem`; open_clip 3.x and 4.x).
+    MMRL inserts representation tokens between the transformer blocks of BOTH towers, so it
+    needs a transformer image tower and an open_clip text transformer whose blocks are plain
+    pre-LN attention blocks; pooling and heads are the towers' own (:mod:`mmrl.models.towers`,
+    docs/method.md "Other tower families"). Conv towers (ResNet, ConvNeXt, FastViT) are refused.
     """
-    from open_clip.model import CLIP
-    from open_clip.transformer import VisionTransformer
-
-    if not isinstance(clip, CLIP):
+    if not hasattr(clip, "visual"):
+        raise ValueError(f"backbone {spec!r}: {type(clip).__name__} has no image tower (visual); "
+                         "MMRL needs a CLIP-style model with an image and a text transformer")
+    visual = clip.visual
+    if hasattr(visual, "layer1") or type(visual).__name__ == "ModifiedResNet":
         raise ValueError(
-            f"backbone {spec!r}: {type(clip).__name__} is not a standard CLIP with its own text transformer; "
-            "MMRL inserts tokens into CLIP's text transformer blocks, so it needs an open_clip `CLIP` model "
-            "(e.g. ViT-B-16, ViT-L-14)")
-    if not isinstance(clip.visual, VisionTransformer):
-        raise ValueError(
-            f"backbone {spec!r} has a {type(clip.visual).__name__} image tower (a ResNet CLIP?): MMRL inserts "
+            f"backbone {spec!r} has a {type(visual).__name__} image tower (a ResNet CLIP?): MMRL inserts "
             "representation tokens between the blocks of a vision TRANSFORMER, so it needs a ViT CLIP")
-    v = clip.visual
-    if v.attn_pool is not None or v.pool_type != "tok" or v.final_ln_after_pool:
-        raise ValueError(f"backbone {spec!r}: MMRL needs class-token pooling in the vision tower "
-                         f"(pool_type='tok', no attentional pooling)")
-    if getattr(clip, "text_pool_type", "argmax") != "argmax" or clip.attn_mask is None:
-        raise ValueError(f"backbone {spec!r}: MMRL needs CLIP's causal text tower pooled at the EOT token")
-    for tower, blocks in (("vision", v.transformer.resblocks), ("text", clip.transformer.resblocks)):
-        for i, blk in enumerate(blocks):
-            problem = block_layout_problem(blk)
+    towers = towers_of(clip, spec)
+    for tower in (towers.vision, towers.text):
+        for i, blk in enumerate(tower.blocks):
+            problem = check_block_math(blk)
             if problem is not None:
-                raise ValueError(f"backbone {spec!r}: {tower} block {i} ({type(blk).__name__}) is not supported: "
-                                 f"MMRL needs {problem}")
-    if clip.token_embedding.num_embeddings != CLIP_BPE_VOCAB:
-        raise ValueError(f"backbone {spec!r}: vocabulary of {clip.token_embedding.num_embeddings} tokens; "
-                         f"MMRL uses CLIP's BPE tokenizer ({CLIP_BPE_VOCAB} tokens)")
+                side = "vision" if tower is towers.vision else "text"
+                raise ValueError(f"backbone {spec!r}: {side} block {i} ({type(blk.blk).__name__}) is not "
+                                 f"supported: MMRL needs {problem}")
 
 
 def infer_openai_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
@@ -358,7 +314,41 @@ def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,
         clip = _open_clip_model(name, tag or "openai", pretrained, spec)
     check_vit_clip(clip, spec)
     clip = _frozen(clip).to(device)
-    return Backbone(clip=clip, tokenizer=_tokenizer(int(clip.positional_embedding.shape[0])), spec=spec)
+    return Backbone(clip=clip, tokenizer=_tokenizer_for(clip, spec), spec=spec)
+
+
+def _tokenizer_for(clip: nn.Module, spec: str) -> Callable[[list[str]], torch.Tensor]:
+    """CLIP's BPE tokenizer for a tower with CLIP's vocabulary; else the model's own tokenizer
+    (open_clip's ``get_tokenizer``, a Hugging Face one for SigLIP, MetaCLIP-2 worldwide...),
+    built on first use from the local cache, offline: :class:`BackboneUnavailableError` when
+    it is not cached."""
+    text = towers_of(clip, spec).text
+    if text.vocab_size == CLIP_BPE_VOCAB:
+        return _tokenizer(text.context_length)
+    return _LazyTokenizer(spec.partition(":")[0], text.context_length, spec)
+
+
+class _LazyTokenizer:
+    """A model's own open_clip tokenizer, built on first call (from the local cache only)."""
+
+    def __init__(self, name: str, context_length: int, spec: str):
+        self.name, self.context_length, self.spec = name, context_length, spec
+        self._tok: Callable[[list[str]], torch.Tensor] | None = None
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if self._tok is None:
+            import open_clip
+
+            try:
+                with _quiet_open_clip(), _hub_offline():
+                    self._tok = open_clip.get_tokenizer(self.name, context_length=self.context_length)
+            except Exception as e:  # not cached (OSError and kin across transformers versions)
+                raise BackboneUnavailableError(
+                    f"backbone {self.spec!r}: the tokenizer of {self.name} is not cached on this machine "
+                    f"({type(e).__name__}: {' '.join(str(e).split())[:160]}). Ways on: connect to the internet "
+                    f"once (it is then cached by Hugging Face), or use a backbone with CLIP's BPE tokenizer "
+                    "(e.g. ViT-B-16, toy-clip)") from e
+        return self._tok(texts)
 
 
 def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Module:

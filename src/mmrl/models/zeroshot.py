@@ -27,7 +27,8 @@ class ZeroShotCLIP(nn.Module):
         self.classnames: list[str] = []
 
     def set_classes(self, classnames: list[str], template: str) -> None:
-        tokens = tokenize_classes(self.tokenizer, classnames, template).to(self.clip.positional_embedding.device)
+        device = next(self.clip.parameters()).device
+        tokens = tokenize_classes(self.tokenizer, classnames, template).to(device)
         with torch.no_grad():
             text = self.clip.encode_text(tokens)
         self.classnames = list(classnames)
