@@ -272,8 +272,11 @@ class VisionTower:
         return t.norm_pre(t.patch_drop(x))
 
     def final_norm(self, x: Tensor) -> Tensor:
-        """The tower's final norm, per token (..., d_v) -> (..., d_v)."""
-        return self.module.ln_post(x) if self.kind == "open_clip" else self._trunk.norm(x)
+        """Every norm the tower applies after its last block, per token (..., d_v) -> (..., d_v):
+        ``ln_post``; a timm ViT's ``norm`` and then its ``fc_norm`` (the norm after pooling)."""
+        if self.kind == "open_clip":
+            return self.module.ln_post(x)
+        return self._trunk.fc_norm(self._trunk.norm(x))
 
     def pool(self, x: Tensor) -> Tensor:
         """The tower's own head over its own tokens (no slots among them): final norm, pooling,
@@ -292,16 +295,19 @@ class VisionTower:
         return self.module.head(self._trunk.forward_head(self._trunk.norm(x)))
 
     def projection(self) -> Tensor:
-        """P (d_v, d_e): the tower's frozen linear output projection; the identity where the
-        head projects nothing (SigLIP's MAP head: d_v == d_e)."""
+        """P (d_v, d_e): the tower's frozen linear output projection (a timm ViT: its classifier
+        ``head`` then open_clip's ``head.proj``, whichever are Linear; their biases are not part
+        of P); the identity where the head projects nothing (SigLIP's MAP head: d_v == d_e)."""
         if self.kind == "open_clip":
             return self.module.proj
-        proj = getattr(self.module.head, "proj", None)
-        if isinstance(proj, nn.Linear):
-            return proj.weight.t()
-        w = self._trunk.norm.weight if getattr(self._trunk.norm, "weight", None) is not None else None
-        ref = w if w is not None else next(self.module.parameters())
-        return torch.eye(self.width, dtype=ref.dtype, device=ref.device)
+        P = None
+        for lin in (getattr(self._trunk, "head", None), getattr(self.module.head, "proj", None)):
+            if isinstance(lin, nn.Linear):
+                P = lin.weight.t() if P is None else P @ lin.weight.t()
+        if P is None:
+            ref = next(self.module.parameters())
+            P = torch.eye(self.width, dtype=ref.dtype, device=ref.device)
+        return P
 
     @property
     def is_clip_layout(self) -> bool:
@@ -338,6 +344,8 @@ def vision_problem(visual: nn.Module) -> str | None:
         if not isinstance(visual.head, nn.Sequential) or any(
                 n not in ("drop", "proj") for n, _ in visual.head.named_children()):
             return "a vision head that is a linear projection or nothing (TimmModel head)"
+        if not isinstance(getattr(trunk, "head", None), (nn.Linear, nn.Identity)):
+            return f"a timm classifier head that is Linear or nothing (timm {name})"
         return _blocks_problem(trunk.blocks, "vision")
     if hasattr(visual, "layer1") or hasattr(visual, "stages"):
         return "a vision transformer (this is a convolutional tower: the method needs tokens)"

@@ -1,0 +1,146 @@
+"""MMRL / MMRL++ on other tower families (docs/method.md, "Other tower families").
+
+For each tiny family of :mod:`towers_zoo` (built in-process, float64):
+
+* the model (the generic path, fused attention by the blocks' parts) equals the rule written
+  out in :mod:`mmrl.models.reference` (every block by its library's own forward): loss, the
+  three logits and the gradient of every trainable tensor;
+* the special case: slots' keys hidden, aligner outputs zeroed, proj_rep = P -> the class-path
+  logits are the frozen model's own zero-shot logits (``clip.encode_image`` / ``encode_text``);
+* the adapter's stem + blocks + pooling without slots equals the model's own encoders;
+* the frozen classifier (export) equals the model's logits.
+CLIP itself keeps the fast path (tests/test_models_fast_path.py).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmrl.models import build_method, method_config
+from mmrl.models import reference
+from mmrl.models.towers import towers_of
+from towers_zoo import FAMILIES, IMAGE, tiny_backbone
+
+OTHER = [f for f in FAMILIES if f != "clip"]
+CLASSES = ["cat", "dog house", "golden retriever", "a very long class name with words"]
+TEMPLATE = "a photo of a {}."
+METHODS = ["mmrl", "mmrl++"]
+
+
+def make(family: str, method: str, seed: int = 1):
+    bb = tiny_backbone(family)
+    torch.manual_seed(seed)
+    plus = {"beta": 0.6, "proj_lora_rank": 4, "aligner_lora_rank": 2} if method == "mmrl++" else {}
+    cfg = method_config(method, n_rep_tokens=3, rep_dim=8, first_rep_block=2, reg_weight=2.0, **plus)
+    model = build_method(bb, cfg).double()
+    bb.clip.double()
+    with torch.no_grad():  # every adapter tensor off its initial value (LoRA B's start at zero)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * p.abs().mean().clamp_min(0.05) * torch.randn_like(p))
+    model.set_classes(CLASSES, TEMPLATE)
+    return model
+
+
+def images(n: int = 3) -> torch.Tensor:
+    return torch.randn(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+def grads(model, out) -> dict[str, torch.Tensor]:
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    g = torch.autograd.grad(out.total, list(params.values()))
+    return dict(zip(params, g))
+
+
+def close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("family", OTHER)
+def test_other_families_take_the_generic_path_and_clip_the_fast_one(family):
+    assert towers_of(tiny_backbone("clip").clip).clip_layout
+    assert not make(family, "mmrl").fast
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_without_slots_equals_the_models_own_encoders(family):
+    """stem -> blocks (by their parts) -> the tower's pooling and head, with nothing inserted: the
+    frozen teacher of the generic path; it must be the model's own encode_image / encode_text."""
+    from mmrl.models import generic
+
+    bb = tiny_backbone(family)
+    bb.clip.double()
+    t = towers_of(bb.clip)
+    ids = bb.tokenizer([TEMPLATE.format(c) for c in CLASSES])
+    with torch.no_grad():
+        close(generic.text_features(t.text, ids), bb.clip.encode_text(ids), "text")
+        f, _, teacher = generic.image_features(t.vision, images(), 1, lambda i: torch.zeros(3, t.vision.width,
+                                                                                           dtype=torch.float64),
+                                               lambda s, n: n, None, teacher=True)
+        close(teacher, bb.clip.encode_image(images()), "image")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", OTHER)
+def test_loss_logits_and_every_gradient_equal_the_reference(family, method):
+    model = make(family, method)
+    x, y = images(), torch.tensor([0, 2, 3])
+    got = model.loss(x, y)
+    want = reference.loss(model, x, y)
+    for kind in ("class_", "rep", "fused"):
+        close(getattr(got.logits, kind), getattr(want.logits, kind), kind)
+    for term in ("total", "ce_class", "ce_rep", "reg_image", "reg_text"):
+        close(getattr(got, term), getattr(want, term), term)
+    g_got, g_want = grads(model, got), grads(model, want)
+    assert set(g_got) == set(g_want) and len(g_got) >= 4
+    for name in g_got:
+        assert g_got[name].abs().sum() > 0, f"{name}: no gradient"
+        close(g_got[name], g_want[name], f"grad {name}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("family", OTHER)
+def test_hidden_slots_give_the_frozen_towers_zero_shot_logits(family, method):
+    """Slots present but their keys hidden from every other token, aligner outputs zeroed,
+    proj_rep = P: the class path is the frozen model's own zero-shot classifier, to float rounding."""
+    model = make(family, method)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "aligner" in name:
+                p.zero_()
+        if method == "mmrl++":
+            model.proj_lora_B.zero_()
+            assert torch.equal(model.rep_projection(), model.towers.vision.projection())
+    model.mask_slot_keys = True
+    x = images()
+    with torch.no_grad():
+        img = F.normalize(model.clip.encode_image(x), dim=-1)
+        txt = F.normalize(model.clip.encode_text(model.text_tokens), dim=-1)
+        zero_shot = model.cfg.logit_scale * img @ txt.t()
+        close(model.logits(x).class_, zero_shot, "fast path class logits")
+        close(reference.logits(model, x).class_, zero_shot, "reference class logits")
+        close(model.encode_text(), model.text_teacher, "text features = t_zs")
+    model.mask_slot_keys = False
+    with torch.no_grad():  # and the slots do act when they are seen
+        assert not torch.allclose(model.logits(x).class_, zero_shot, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("family", ["siglip", "clipa", "timm-cls"])
+def test_frozen_classifier_equals_the_models_logits(family):
+    model = make(family, "mmrl++").eval()
+    x = images()
+    with torch.no_grad():
+        logits = model.logits(x)
+        for kind, want in (("fused", logits.fused), ("class", logits.class_), ("rep", logits.rep)):
+            close(model.freeze(kind)(x), want, kind)
+
+
+def test_slot_positions_follow_the_rule():
+    """SigLIP-like towers: the slots lead both sequences (no CLS; the last text position stays
+    the pooled one); timm with CLS + 2 registers: after all three prefix tokens; causal text: after SOT."""
+    sig = towers_of(tiny_backbone("siglip").clip)
+    assert (sig.vision.n_prefix, sig.text.n_prefix, sig.text.causal) == (0, 0, False)
+    reg = towers_of(tiny_backbone("timm-cls").clip)
+    assert (reg.vision.n_prefix, reg.text.n_prefix, reg.text.causal) == (3, 1, True)
+    assert towers_of(tiny_backbone("siglip").clip).vision.projection().shape == (32, 32)  # identity P
