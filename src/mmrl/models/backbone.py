@@ -47,7 +47,7 @@ from torch import nn
 from mmrl.backbone_spec import CHECKPOINT_SUFFIXES, TOY_CLIP_FILE, TOY_CLIP_NAME
 from mmrl.errors import BackboneUnavailableError
 from mmrl.models.towers import (Towers, attention_layout_problem, block_problem, check_block_math,  # noqa: F401
-                               towers_of)
+                               refusal, towers_of, towers_problem)
 
 CLIP_BPE_VOCAB = 49408  # size of CLIP's BPE vocabulary (open_clip's SimpleTokenizer)
 
@@ -558,3 +558,38 @@ def _quiet_open_clip() -> Iterator[None]:
         root.removeFilter(drop)
         if guard is not None:
             root.removeHandler(guard)
+
+
+# --------------------------------------------------------------------------- open_clip architectures
+@functools.cache
+def architecture_problem(name: str) -> str | None:
+    """Why MMRL refuses open_clip architecture ``name`` (one line naming the part), or None.
+
+    Decided from the architecture alone: the model is built on the meta device (no weights, no
+    memory, no download; nothing is written to any cache), then its towers are recognised as
+    :func:`load_backbone` would (the numeric block check needs real weights and runs there).
+    """
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        return f"open_clip has no model config {name!r}"
+    hf = (cfg.get("text_cfg") or {}).get("hf_model_name")
+    if hf:  # building it would fetch the Hugging Face config from the network
+        return (f"MMRL needs an open_clip text transformer (this text tower is the Hugging Face encoder {hf}, "
+                "not supported yet)")
+    timm_name = (cfg.get("vision_cfg") or {}).get("timm_model_name")
+    if timm_name:
+        try:
+            import timm
+        except ImportError:
+            return f"its vision tower is timm's {timm_name}: install timm (pip install 'mmrl[timm]')"
+        if not timm.is_model(timm_name):
+            return f"its vision tower timm {timm_name} is not in the installed timm {timm.__version__}"
+    try:
+        with _quiet_open_clip(), torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+    except Exception as e:  # an architecture this open_clip / timm cannot build
+        return f"open_clip cannot build it here ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    problem = towers_problem(model)
+    return None if problem is None else refusal(problem)

@@ -392,7 +392,9 @@ class TextTower:
 
     @property
     def embed_dim(self) -> int:
-        p = self.module.text_projection
+        p = getattr(self.module, "text_projection", None)
+        if p is None:  # no projection (text width = joint width, e.g. SigLIP i18n)
+            return self.width
         return int(p.out_features if isinstance(p, nn.Linear) else p.shape[1])
 
     @property
@@ -408,7 +410,8 @@ class TextTower:
     @property
     def is_clip_layout(self) -> bool:
         """CLIP's own layout (causal, pooled at the largest id, projection a matrix): the fast path applies."""
-        return self.causal and self.pool_type == "argmax" and isinstance(self.module.text_projection, torch.Tensor)
+        return (self.causal and self.pool_type == "argmax"
+                and isinstance(getattr(self.module, "text_projection", None), torch.Tensor))
 
     def stem(self, ids: Tensor) -> Tensor:
         """(C, T) ids -> (C, T, d_t) token + position embeddings."""
@@ -422,7 +425,8 @@ class TextTower:
         return torch.ones(n, n, dtype=torch.bool, device=device).tril_()
 
     def pooled_index(self, ids: Tensor) -> Tensor:
-        """(C,) the pooled position of each prompt among the tower's own tokens."""
+        """(C,) the pooled position of each prompt among the tower's own tokens (argmax: the
+        largest id, CLIP's EOT; eos: the first ``eos_id``; last; first)."""
         C, T = ids.shape
         if self.pool_type == "argmax":
             return ids.argmax(dim=-1)
@@ -433,7 +437,9 @@ class TextTower:
     def head(self, pooled: Tensor) -> Tensor:
         """Pooled states (C, d_t) -> (C, d_e): ln_final, then the projection (matrix or Linear)."""
         x = self.module.ln_final(pooled)
-        p = self.module.text_projection
+        p = getattr(self.module, "text_projection", None)
+        if p is None:
+            return x
         return p(x) if isinstance(p, nn.Linear) else x @ p
 
     def pool(self, x: Tensor, ids: Tensor) -> Tensor:
@@ -454,10 +460,8 @@ def text_problem(model: nn.Module) -> str | None:
     src, pool_type, eos_id = _text_source(model)
     if hasattr(src, "transformer") and not hasattr(src, "token_embedding"):
         return "an open_clip text transformer (this is a Hugging Face text encoder)"
-    for part in ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection"):
+    for part in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
         if getattr(src, part, None) is None:
-            if part == "token_embedding" and hasattr(src, "transformer") is False and hasattr(src, "config"):
-                return "an open_clip text transformer (this is a Hugging Face text encoder)"
             return f"a text tower part {part}"
     if getattr(src, "cls_emb", None) is not None:
         return "a text tower without an appended class token (cls_emb, CoCa)"
@@ -467,8 +471,6 @@ def text_problem(model: nn.Module) -> str | None:
         return f"text pooling argmax, eos, last or first (this tower pools {pool_type!r})"
     if pool_type == "eos" and eos_id is None:
         return "an eos_id for 'eos' text pooling"
-    if pool_type == "argmax" and getattr(src, "attn_mask", None) is None:
-        return "a causal text tower for pooling at the largest id"
     return _blocks_problem(src.transformer.resblocks, "text")
 
 
@@ -493,6 +495,12 @@ def towers_problem(model: nn.Module) -> str | None:
     return vision_problem(visual) or text_problem(model)
 
 
+def refusal(problem: str) -> str:
+    """A problem of :func:`towers_problem` as the sentence users read: ``MMRL needs <part>``
+    (block problems already say which block and what MMRL needs)."""
+    return problem if problem.startswith(("vision block", "text block")) else f"MMRL needs {problem}"
+
+
 def towers_of(model: nn.Module, name: str = "model") -> Towers:
     """The adapters of both towers of ``model``.
 
@@ -501,7 +509,7 @@ def towers_of(model: nn.Module, name: str = "model") -> Towers:
     """
     problem = towers_problem(model)
     if problem is not None:
-        raise TowerError(f"backbone {name!r}: {problem if ' needs ' in problem else 'MMRL needs ' + problem}")
+        raise TowerError(f"backbone {name!r}: {refusal(problem)}")
     visual = model.visual
     kind = "open_clip" if hasattr(visual, "conv1") else "timm"
     src, pool_type, eos_id = _text_source(model)
@@ -527,5 +535,5 @@ def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
     return None
 
 
-__all__ = ["BlockParts", "VisionTower", "TextTower", "Towers", "TowerError", "towers_of", "towers_problem",
+__all__ = ["BlockParts", "VisionTower", "TextTower", "Towers", "TowerError", "towers_of", "towers_problem", "refusal",
            "block_problem", "attention_layout_problem", "parts", "check_block_math"]

@@ -1,0 +1,85 @@
+"""`mmrl backbones`: every architecture of open_clip.list_pretrained() is accepted or refused with
+one line naming the part, decided from the architecture alone (meta device: no download, no
+network, nothing cached). One sweep over the whole list (~30 s on 2 shared cores)."""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+open_clip = pytest.importorskip("open_clip")
+
+from mmrl.cli import main  # noqa: E402
+from mmrl.commands.backbones import survey  # noqa: E402
+from mmrl.models.backbone import architecture_problem  # noqa: E402
+
+# transformer families that must be accepted where this open_clip lists them
+ACCEPTED = ("ViT-B-16", "ViT-L-14", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP2", "ViT-SO400M-14-SigLIP",
+            "ViT-L-14-CLIPA", "ViT-H-14-worldwide", "MobileCLIP-B", "ViTamin-S", "ViT-L-16-SigLIP-256")
+CONV = ("RN50", "RN101", "convnext_base", "MobileCLIP-S1", "MobileCLIP2-S0")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """The survey, with the network cut and every cache pointed at an empty folder."""
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    for var in ("HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_HOME"):
+        mp.setenv(var, str(home))
+
+    def no_network(*a, **k):
+        raise AssertionError("mmrl backbones opened a network connection")
+
+    mp.setattr(socket.socket, "connect", no_network)
+    architecture_problem.cache_clear()
+    try:
+        result = survey()
+    finally:
+        mp.undo()
+    assert not any(home.rglob("*")), f"wrote {sorted(home.rglob('*'))[:5]}"
+    return result
+
+
+def test_every_architecture_is_accepted_or_refused_naming_the_part(swept):
+    rows = swept["architectures"]
+    names = {n for n, _ in open_clip.list_pretrained()}
+    assert {r["name"] for r in rows} == names
+    for r in rows:
+        if r["accepted"]:
+            assert r["reason"] is None
+        else:
+            reason = r["reason"]
+            assert "\n" not in reason and len(reason) < 300, reason
+            assert "MMRL needs" in reason or "block" in reason or "timm" in reason, reason
+    c = swept["counts"]
+    assert c["architectures"] == len(names) and c["pairs"] == len(open_clip.list_pretrained())
+
+
+def test_transformer_families_are_accepted_and_conv_towers_refused_for_tokens(swept):
+    by_name = {r["name"]: r for r in swept["architectures"]}
+    for name in ACCEPTED:
+        if name in by_name:
+            assert by_name[name]["accepted"], (name, by_name[name]["reason"])
+    seen = 0
+    for name in CONV:
+        if name in by_name:
+            seen += 1
+            r = by_name[name]
+            assert not r["accepted"] and "needs tokens" in r["reason"], (name, r["reason"])
+    assert seen >= 3
+    assert swept["counts"]["accepted_architectures"] > 17  # CLIP ViTs only, before the adapters
+
+
+def test_hf_text_towers_are_refused_without_touching_the_network(swept):
+    rows = [r for r in swept["architectures"] if r["name"].startswith(("xlm-roberta", "roberta", "nllb"))]
+    assert rows and all(not r["accepted"] and "Hugging Face" in r["reason"] for r in rows)
+
+
+def test_cli_json_and_table(swept, capsys):
+    assert main(["backbones", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["counts"] == swept["counts"]
+    assert main(["backbones", "--refused"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert all("refused:" in line for line in lines[:-1]) and "architectures accepted" in lines[-1]
