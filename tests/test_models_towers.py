@@ -144,3 +144,28 @@ def test_slot_positions_follow_the_rule():
     reg = towers_of(tiny_backbone("timm-cls").clip)
     assert (reg.vision.n_prefix, reg.text.n_prefix, reg.text.causal) == (3, 1, True)
     assert towers_of(tiny_backbone("siglip").clip).vision.projection().shape == (32, 32)  # identity P
+
+
+def test_a_tower_with_its_own_mean_and_std_gets_images_restandardised():
+    """mmrl's pipeline standardises with CLIP's mean/std; a tower configured with others (SigLIP:
+    0.5, 0.5) gets exactly the images it was trained on: raw = x * std_clip + mean_clip, then its own."""
+    from mmrl.models import ZeroShotCLIP
+    from mmrl.models.towers import CLIP_MEAN, CLIP_STD
+
+    model = make("siglip", "mmrl")
+    model.clip.visual.preprocess_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    raw = torch.rand(2, 3, IMAGE, IMAGE, dtype=torch.float64)
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    as_clip = (raw - mean) / std
+    close(model.towers.vision.model_input(as_clip), (raw - 0.5) / 0.5, "restandardised")
+    with torch.no_grad():  # the teacher and zero-shot CLIP see the model's own standardisation too
+        want = model.clip.encode_image((raw - 0.5) / 0.5)
+        close(model.encode_image(as_clip, teacher=True).teacher, want, "teacher")
+        zs = ZeroShotCLIP(tiny_backbone("siglip"))
+        zs.clip.double()
+        zs.clip.load_state_dict(model.clip.state_dict())
+        zs.clip.visual.preprocess_cfg = model.clip.visual.preprocess_cfg
+        zs.set_classes(CLASSES, TEMPLATE)
+        f = F.normalize(want, dim=-1)
+        close(zs.logits(as_clip).class_, 100.0 * f @ F.normalize(zs.encode_text(), dim=-1).t(), "zero-shot")
+    assert towers_of(tiny_backbone("clip").clip).vision.model_input(as_clip) is as_clip  # CLIP: untouched

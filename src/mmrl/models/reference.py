@@ -170,7 +170,7 @@ def encode_image_generic(model: MMRL, images: Tensor, teacher: bool = False) -> 
     f_t = None
     if teacher:
         with torch.no_grad():
-            f_t = model.clip.encode_image(images)
+            f_t = model.clip.encode_image(tower.model_input(images))
     return ImageFeatures(f_c, f_r, f_t)
 
 

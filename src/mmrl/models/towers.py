@@ -255,12 +255,26 @@ class VisionTower:
         """``{"mean", "std", "interpolation", "resize_mode"}`` from the model's own config
         (what open_clip attaches to it), open_clip's defaults where it says nothing."""
         cfg = dict(getattr(self.module, "preprocess_cfg", None) or {})
-        return {"mean": tuple(cfg.get("mean", CLIP_MEAN)), "std": tuple(cfg.get("std", CLIP_STD)),
+        return {"mean": tuple(float(v) for v in cfg.get("mean", CLIP_MEAN)),
+                "std": tuple(float(v) for v in cfg.get("std", CLIP_STD)),
                 "interpolation": cfg.get("interpolation", "bicubic"), "resize_mode": cfg.get("resize_mode", "shortest")}
 
     # ---- computation
+    def model_input(self, images: Tensor) -> Tensor:
+        """Images standardised with CLIP's mean/std (mmrl's data pipeline and exported files) ->
+        standardised with the model's own (SigLIP: 0.5, 0.5): an exact per-channel affine map;
+        the images themselves where the model uses CLIP's (every CLIP ViT: nothing is computed)."""
+        pre = self.preprocess
+        if pre["mean"] == CLIP_MEAN and pre["std"] == CLIP_STD:
+            return images
+        c_mean, c_std, mean, std = (torch.tensor(v, dtype=images.dtype, device=images.device).view(3, 1, 1)
+                                    for v in (CLIP_MEAN, CLIP_STD, pre["mean"], pre["std"]))
+        return (images * c_std + c_mean - mean) / std
+
     def stem(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, n_prefix + P, d_v): patches, prefix tokens, position embedding, pre-norm."""
+        """(B, 3, H, W) CLIP-standardised images (:meth:`model_input`) -> (B, n_prefix + P, d_v):
+        patches, prefix tokens, position embedding, pre-norm."""
+        images = self.model_input(images)
         if self.kind == "open_clip":
             v = self.module
             x = v.conv1(images).flatten(2).transpose(1, 2)                  # (B, P, d_v)
