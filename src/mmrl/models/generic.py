@@ -9,7 +9,7 @@ every token of every prompt through every block, fused attention by the blocks' 
 
 * the K slots go after the tower's ``n_prefix`` leading tokens before block J (no position
   embedding, no pre-norm), are refreshed before every later block, and are attended to like
-  any other token (a causal text tower's mask is extended over them as in method.md);
+  any other token (a causal text tower's mask is extended over them as in docs/method.md);
 * class path = the tower's own pooling and head over its own tokens only (the slots taken out
   again after the last block; a pooled position counted from the start thus moves with them);
 * representation path = the slots after the tower's final norm, averaged, times ``proj_rep``.

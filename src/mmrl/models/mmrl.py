@@ -148,7 +148,7 @@ class MMRL(nn.Module):
         # CLIP's layout takes the fast path below, other families the generic one (mmrl.models.generic)
         self.towers = towers_of(backbone.clip, backbone.spec)
         self.fast = self.towers.clip_layout
-        self.mask_slot_keys = False  # generic path only: hide the slots from other tokens (method.md's special case)
+        self.mask_slot_keys = False  # generic path only: hide the slots from other tokens (the special case of docs/method.md)
         self.tokenizer = backbone.tokenizer
         n_v = backbone.vision_layers - cfg.first_rep_block + 1
         n_t = backbone.text_layers - cfg.first_rep_block + 1
