@@ -13,8 +13,12 @@ clipa          CLIPA: average pooling then the norm (``final_ln_after_pool``), n
                bidirectional text pooled at the last position
 siglip         SigLIP / SigLIP 2 / PE-Core-like: timm ViT without CLS, MAP head, no projection;
                bidirectional text pooled at the last position, biased text projection
-timm-cls       MobileCLIP-B / EVA-like layout without rotary: timm ViT with CLS and 2 register
-               tokens, CLS pooling, the classifier head as projection; CLIP's causal text
+timm-cls       MobileCLIP-B-like: timm ViT with CLS and 2 register tokens, CLS pooling, LayerScale,
+               the classifier head as projection; CLIP's causal text
+eva01          EVA-01: timm Eva, CLS pooling, layer scale gamma, no rotary embedding
+eva02          EVA-02: timm Eva with a rotary embedding on the patch tokens, SwiGLU MLP, a norm
+               inside attention (sub-LN)
+pe-core        PE-Core: timm Eva with a rotary embedding, CLS and a MAP head
 =============  ===================================================================================
 """
 from __future__ import annotations
@@ -27,7 +31,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from mmrl.models.backbone import Backbone, _frozen
 
 VOCAB, CTX, IMAGE = 60, 12, 16
-FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls")
+FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "pe-core")
 
 
 class ToyTokenizer:
@@ -57,10 +61,23 @@ def _register_timm_models() -> None:
                                                 mlp_ratio=2.0), **kw, **over})
         return build
 
-    for name, kw in (("mmrl_test_vit_map", dict(class_token=False, global_pool="map", no_embed_class=True)),
-                     ("mmrl_test_vit_cls_reg", dict(reg_tokens=2, global_pool="token", init_values=0.1))):
+    from timm.models.eva import Eva
+
+    def tiny_eva(**kw):
+        def build(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **over):
+            return Eva(**{**dict(img_size=IMAGE, patch_size=8, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0),
+                          **kw, **over})
+        return build
+
+    for name, make, kw in (
+            ("mmrl_test_vit_map", tiny, dict(class_token=False, global_pool="map", no_embed_class=True)),
+            ("mmrl_test_vit_cls_reg", tiny, dict(reg_tokens=2, global_pool="token", init_values=0.1)),
+            ("mmrl_test_eva01", tiny_eva, dict(global_pool="token", init_values=0.1)),
+            ("mmrl_test_eva02", tiny_eva, dict(global_pool="token", use_rot_pos_emb=True, ref_feat_shape=(2, 2),
+                                               swiglu_mlp=True, scale_attn_inner=True)),
+            ("mmrl_test_pe", tiny_eva, dict(global_pool="map", use_rot_pos_emb=True, ref_feat_shape=(2, 2)))):
         if name not in timm.list_models(name):
-            fn = tiny(**kw)
+            fn = make(**kw)
             fn.__name__ = name
             register_model(fn)
 
@@ -89,6 +106,12 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
         _register_timm_models()
         m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_vit_cls_reg",
                                              timm_pool="token", timm_proj=None),
+                           CLIPTextCfg(**text))
+    elif family in ("eva01", "eva02", "pe-core"):
+        _register_timm_models()
+        timm_name = {"eva01": "mmrl_test_eva01", "eva02": "mmrl_test_eva02", "pe-core": "mmrl_test_pe"}[family]
+        m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name=timm_name,
+                                             timm_pool="map" if family == "pe-core" else "token", timm_proj=None),
                            CLIPTextCfg(**text))
     else:
         raise KeyError(family)

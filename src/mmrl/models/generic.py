@@ -53,16 +53,21 @@ def slot_mask(base: Tensor | None, n: int, at: int, K: int, hide_slots: bool,
 
 
 def run_adapted(blocks, x: Tensor, J0: int, at: int, slot: Slot, refresh: Refresh,
-                mask_of: Callable[[int, bool], Tensor | None], mask_slot_keys: bool) -> tuple[Tensor, Tensor]:
+                mask_of: Callable[[int, bool], Tensor | None], mask_slot_keys: bool,
+                run: Callable[..., Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """Blocks 1..L of one tower with the slots from block J on. ``mask_of(n, with_slots)`` is
-    the tower's mask over n positions. x (B, N, d) the stem's tokens.
+    the tower's mask over n positions. x (B, N, d) the stem's tokens. ``run(blk, x, attn_mask,
+    n_slots)`` runs one block (default: fused attention by its parts).
 
     Returns:
         (own tokens (B, N, d) after the last block, slots (B, K, d) after the last block)
     """
+    if run is None:
+        def run(blk, x, attn_mask, n_slots):
+            return run_block(blk, x, attn_mask=attn_mask)
     m = mask_of(x.shape[1], False)
     for blk in blocks[:J0]:
-        x = run_block(blk, x, attn_mask=m)
+        x = run(blk, x, m, 0)
     new = slot(0)
     K = new.shape[0]
     x = insert_slots(x, new, at)
@@ -71,7 +76,7 @@ def run_adapted(blocks, x: Tensor, J0: int, at: int, slot: Slot, refresh: Refres
         if i > 0:
             fresh = slot(i).to(x.dtype).expand(x.shape[0], -1, -1)
             x = torch.cat([x[:, :at], refresh(x[:, at:at + K], fresh), x[:, at + K:]], dim=1)
-        x = run_block(blk, x, attn_mask=m)
+        x = run(blk, x, m, K)
     return torch.cat([x[:, :at], x[:, at + K:]], dim=1), x[:, at:at + K]
 
 
@@ -101,14 +106,15 @@ def image_features(tower: VisionTower, images: Tensor, J0: int, slot: Slot, refr
     with torch.no_grad():  # blocks 1..J-1 are frozen and shared by teacher and student
         x = tower.stem(images)
         for blk in blocks[:J0]:
-            x = run_block(blk, x)
+            x = tower.run_block(blk, x)
         f_t = None
         if teacher:
             t = x
             for blk in blocks[J0:]:
-                t = run_block(blk, t)
+                t = tower.run_block(blk, t)
             f_t = tower.pool(t)
-    own, slots = run_adapted(blocks[J0:], x, 0, tower.n_prefix, slot, refresh, lambda n, s: None, mask_slot_keys)
+    own, slots = run_adapted(blocks[J0:], x, 0, tower.n_prefix, slot, refresh, lambda n, s: None, mask_slot_keys,
+                             run=lambda blk, x, m, k: tower.run_block(blk, x, m, k))
     f_c = tower.pool(own)
     f_r = None if rep_projection is None else tower.final_norm(slots).mean(dim=1) @ rep_projection
     return f_c, f_r, f_t

@@ -160,11 +160,12 @@ def encode_image_generic(model: MMRL, images: Tensor, teacher: bool = False) -> 
     x = tower.stem(images)
     at = tower.n_prefix
     for blk in tower.blocks[:J0]:
-        x = run_block_reference(blk, x)
+        x = tower.run_block(blk, x, reference=True)
     mask = slot_key_mask(x.shape[1] + K, at, K, False, getattr(model, "mask_slot_keys", False), x.device)
+    mask = None if mask is None else mask == 0  # boolean (True = may attend), as the tower takes it
     for i, blk in enumerate(tower.blocks[J0:]):
         x = _slots_in(model, x, at, model.vision_aligner.map(i, R), first=i == 0)
-        x = run_block_reference(blk, x, mask)
+        x = tower.run_block(blk, x, mask, K, reference=True)
     f_c = tower.pool(torch.cat([x[:, :at], x[:, at + K:]], dim=1))
     f_r = tower.final_norm(x[:, at:at + K]).mean(dim=1) @ model.rep_projection()
     f_t = None

@@ -86,6 +86,10 @@ _NAMES = {"open_clip": ("ln_1", "ls_1", "ln_2", "ls_2"), "timm": ("norm1", "ls1"
 
 
 def _block_kind(blk: nn.Module) -> str | None:
+    # timm's EvaBlock: norm1 / norm2 with its layer scale gamma_1 / gamma_2 (None without one);
+    # EvaBlockPostNorm has no gamma_1 and is refused as a timm block without ls1
+    if all(isinstance(getattr(blk, n, None), nn.Module) for n in ("norm1", "norm2")) and hasattr(blk, "gamma_1"):
+        return "eva"
     for kind, (n1, _, n2, _) in _NAMES.items():
         if isinstance(getattr(blk, n1, None), nn.Module) and isinstance(getattr(blk, n2, None), nn.Module):
             return kind
@@ -101,15 +105,19 @@ def block_problem(blk: nn.Module) -> str | None:
             if hasattr(blk, n1) or hasattr(blk, n2):
                 return f"a block part {n2 if hasattr(blk, n1) else n1}"
         return "a block part ln_1 (the norm before attention)"
-    n1, l1, n2, l2 = _NAMES[kind]
     for name in ("attn", "mlp"):
         if not isinstance(getattr(blk, name, None), nn.Module):
             return f"a block part {name}"
+    if kind == "eva":  # run by its own forward (rotary terms inside): only where the slots go matters
+        if not isinstance(getattr(blk.attn, "num_prefix_tokens", None), int):
+            return "an Eva attention with num_prefix_tokens (the tokens its rotary embedding skips)"
+        return None
+    n1, l1, n2, l2 = _NAMES[kind]
     if hasattr(blk, "ln_1_kv"):
         return "self-attention blocks (not cross-attention)"
     for name in (l1, l2):
         if not callable(getattr(blk, name, None)):
-            return f"a block part {name} (LayerScale or identity)"
+            return f"a block part {name} (LayerScale or identity; post-norm blocks have none)"
     for name in ("ln_attn", "attn_out_norm", "post_attention_norm"):  # post-norms change the math
         if not _identity(getattr(blk, name, None)):
             return f"blocks without a norm after attention ({name})"
@@ -118,6 +126,7 @@ def block_problem(blk: nn.Module) -> str | None:
 
 class BlockParts:
     """A pre-LN attention block under one set of names (open_clip's or timm's underneath).
+    timm's Eva blocks (``kind='eva'``) are only run by their own forward (:meth:`VisionTower.run_block`).
 
     Properties are read from the block each time, so moving or copying the model keeps them
     right. ``forward(x, attn_mask)`` is the block's OWN forward (batch-first (B, N, D); an
@@ -222,6 +231,31 @@ class VisionTower:
     def blocks(self) -> list[BlockParts]:
         return [BlockParts(b) for b in self.block_modules]
 
+    def run_block(self, blk: BlockParts, x: Tensor, attn_mask: Tensor | None = None, n_slots: int = 0,
+                  reference: bool = False) -> Tensor:
+        """One block on (B, N, d_v) tokens whose K = ``n_slots`` slots follow the ``n_prefix``
+        leading tokens; ``attn_mask`` boolean (True = may attend) or None. Fused attention by the
+        block's parts (:func:`mmrl.models.blocks.run_block`), or its own forward with
+        ``reference``. An Eva block always runs its own forward with the tower's rotary
+        embedding, the slots counted among its prefix tokens so that they get no rotary term."""
+        if self.kind != "eva":
+            if reference:
+                return blk.forward(x, _additive(attn_mask, x.dtype))
+            from mmrl.models.blocks import run_block
+
+            return run_block(blk, x, attn_mask=attn_mask)
+        attn = blk.blk.attn
+        npt = attn.num_prefix_tokens
+        attn.num_prefix_tokens = npt + n_slots
+        try:
+            return blk.blk(x, rope=self._rope(), attn_mask=_additive(attn_mask, x.dtype))
+        finally:
+            attn.num_prefix_tokens = npt
+
+    def _rope(self) -> Tensor | None:
+        rope = getattr(self._trunk, "rope", None)
+        return None if rope is None else rope.get_embed()
+
     @property
     def width(self) -> int:  # d_v
         return self.module.transformer.width if self.kind == "open_clip" else int(self._trunk.embed_dim)
@@ -282,6 +316,9 @@ class VisionTower:
             x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
             return v.ln_pre(v.patch_dropout(x))
         t = self._trunk
+        if self.kind == "eva":  # its _pos_embed also returns the rotary embedding (see _rope)
+            x, _ = t._pos_embed(t.patch_embed(images))
+            return t.norm_pre(x)
         x = t._pos_embed(t.patch_embed(images))
         return t.norm_pre(t.patch_drop(x))
 
@@ -330,6 +367,13 @@ class VisionTower:
         return self.kind == "open_clip" and v.pool_type == "tok" and not v.final_ln_after_pool
 
 
+def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """A boolean mask (True = may attend) as the additive float mask every library's blocks take."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 def vision_problem(visual: nn.Module) -> str | None:
     """What keeps ``visual`` from being an image tower MMRL can adapt, or None."""
     if hasattr(visual, "conv1") and hasattr(visual, "transformer"):       # open_clip VisionTransformer
@@ -348,9 +392,12 @@ def vision_problem(visual: nn.Module) -> str | None:
             if not hasattr(trunk, part):
                 return (f"a vision transformer with token blocks (timm {name} has no {part}: "
                         "a convolutional tower, the method needs tokens)")
-        if getattr(trunk, "rope", None) is not None:
+        if getattr(trunk, "rope_mixed", False) or getattr(trunk, "dynamic_img_size", False):
+            return f"a fixed rotary embedding and image size (timm {name}: rope_mixed / dynamic_img_size)"
+        eva = len(trunk.blocks) > 0 and _block_kind(trunk.blocks[0]) == "eva"
+        if getattr(trunk, "rope", None) is not None and not eva:
             return f"vision attention without rotary position terms (timm {name} has rope)"
-        for part in ("pos_embed", "patch_drop", "norm_pre"):
+        for part in ("pos_embed", "norm_pre") + (() if eva else ("patch_drop",)):
             if not hasattr(trunk, part):
                 return f"a timm ViT part {part} (timm {name})"
         if getattr(trunk, "attn_pool", None) is not None and getattr(trunk, "pool_include_prefix", False):
@@ -525,7 +572,10 @@ def towers_of(model: nn.Module, name: str = "model") -> Towers:
     if problem is not None:
         raise TowerError(f"backbone {name!r}: {refusal(problem)}")
     visual = model.visual
-    kind = "open_clip" if hasattr(visual, "conv1") else "timm"
+    if hasattr(visual, "conv1"):
+        kind = "open_clip"
+    else:
+        kind = "eva" if _block_kind(visual.trunk.blocks[0]) == "eva" else "timm"
     src, pool_type, eos_id = _text_source(model)
     return Towers(VisionTower(visual, kind), TextTower(src, pool_type, eos_id))
 
@@ -536,6 +586,8 @@ def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
     under pre-norm names) is caught here. None when they agree to float rounding."""
     from mmrl.models.blocks import run_block
 
+    if blk.kind == "eva":  # always run by its own forward
+        return None
     w = blk.qkv_weight
     if w.device.type == "meta":
         return None
