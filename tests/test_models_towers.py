@@ -169,3 +169,26 @@ def test_a_tower_with_its_own_mean_and_std_gets_images_restandardised():
         f = F.normalize(want, dim=-1)
         close(zs.logits(as_clip).class_, 100.0 * f @ F.normalize(zs.encode_text(), dim=-1).t(), "zero-shot")
     assert towers_of(tiny_backbone("clip").clip).vision.model_input(as_clip) is as_clip  # CLIP: untouched
+
+
+@pytest.mark.parametrize("fmt", ["torch", "onnx"])
+@pytest.mark.parametrize("family", ["siglip", "eva02"])
+def test_exported_classifier_equals_the_model(family, fmt, tmp_path):
+    """`mmrl export`'s program (torch.export, then ONNX) of another family: the same logits."""
+    from mmrl.engine.export import export_program, write_exported
+
+    model = make(family, "mmrl++").float().eval()
+    model.clip.float()
+    frozen = model.freeze("fused")
+    x = images().float()
+    program = export_program(frozen, IMAGE)
+    with torch.no_grad():
+        want = model.logits(x).fused
+        if fmt == "torch":
+            torch.testing.assert_close(program.module()(x), want, rtol=1e-5, atol=1e-5)
+            return
+    ort = pytest.importorskip("onnxruntime")
+    path = write_exported(program, {"input_size": IMAGE}, tmp_path / "m.onnx", "onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
