@@ -192,3 +192,29 @@ def test_exported_classifier_equals_the_model(family, fmt, tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_bare_name_without_an_openai_tag_means_its_first_tag_and_gets_its_mean_and_std():
+    from mmrl.models.backbone import _default_tag, _set_preprocess
+
+    assert _default_tag("ViT-B-16") == "openai"
+    assert _default_tag("ViT-B-16-SigLIP") == "webli"
+    model = tiny_backbone("siglip").clip
+    _set_preprocess(model, "ViT-B-16-SigLIP", "webli")
+    assert towers_of(model).vision.preprocess["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_a_tokenizer_that_is_not_cached_is_one_line_with_the_ways_on(monkeypatch):
+    import open_clip
+
+    from mmrl.errors import BackboneUnavailableError
+    from mmrl.models.backbone import _tokenizer_for
+
+    def not_cached(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files,\n and they are not cached")
+
+    monkeypatch.setattr(open_clip, "get_tokenizer", not_cached)
+    tok = _tokenizer_for(tiny_backbone("siglip").clip, "ViT-B-16-SigLIP:webli")  # built lazily: loading works
+    with pytest.raises(BackboneUnavailableError, match=r"tokenizer of ViT-B-16-SigLIP is not cached.*Ways on") as e:
+        tok(["a photo"])
+    assert "\n" not in str(e.value)

@@ -6,7 +6,8 @@ A backbone spec is one string (`--backbone SPEC`):
 spec                                   meaning
 =====================================  ==================================================
 ``ViT-B-16`` / ``ViT-B-16:openai``     open_clip model name + pretrained tag (downloaded
-                                       by open_clip; a bare name means the ``openai`` tag)
+                                       by open_clip; a bare name means the ``openai`` tag,
+                                       or the only/first tag of a name without one)
 ``ViT-L-14:laion2b_s32b_b82k``         any open_clip tag
 ``/path/ViT-B-16.pt``                  OpenAI-format file: OpenAI's TorchScript archive
                                        (tensors read without executing it), a
@@ -311,7 +312,8 @@ def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,
         raise FileNotFoundError(f"backbone file not found: {spec}")
     else:
         name, _, tag = spec.partition(":")
-        clip = _open_clip_model(name, tag or "openai", pretrained, spec)
+        clip = _open_clip_model(name, tag or _default_tag(name), pretrained, spec)
+        _set_preprocess(clip, name, tag or _default_tag(name))
     check_vit_clip(clip, spec)
     clip = _frozen(clip).to(device)
     return Backbone(clip=clip, tokenizer=_tokenizer_for(clip, spec), spec=spec)
@@ -349,6 +351,29 @@ class _LazyTokenizer:
                     f"once (it is then cached by Hugging Face), or use a backbone with CLIP's BPE tokenizer "
                     "(e.g. ViT-B-16, toy-clip)") from e
         return self._tok(texts)
+
+
+def _set_preprocess(clip: nn.Module, name: str, tag: str) -> None:
+    """Give the image tower the mean/std its weights were trained with (open_clip attaches them
+    only when it loads a pretrained tag): the tag's, or for a local checkpoint the model's first
+    listed tag's. The adapters read them (``VisionTower.preprocess``)."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    pcfg = open_clip.get_pretrained_cfg(name, tag if tag in tags else (tags[0] if tags else "")) or {}
+    if "mean" in pcfg and "std" in pcfg:
+        cfg = dict(getattr(clip.visual, "preprocess_cfg", None) or {})
+        cfg.update(mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+        clip.visual.preprocess_cfg = cfg
+
+
+def _default_tag(name: str) -> str:
+    """The tag a bare open_clip name means: ``openai`` where open_clip has it (CLIP's own
+    weights), else the name's only or first listed tag (e.g. ``webli`` for SigLIP)."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name) if name in open_clip.list_models() else []
+    return "openai" if "openai" in tags or not tags else tags[0]
 
 
 def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Module:

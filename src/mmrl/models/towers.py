@@ -388,10 +388,11 @@ def vision_problem(visual: nn.Module) -> str | None:
     trunk = getattr(visual, "trunk", None)
     if trunk is not None:                                                 # open_clip TimmModel
         name = type(trunk).__name__
-        for part in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head", "num_prefix_tokens"):
+        if hasattr(trunk, "stages") or not hasattr(trunk, "blocks"):
+            return f"a vision transformer (timm {name} is a convolutional tower: the method needs tokens)"
+        for part in ("patch_embed", "_pos_embed", "norm", "forward_head", "num_prefix_tokens"):
             if not hasattr(trunk, part):
-                return (f"a vision transformer with token blocks (timm {name} has no {part}: "
-                        "a convolutional tower, the method needs tokens)")
+                return f"a timm ViT part {part} (timm {name} has none: not adapted yet)"
         if getattr(trunk, "rope_mixed", False) or getattr(trunk, "dynamic_img_size", False):
             return f"a fixed rotary embedding and image size (timm {name}: rope_mixed / dynamic_img_size)"
         eva = len(trunk.blocks) > 0 and _block_kind(trunk.blocks[0]) == "eva"
