@@ -218,3 +218,11 @@ def test_a_tokenizer_that_is_not_cached_is_one_line_with_the_ways_on(monkeypatch
     with pytest.raises(BackboneUnavailableError, match=r"tokenizer of ViT-B-16-SigLIP is not cached.*Ways on") as e:
         tok(["a photo"])
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip", "eva02"])
+def test_device_and_image_size_of_any_family(family):
+    from mmrl.models.towers import model_device, model_image_size
+
+    model = make(family, "mmrl")
+    assert model_image_size(model) == IMAGE and model_device(model) == torch.device("cpu")

@@ -581,6 +581,17 @@ def towers_of(model: nn.Module, name: str = "model") -> Towers:
     return Towers(VisionTower(visual, kind), TextTower(src, pool_type, eos_id))
 
 
+def model_image_size(model: nn.Module) -> int:
+    """The input size of a method model's image tower (any family): ``model.clip`` read through its adapter."""
+    return towers_of(model.clip).vision.image_size
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of a method model's frozen backbone (any family; CustomTextCLIP has no
+    ``positional_embedding`` of its own)."""
+    return next(model.clip.parameters()).device
+
+
 def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
     """Run ``blk`` by its parts (:func:`mmrl.models.blocks.run_block`) and by its own forward on
     a few random tokens: a block whose parts look right but compute otherwise (a post-norm block
@@ -602,5 +613,5 @@ def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
     return None
 
 
-__all__ = ["BlockParts", "VisionTower", "TextTower", "Towers", "TowerError", "towers_of", "towers_problem", "refusal",
+__all__ = ["BlockParts", "VisionTower", "TextTower", "Towers", "TowerError", "towers_of", "towers_problem", "refusal", "model_image_size", "model_device",
            "block_problem", "attention_layout_problem", "parts", "check_block_math"]
