@@ -171,6 +171,7 @@ def test_a_tower_with_its_own_mean_and_std_gets_images_restandardised():
     assert towers_of(tiny_backbone("clip").clip).vision.model_input(as_clip) is as_clip  # CLIP: untouched
 
 
+@pytest.mark.slow  # the ONNX exporter: ~10 s a file on 2 shared cores
 @pytest.mark.parametrize("fmt", ["torch", "onnx"])
 @pytest.mark.parametrize("family", ["siglip", "eva02"])
 def test_exported_classifier_equals_the_model(family, fmt, tmp_path):
