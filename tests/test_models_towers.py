@@ -227,3 +227,17 @@ def test_device_and_image_size_of_any_family(family):
 
     model = make(family, "mmrl")
     assert model_image_size(model) == IMAGE and model_device(model) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_describe_sizes_and_parameter_counts_of_every_family(family):
+    bb = tiny_backbone(family)
+    d = bb.describe()
+    assert (d["vision_width"], d["vision_layers"], d["vision_heads"], d["patch_size"], d["image_size"]) == (32, 3, 2, 8, 16)
+    assert (d["text_width"], d["text_layers"], d["text_heads"], d["context_length"]) == (32, 3, 2, 12)
+    assert d["embed_dim"] == (32 if family == "siglip" else 16) and d["fast_path"] == (family == "clip")
+    model = build_method(bb, method_config("mmrl", n_rep_tokens=3, rep_dim=8, first_rep_block=2))
+    K, d_r, n = 3, 8, 2  # aligners for blocks 2..3 of each tower
+    want = K * d_r + 2 * n * (d_r * 32 + 32) + 32 * d["embed_dim"]
+    assert model.num_trainable_parameters() == want
+    assert model.settings()["blocks_vision"] == [2, 3] and model.settings()["blocks_text"] == [2, 3]

@@ -48,7 +48,7 @@ class FrozenClassifier(nn.Module):
         if kind not in LOGIT_KINDS:
             raise ValueError(f"logits={kind!r}; expected one of {', '.join(LOGIT_KINDS)}")
         self.kind = kind
-        self.visual = model.clip.visual      # registered: the exported program holds its weights
+        self.visual = model.towers.vision.module  # registered: the exported program holds its weights
         self.tower = model.towers.vision     # the adapter that reads it
         self.fast = model.fast
         self.first_block = model.J0          # 0-indexed block J
