@@ -1,4 +1,4 @@
-"""Load a CLIP ViT backbone the ways users already name it.
+"""Load a backbone (a CLIP ViT or another open_clip transformer family) the ways users name it.
 
 A backbone spec is one string (`--backbone SPEC`):
 
@@ -18,10 +18,13 @@ spec                                   meaning
                                        that ships inside the package (``mmrl demo``)
 =====================================  ==================================================
 
-Every backbone is an :class:`open_clip.model.CLIP` in fp32, frozen and in eval mode,
-plus CLIP's BPE tokenizer. OpenAI weights were trained with QuickGELU: we set it
-from the pretrained tag's metadata (or always, for OpenAI-format files) so the user
-never has to know.
+Every backbone is an open_clip model (``CLIP``, or ``CustomTextCLIP`` for timm image towers and
+SigLIP-style text towers) in fp32, frozen and in eval mode, plus its tokenizer: CLIP's BPE
+tokenizer, or the model's own open_clip tokenizer for another vocabulary. Which towers are
+accepted, and how the method reads them, is :mod:`mmrl.models.towers` (docs/method.md, "Other
+tower families"); ``mmrl backbones`` lists open_clip's pretrained models with the verdict. OpenAI
+weights were trained with QuickGELU: we set it from the pretrained tag's metadata (or always, for
+OpenAI-format files) so the user never has to know.
 
 Pretrained weights of an open_clip name are loaded from the local cache without any
 network access when they are there. When they are not, the download server is probed
@@ -64,10 +67,10 @@ ARCHITECTURE_CAPS = {"width": 4096, "layers": 128, "image_size": 1024, "patch_si
 
 @dataclass
 class Backbone:
-    """A frozen CLIP ViT and the tokenizer that goes with it.
+    """A frozen open_clip model and the tokenizer that goes with it; sizes via its tower adapters.
 
     Attributes:
-        clip: the open_clip ``CLIP`` module (fp32, eval mode, ``requires_grad=False``).
+        clip: the open_clip model (``CLIP`` / ``CustomTextCLIP``; fp32, eval mode, ``requires_grad=False``).
         tokenizer: ``tokenizer(list_of_str) -> LongTensor (N, context_length)``.
         spec: the spec string it was loaded from (stored in run configs).
     """
@@ -292,7 +295,7 @@ def _looks_like_file(s: str) -> bool:
 
 def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,
                   device: str | torch.device = "cpu") -> Backbone:
-    """Load a frozen CLIP ViT from a spec string (see module docstring).
+    """Load a frozen backbone from a spec string (see module docstring).
 
     Args:
         spec: the backbone spec.
