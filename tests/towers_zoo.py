@@ -51,6 +51,9 @@ class ToyTokenizer:
 
 
 def _register_timm_models() -> None:
+    import pytest
+
+    pytest.importorskip("timm", reason="timm towers need timm (pip install -e '.[timm]')")
     import timm
     from timm.models import register_model
     from timm.models.vision_transformer import VisionTransformer
