@@ -215,6 +215,7 @@ def test_a_tokenizer_that_is_not_cached_is_one_line_with_the_ways_on(monkeypatch
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files,\n and they are not cached")
 
     monkeypatch.setattr(open_clip, "get_tokenizer", not_cached)
+    monkeypatch.setattr(open_clip, "get_model_config", lambda name: {"text_cfg": {}})  # no HF tokenizer named
     tok = _tokenizer_for(tiny_backbone("siglip").clip, "ViT-B-16-SigLIP:webli")  # built lazily: loading works
     with pytest.raises(BackboneUnavailableError, match=r"tokenizer of ViT-B-16-SigLIP is not cached.*Ways on") as e:
         tok(["a photo"])
@@ -241,3 +242,16 @@ def test_describe_sizes_and_parameter_counts_of_every_family(family):
     want = K * d_r + 2 * n * (d_r * 32 + 32) + 32 * d["embed_dim"]
     assert model.num_trainable_parameters() == want
     assert model.settings()["blocks_vision"] == [2, 3] and model.settings()["blocks_text"] == [2, 3]
+
+
+def test_a_hugging_face_tokenizer_without_transformers_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from mmrl.errors import BackboneUnavailableError
+    from mmrl.models.backbone import _tokenizer_for
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "transformers" else real(n, *a))
+    tok = _tokenizer_for(tiny_backbone("siglip").clip, "ViT-B-16-SigLIP:webli")
+    with pytest.raises(BackboneUnavailableError, match=r"timm/ViT-B-16-SigLIP.*pip install transformers"):
+        tok(["a photo"])

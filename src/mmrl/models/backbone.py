@@ -37,6 +37,7 @@ import contextlib
 import copy
 import difflib
 import functools
+import importlib.util
 import logging
 import os
 import socket
@@ -344,6 +345,11 @@ class _LazyTokenizer:
         if self._tok is None:
             import open_clip
 
+            hf = ((open_clip.get_model_config(self.name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+            if hf and importlib.util.find_spec("transformers") is None:
+                raise BackboneUnavailableError(
+                    f"backbone {self.spec!r}: its tokenizer is the Hugging Face tokenizer {hf}, which needs the "
+                    "transformers package: pip install transformers (then it is read from the Hugging Face cache)")
             try:
                 with _quiet_open_clip(), _hub_offline():
                     self._tok = open_clip.get_tokenizer(self.name, context_length=self.context_length)
