@@ -17,7 +17,7 @@ from mmrl.models.backbone import architecture_problem  # noqa: E402
 
 # transformer families that must be accepted where this open_clip lists them
 ACCEPTED = ("ViT-B-16", "ViT-L-14", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP2", "ViT-SO400M-14-SigLIP", "EVA01-g-14",
-            "EVA02-B-16", "EVA02-L-14", "PE-Core-B-16", "PE-Core-T-16-384",
+            "EVA02-B-16", "EVA02-L-14", "PE-Core-B-16", "PE-Core-T-16-384", "coca_ViT-B-32",
             "ViT-L-14-CLIPA", "ViT-H-14-worldwide", "MobileCLIP-B", "ViTamin-S", "ViT-L-16-SigLIP-256")
 CONV = ("RN50", "RN101", "convnext_base", "MobileCLIP-S1", "MobileCLIP2-S0")
 

@@ -73,12 +73,13 @@ def test_adapter_without_slots_equals_the_models_own_encoders(family):
     bb.clip.double()
     t = towers_of(bb.clip)
     ids = bb.tokenizer([TEMPLATE.format(c) for c in CLASSES])
+    unit = (lambda f: F.normalize(f, dim=-1)) if family == "coca" else (lambda f: f)  # CoCa's encoders normalise
     with torch.no_grad():
-        close(generic.text_features(t.text, ids), bb.clip.encode_text(ids), "text")
+        close(unit(generic.text_features(t.text, ids)), bb.clip.encode_text(ids), "text")
         f, _, teacher = generic.image_features(t.vision, images(), 1, lambda i: torch.zeros(3, t.vision.width,
                                                                                            dtype=torch.float64),
                                                lambda s, n: n, None, teacher=True)
-        close(teacher, bb.clip.encode_image(images()), "image")
+        close(unit(teacher), bb.clip.encode_image(images()), "image")
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -126,7 +127,7 @@ def test_hidden_slots_give_the_frozen_towers_zero_shot_logits(family, method):
         assert not torch.allclose(model.logits(x).class_, zero_shot, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("family", ["siglip", "clipa", "timm-cls", "eva02", "pe-core"])
+@pytest.mark.parametrize("family", ["siglip", "clipa", "timm-cls", "eva02", "pe-core", "coca"])
 def test_frozen_classifier_equals_the_models_logits(family):
     model = make(family, "mmrl++").eval()
     x = images()
@@ -235,11 +236,13 @@ def test_describe_sizes_and_parameter_counts_of_every_family(family):
     bb = tiny_backbone(family)
     d = bb.describe()
     assert (d["vision_width"], d["vision_layers"], d["vision_heads"], d["patch_size"], d["image_size"]) == (32, 3, 2, 8, 16)
-    assert (d["text_width"], d["text_layers"], d["text_heads"], d["context_length"]) == (32, 3, 2, 12)
+    ctx = 11 if family == "coca" else 12  # CoCa: one position is its class token's
+    assert (d["text_width"], d["text_layers"], d["text_heads"], d["context_length"]) == (32, 3, 2, ctx)
     assert d["embed_dim"] == (32 if family == "siglip" else 16) and d["fast_path"] == (family == "clip")
     model = build_method(bb, method_config("mmrl", n_rep_tokens=3, rep_dim=8, first_rep_block=2))
     K, d_r, n = 3, 8, 2  # aligners for blocks 2..3 of each tower
-    want = K * d_r + 2 * n * (d_r * 32 + 32) + 32 * d["embed_dim"]
+    d_p = 16 if family == "coca" else 32  # proj_rep's rows: d_v, or CoCa's pooler width
+    want = K * d_r + 2 * n * (d_r * 32 + 32) + d_p * d["embed_dim"]
     assert model.num_trainable_parameters() == want
     assert model.settings()["blocks_vision"] == [2, 3] and model.settings()["blocks_text"] == [2, 3]
 

@@ -19,6 +19,8 @@ eva01          EVA-01: timm Eva, CLS pooling, layer scale gamma, no rotary embed
 eva02          EVA-02: timm Eva with a rotary embedding on the patch tokens, SwiGLU MLP, a norm
                inside attention (sub-LN)
 pe-core        PE-Core: timm Eva with a rotary embedding, CLS and a MAP head
+coca           CoCa: open_clip's attentional pooler (8 queries, first pooled) over the image tokens;
+               causal text with padding keys hidden and a class token appended and pooled
 =============  ===================================================================================
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from mmrl.models.backbone import Backbone, _frozen
 
 VOCAB, CTX, IMAGE = 60, 12, 16
-FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "pe-core")
+FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "pe-core", "coca")
 
 
 class ToyTokenizer:
@@ -116,6 +118,13 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
         m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name=timm_name,
                                              timm_pool="map" if family == "pe-core" else "token", timm_proj=None),
                            CLIPTextCfg(**text))
+    elif family == "coca":
+        from open_clip.coca_model import CoCa
+
+        m = CoCa(16, {"context_length": CTX, "vocab_size": VOCAB, "width": 32, "heads": 2, "layers": 2},
+                 {**text, "context_length": CTX - 1, "embed_cls": True, "output_tokens": True},
+                 {**vision, "attentional_pool": True, "attn_pooler_queries": 8, "attn_pooler_heads": 2,
+                  "output_tokens": True})
     else:
         raise KeyError(family)
     with torch.no_grad():  # off their initial values (LayerScale, zero biases...), so every part matters
@@ -129,6 +138,8 @@ def tokenizer_of(family: str) -> ToyTokenizer:
         return ToyTokenizer(sot=2, eos=1)
     if family in ("clipa", "siglip"):
         return ToyTokenizer(sot=None, eos=1)
+    if family == "coca":  # one position of the context is its class token's
+        return ToyTokenizer(sot=2, eos=VOCAB - 1, context_length=CTX - 1)
     return ToyTokenizer(sot=2, eos=VOCAB - 1)
 
 

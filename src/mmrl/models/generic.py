@@ -40,24 +40,28 @@ def insert_slots(x: Tensor, new: Tensor, at: int) -> Tensor:
 
 def slot_mask(base: Tensor | None, n: int, at: int, K: int, hide_slots: bool,
               device: torch.device) -> Tensor | None:
-    """Boolean (n, n) attention mask (True = may attend) over a sequence with K slots at
-    ``at``: the tower's own ``base`` mask (None: everything), and with ``hide_slots`` no token
-    but the slot itself may attend to a slot."""
+    """The attention mask over a sequence with K slots at ``at``: the tower's own mask extended
+    over the slots (``base``: boolean (n, n), True = may attend, or additive (..., n, n); None:
+    everything), and with ``hide_slots`` no token but the slot itself may attend to a slot."""
     if not hide_slots:
         return base
     m = torch.ones(n, n, dtype=torch.bool, device=device) if base is None else base.clone()
-    m[:, at:at + K] = False
     idx = torch.arange(at, at + K, device=device)
-    m[idx, idx] = True
+    if m.dtype == torch.bool:
+        m[..., :, at:at + K] = False
+        m[..., idx, idx] = True
+    else:
+        m[..., :, at:at + K] = float("-inf")
+        m[..., idx, idx] = 0.0
     return m
 
 
 def run_adapted(blocks, x: Tensor, J0: int, at: int, slot: Slot, refresh: Refresh,
-                mask_of: Callable[[int, bool], Tensor | None], mask_slot_keys: bool,
+                mask_of: Callable[[int], Tensor | None], mask_slot_keys: bool,
                 run: Callable[..., Tensor] | None = None) -> tuple[Tensor, Tensor]:
-    """Blocks 1..L of one tower with the slots from block J on. ``mask_of(n, with_slots)`` is
-    the tower's mask over n positions. x (B, N, d) the stem's tokens. ``run(blk, x, attn_mask,
-    n_slots)`` runs one block (default: fused attention by its parts).
+    """Blocks 1..L of one tower with the slots from block J on. ``mask_of(K)`` is the tower's
+    mask over its tokens with K slots at ``at`` (K = 0: its own). x (B, N, d) the stem's tokens.
+    ``run(blk, x, attn_mask, n_slots)`` runs one block (default: fused attention by its parts).
 
     Returns:
         (own tokens (B, N, d) after the last block, slots (B, K, d) after the last block)
@@ -65,13 +69,13 @@ def run_adapted(blocks, x: Tensor, J0: int, at: int, slot: Slot, refresh: Refres
     if run is None:
         def run(blk, x, attn_mask, n_slots):
             return run_block(blk, x, attn_mask=attn_mask)
-    m = mask_of(x.shape[1], False)
+    m = mask_of(0)
     for blk in blocks[:J0]:
         x = run(blk, x, m, 0)
     new = slot(0)
     K = new.shape[0]
     x = insert_slots(x, new, at)
-    m = slot_mask(mask_of(x.shape[1], True), x.shape[1], at, K, mask_slot_keys, x.device)
+    m = slot_mask(mask_of(K), x.shape[1], at, K, mask_slot_keys, x.device)
     for i, blk in enumerate(blocks[J0:]):
         if i > 0:
             fresh = slot(i).to(x.dtype).expand(x.shape[0], -1, -1)
@@ -84,14 +88,14 @@ def run_adapted(blocks, x: Tensor, J0: int, at: int, slot: Slot, refresh: Refres
 def text_features(tower: TextTower, ids: Tensor, J0: int | None = None, slot: Slot | None = None,
                   refresh: Refresh | None = None, mask_slot_keys: bool = False) -> Tensor:
     """Text features (C, d_e) of prompts ``ids`` (C, T); without ``slot`` the frozen tower's own."""
-    x = tower.stem(ids)
-    mask_of = lambda n, _: tower.mask(n, x.device)  # noqa: E731  causal over all n positions, or None
+    x, own_mask = tower.embed(ids)
     if slot is None:
-        m = mask_of(x.shape[1], False)
         for blk in tower.blocks:
-            x = run_block(blk, x, attn_mask=m)
+            x = run_block(blk, x, attn_mask=own_mask)
         return tower.pool(x, ids)
-    own, _ = run_adapted(tower.blocks, x, J0, tower.n_prefix, slot, refresh, mask_of, mask_slot_keys)
+    at = tower.n_prefix
+    mask_of = lambda K: tower.extend_mask(own_mask, at, K) if K else own_mask  # noqa: E731
+    own, _ = run_adapted(tower.blocks, x, J0, at, slot, refresh, mask_of, mask_slot_keys)
     return tower.pool(own, ids)
 
 
@@ -113,10 +117,10 @@ def image_features(tower: VisionTower, images: Tensor, J0: int, slot: Slot, refr
             for blk in blocks[J0:]:
                 t = tower.run_block(blk, t)
             f_t = tower.pool(t)
-    own, slots = run_adapted(blocks[J0:], x, 0, tower.n_prefix, slot, refresh, lambda n, s: None, mask_slot_keys,
+    own, slots = run_adapted(blocks[J0:], x, 0, tower.n_prefix, slot, refresh, lambda K: None, mask_slot_keys,
                              run=lambda blk, x, m, k: tower.run_block(blk, x, m, k))
     f_c = tower.pool(own)
-    f_r = None if rep_projection is None else tower.final_norm(slots).mean(dim=1) @ rep_projection
+    f_r = None if rep_projection is None else tower.rep_features(slots) @ rep_projection
     return f_c, f_r, f_t
 
 

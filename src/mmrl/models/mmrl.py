@@ -162,9 +162,10 @@ class MMRL(nn.Module):
         """The aligners (one map per block J..L of each tower) and the representation projection,
         created right after ``rep_tokens`` (the order of the random draws is the authors')."""
         d_r, d_v, d_e = self.cfg.rep_dim, backbone.vision_width, backbone.embed_dim
+        d_p = self.towers.vision.rep_width  # d_v, or an attentional pooler's output width (CoCa)
         self.vision_aligner = BlockAligners(d_r, d_v, n_v)
         self.text_aligner = BlockAligners(d_r, backbone.text_width, n_t)
-        self.proj_rep = nn.Parameter(d_v ** -0.5 * torch.randn(d_v, d_e))
+        self.proj_rep = nn.Parameter(d_p ** -0.5 * torch.randn(d_p, d_e))
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -471,7 +472,7 @@ class MMRLPlus(MMRL):
         d_r, d_v, d_e, r = self.cfg.rep_dim, backbone.vision_width, backbone.embed_dim, self.cfg.aligner_lora_rank
         self.vision_aligner = SharedResidualAligners(d_r, d_v, n_v, r)
         self.text_aligner = SharedResidualAligners(d_r, backbone.text_width, n_t, r)
-        self.proj_lora_A = nn.Parameter(torch.empty(d_v, self.cfg.proj_lora_rank))
+        self.proj_lora_A = nn.Parameter(torch.empty(self.towers.vision.rep_width, self.cfg.proj_lora_rank))
         nn.init.kaiming_uniform_(self.proj_lora_A, a=math.sqrt(5))
         self.proj_lora_B = nn.Parameter(torch.zeros(self.cfg.proj_lora_rank, d_e))
 

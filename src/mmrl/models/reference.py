@@ -132,17 +132,32 @@ def encode_text_generic(model: MMRL) -> Tensor:
     tower's own one, moved by K where it is counted from the start."""
     tower, R, J0, K = model.towers.text, model.rep_tokens, model.J0, model.K
     ids = model.text_tokens
-    x = tower.stem(ids)
+    x, own = tower.embed(ids)
     at = tower.n_prefix
-    mask = additive(tower.mask(x.shape[1], x.device))
+    if own is not None and own.ndim == 4:   # the tower's per-prompt mask (CoCa): (C * heads, n, n)
+        mask = own.flatten(0, 1)
+    else:
+        mask = additive(own)
     for blk in tower.blocks[:J0]:
         x = run_block_reference(blk, x, mask)
     hide = getattr(model, "mask_slot_keys", False)
     for i, blk in enumerate(tower.blocks[J0:]):
         x = _slots_in(model, x, at, model.text_aligner.map(i, R), first=i == 0)
         if i == 0:
-            mask = slot_key_mask(x.shape[1], at, K, tower.causal, hide, x.device)
+            extended = slot_key_mask(x.shape[1], at, K, tower.causal, hide, x.device)
+            if own is not None and own.ndim == 4:  # among its own tokens, the tower's own mask
+                n = x.shape[1]
+                z = own.flatten(0, 1)                                        # (C * heads, n - K, n - K)
+                z = torch.cat([z[:, :at], z.new_zeros(z.shape[0], K, z.shape[2]), z[:, at:]], dim=1)
+                z = torch.cat([z[:, :, :at], z.new_zeros(z.shape[0], n, K), z[:, :, at:]], dim=2)
+                is_own = torch.ones(n, dtype=torch.bool, device=x.device)
+                is_own[at:at + K] = False
+                base = torch.zeros(n, n, device=x.device) if extended is None else extended
+                extended = torch.where(is_own[:, None] & is_own[None, :], z, base.to(z.dtype))
+            mask = extended
         x = run_block_reference(blk, x, mask)
+    if tower.cls_emb is not None:                       # CoCa: its class token, the last position
+        return tower.head(x[:, -1])
     pos = tower.pooled_index(ids)
     if tower.pool_type in ("argmax", "eos") or (tower.pool_type == "first" and at == 0):
         pos = pos + K                                   # counted from the start: behind the slots
@@ -167,7 +182,7 @@ def encode_image_generic(model: MMRL, images: Tensor, teacher: bool = False) -> 
         x = _slots_in(model, x, at, model.vision_aligner.map(i, R), first=i == 0)
         x = tower.run_block(blk, x, mask, K, reference=True)
     f_c = tower.pool(torch.cat([x[:, :at], x[:, at + K:]], dim=1))
-    f_r = tower.final_norm(x[:, at:at + K]).mean(dim=1) @ model.rep_projection()
+    f_r = tower.rep_features(x[:, at:at + K]) @ model.rep_projection()
     f_t = None
     if teacher:
         with torch.no_grad():

@@ -329,11 +329,35 @@ class VisionTower:
             return self.module.ln_post(x)
         return self._trunk.fc_norm(self._trunk.norm(x))
 
+    @property
+    def attn_pool(self) -> nn.Module | None:
+        """open_clip's attentional pooler (CoCa), or None."""
+        return getattr(self.module, "attn_pool", None) if self.kind == "open_clip" else None
+
+    @property
+    def rep_width(self) -> int:
+        """Width of the representation features before ``proj_rep``: d_v, or the attentional
+        pooler's output width (CoCa: the pooler maps d_v to d_e before its final norm)."""
+        if self.attn_pool is not None:
+            return int(self.module.proj.shape[0])
+        return self.width
+
+    def rep_features(self, slots: Tensor) -> Tensor:
+        """The representation path before ``proj_rep``: (B, K, d_v) slots after the last block ->
+        (B, rep_width): each slot through the final norm, then their mean; a tower with an
+        attentional pooler pools the K slots with it instead (its queries over the slots, its
+        ``ln_post``, its first query), the slots' counterpart of its class path."""
+        if self.attn_pool is not None:
+            return self.module.ln_post(self.attn_pool(slots))[:, 0]
+        return self.final_norm(slots).mean(dim=1)
+
     def pool(self, x: Tensor) -> Tensor:
         """The tower's own head over its own tokens (no slots among them): final norm, pooling,
         projection. (B, n_prefix + P, d_v) -> (B, d_e)."""
         if self.kind == "open_clip":
             v = self.module
+            if self.attn_pool is not None:  # CoCa: the pooler's queries over all tokens, ln_post, query 0
+                return v.ln_post(v.attn_pool(x))[:, 0] @ v.proj
             # 'tok': CLS; 'avg': the mean of the patch tokens (CLS excluded, as open_clip does);
             # the norm before the pooling, or after it (CLIPA's final_ln_after_pool): both per token
             if v.pool_type == "tok":
@@ -364,7 +388,8 @@ class VisionTower:
     def is_clip_layout(self) -> bool:
         """CLIP's own layout (CLS pooled after ln_post, then ``proj``): the fast path applies."""
         v = self.module
-        return self.kind == "open_clip" and v.pool_type == "tok" and not v.final_ln_after_pool
+        return (self.kind == "open_clip" and v.pool_type == "tok" and not v.final_ln_after_pool
+                and self.attn_pool is None)
 
 
 def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -378,9 +403,9 @@ def vision_problem(visual: nn.Module) -> str | None:
     """What keeps ``visual`` from being an image tower MMRL can adapt, or None."""
     if hasattr(visual, "conv1") and hasattr(visual, "transformer"):       # open_clip VisionTransformer
         if getattr(visual, "attn_pool", None) is not None:
-            return ("a vision tower without an attentional pooler (attn_pool: CoCa-style pooling maps to "
-                    "another width before its final norm, so the slots have no final norm to go through)")
-        if getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
+            if getattr(visual, "attn_pool_contrastive", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+                return "the original CoCa attentional pooler (one pooler, its first query pooled)"
+        elif getattr(visual, "pool_type", "tok") not in ("tok", "avg"):
             return f"vision pooling 'tok' or 'avg' (this tower pools {visual.pool_type!r})"
         if not isinstance(getattr(visual, "proj", None), torch.Tensor):
             return "a vision output projection proj (d_v, d_e)"
@@ -446,7 +471,8 @@ class TextTower:
 
     @property
     def context_length(self) -> int:
-        return int(self.module.positional_embedding.shape[0])
+        """Prompt tokens per class (CoCa's position table has one more, for its class token)."""
+        return int(self.module.positional_embedding.shape[0]) - (self.cls_emb is not None)
 
     @property
     def vocab_size(self) -> int:
@@ -464,6 +490,11 @@ class TextTower:
         return getattr(self.module, "attn_mask", None) is not None
 
     @property
+    def cls_emb(self) -> Tensor | None:
+        """CoCa's class token, appended after the prompt and pooled, or None."""
+        return getattr(self.module, "cls_emb", None)
+
+    @property
     def n_prefix(self) -> int:
         """Tokens the slots go after: SOT for a causal tower; for a bidirectional tower pooled at
         the last position, none (the slots lead the sequence, the last position stays the pooled one)."""
@@ -472,8 +503,41 @@ class TextTower:
     @property
     def is_clip_layout(self) -> bool:
         """CLIP's own layout (causal, pooled at the largest id, projection a matrix): the fast path applies."""
-        return (self.causal and self.pool_type == "argmax"
+        return (self.causal and self.pool_type == "argmax" and self.cls_emb is None
                 and isinstance(getattr(self.module, "text_projection", None), torch.Tensor))
+
+    def embed(self, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(C, T) ids -> (tokens (C, T', d_t), the tower's own mask over them or None): boolean
+        (T', T') for a plain tower, additive (C, heads, T', T') where the tower builds its own
+        per-prompt mask (CoCa: padding keys hidden, its class token appended: T' = T + 1)."""
+        if self.cls_emb is None:
+            x = self.stem(ids)
+            return x, self.mask(x.shape[1], x.device)
+        x, m = self.module._embeds(ids)        # the tower's own: class token appended, its mask
+        if m is not None and m.ndim == 3:
+            m = m.reshape(ids.shape[0], self.heads, m.shape[-2], m.shape[-1])
+        return x, m
+
+    def extend_mask(self, own: Tensor | None, at: int, K: int) -> Tensor | None:
+        """The tower's mask over its own tokens (:meth:`embed`), extended to K slots inserted at
+        ``at``: the slots are attended to like any other token (in causal order over all positions
+        where the tower is causal); among its own tokens the tower's entries are unchanged. Same
+        kind (boolean or additive) and leading dims as ``own``."""
+        if own is None:
+            return None
+        n_own = own.shape[-1]
+        n = n_own + K
+        dev = own.device
+        idx = torch.cat([torch.arange(at), torch.arange(at + K, n)]).to(dev)
+        later = torch.ones(n, n, dtype=torch.bool, device=dev).triu(1) if self.causal else \
+            torch.zeros(n, n, dtype=torch.bool, device=dev)
+        if own.dtype == torch.bool:
+            full = ~later
+        else:
+            full = torch.zeros(n, n, dtype=own.dtype, device=dev).masked_fill(later, float("-inf"))
+        full = full.expand(*own.shape[:-2], n, n).clone()
+        full[..., idx[:, None], idx[None, :]] = own
+        return full
 
     def stem(self, ids: Tensor) -> Tensor:
         """(C, T) ids -> (C, T, d_t) token + position embeddings."""
@@ -505,7 +569,10 @@ class TextTower:
         return p(x) if isinstance(p, nn.Linear) else x @ p
 
     def pool(self, x: Tensor, ids: Tensor) -> Tensor:
-        """The tower's own pooling and head over its own tokens: (C, T, d_t) -> (C, d_e)."""
+        """The tower's own pooling and head over its own tokens: (C, T, d_t) -> (C, d_e)
+        (CoCa: its appended class token, the last one)."""
+        if self.cls_emb is not None:
+            return self.head(x[:, -1])
         return self.head(x[torch.arange(x.shape[0], device=x.device), self.pooled_index(ids)])
 
 
@@ -525,8 +592,8 @@ def text_problem(model: nn.Module) -> str | None:
     for part in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
         if getattr(src, part, None) is None:
             return f"a text tower part {part}"
-    if getattr(src, "cls_emb", None) is not None:
-        return "a text tower without an appended class token (cls_emb, CoCa)"
+    if getattr(src, "cls_emb", None) is not None and not hasattr(src, "_embeds"):
+        return "a text tower that builds its class token's mask itself (_embeds, open_clip's CoCa tower)"
     if getattr(src, "use_pad_mask", False):
         return "a text tower without a padding mask (use_pad_mask)"
     if pool_type not in ("argmax", "eos", "last", "first"):
