@@ -4,21 +4,25 @@ MMRL needs the same few things from every transformer tower (docs/method.md, "Ot
 families"): a stem that turns the input into tokens, a list of pre-LN attention blocks, the
 final norm, the tower's own pooling and head, and where the K slots go. This module finds
 them by the PARTS a model has (not by its class), so that open_clip 3.x and 4.x, open_clip's
-own towers with their pooling variants and timm ViTs wrapped by open_clip's ``TimmModel``
-(SigLIP, SigLIP 2, MobileCLIP-B, ...) all look alike to the rest of mmrl:
+own towers with their pooling variants (CLIPA, CoCa, SigLIP-style text) and timm ViTs / Evas
+wrapped by open_clip's ``TimmModel`` (SigLIP, SigLIP 2, MobileCLIP-B, ViTamin, EVA, PE-Core)
+all look alike to the rest of mmrl:
 
 * :class:`BlockParts` -- one pre-LN block seen through one set of names (``norm1``, fused
   ``qkv_weight`` (3D, D), ``out_proj``, ``ls1``, ``norm2``, ``mlp``, ``ls2``, ``num_heads``)
   whatever its library calls them; :func:`block_problem` says what a block lacks.
-* :class:`VisionTower` -- ``stem(images) -> (B, N, d_v)``, ``blocks``, ``n_prefix`` (the slots
-  go after this many leading tokens), ``pool(tokens) -> (B, d_e)`` (final norm + pooling +
-  head over the tower's own tokens), ``final_norm``, ``projection()`` (P, or the identity).
-* :class:`TextTower` -- ``stem(ids) -> (C, T, d_t)``, ``blocks``, ``causal``, ``n_prefix``,
-  ``pool(tokens, ids) -> (C, d_e)``.
-* :func:`towers_of` / :func:`towers_problem` -- both towers of a model, or one line naming the
-  model and the part it lacks.
+* :class:`VisionTower` -- ``stem(images) -> (B, N, d_v)`` (after ``model_input``: the tower's own
+  mean/std), ``blocks`` / ``run_block`` (timm Evas by their own forward, rotary terms inside),
+  ``n_prefix`` (the slots go after this many leading tokens), ``pool(tokens) -> (B, d_e)`` (the
+  tower's head over its own tokens), ``rep_features(slots) -> (B, rep_width)``, ``projection()``
+  (P, or the identity).
+* :class:`TextTower` -- ``embed(ids) -> (C, T, d_t)`` and the tower's own mask, ``extend_mask``
+  (over the slots), ``blocks``, ``causal``, ``n_prefix``, ``pool(tokens, ids) -> (C, d_e)``.
+* :func:`towers_of` / :func:`towers_problem` / :func:`refusal` -- both towers of a model, or one
+  line naming the model and the part it lacks.
 
-Anything not recognised is refused; nothing here changes a weight.
+Anything not recognised is refused; nothing here changes a weight (an Eva block's
+``num_prefix_tokens`` is raised by K for the duration of one call, see ``run_block``).
 """
 from __future__ import annotations
 
