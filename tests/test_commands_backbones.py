@@ -90,3 +90,52 @@ def test_cli_json_and_table(swept, capsys):
     assert main(["backbones", "--refused"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert all("refused:" in line for line in lines[:-1]) and "architectures accepted" in lines[-1]
+
+
+@pytest.mark.slow  # ~2-3 min on 2 shared cores: every accepted architecture at its real size, on meta
+def test_every_accepted_architecture_builds_the_method_and_takes_a_training_step(swept):
+    """Accepted means trainable: MMRL++ with its default settings on each accepted architecture
+    (built on the meta device: shapes only, no memory, no weights), a forward of the loss through
+    the generic path and its backward. CLIP's layout takes the fast path, tested at tiny sizes
+    (its prompt caches need real token ids), so it is left out here."""
+    import logging
+
+    import torch
+
+    from mmrl.models import build_method, method_config
+    from mmrl.models.backbone import Backbone, _quiet_open_clip
+    from mmrl.models.towers import towers_of
+
+    def ids(texts: list[str], ctx: int) -> torch.Tensor:  # distinct rows, made on the CPU
+        rows = torch.arange(len(texts), device="cpu")[:, None] + 2
+        return (torch.arange(ctx, device="cpu")[None] * rows) % 7 + 1
+
+    failures, ran = [], 0
+    logging.disable(logging.WARNING)
+    try:
+        for r in swept["architectures"]:
+            if not r["accepted"]:
+                continue
+            name = r["name"]
+            with _quiet_open_clip(), torch.device("meta"):
+                clip = open_clip.create_model(name, pretrained=None, device="meta").eval().requires_grad_(False)
+            towers = towers_of(clip, name)
+            if towers.clip_layout:
+                continue
+            ctx, S = towers.text.context_length, towers.vision.image_size
+            try:
+                with torch.device("meta"):
+                    J = min(6, towers.vision.layers, towers.text.layers)
+                    model = build_method(Backbone(clip, lambda t: ids(t, ctx), name),
+                                         method_config("mmrl++", first_rep_block=J))
+                    model.set_classes(["cat", "dog"], "a photo of a {}.")
+                    out = model.loss(torch.empty(2, 3, S, S), torch.zeros(2, dtype=torch.long))
+                    out.total.backward()
+                assert model.proj_lora_A.grad is not None and model.rep_tokens.grad is not None
+                ran += 1
+            except Exception as e:  # collected: one line per architecture
+                failures.append(f"{name}: {type(e).__name__}: {e}"[:200])
+    finally:
+        logging.disable(logging.NOTSET)
+    assert not failures, "\n".join(failures)
+    assert ran >= 40
