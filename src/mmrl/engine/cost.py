@@ -1,0 +1,193 @@
+"""What a run costs: the ``cost`` block of run.json and results.json.
+
+:class:`CostMeter` is fed at the trainer's phase boundaries (set-up, class-text encoding,
+training steps, each evaluation) and turns what it saw into one JSON block::
+
+    {"device": {...}, "precision", "world_size",
+     "wall_s": {"backbone_load", "setup", "text_encoding", "train", "eval": {NAME: s}, "total"},
+     "steps", "images_seen", "images_per_s", "median_step_s",
+     "peak_rss_mb", "cuda_memory_mb": {"cuda:0": {"max_allocated", "max_reserved"}},
+     "parameters": {"trainable", "frozen"},
+     "flops": {"train_step", "per_eval_image", "how"}, "device_hours",
+     "ranks": [one block per rank]}          # under torchrun only; the top level is then the sum
+
+FLOPs are counted, not estimated: :func:`count_flops` runs ONE real step under
+``torch.utils.flop_counter.FlopCounterMode``, which adds up the FLOPs of every matmul,
+convolution and attention kernel dispatched (forward and backward; element-wise work is not
+counted, as in every FLOP table of the literature). ``train` and ``images_per_s`` cover every
+attempt of a resumed run (run.json keeps the training time of earlier attempts); the other
+phases are this attempt's.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import torch
+
+FLOPS_HOW = ("torch.utils.flop_counter.FlopCounterMode over one real step (forward + backward of matmuls, "
+             "convolutions and attention; optimiser and element-wise work not counted)")
+
+
+def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
+    """``(fn(), FLOPs fn dispatched)``, counted by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = fn()
+    return out, int(counter.get_total_flops())
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what the platform says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_device(device: torch.device) -> dict[str, Any]:
+    """This process's device: a GPU's name, or the CPU's model and the threads torch uses."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return {"type": "cuda", "name": torch.cuda.get_device_name(index), "index": index}
+    return {"type": device.type, "name": cpu_name(), "threads": torch.get_num_threads()}
+
+
+def peak_rss_mb() -> float:
+    """The process's resident-set high-water mark in MB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 2**10, 1)
+
+
+def cuda_memory_mb(device: torch.device) -> dict[str, dict[str, float]]:
+    """``{"cuda:N": {"max_allocated", "max_reserved"}}`` (MB) of this process's GPU; {} off CUDA."""
+    if device.type != "cuda":
+        return {}
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {f"cuda:{index}": {"max_allocated": round(torch.cuda.max_memory_allocated(index) / 2**20, 1),
+                              "max_reserved": round(torch.cuda.max_memory_reserved(index) / 2**20, 1)}}
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable and frozen parameters (each tensor once, however many modules share it)."""
+    seen: dict[int, torch.nn.Parameter] = {id(p): p for p in model.parameters()}
+    trainable = sum(p.numel() for p in seen.values() if p.requires_grad)
+    return {"trainable": trainable, "frozen": sum(p.numel() for p in seen.values()) - trainable}
+
+
+class CostMeter:
+    """Collects one attempt's cost measurements; :meth:`block` makes the JSON block.
+
+    ``clock`` (seconds, monotonic) is injectable so that tests can drive it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self.clock = clock
+        self.t0 = clock()
+        self.wall: dict[str, float] = {}
+        self.evals: dict[str, float] = {}
+        self.step_s: list[float] = []
+        self.rank_images = 0          # images this process stepped on in this attempt
+        self.train_step_flops: int | None = None
+        self.eval_image_flops: float | None = None
+        self.sample_images: torch.Tensor | None = None  # a few training images, for the evaluation count
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the block to phase ``name`` (``eval:NAME`` = one evaluation)."""
+        t = self.clock()
+        try:
+            yield
+        finally:
+            dt = self.clock() - t
+            if name.startswith("eval:"):
+                self.evals[name[5:]] = self.evals.get(name[5:], 0.0) + dt
+            else:
+                self.wall[name] = self.wall.get(name, 0.0) + dt
+
+    def step(self, fn: Callable[[], Any], images: torch.Tensor) -> Any:
+        """Run one training step ``fn`` (which must end with its results on the CPU, so that the
+        time covers the device's work); the first one of the attempt is counted by FlopCounterMode."""
+        t = self.clock()
+        if self.train_step_flops is None:
+            out, self.train_step_flops = count_flops(fn)
+            self.sample_images = images[:2].detach()
+        else:
+            out = fn()
+        self.step_s.append(self.clock() - t)
+        self.rank_images += int(images.shape[0])
+        return out
+
+    def count_eval_flops(self, model, precision: str) -> None:
+        """FLOPs per evaluated image: the model's logits for a couple of images (this attempt's
+        first training images; the evaluation's crop has the same size) with the class texts
+        encoded beforehand, as the evaluation does once per class set."""
+        if self.sample_images is None or not hasattr(model, "logits"):
+            return
+        from mmrl.engine.runtime import autocast
+
+        images = self.sample_images
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast(images.device, precision):
+                text = model.encode_text()
+                _, flops = count_flops(lambda: model.logits(images, text))
+        finally:
+            model.train(was_training)
+            if hasattr(model, "clip"):
+                model.clip.eval()
+        self.eval_image_flops = flops / images.shape[0]
+
+    def block(self, *, device: torch.device, precision: str, model: torch.nn.Module, steps: int,
+              images_seen: int, train_s: float, world_size: int = 1) -> dict[str, Any]:
+        """This process's cost block. ``steps``, ``images_seen`` and ``train_s`` cover all attempts."""
+        wall = {k: round(v, 3) for k, v in self.wall.items()}
+        wall["train"] = round(train_s, 3)
+        wall["eval"] = {k: round(v, 3) for k, v in self.evals.items()}
+        total = self.clock() - self.t0
+        wall["total"] = round(total, 3)
+        # device-hours: this attempt's whole wall time plus earlier attempts' training
+        earlier_train = max(train_s - self.wall.get("train", 0.0), 0.0)
+        return {
+            "device": describe_device(device), "precision": precision, "world_size": world_size,
+            "wall_s": wall, "steps": steps, "images_seen": images_seen,
+            "images_per_s": round(images_seen / train_s, 3) if train_s > 0 else None,
+            "median_step_s": round(statistics.median(self.step_s), 4) if self.step_s else None,
+            "peak_rss_mb": peak_rss_mb(), "cuda_memory_mb": cuda_memory_mb(device),
+            "parameters": parameter_counts(model),
+            "flops": {"train_step": self.train_step_flops,
+                      "per_eval_image": round(self.eval_image_flops) if self.eval_image_flops is not None else None,
+                      "how": FLOPS_HOW},
+            "device_hours": round((total + earlier_train) / 3600.0, 6),
+        }
+
+
+def combine_ranks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One block for a torchrun job: rank 0's block with the per-rank blocks under ``ranks`` and
+    the quantities that add up over ranks summed (FLOPs per global step, device-hours, memory);
+    wall times, steps and images (global counts) are rank 0's."""
+    if len(blocks) == 1:
+        return blocks[0]
+    out = dict(blocks[0])
+    out["ranks"] = blocks
+    out["device"] = {"type": blocks[0]["device"]["type"], "count": len(blocks),
+                     "names": sorted({b["device"]["name"] for b in blocks})}
+    out["device_hours"] = round(sum(b["device_hours"] for b in blocks), 6)
+    out["peak_rss_mb"] = round(sum(b["peak_rss_mb"] for b in blocks), 1)
+    out["cuda_memory_mb"] = {k: v for b in blocks for k, v in b["cuda_memory_mb"].items()}
+    flops = [b["flops"]["train_step"] for b in blocks]
+    out["flops"] = dict(out["flops"], train_step=sum(flops) if None not in flops else None)
+    return out
+
