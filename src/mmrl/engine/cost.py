@@ -8,7 +8,7 @@ training steps, each evaluation) and turns what it saw into one JSON block::
      "steps", "images_seen", "images_per_s", "median_step_s",
      "peak_rss_mb", "cuda_memory_mb": {"cuda:0": {"max_allocated", "max_reserved"}},
      "parameters": {"trainable", "frozen"},
-     "flops": {"train_step", "per_eval_image", "how"}, "device_hours",
+     "flops": {"train_step", "per_eval_image", "per_eval_batch", "how"}, "device_hours",
      "ranks": [one block per rank]}          # under torchrun only; the top level is then the sum
 
 FLOPs are counted, not estimated: :func:`count_flops` runs ONE real step under
@@ -34,11 +34,28 @@ FLOPS_HOW = ("torch.utils.flop_counter.FlopCounterMode over one real step (forwa
              "convolutions and attention; optimiser and element-wise work not counted)")
 
 
+def _cpu_attention_formulas() -> dict[Any, Any]:
+    """FlopCounterMode knows the CUDA attention kernels but not the CPU's flash kernel, which
+    scaled_dot_product_attention picks on the CPU: without this its FLOPs would count 0. The
+    same formulas as the CUDA kernels' (the backward recomputes the scores: 5 matmuls)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    out = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        out[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_flop_count(q, k, v))
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
+        out[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda g, q, k, v, *args, out_shape=None, **kwargs: fc.sdpa_backward_flop_count(g, q, k, v))
+    return out
+
+
 def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     """``(fn(), FLOPs fn dispatched)``, counted by FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
     with counter:
         out = fn()
     return out, int(counter.get_total_flops())
@@ -100,7 +117,8 @@ class CostMeter:
         self.step_s: list[float] = []
         self.rank_images = 0          # images this process stepped on in this attempt
         self.train_step_flops: int | None = None
-        self.eval_image_flops: float | None = None
+        self.eval_image_flops: int | None = None
+        self.eval_batch_flops: int | None = None
         self.sample_images: torch.Tensor | None = None  # a few training images, for the evaluation count
 
     @contextlib.contextmanager
@@ -122,7 +140,7 @@ class CostMeter:
         t = self.clock()
         if self.train_step_flops is None:
             out, self.train_step_flops = count_flops(fn)
-            self.sample_images = images[:2].detach()
+            self.sample_images = images[:1].detach()
         else:
             out = fn()
         self.step_s.append(self.clock() - t)
@@ -130,9 +148,10 @@ class CostMeter:
         return out
 
     def count_eval_flops(self, model, precision: str) -> None:
-        """FLOPs per evaluated image: the model's logits for a couple of images (this attempt's
-        first training images; the evaluation's crop has the same size) with the class texts
-        encoded beforehand, as the evaluation does once per class set."""
+        """FLOPs per evaluated image: the logits of two images minus those of one (this attempt's
+        first training images; the evaluation's crop has the same size), the class texts encoded
+        beforehand as the evaluation does once per class set. The difference leaves out the
+        little work the logits repeat once per batch whatever its size (``per_eval_batch``)."""
         if self.sample_images is None or not hasattr(model, "logits"):
             return
         from mmrl.engine.runtime import autocast
@@ -143,12 +162,13 @@ class CostMeter:
         try:
             with torch.no_grad(), autocast(images.device, precision):
                 text = model.encode_text()
-                _, flops = count_flops(lambda: model.logits(images, text))
+                one = count_flops(lambda: model.logits(images[:1], text))[1]
+                two = count_flops(lambda: model.logits(images[:1].expand(2, -1, -1, -1), text))[1]
         finally:
             model.train(was_training)
             if hasattr(model, "clip"):
                 model.clip.eval()
-        self.eval_image_flops = flops / images.shape[0]
+        self.eval_image_flops, self.eval_batch_flops = two - one, 2 * one - two
 
     def block(self, *, device: torch.device, precision: str, model: torch.nn.Module, steps: int,
               images_seen: int, train_s: float, world_size: int = 1) -> dict[str, Any]:
@@ -168,9 +188,9 @@ class CostMeter:
             "peak_rss_mb": peak_rss_mb(), "cuda_memory_mb": cuda_memory_mb(device),
             "parameters": parameter_counts(model),
             "flops": {"train_step": self.train_step_flops,
-                      "per_eval_image": round(self.eval_image_flops) if self.eval_image_flops is not None else None,
+                      "per_eval_image": self.eval_image_flops, "per_eval_batch": self.eval_batch_flops,
                       "how": FLOPS_HOW},
-            "device_hours": round((total + earlier_train) / 3600.0, 6),
+            "device_hours": round((total + earlier_train) / 3600.0, 9),
         }
 
 
@@ -184,7 +204,7 @@ def combine_ranks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
     out["ranks"] = blocks
     out["device"] = {"type": blocks[0]["device"]["type"], "count": len(blocks),
                      "names": sorted({b["device"]["name"] for b in blocks})}
-    out["device_hours"] = round(sum(b["device_hours"] for b in blocks), 6)
+    out["device_hours"] = round(sum(b["device_hours"] for b in blocks), 9)
     out["peak_rss_mb"] = round(sum(b["peak_rss_mb"] for b in blocks), 1)
     out["cuda_memory_mb"] = {k: v for b in blocks for k, v in b["cuda_memory_mb"].items()}
     flops = [b["flops"]["train_step"] for b in blocks]

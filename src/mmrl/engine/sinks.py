@@ -136,7 +136,7 @@ class _WandB:
         tags = [cfg.method.name, cfg.protocol, cfg.data.dataset, cfg.backbone, *log.tags]
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "mmrl"), id=run_id, resume="allow", name=name,
                               config=cfg.to_dict(), tags=[t[:64] for t in tags], dir=str(run_dir),
-                              reinit="finish_previous", settings=wandb.Settings(silent=True))  # the log is ours
+                              reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))  # the log is ours (train.log)
         self.run.define_metric("train/*", step_metric="step")
         self.run.define_metric("test/*", step_metric="step")
         self._save(run_id)
