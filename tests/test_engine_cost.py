@@ -55,10 +55,11 @@ def test_phases_steps_and_block_with_a_fake_clock():
         assert m.step(step, x) == dt  # the step's result is passed on
     with m.phase("train"):  # the trainer's phase around all epochs
         clock.advance(sum(durations) + 0.05)
-    with m.phase("eval:DTD-base"):
-        clock.advance(3.0)
-    with m.phase("eval:DTD-new"):
-        clock.advance(4.0)
+    def evaluation(subsample, dt, n):
+        clock.advance(dt)
+        return {"dataset": "DTD", "subsample": subsample, "n": n, "accuracy": 50.0}
+    assert m.evaluation(lambda: evaluation("base", 3.0, 10))["accuracy"] == 50.0
+    m.evaluation(lambda: evaluation("new", 4.0, 12))
     b = m.block(device=torch.device("cpu"), precision="fp32", model=model, steps=7, images_seen=35, train_s=10.0)
     assert b["wall_s"]["backbone_load"] == 2.0
     assert b["wall_s"]["setup"] == 1.5 and b["wall_s"]["text_encoding"] == 0.5
@@ -67,7 +68,7 @@ def test_phases_steps_and_block_with_a_fake_clock():
     assert b["wall_s"]["total"] == pytest.approx(2.0 + 1.5 + 1.3 + 7.0 + 1.25, abs=1e-3)
     assert b["median_step_s"] == pytest.approx(statistics.median(durations))
     assert (b["steps"], b["images_seen"], b["images_per_s"]) == (7, 35, 3.5)
-    assert m.rank_images == 25
+    assert m.rank_images == 25 and b["images_evaluated"] == 22
     assert b["parameters"] == {"trainable": 4 * 2 + 2, "frozen": 3 * 4 + 4}
     # the first step was counted: both forwards, and the weight gradient of the trainable layer only
     # (its input, the frozen layer's output, needs no gradient)
@@ -173,7 +174,9 @@ def test_run_json_and_results_json_hold_the_same_cost_block(run):
     assert c["steps"] == len(metrics) == metrics[-1]["step"]
     split = json.loads((run / "split.json").read_text())
     assert c["images_seen"] == len(split["train"]) * 2  # optim.epochs=2 of tiny_train_argv
-    assert set(c["wall_s"]) == {"backbone_load", "setup", "text_encoding", "train", "eval", "total"}
+    assert set(c["wall_s"]) == {"backbone_load", "setup", "text_encoding", "train", "eval", "total", "process"}
+    assert c["wall_s"]["process"] >= c["wall_s"]["total"]
+    assert c["images_evaluated"] == sum(json.loads(p.read_text())["n"] for p in (run / "eval").glob("*.json"))
     assert set(c["wall_s"]["eval"]) == {"DescribableTextures-base", "DescribableTextures-new"}
     assert c["wall_s"]["train"] == info["timings"]["train_s"]
     assert c["images_per_s"] == pytest.approx(c["images_seen"] / c["wall_s"]["train"], rel=1e-2)

@@ -4,8 +4,9 @@
 training steps, each evaluation) and turns what it saw into one JSON block::
 
     {"device": {...}, "precision", "world_size",
-     "wall_s": {"backbone_load", "setup", "text_encoding", "train", "eval": {NAME: s}, "total"},
-     "steps", "images_seen", "images_per_s", "median_step_s",
+     "wall_s": {"backbone_load", "setup" (text_encoding included), "text_encoding", "train",
+                "eval": {NAME: s}, "total" (since the trainer began), "process" (since the process began)},
+     "steps", "images_seen", "images_evaluated", "images_per_s", "median_step_s",
      "peak_rss_mb", "cuda_memory_mb": {"cuda:0": {"max_allocated", "max_reserved"}},
      "parameters": {"trainable", "frozen"},
      "flops": {"train_step", "per_eval_image", "per_eval_batch", "how"}, "device_hours",
@@ -21,6 +22,7 @@ phases are this attempt's.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import resource
 import statistics
@@ -103,6 +105,19 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return {"trainable": trainable, "frozen": sum(p.numel() for p in seen.values()) - trainable}
 
 
+def process_seconds() -> float | None:
+    """Seconds since this process started (Python's start-up and imports included: what a sweep
+    waits for per run), from /proc on Linux; None elsewhere."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class CostMeter:
     """Collects one attempt's cost measurements; :meth:`block` makes the JSON block.
 
@@ -116,6 +131,7 @@ class CostMeter:
         self.evals: dict[str, float] = {}
         self.step_s: list[float] = []
         self.rank_images = 0          # images this process stepped on in this attempt
+        self.images_evaluated = 0
         self.train_step_flops: int | None = None
         self.eval_image_flops: int | None = None
         self.eval_batch_flops: int | None = None
@@ -133,6 +149,16 @@ class CostMeter:
                 self.evals[name[5:]] = self.evals.get(name[5:], 0.0) + dt
             else:
                 self.wall[name] = self.wall.get(name, 0.0) + dt
+
+    def evaluation(self, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run one evaluation ``fn`` (returning evaluate()'s results) and record its wall time under
+        ``<Dataset>-<subsample>`` and its images."""
+        t = self.clock()
+        res = fn()
+        name = f"{res.get('dataset')}-{res.get('subsample')}"
+        self.evals[name] = self.evals.get(name, 0.0) + self.clock() - t
+        self.images_evaluated += int(res.get("n") or 0)
+        return res
 
     def step(self, fn: Callable[[], Any], images: torch.Tensor) -> Any:
         """Run one training step ``fn`` (which must end with its results on the CPU, so that the
@@ -178,11 +204,12 @@ class CostMeter:
         wall["eval"] = {k: round(v, 3) for k, v in self.evals.items()}
         total = self.clock() - self.t0
         wall["total"] = round(total, 3)
+        wall["process"] = process_seconds()
         # device-hours: this attempt's whole wall time plus earlier attempts' training
         earlier_train = max(train_s - self.wall.get("train", 0.0), 0.0)
         return {
             "device": describe_device(device), "precision": precision, "world_size": world_size,
-            "wall_s": wall, "steps": steps, "images_seen": images_seen,
+            "wall_s": wall, "steps": steps, "images_seen": images_seen, "images_evaluated": self.images_evaluated,
             "images_per_s": round(images_seen / train_s, 3) if train_s > 0 else None,
             "median_step_s": round(statistics.median(self.step_s), 4) if self.step_s else None,
             "peak_rss_mb": peak_rss_mb(), "cuda_memory_mb": cuda_memory_mb(device),

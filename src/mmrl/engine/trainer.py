@@ -533,8 +533,7 @@ def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None,
 
     def run(subsample: str) -> dict[str, Any]:
         request = EvalRequest(cfg.data.dataset, cfg.data.root, subsample, output_dir=run_dir / rd.EVAL_DIR)
-        with (meter or CostMeter()).phase(f"eval:{cfg.data.dataset}-{subsample}"):
-            return evaluate(model, request, cfg=cfg, progress=progress)
+        return (meter or CostMeter()).evaluation(lambda: evaluate(model, request, cfg=cfg, progress=progress))
 
     results: dict[str, Any] = {"protocol": cfg.protocol, "method": cfg.method.name, "dataset": cfg.data.dataset,
                                "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone}
