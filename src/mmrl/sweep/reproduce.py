@@ -113,6 +113,9 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     cells = sweep.take_shard(grid, *shard) if shard else grid
     log(plan_text(protocol, method, grid, cells, varies, output, shard))
     if dry_run:
+        from mmrl.sweep.estimate import plan_cost_text
+
+        log(plan_cost_text(grid, cells, len(devices) if devices else max(1, jobs)))
         return ReproduceResult(cells, [])
     write_grid_spec(output, grid, defaults)
     workers: list[str | None] = list(devices) if devices else [None] * max(1, jobs)
