@@ -209,3 +209,33 @@ def test_train_step_flops_are_those_of_a_real_step(run):
     assert three == 3 * c["flops"]["per_eval_image"] + c["flops"]["per_eval_batch"]
     assert one == c["flops"]["per_eval_image"] + c["flops"]["per_eval_batch"]
     assert c["flops"]["per_eval_image"] > 0
+
+
+# --------------------------------------------------------------------------- mmrl describe --classes
+def _describe(capsys, *argv):
+    assert main(["describe", "--backbone", "toy-clip", "--json", *argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_describe_classes_counts_a_step_and_its_memory(capsys):
+    four = _describe(capsys, "--classes", "4", "--set", "first_rep_block=2")
+    eight = _describe(capsys, "--classes", "8", "--set", "first_rep_block=2")
+    st = four["step"]
+    assert (st["classes"], st["batch_size"]) == (4, 4)
+    # the text tower runs once per class: more classes, more FLOPs per step; per image, the two
+    # logit kinds (class and representation features) against 4 more classes of width embed_dim 64
+    assert eight["step"]["flops"]["train_step"] > st["flops"]["train_step"] > 0
+    assert eight["step"]["flops"]["per_eval_image"] - st["flops"]["per_eval_image"] == 2 * (2 * 4 * 64)
+    m = st["memory_mb"]
+    assert m["weights"] >= (four["trainable_parameters"] + four["frozen_parameters"]) * 4 / 2**20 - 0.1
+    assert m["gradients_and_adamw"] == pytest.approx(3 * four["trainable_parameters"] * 4 / 2**20, abs=0.1)
+    assert m["step_peak"] == pytest.approx(m["weights"] + m["saved_activations"] + m["gradients_and_adamw"], abs=0.2)
+    assert m["saved_activations"] > 0
+    bigger = _describe(capsys, "--classes", "4", "--batch-size", "8", "--set", "first_rep_block=2")
+    assert bigger["step"]["memory_mb"]["saved_activations"] > m["saved_activations"]
+
+
+def test_describe_classes_refuses_one_class(capsys):
+    assert main(["describe", "--backbone", "toy-clip", "--classes", "1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--classes 1" in err[0]

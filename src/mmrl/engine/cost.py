@@ -238,3 +238,67 @@ def combine_ranks(blocks: list[dict[str, Any]]) -> dict[str, Any]:
     out["flops"] = dict(out["flops"], train_step=sum(flops) if None not in flops else None)
     return out
 
+
+
+def _tensor_bytes(tensors) -> int:
+    """Bytes of distinct storages (views of one tensor count once)."""
+    seen: dict[tuple, int] = {}
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "meta":
+            st = t.untyped_storage()
+            seen[(st.data_ptr(), t.device.type)] = st.nbytes()
+    return sum(seen.values())
+
+
+def step_profile(model, classnames: list[str], template: str, *, batch_size: int, device: torch.device,
+                 precision: str = "fp32") -> dict[str, Any]:
+    """What one training step of ``model`` costs, from one step on random images (the weights need
+    not be the trained ones: FLOPs and memory do not depend on their values).
+
+    FLOPs per step and per evaluated image: counted by FlopCounterMode, as in a run's cost block.
+    Peak memory: arithmetic on what the step holds at the end of its forward pass -- every weight,
+    the tensors autograd saved for the backward pass (measured with saved_tensors_hooks) and, for
+    the trainable tensors, their gradients and AdamW's two moments; the framework's own memory
+    (the CPU allocator, CUDA context, kernels' workspaces) is not in it.
+    """
+    from mmrl.engine.runtime import autocast
+
+    model.set_classes(classnames, template)
+    model.train()
+    if hasattr(model, "clip"):
+        model.clip.eval()
+    size = model.clip.visual.image_size
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    labels = torch.arange(batch_size, device=device) % len(classnames)
+    saved: list[torch.Tensor] = []
+
+    def keep(t):
+        saved.append(t)
+        return t
+
+    def step():
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), autocast(device, precision):
+            out = model.loss(images, labels)
+        out.total.float().backward()
+
+    _, flops = count_flops(step)
+    activations = _tensor_bytes(saved)
+    params = {id(p): p for p in model.parameters()}.values()
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trainable = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    model.eval()
+    with torch.no_grad(), autocast(device, precision):
+        text = model.encode_text()
+        one = count_flops(lambda: model.logits(images[:1], text))[1]
+        two = count_flops(lambda: model.logits(images[:1].expand(2, -1, -1, -1), text))[1]
+    mb = 2**20
+    return {"classes": len(classnames), "batch_size": batch_size, "precision": precision,
+            "flops": {"train_step": flops, "per_eval_image": two - one, "how": FLOPS_HOW.replace(
+                "one real step", "one step on random images")},
+            "memory_mb": {"weights": round((weights + buffers) / mb, 1), "saved_activations": round(activations / mb, 1),
+                          "gradients_and_adamw": round(3 * trainable / mb, 1),
+                          "step_peak": round((weights + buffers + activations + 3 * trainable) / mb, 1),
+                          "how": "weights + tensors saved for the backward pass (saved_tensors_hooks) + gradients "
+                                 "and AdamW moments of the trainable tensors; the framework's own memory not included"}}
