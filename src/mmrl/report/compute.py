@@ -184,8 +184,8 @@ def document(compute: dict, titles: dict[str, str], figures: set[str]) -> list[B
         out.append(Table(["Protocol", "Method", "Dataset", "Runs", "Train time / run", "Device-hours",
                           "Peak memory MB", "Images/s", "Trainable params", "GFLOPs / step"], rows))
     for st in compute["ablations"]:
-        out.append(Text(f"**{titles.get(st['protocol'], st['protocol'])}, {st['method']}, ablation of "
-                        f"{', '.join('`' + k + '`' for k in st['keys'])}**: {st['metric_label']} against the training "
+        out.append(Text(f"**{titles.get(st['protocol'], st['protocol'])}, {st['method']}**, ablation of "
+                        f"{', '.join('`' + k + '`' for k in st['keys'])}: {st['metric_label']} against the training "
                         "cost, one point per value (mean over its datasets and seeds)."))
         if st["figure"] in figures:
             out.append(Figure(st["figure"], f"{st['metric_label']} against device-seconds per run"))
