@@ -7,11 +7,11 @@ A cell's estimate comes, in this order of preference, from
    the mean of their process wall time (run.json ``cost.wall_s.process``: start-up, backbone load,
    set-up, training, evaluation) and of their FLOPs (steps x FLOPs per step + images evaluated x
    FLOPs per image);
-2. **a short calibration on this device** (``--dry-run`` only): the configuration's model is built on
-   its backbone and data, two training steps are made on random images of the run's batch size
-   (the first counted by FlopCounterMode, the second timed), and the run is estimated as this
-   process's start-up + the backbone's load time + steps x the step time + the evaluation's FLOPs at
-   the step's FLOP rate;
+2. **a short calibration on this device** (``--dry-run`` only, in a subprocess, so that planning
+   itself never imports torch): the configuration's model is built on its backbone and data, two
+   training steps are made on random images of the run's batch size (the first counted by
+   FlopCounterMode, the second timed), and the run is estimated as that fresh process's start-up +
+   the backbone's load time + steps x the step time + the evaluation's FLOPs at the step's FLOP rate;
 3. otherwise (the sweep's log, no run of the configuration finished yet): the mean wall time of
    the finished runs of the sweep, whatever their configuration.
 
@@ -22,8 +22,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 from mmrl.sweep.grid import Cell
@@ -89,8 +92,7 @@ class Estimator:
         everything = [s for s in everything if s is not None]
         self.mean_run = statistics.fmean(everything) if everything else None
         self._calibrated: dict[tuple, CellEstimate] = {}
-        self._loaded: dict[str, tuple[object, float]] = {}
-        self._startup: float | None = None  # this process's start-up, as a run's (imports of torch, mmrl)
+        self.calibration_error: str | None = None
 
     def cell(self, cell: Cell) -> CellEstimate:
         twins = self.done.get(config_key(cell))
@@ -102,9 +104,29 @@ class Estimator:
         if self.calibrate:
             key = config_key(cell)
             if key not in self._calibrated:
-                self._calibrated[key] = self._calibration(cell)
+                self.calibrate_cells([cell])
             return self._calibrated[key]
         return CellEstimate(self.mean_run, None, "mean run")
+
+    def calibrate_cells(self, cells: Sequence[Cell]) -> None:
+        """Calibrate every configuration of ``cells`` without a finished run, in one subprocess."""
+        todo = {config_key(c): c for c in cells if config_key(c) not in self.done and config_key(c) not in self._calibrated}
+        if not todo:
+            return
+        spec = [_cell_spec(c) for c in todo.values()]
+        proc = subprocess.run([sys.executable, "-m", "mmrl.sweep.estimate"], input=json.dumps(spec),
+                              capture_output=True, text=True)
+        try:
+            answers = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            lines = proc.stderr.strip().splitlines()
+            answers = [{"error": lines[-1] if lines else f"exit status {proc.returncode}"}] * len(todo)
+        for key, a in zip(todo, answers):
+            if "error" in a:
+                self.calibration_error = self.calibration_error or a["error"]
+                self._calibrated[key] = CellEstimate(None, None, "calibration")
+            else:
+                self._calibrated[key] = CellEstimate(a["seconds"], a["flops"], "calibration")
 
     def left(self, cells: Sequence[Cell], workers: int = 1) -> tuple[float | None, float | None, list[str]]:
         """(seconds, FLOPs, how) of the cells not finished, the seconds spread over ``workers``;
@@ -114,32 +136,46 @@ class Estimator:
         flops = None if any(e.flops is None for e in ests) else sum(e.flops for e in ests)
         return secs, flops, sorted({e.how for e in ests})
 
-    # ------------------------------------------------------------------ calibration
-    def _calibration(self, cell: Cell) -> CellEstimate:
+
+def _cell_spec(c: Cell) -> dict:
+    d = asdict(c)
+    d["run_dir"], d["root"] = str(c.run_dir), None if c.root is None else str(c.root)
+    return d
+
+
+# ---------------------------------------------------------------------- calibration (the subprocess)
+class _Calibration:
+    """One calibration process: the backbones it loaded, its own start-up time."""
+
+    def __init__(self):
+        from mmrl.engine.cost import process_seconds
+
+        self.startup = process_seconds() or 0.0  # a fresh interpreter with torch and mmrl: as a run's
+        self._loaded: dict[str, tuple[object, float]] = {}
+
+    def cell(self, cell: Cell) -> CellEstimate:
         import torch
 
         from mmrl import data
         from mmrl.config import resolve_config
-        from mmrl.engine.cost import count_flops, process_seconds
+        from mmrl.engine.cost import count_flops
         from mmrl.engine.runtime import autocast, load_backbone_checked, resolve_device, resolve_precision
         from mmrl.models import build_method
         from mmrl.sweep.ablation import point_overrides
 
-        if self._startup is None:
-            self._startup = process_seconds() or 0.0
         flags = {"backbone": cell.backbone, "data.shots": cell.shots, "seed": cell.seed,
                  "data.root": None if cell.root is None else str(cell.root)}
         cfg = resolve_config(cell.method, cell.protocol, cell.dataset,
                              overrides=[*cell.sets, *(point_overrides(cell.point) if cell.point else [])], flags=flags)
         device = resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
+        splits = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
+                                     subsample=cfg.data.subsample, split_file=cfg.data.split_file,
+                                     cache_dir=cfg.data.cache_dir, template=cfg.data.template)
         if cfg.backbone not in self._loaded:
             t = time.perf_counter()
             self._loaded[cfg.backbone] = (load_backbone_checked(cfg.backbone, device=device), time.perf_counter() - t)
         backbone, load_s = self._loaded[cfg.backbone]
-        splits = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
-                                     subsample=cfg.data.subsample, split_file=cfg.data.split_file,
-                                     cache_dir=cfg.data.cache_dir, template=cfg.data.template)
         torch.manual_seed(0)
         model = build_method(backbone, cfg.method)
         model.set_classes(splits.classnames, splits.template)
@@ -176,7 +212,7 @@ class Estimator:
         eval_flops = n_eval * (two - one)
         rate = step_flops / step_s if step_s > 0 else None
         eval_s = eval_flops / rate if rate else 0.0
-        seconds = self._startup + load_s + steps * step_s + eval_s
+        seconds = self.startup + load_s + steps * step_s + eval_s
         return CellEstimate(seconds, steps * step_flops + eval_flops, "calibration")
 
 
@@ -194,12 +230,45 @@ def flops_text(f: float) -> str:
 def plan_cost_text(grid: Sequence[Cell], cells: Sequence[Cell], workers: int) -> str:
     """The dry run's cost line: the FLOPs of the runs left and their estimated wall time."""
     est = Estimator(grid, calibrate=True)
-    secs, flops, how = est.left(cells, workers)
-    left = sum(not is_finished(c) for c in cells)
+    left = [c for c in cells if not is_finished(c)]
     if not left:
         return "  cost: nothing left to run"
+    est.calibrate_cells(left)
+    secs, flops, how = est.left(cells, workers)
+    left = len(left)
     parts = [f"  cost of the {left} runs left: " + (flops_text(flops) if flops is not None else "FLOPs unknown")]
     exact = f" ({secs:.0f} s)" if secs is not None and secs >= 90 else ""
     parts.append(f"about {duration_text(secs)}{exact} with {workers} worker{'s' * (workers != 1)}" if secs is not None
                  else "time unknown")
-    return ", ".join(parts) + f" (from {' and '.join(how)}; docs/performance.md)"
+    why = f": {est.calibration_error}" if est.calibration_error else ""
+    return ", ".join(parts) + f" (from {' and '.join(how)}{why}; docs/performance.md)"
+
+
+def _calibrate_main() -> int:
+    """``python -m mmrl.sweep.estimate``: cells (JSON list on stdin) -> one JSON line of
+    ``{"seconds", "flops"}`` or ``{"error"}`` per cell on stdout."""
+    import logging
+
+    from mmrl.errors import error_line
+
+    logging.getLogger("mmrl").setLevel(logging.ERROR)
+    cal = _Calibration()
+    out = []
+    for d in json.loads(sys.stdin.read()):
+        d["run_dir"] = Path(d["run_dir"])
+        d["root"] = None if d["root"] is None else Path(d["root"])
+        for k in ("targets", "logits"):
+            d[k] = tuple(d[k])
+        d["sets"] = tuple(tuple(x) if isinstance(x, list) else x for x in d["sets"])
+        d["point"] = tuple(tuple(x) for x in d["point"])
+        try:
+            e = cal.cell(Cell(**d))
+            out.append({"seconds": e.seconds, "flops": e.flops})
+        except Exception as e:  # a cell that cannot be calibrated (no data, ...): its line says why
+            out.append({"error": f"{d['dataset']}: {error_line(e)}"})
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_calibrate_main())
