@@ -236,7 +236,7 @@ def plan_cost_text(grid: Sequence[Cell], cells: Sequence[Cell], workers: int) ->
     est.calibrate_cells(left)
     secs, flops, how = est.left(cells, workers)
     left = len(left)
-    parts = [f"  cost of the {left} runs left: " + (flops_text(flops) if flops is not None else "FLOPs unknown")]
+    parts = [f"  cost of the {left} run{'s' * (left != 1)} left: " + (flops_text(flops) if flops is not None else "FLOPs unknown")]
     exact = f" ({secs:.0f} s)" if secs is not None and secs >= 90 else ""
     parts.append(f"about {duration_text(secs)}{exact} with {workers} worker{'s' * (workers != 1)}" if secs is not None
                  else "time unknown")
@@ -265,7 +265,8 @@ def _calibrate_main() -> int:
             e = cal.cell(Cell(**d))
             out.append({"seconds": e.seconds, "flops": e.flops})
         except Exception as e:  # a cell that cannot be calibrated (no data, ...): its line says why
-            out.append({"error": f"{d['dataset']}: {error_line(e)}"})
+            line = error_line(e)
+            out.append({"error": line if d["dataset"] in line else f"{d['dataset']}: {line}"})
     print(json.dumps(out))
     return 0
 
