@@ -239,3 +239,40 @@ def test_describe_classes_refuses_one_class(capsys):
     assert main(["describe", "--backbone", "toy-clip", "--classes", "1"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--classes 1" in err[0]
+
+
+# --------------------------------------------------------------------------- under torchrun
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_torchrun_cost_per_rank_and_summed_and_rank_0_alone_reports(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    clip = write_tiny_clip(tmp_path / "clip.pt")
+    make_benchmark_dataset(tmp_path / "data", "DescribableTextures", per_class=10)
+    out = tmp_path / "ddp"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MMRL_DIST_TIMEOUT_S="60")
+    argv = tiny_train_argv(clip, tmp_path / "data", out, protocol="base2novel", shots=4,
+                           extra=["--set", "optim.epochs=2", "--report-to", "csv"])
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), "-m", "mmrl", *argv],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    c = json.loads((out / "run.json").read_text())["cost"]
+    assert json.loads((out / "results.json").read_text())["cost"] == c
+    assert [r["world_size"] for r in c["ranks"]] == [2, 2] and c["device"]["count"] == 2
+    assert c["flops"]["train_step"] == sum(r["flops"]["train_step"] for r in c["ranks"]) > 0
+    # each rank steps on its half of every global batch of 4: about half the FLOPs each
+    assert c["ranks"][0]["flops"]["train_step"] == pytest.approx(c["ranks"][1]["flops"]["train_step"], rel=0.2)
+    assert c["device_hours"] == pytest.approx(sum(r["device_hours"] for r in c["ranks"]), abs=1e-8)
+    assert c["steps"] == len(read_jsonl(out / "metrics.jsonl"))
+    # only rank 0 wrote the CSV: every step once
+    rows = (out / "csv" / "metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, c["steps"] + 1))
