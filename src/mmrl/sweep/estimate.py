@@ -8,10 +8,13 @@ A cell's estimate comes, in this order of preference, from
    set-up, training, evaluation) and of their FLOPs (steps x FLOPs per step + images evaluated x
    FLOPs per image);
 2. **a short calibration on this device** (``--dry-run`` only, in a subprocess, so that planning
-   itself never imports torch): the configuration's model is built on its backbone and data, two
+   itself never imports torch): the configuration's model is built on its backbone and data,
    training steps are made on random images of the run's batch size (the first counted by
-   FlopCounterMode, the second timed), and the run is estimated as that fresh process's start-up +
-   the backbone's load time + steps x the step time + the evaluation's FLOPs at the step's FLOP rate;
+   FlopCounterMode, up to five more timed: their median), and the run is estimated as that fresh
+   process's start-up +
+   the backbone's load time + steps x the step time + the test images x the time per image of a timed
+   evaluation batch +
+   what a process spends outside its own clock (its spawn and exit, measured on the calibration one);
 3. otherwise (the sweep's log, no run of the configuration finished yet): the mean wall time of
    the finished runs of the sweep, whatever their configuration.
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -114,19 +118,26 @@ class Estimator:
         if not todo:
             return
         spec = [_cell_spec(c) for c in todo.values()]
+        t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "mmrl.sweep.estimate"], input=json.dumps(spec),
                               capture_output=True, text=True)
+        wall = time.perf_counter() - t
         try:
-            answers = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (ValueError, IndexError):
+            reply = json.loads(proc.stdout.strip().splitlines()[-1])
+            answers = reply["cells"]
+            # what a run's process does not see of itself: its start by the parent and its exit
+            # (the subprocess's wall time here minus its own age when it answered)
+            outside = max(0.0, wall - reply["process_s"]) if reply.get("process_s") is not None else 0.0
+        except (ValueError, IndexError, KeyError, TypeError):
             lines = proc.stderr.strip().splitlines()
             answers = [{"error": lines[-1] if lines else f"exit status {proc.returncode}"}] * len(todo)
+            outside = 0.0
         for key, a in zip(todo, answers):
             if "error" in a:
                 self.calibration_error = self.calibration_error or a["error"]
                 self._calibrated[key] = CellEstimate(None, None, "calibration")
             else:
-                self._calibrated[key] = CellEstimate(a["seconds"], a["flops"], "calibration")
+                self._calibrated[key] = CellEstimate(a["seconds"] + outside, a["flops"], "calibration")
 
     def left(self, cells: Sequence[Cell], workers: int = 1) -> tuple[float | None, float | None, list[str]]:
         """(seconds, FLOPs, how) of the cells not finished, the seconds spread over ``workers``;
@@ -198,21 +209,33 @@ class _Calibration:
             return float(out.total.detach().cpu())
 
         _, step_flops = count_flops(step)
-        t = time.perf_counter()
-        step()
-        step_s = time.perf_counter() - t
+        # the median of a few timed steps (at most ~10 s of them): one step alone, just after the
+        # counted one, is often slow (cold caches, a busy core)
+        times: list[float] = []
+        while len(times) < 5 and sum(times) < 10.0:
+            t = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t)
+        step_s = statistics.median(times)
         steps = cfg.optim.epochs * math.ceil(n_train / cfg.optim.batch_size)
         model.eval()
+        # base-to-novel evaluates the base and the novel test images: about twice the base half
+        n_eval = len(splits.test) * (2 if cfg.protocol == "base2novel" else 1)
+        batch = torch.randn(max(1, min(cfg.eval.batch_size, n_eval, 64)), 3, size, size, device=device)
         with torch.no_grad(), autocast(device, cfg.eval.precision):
             text = model.encode_text()
             one = count_flops(lambda: model.logits(images[:1], text))[1]
             two = count_flops(lambda: model.logits(images[:1].expand(2, -1, -1, -1), text))[1]
-        # base-to-novel evaluates the base and the novel test images: about twice the base half
-        n_eval = len(splits.test) * (2 if cfg.protocol == "base2novel" else 1)
+            model.logits(batch, text)  # warm-up
+            t = time.perf_counter()
+            model.logits(batch, text)
+            per_image_s = (time.perf_counter() - t) / batch.shape[0]  # batched, forward only: its own rate
         eval_flops = n_eval * (two - one)
-        rate = step_flops / step_s if step_s > 0 else None
-        eval_s = eval_flops / rate if rate else 0.0
+        eval_s = n_eval * per_image_s
         seconds = self.startup + load_s + steps * step_s + eval_s
+        if os.environ.get("MMRL_ESTIMATE_DEBUG"):  # the parts, for docs/performance.md's error analysis
+            print(json.dumps({"startup": self.startup, "load": load_s, "steps": steps, "step_s": step_s,
+                              "eval_s": eval_s}), file=sys.stderr)
         return CellEstimate(seconds, steps * step_flops + eval_flops, "calibration")
 
 
@@ -245,8 +268,8 @@ def plan_cost_text(grid: Sequence[Cell], cells: Sequence[Cell], workers: int) ->
 
 
 def _calibrate_main() -> int:
-    """``python -m mmrl.sweep.estimate``: cells (JSON list on stdin) -> one JSON line of
-    ``{"seconds", "flops"}`` or ``{"error"}`` per cell on stdout."""
+    """``python -m mmrl.sweep.estimate``: cells (JSON list on stdin) -> one JSON line on stdout:
+    ``{"cells": [{"seconds", "flops"} or {"error"} per cell], "process_s": this process's age}``."""
     import logging
 
     from mmrl.errors import error_line
@@ -267,7 +290,9 @@ def _calibrate_main() -> int:
         except Exception as e:  # a cell that cannot be calibrated (no data, ...): its line says why
             line = error_line(e)
             out.append({"error": line if d["dataset"] in line else f"{d['dataset']}: {line}"})
-    print(json.dumps(out))
+    from mmrl.engine.cost import process_seconds
+
+    print(json.dumps({"cells": out, "process_s": process_seconds()}), flush=True)
     return 0
 
 
