@@ -257,3 +257,13 @@ def write_lock_file(path: str | Path, **fields) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"host": lock.HOST, "boot_id": lock.BOOT_ID, "time_iso": "then", "token": "other",
                                 **fields}))
+
+
+def make_benchmark_folders(root: str | Path) -> Path:
+    """An empty folder for every benchmark under ``root``: enough for `mmrl reproduce`'s up-front
+    check that the data exist, when stand-ins replace `mmrl train` / `mmrl eval`."""
+    from mmrl.data import BENCHMARKS
+
+    for b in BENCHMARKS.values():
+        (Path(root) / b.folder).mkdir(parents=True, exist_ok=True)
+    return Path(root)

@@ -323,11 +323,11 @@ def test_other_everyday_mistakes(world, cli, tmp_path):
 
 # --------------------------------------------------------------------------- unexpected errors, --debug
 def test_unexpected_error_is_one_line_and_debug_shows_the_traceback(world, cli, monkeypatch):
-    import mmrl.engine.predict
+    import mmrl.engine.prediction
 
     def boom(*a, **k):
         raise RuntimeError("something nobody foresaw")
-    monkeypatch.setattr(mmrl.engine.predict, "predict", boom)
+    monkeypatch.setattr(mmrl.engine.prediction, "predict", boom)
     argv = ["predict", world["run"], world["bad_train"], "--classes", "a,b"]
     rc, _, err = cli(argv)
     line = _one_line(err)

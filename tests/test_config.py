@@ -216,6 +216,9 @@ def test_light_modules_do_not_import_torch(tmp_path):
     import subprocess
     import sys
 
+    from helpers import make_benchmark_folders
+
+    root = make_benchmark_folders(tmp_path / "data")  # the dry run checks that the data exist
     code = ("import sys, contextlib, io\n"
             "import mmrl.config, mmrl.vocab\n"
             "from mmrl import sweep\n"
@@ -223,7 +226,7 @@ def test_light_modules_do_not_import_torch(tmp_path):
             "assert len(cells) == 15, len(cells)\n"
             "from mmrl.cli import main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
-            f"    rc = main(['reproduce', 'base2novel', '--method', 'mmrl', '--root', '.', '--output', {str(tmp_path)!r},"
+            f"    rc = main(['reproduce', 'base2novel', '--method', 'mmrl', '--root', {str(root)!r}, '--output', {str(tmp_path)!r},"
             " '--backbone', 'toy-clip', '--vary', 'method.first_rep_block=2,5', '--dry-run'])\n"
             "assert rc == 0, rc\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"

@@ -232,6 +232,29 @@ def test_eval_of_a_user_dataset_uses_the_runs_split(world, tmp_path, caplog):
     assert "appeared since the run and are not evaluated" in text
 
 
+def test_eval_of_the_novel_half_of_a_user_dataset_says_what_changed(world, tmp_path, caplog):
+    """A base-to-novel run on a folder records the novel classes' split too (split-other.json): `mmrl
+    eval RUN --subsample new` on the folder evaluates that record and says which images came and went."""
+    import logging
+
+    pets = make_folder_dataset(tmp_path / "pets", classes=("cat", "dog", "bird", "fish"), per_class=8)
+    run = _train(world, "folder-b2n", dataset=f"folder:{pets}", protocol="base2novel")
+    other = _json(run / "split-other.json")
+    novel = sorted({e[2] for e in other["test"]})
+    assert not set(novel) & {e[2] for e in _json(run / "split.json")["train"]}
+    recorded = [e[0] for e in other["test"]]
+    (pets / recorded[0]).unlink()
+    for i in range(3):
+        sample = next((pets / novel[0]).glob("*.png"))
+        (pets / novel[0] / f"added_{i}.png").write_bytes(sample.read_bytes())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main(["eval", str(run), "--dataset", f"folder:{pets}", "--subsample", "new",
+                     "--progress", "lines"]) == 0
+    assert _json(run / "eval" / "folder_pets-new.json")["n"] == len(recorded) - 1
+    assert "1 test image(s) of the run's split" in caplog.text and "split-other.json" in caplog.text
+
+
 def test_finished_run_is_not_retrained_and_other_config_is_refused(world, capsys):
     run = _train(world, "again", protocol="fewshot")
     mtime = (run / "adapter.safetensors").stat().st_mtime_ns

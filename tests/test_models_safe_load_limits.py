@@ -267,3 +267,24 @@ def test_official_adapter_weights_must_be_finite_floats(tmp_path, fn, message) -
     path = write_official_checkpoint(tmp_path / "model.pth.tar-5", tensors, "mmrl", "module.")
     with pytest.raises(ValueError, match=rf"^{path}: official checkpoint: tensor '{key}' {message}"):
         load_official_adapter(path, "mmrl", ADAPTER)
+
+
+def test_torchscript_modules_nested_deeper_than_the_recursion_limit(tmp_path, capsys) -> None:
+    """A TorchScript archive whose modules nest 20000 deep (a few hundred KB of pickle) is walked
+    without recursion: the file is refused in one line for what it is (no tensors), not with a
+    RecursionError."""
+    depth = 20_000
+    module = b"c__torch__.evil\nM\n" + b")\x81"          # GLOBAL __torch__.evil.M, EMPTY_TUPLE, NEWOBJ
+    key = b"X" + struct.pack("<I", 3) + b"sub"             # BINUNICODE 'sub'
+    pkl = b"\x80\x02" + (module + b"}" + key) * depth + module + b"sb" * depth + b"."
+    path = tmp_path / "deep.pt"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/version", "3\n")
+        zf.writestr("archive/constants.pkl", b"\x80\x02).")
+        zf.writestr("archive/code/__torch__/evil.py", "class M(Module):\n  pass\n")
+    with pytest.raises(CheckpointFormatError, match="TorchScript archive without any tensors"):
+        load_clip_state_dict(path)
+    assert main(["describe", "--backbone", str(path)]) != 0
+    err = capsys.readouterr().err
+    assert "without any tensors" in err and "Recursion" not in err and err.count("\n") == 1

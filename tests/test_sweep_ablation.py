@@ -20,6 +20,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_sweep_reproduce import FakeTrain, finish, quiet  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _benchmark_folders(tmp_path):
+    """The tests pass tmp_path as --root: reproduce checks that each dataset's folder is there."""
+    from helpers import make_benchmark_folders
+
+    make_benchmark_folders(tmp_path)
+
+
 def test_parse_vary_types_orders_and_rejects():
     v = parse_vary(["method.n_rep_tokens=10,1,5", "method.alpha=0.5,1", "data.template=a {}.,the {}"])
     assert [x.key for x in v] == ["data.template", "method.alpha", "method.n_rep_tokens"]  # keys sorted

@@ -68,6 +68,14 @@ FAKE_RUNNER = textwrap.dedent('''
         sys.exit(f"fake runner: unknown command {cmd}")
 ''')
 
+@pytest.fixture(autouse=True)
+def _benchmark_folders(tmp_path):
+    """The tests pass tmp_path as --root: reproduce checks that each dataset's folder is there."""
+    from helpers import make_benchmark_folders
+
+    make_benchmark_folders(tmp_path)
+
+
 
 def finish(cell: sweep.Cell, status: str = "finished", evals: bool = True, **over) -> None:
     """Write the run folder `mmrl train` would leave for `cell`."""

@@ -7,10 +7,9 @@ The loading itself is :func:`mmrl.models.backbone.load_backbone`; the spec forms
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
-from mmrl.fileio import read_safetensors_header
+from mmrl.fileio import read_json, read_safetensors_header
 
 TOY_CLIP_NAME = "toy-clip"
 TOY_CLIP_FILE = Path(__file__).resolve().parent / "toyworld" / "tiny_clip.safetensors"
@@ -38,8 +37,7 @@ def _open_clip_config(name: str) -> dict | None:
     for folder in spec.submodule_search_locations:
         path = Path(folder) / "model_configs" / f"{name}.json"
         if path.is_file():
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
+            return read_json(path)
     return None
 
 

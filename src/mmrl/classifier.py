@@ -17,6 +17,7 @@ logits for any other class set; ``logits='fused'|'class'`` chooses explicitly.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
@@ -24,6 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmrl.data import load_image, transform_from_spec
+from mmrl.engine.decoupled import recorded_settings, resolve_class_set
+from mmrl.engine.export import build_metadata, export_program, format_for, load_exported, write_exported
+from mmrl.engine.inference import model_image_size
+from mmrl.engine.rundir import load_run, training_classnames
 from mmrl.errors import shown
 
 ImageLike = Union[str, Path, Image.Image]
@@ -46,8 +52,6 @@ class Classifier:
                  model: Any = None, cfg: Any = None, run_dir: Path | None = None, frozen: Any = None,
                  columns: list[int] | None = None):
         """Internal: use :meth:`from_run` or :meth:`load`."""
-        from mmrl.data import transform_from_spec
-
         self._run = run
         self._meta = metadata
         self._model, self._cfg, self._run_dir, self._frozen = model, cfg, run_dir, frozen
@@ -74,7 +78,6 @@ class Classifier:
         The class text features and the representation tokens after the vision aligners are
         computed here, once.
         """
-        from mmrl.engine.rundir import load_run, training_classnames
 
         run_dir = Path(run_dir)
         model, cfg = load_run(run_dir, device=device)
@@ -88,9 +91,6 @@ class Classifier:
 
     @classmethod
     def _for_classes(cls, model, cfg, run_dir: Path, **class_set) -> "Classifier":
-        from mmrl.engine.decoupled import recorded_settings, resolve_class_set
-        from mmrl.engine.inference import model_image_size
-        from mmrl.engine.export import build_metadata
 
         cs = resolve_class_set(model, cfg, run_dir, **class_set)
         model.eval()
@@ -126,7 +126,6 @@ class Classifier:
         ONNX files run with onnxruntime (``pip install onnxruntime``) and are plain data: loading
         one, from anyone, executes nothing of the file's.
         """
-        from mmrl.engine.export import load_exported
 
         run, meta = load_exported(path, format, trust_pt2=trust_pt2)
         return cls(run, meta)
@@ -155,8 +154,6 @@ class Classifier:
     @property
     def metadata(self) -> dict[str, Any]:
         """What an exported file records: classes, template, logit kind, input size, preprocessing, ..."""
-        import copy
-
         meta = copy.deepcopy(self._meta)
         if self._columns is not None:
             meta["classes"] = self.classes
@@ -172,8 +169,6 @@ class Classifier:
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Image files or PIL images -> the (N, 3, H, W) float32 batch :meth:`logits` takes:
         RGB, bicubic resize of the shorter side, centre crop, CLIP normalisation (``metadata['preprocessing']``)."""
-        from mmrl.data import load_image
-
         items = _as_list(images)
         pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(str(im)) for im in items]
         return torch.stack([self._transform(im) for im in pil]) if pil else \
@@ -245,10 +240,6 @@ class Classifier:
         choice baked in, and this classifier's :attr:`metadata`. ONNX needs the packages onnx
         and onnxscript (``pip install 'mmrl[export]'``).
         """
-        import copy
-
-        from mmrl.engine.export import export_program, format_for, write_exported
-
         if self._frozen is None:
             raise ValueError("this classifier was loaded from an exported file; export from the run "
                              "(Classifier.from_run(...).export(path))")

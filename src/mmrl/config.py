@@ -40,8 +40,11 @@ from mmrl.vocab import PROTOCOLS, SUBSAMPLES, dataset_slug, doc
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
+LOSSES = ("ce", "gce")                 # optim.loss (mmrl.models.losses)
+BALANCES = ("none", "logit_adjust")    # optim.balance
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DATASET_OVERRIDES_FILE = PRESET_DIR / "datasets.yaml"
+TOY_PRESET_FILE = PRESET_DIR / "toy.yaml"
 
 
 class ConfigError(UserError, ValueError):
@@ -140,6 +143,12 @@ class OptimConfig:
     warmup_epochs: int = doc("epochs at the constant warmup_lr before the cosine (0 = none)", 1)
     warmup_lr: float = doc("learning rate of the warm-up epochs", 1e-5)
     batch_size: int = doc("global training batch size (the loss is the mean over it)", 4)
+    loss: str = doc("classification loss of both terms: ce (cross-entropy) / gce (generalised cross-entropy, "
+                    "robust to wrong labels)", "ce")
+    gce_q: float = doc("q of gce: (1 - p_y^q) / q; q -> 0 is cross-entropy, 1 the mean absolute error", 0.7)
+    balance: str = doc("class imbalance remedy: none / logit_adjust (logit-adjusted loss from the training "
+                       "class counts)", "none")
+    balance_tau: float = doc("tau of logit_adjust: the loss sees logits + tau * log(class frequency)", 1.0)
 
 
 @dataclass(frozen=True)
@@ -620,6 +629,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     for key, v in (("optim.lr", cfg.optim.lr), ("optim.warmup_lr", cfg.optim.warmup_lr)):
         if not v > 0:
             bad(key, v, "a positive learning rate")
+    choice("optim.loss", cfg.optim.loss, LOSSES)
+    choice("optim.balance", cfg.optim.balance, BALANCES)
+    if not 0.0 < cfg.optim.gce_q <= 1.0:
+        bad("optim.gce_q", cfg.optim.gce_q, "a value in (0, 1]")
+    if cfg.optim.balance_tau < 0:
+        bad("optim.balance_tau", cfg.optim.balance_tau, "a value >= 0")
     if cfg.optim.weight_decay < 0:
         bad("optim.weight_decay", cfg.optim.weight_decay, "a value >= 0")
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
@@ -729,6 +744,15 @@ def dataset_overrides(method: str, protocol: str, dataset: str) -> dict[str, Any
     if betas:
         out["eval.target_beta"] = dict(betas)
     return out
+
+
+def toy_settings(method: str) -> dict[str, Any]:
+    """The toy world's preset (presets/toy.yaml: what `mmrl demo` trains with) for ``method`` as
+    ``{dotted key: value}``: its common settings, then the method's own (or those of the method
+    whose presets it uses)."""
+    preset = _package_yaml(TOY_PRESET_FILE, "toy preset")
+    own = preset.get(method, preset.get(methods.get(method).preset_name, {}))
+    return {**flat(preset.get("common", {})), **flat(own)}
 
 
 Override = Union[str, tuple[str, Any]]

@@ -1,35 +1,97 @@
-"""Atomic file writes: a crash or ``kill -9`` leaves either the old file or the new one.
+"""Atomic file writes, and the one JSON reader.
 
-Written to a temporary file in the same folder, fsynced, then ``os.replace``d.
+Writes: a crash or ``kill -9`` leaves either the old file or the new one (written to a temporary
+file in the same folder, fsynced, then ``os.replace``d). Reads: :func:`read_json` /
+:func:`loads_json` fail with one line naming the file, whatever the file holds.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
+
+from mmrl.errors import UserError
 
 
-def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, os.replace."""
+class WriteFailedError(UserError, OSError):
+    """A file could not be written (a full disk, a quota, an I/O error): the message names the file.
+
+    An OSError, so code that treats a failed cache write as a warning keeps doing so; a UserError,
+    so the command line prints it as one line. ``errno`` is the failed call's."""
+
+
+def write_failed(path: str | Path, e: OSError) -> WriteFailedError:
+    """The error to raise when writing ``path`` failed with ``e`` (the OS's own message often
+    names no file, e.g. ``[Errno 28] No space left on device``)."""
+    if isinstance(e, WriteFailedError):
+        return e
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (the disk or your quota is full: free space there, or write elsewhere)"
+    err = WriteFailedError(f"cannot write {path}: {reason}")
+    err.errno = e.errno
+    return err
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | Path, mode: str = "wb", newline: str | None = None) -> Iterator[IO]:
+    """A file to write ``path`` through: a temporary file in the same folder, fsynced and
+    ``os.replace``d over ``path`` when the block ends without an error.
+
+    On any error the temporary file is removed (a full disk leaves no ``.*.tmp`` behind) and
+    ``path`` keeps its old content; an OSError becomes :class:`WriteFailedError` naming ``path``.
+    ``mode``: ``"wb"`` or ``"w"`` (UTF-8 text, ``newline`` as for :func:`open`: ``""`` for csv), for
+    files too large to build in memory first.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as f:
+            yield f
+            f.flush()  # a full disk shows here (or at fsync, on network file systems)
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        tmp = None
+    except OSError as e:
+        raise write_failed(path, e) from None
+    finally:
+        if tmp is not None:
+            _remove_quietly(tmp)
+
+
+def _remove_quietly(path: str | Path) -> None:
+    """Remove a temporary file if it is there (cleaning up after a failed write must not fail)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read 1 MB at a time (run.json's record of the adapter file;
+    the audit's duplicate images)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync, os.replace
+    (:func:`open_atomic`: WriteFailedError naming ``path`` when it fails, nothing left behind)."""
+    with open_atomic(path) as f:
+        f.write(data)
 
 
 def write_text_atomic(text: str, path: str | Path) -> None:
@@ -70,41 +132,84 @@ def read_safetensors_header(path: str | Path) -> dict:
         if not 0 < n <= SAFETENSORS_HEADER_MAX:
             raise ValueError(f"{path}: not a safetensors file (header of {n} bytes)")
         try:
-            header = json.loads(f.read(n))
-        except (ValueError, RecursionError) as e:
-            raise ValueError(f"{path}: not a safetensors file (header is not JSON: {e})") from e
+            header = loads_json(f.read(n), "its header")
+        except JSONFileError as e:
+            raise ValueError(f"{path}: not a safetensors file ({e})") from e
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
     return header
 
 
+class JSONFileError(UserError, ValueError):
+    """A JSON file (or JSON text inside a file) that cannot be read; the message is one line naming
+    the file. A ValueError, so callers that treat a damaged file as absent keep doing so."""
+
+
+def loads_json(text: str | bytes, source: str | Path) -> Any:
+    """``json.loads`` whose failures are one :class:`JSONFileError` naming ``source``.
+
+    Every JSON the project reads goes through here (or :func:`read_json`): a file from
+    elsewhere may be nested deeper than Python's parser recurses (``[[[[...``, a few bytes
+    per level), which raises RecursionError -- not a ValueError -- and would otherwise escape
+    as a traceback from wherever the file happens to be read.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JSONFileError(f"{source}: unreadable JSON: nested more than {JSON_DEPTH_MAX} levels deep "
+                            "(no file mmrl reads needs more than a few)") from None
+    except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError of bytes that are not UTF-8
+        raise JSONFileError(f"{source}: not valid JSON ({e})") from None
+
+
+# Python's parser gives up at about its recursion limit (1000 by default); said in the message only.
+JSON_DEPTH_MAX = sys.getrecursionlimit()
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in ``path``. OSError when it cannot be opened; :class:`JSONFileError` naming
+    the file when it is not JSON (also when nested too deeply, or not UTF-8)."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    return loads_json(raw, path)
+
+
 def read_json_or_none(path: str | Path) -> dict | None:
     """The JSON object in ``path``, or None when absent, unreadable or not an object
-    (e.g. cut short by a writer that crashed)."""
+    (e.g. cut short by a writer that crashed, or nested too deeply to parse)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
+WRITE_TEST_BYTES = 4096  # what check_writable_dir writes: an empty file still fits on a full disk
+
+
 def check_writable_dir(folder: str | Path, hint: str) -> Path:
-    """Create ``folder`` (and parents) if needed and prove that files can be created in it.
+    """Create ``folder`` (and parents) if needed and prove that files can be written in it.
 
     Raises :class:`mmrl.errors.NotWritableError` naming the folder, the reason and ``hint``
     (how to write elsewhere) -- before any work whose result would then be lost. A real
-    file is created and removed: permission bits, read-only mounts and full disks all show.
+    file of a few KB is written, fsynced and removed: permission bits, read-only mounts and
+    full disks (where creating an empty file still succeeds) all show.
     """
     from mmrl.errors import NotWritableError
 
     folder = Path(folder)
+    tmp = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".mmrl-write-test.")
-        os.close(fd)
-        os.unlink(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * WRITE_TEST_BYTES)
+            f.flush()
+            os.fsync(f.fileno())
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise NotWritableError(f"cannot write into {folder}: {reason}; {hint}") from e
+    finally:
+        if tmp is not None:
+            _remove_quietly(tmp)
     return folder

@@ -74,6 +74,9 @@ DEFAULT_SHOTS: dict[str, tuple[int, ...]] = {
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 SPLIT_FILE = "split.json"
+# A run on half the classes of a user dataset also records the other half as the folder was then,
+# so that evaluating those classes later can say which images were added or removed since.
+OTHER_SPLIT_FILE = "split-other.json"
 ADAPTER_FILE = "adapter.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"

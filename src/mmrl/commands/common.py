@@ -58,6 +58,10 @@ def run_reporting_errors(fn: Callable[[], int], extra: tuple[type[BaseException]
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM (kill, scancel, a sweep stopping its runs) -> as Ctrl-C
+    # Only the first: the clean-up it starts (the run marked interrupted, the lock released) must not
+    # be cut short by the next. They come in bursts: a dying `mmrl reproduce` sends its children's
+    # parent-death SIGTERM once per thread it had (Linux re-sends it at every re-parenting).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

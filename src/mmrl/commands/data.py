@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from mmrl.fileio import dumps_json
 from mmrl.vocab import SUBSAMPLES
@@ -201,6 +202,12 @@ def _verify(args: argparse.Namespace) -> int:
 
     if args.root is None and (not args.dataset or not all(is_user_spec(n) for n in args.dataset)):
         print("error: --root DIR is needed to check benchmark datasets", file=sys.stderr)
+        return 2
+    if args.root is not None and not Path(args.root).expanduser().is_dir():
+        # otherwise every benchmark is merely "not present" and the check passes, checking nothing
+        what = "is not a folder" if Path(args.root).expanduser().exists() else "no such folder"
+        print(f"error: --root {args.root}: {what} (expected the folder holding the datasets in the CoOp layout)",
+              file=sys.stderr)
         return 2
     reports = verify(args.dataset, args.root, decode=args.decode, cache_dir=args.cache_dir,
                      split_seed=args.split_seed)

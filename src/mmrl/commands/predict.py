@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     setup_cli_logging()
 
     def go() -> int:
-        from mmrl.engine.predict import predict
+        from mmrl.engine.prediction import predict
 
         classes = _check_flags(args)
         out = predict(args.run_dir, args.images, classes=classes, dataset=args.dataset, root=args.root,

@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"mmrl reproduce: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # the summary above says what became of each run
         print("mmrl reproduce: interrupted; finished runs are kept, unfinished ones resume next time",
               file=sys.stderr)
         return 130

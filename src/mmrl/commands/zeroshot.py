@@ -37,13 +37,16 @@ def main(args: argparse.Namespace) -> int:
     setup_cli_logging()
 
     def go() -> int:
-        from mmrl.engine.zeroshot import zeroshot
+        from mmrl.engine.baseline import zeroshot
+        from mmrl.engine.evaluator import EvalRequest
 
-        res = zeroshot(args.dataset, args.root, args.subsample, backbone=args.backbone, output=args.output,
-                       shots=args.shots, seed=args.seed, template=args.template, batch_size=args.batch_size,
-                       precision=args.precision, device=args.device, num_workers=args.num_workers,
-                       predictions=args.predictions, progress=progress_value(args),
-                       skip_bad=args.skip_bad_images)
+        request = EvalRequest(args.dataset, root=args.root, subsample=args.subsample, template=args.template,
+                              predictions=args.predictions)
+        settings = {"data.shots": args.shots, "seed": args.seed, "eval.batch_size": args.batch_size,
+                    "eval.precision": args.precision, "device": args.device, "data.num_workers": args.num_workers,
+                    "data.skip_bad_images": args.skip_bad_images}
+        res = zeroshot(request, backbone=args.backbone, output=args.output, settings=settings,
+                       progress=progress_value(args))
         if args.json:
             print(dumps_json(res, indent=2))
         else:

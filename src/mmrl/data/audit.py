@@ -15,11 +15,12 @@ The probabilities come from the caller (``commands/data.py`` computes them with 
 from __future__ import annotations
 
 import csv
-import hashlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+
+from mmrl.fileio import file_sha256, open_atomic
 
 from .core import Datum
 
@@ -67,14 +68,6 @@ def rare_classes(counts: Sequence[int]) -> list[int]:
     return sorted((c for c, n in enumerate(counts) if n < limit), key=lambda c: (counts[c], c))
 
 
-def content_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def duplicate_groups(splits: dict[str, Sequence[Datum]]) -> list[list[tuple[str, Datum]]]:
     """Groups (of 2 or more) of ``(split name, item)`` whose image files have the same bytes, each
     group in split-and-list order, the groups in order of their first member. An entry listed
@@ -84,7 +77,7 @@ def duplicate_groups(splits: dict[str, Sequence[Datum]]) -> list[list[tuple[str,
     for name, items in splits.items():
         for d in items:
             if d.impath not in hashes:
-                hashes[d.impath] = content_hash(d.impath)
+                hashes[d.impath] = file_sha256(d.impath)
             by_hash.setdefault(hashes[d.impath], []).append((name, d))
     return [g for g in by_hash.values() if len(g) > 1]
 
@@ -96,18 +89,18 @@ def write_audit(out_dir: str | Path, suspects: Sequence[Suspect], classnames: Se
     out.mkdir(parents=True, exist_ok=True)
     rare = set(rare_classes(counts))
     paths = [out / SUSPECTS_FILE, out / CLASSES_FILE, out / DUPLICATES_FILE]
-    with open(paths[0], "w", newline="", encoding="utf-8") as f:
+    with open_atomic(paths[0], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["rank", "path", "label", "class", "p_given", "preferred_class", "p_preferred"])
         for s in suspects:
             w.writerow([s.rank, s.relpath, s.label, s.classname, f"{s.p_given:.6f}", s.preferred,
                         f"{s.p_preferred:.6f}"])
-    with open(paths[1], "w", newline="", encoding="utf-8") as f:
+    with open_atomic(paths[1], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["label", "class", "train_images", "rare"])
         for c, (name, n) in enumerate(zip(classnames, counts)):
             w.writerow([c, name, n, int(c in rare)])
-    with open(paths[2], "w", newline="", encoding="utf-8") as f:
+    with open_atomic(paths[2], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["group", "split", "path", "label", "class"])
         for g, group in enumerate(duplicates, 1):

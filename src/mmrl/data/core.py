@@ -8,7 +8,6 @@ which sort, so that no file-system order leaks into results.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from mmrl.errors import UserError
-from mmrl.fileio import write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
+from mmrl.fileio import JSONFileError, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
+from mmrl.fileio import read_json as _read_json_file
 
 LOG = logging.getLogger("mmrl.data")
 
@@ -249,7 +249,6 @@ def read_json(path: Path | str, what: str = "JSON file") -> object:
     path = Path(path)
     require_file(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from e
+        return _read_json_file(path)
+    except JSONFileError as e:  # its message names the file
+        raise DataError(str(e)) from None

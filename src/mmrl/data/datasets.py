@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -46,6 +45,8 @@ from .core import (
     resolve_cache_dir,
     write_json_atomic,
 )
+from mmrl.fileio import read_json as read_json_file
+
 from .imagefolder import is_user_spec, locate_user
 from .imbalance import imbalanced
 from .noise import noise_rate, noisy_fewshot
@@ -133,8 +134,7 @@ def _imagenet_listing(img: Path, cache_dir: Path) -> dict[str, dict[str, list[st
     stamp = hashlib.sha1(stamp_src.encode()).hexdigest()
     cache_file = cache_dir / "listings" / f"imagenet-{path_key(img)}.json"
     try:
-        with open(cache_file, encoding="utf-8") as f:
-            obj = json.load(f)
+        obj = read_json_file(cache_file)
         if obj["image_dir"] == str(img) and obj["stamp"] == stamp:
             files = obj["files"]
             if all(isinstance(files[s][f], list) for s in folders for f in folders[s]):
@@ -519,8 +519,8 @@ def prepare_splits(name: str, root: str | Path | None, *, shots: int, seed: int,
     `imbalance_type` exp / step cuts the training shots to the long-tailed profile
     (:mod:`mmrl.data.imbalance`) over the training classes.
     """
-    if subsample not in ("all", "base", "new"):
-        raise ValueError(f"subsample={subsample!r}; expected all, base or new")
+    if subsample not in vocab.SUBSAMPLES:
+        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(vocab.SUBSAMPLES)}")
     corrupted = noise_type != "none" or imbalance_type != "none"
     if split_file is not None:
         if corrupted:

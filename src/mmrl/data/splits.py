@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl.fileio import dumps_json
+from mmrl.vocab import SUBSAMPLES
 
 from .core import (
     LOG,
@@ -32,7 +33,6 @@ from .core import (
 )
 
 SPLIT_KEYS = ("train", "val", "test")
-SUBSAMPLE_CHOICES = ("all", "base", "new")
 
 
 # --------------------------------------------------------------------------- split files
@@ -279,8 +279,8 @@ def subsample_classes(splits: DatasetSplits, subsample: str, selected: Sequence[
     `selected`: the labels to keep, when they were chosen before the train split was sampled
     (:func:`subsample_labels` of the full train split).
     """
-    if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(SUBSAMPLE_CHOICES)}")
+    if subsample not in SUBSAMPLES:
+        raise ValueError(f"subsample={subsample!r}; expected one of {', '.join(SUBSAMPLES)}")
     if subsample == "all":
         return dataclasses.replace(splits)
     if selected is None:

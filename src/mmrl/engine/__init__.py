@@ -14,7 +14,7 @@ _EXPORTS = {
     "RunConfig": "mmrl.config", "resolve_config": "mmrl.config",
     "train": "mmrl.engine.trainer", "NonFiniteLossError": "mmrl.engine.trainer",
     "evaluate": "mmrl.engine.evaluator", "EvalRequest": "mmrl.engine.evaluator",
-    "zeroshot": "mmrl.engine.zeroshot", "predict": "mmrl.engine.predict",
+    "zeroshot": "mmrl.engine.baseline", "predict": "mmrl.engine.prediction",
     "load_run": "mmrl.engine.rundir", "convert_official": "mmrl.engine.convert",
     "lr_at_epoch": "mmrl.engine.schedule", "epoch_batches": "mmrl.engine.schedule",
 }

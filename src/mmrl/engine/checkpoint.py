@@ -35,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from mmrl.errors import CorruptFileError
-from mmrl.fileio import dumps_json, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
+from mmrl.fileio import dumps_json, loads_json, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: F401 (re-exported)
 
 CHECKPOINT_FORMAT = "mmrl-checkpoint-1"
 ADAPTER_FORMAT = "mmrl-adapter-1"
@@ -52,15 +52,6 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (what run.json records of the adapter file)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
@@ -125,7 +116,7 @@ def load_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        info = json.loads(meta.get("info", "{}"))
+        info = loads_json(meta.get("info", "{}"), "its metadata 'info'")
         if not isinstance(info, dict):
             raise ValueError(f"metadata 'info' is a JSON {type(info).__name__}, not an object")
     except Exception as e:  # safetensors raises its own SafetensorError; JSON errors of damaged metadata
@@ -227,7 +218,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise CorruptFileError(f"{path}: not an mmrl training checkpoint (format {meta.get('format')!r}); "
                                    + checkpoint_recovery(path))
         tensors = load_file(str(path))
-        state = json.loads(meta["state"])
+        state = loads_json(meta["state"], "its metadata 'state'")
         int(meta["epoch"]), int(meta["step"])
     except CorruptFileError:
         raise

@@ -15,7 +15,7 @@ from mmrl.data.imagefolder import is_user_spec
 from mmrl.data.splits import recorded_split
 from mmrl.engine.rundir import training_classnames, training_template
 from mmrl.errors import shown
-from mmrl.vocab import LOGIT_CHOICES, auto_logits
+from mmrl.vocab import LOGIT_CHOICES, OTHER_SPLIT_FILE, auto_logits
 
 LOG = logging.getLogger("mmrl")
 
@@ -124,6 +124,9 @@ def eval_splits(cfg: RunConfig | None, dataset: str, root: str | Path | None, su
         use_record = (run_split is not None and sf is None and is_user_spec(dataset) and Path(run_split).is_file())
         if use_record and subsample == cfg.data.subsample:
             return recorded_split(now(subsample), run_split)
+        other = Path(run_split).with_name(OTHER_SPLIT_FILE) if run_split is not None else None
+        if use_record and subsample != "all" and other.is_file():  # the half the run did not train on
+            return recorded_split(now(subsample), other)
         if use_record and cfg.data.subsample == "all":  # the record holds every class: take the asked half
             return data.subsample_classes(recorded_split(now("all"), run_split), subsample)
         return now(subsample)

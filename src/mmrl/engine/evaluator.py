@@ -4,7 +4,7 @@
 Which classes, logits and method settings is decoupled inference's choice
 (:mod:`mmrl.engine.decoupled`); running the model over the images and sharding them over
 torchrun ranks is :mod:`mmrl.engine.inference`. The zero-shot baseline is
-:mod:`mmrl.engine.zeroshot`, prediction of image files :mod:`mmrl.engine.predict`.
+:mod:`mmrl.engine.baseline`, prediction of image files :mod:`mmrl.engine.prediction`.
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class EvalRequest:
 
     def __post_init__(self) -> None:
         if self.subsample not in SUBSAMPLES:
-            raise ValueError(f"subsample={shown(self.subsample)}; expected all, base or new")
+            raise ValueError(f"subsample={shown(self.subsample)}; expected one of {', '.join(SUBSAMPLES)}")
         if self.logits not in LOGIT_CHOICES:
             raise ValueError(f"logits={shown(self.logits)}; expected one of {', '.join(LOGIT_CHOICES)}")
 

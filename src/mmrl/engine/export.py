@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 
 from mmrl.errors import UntrustedFileError, clip, shown
-from mmrl.fileio import dumps_json, write_bytes_atomic
+from mmrl.fileio import JSONFileError, dumps_json, loads_json, write_bytes_atomic
 
 FORMATS = ("onnx", "torch")
 SUFFIXES = {"onnx": ".onnx", "torch": ".pt2"}
@@ -177,9 +176,9 @@ def _load_pt2(path: Path):
     except Exception as e:  # torch raises RuntimeError, KeyError, ... on a foreign zip
         raise ValueError(f"{path}: not a torch.export file ({type(e).__name__}: {clip(str(e))})") from e
     try:
-        meta = json.loads(extra[METADATA_FILE] or "null")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: its {METADATA_FILE} is not JSON ({e})") from e
+        meta = loads_json(extra[METADATA_FILE] or "null", f"{path}: its {METADATA_FILE}")
+    except JSONFileError as e:
+        raise ValueError(str(e)) from None
     meta = _check_metadata(meta, path)
     module = program.module()
 
@@ -203,9 +202,9 @@ def _load_onnx(path: Path):
                          "file written by mmrl export") from e
     raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
     try:
-        meta = json.loads(raw) if raw else None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: its {METADATA_KEY!r} metadata is not JSON ({e})") from e
+        meta = loads_json(raw, f"{path}: its {METADATA_KEY!r} metadata") if raw else None
+    except JSONFileError as e:
+        raise ValueError(str(e)) from None
     meta = _check_metadata(meta, path)
     name = meta["input"]["name"]
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from mmrl import data
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine.runtime import Progress, autocast, use_tty_progress
-from mmrl.fileio import dumps_json
+from mmrl.fileio import dumps_json, open_atomic
 
 
 def model_image_size(model: nn.Module) -> int:
@@ -107,11 +107,8 @@ def write_predictions(path: str | Path, items: Sequence, idx: list[int], logits:
                       labels: torch.Tensor, classnames: list[str], kind: str) -> None:
     """One JSON object per image: image (relpath), label, classname, prediction,
     predicted_classname, correct, logits_kind, logits (the decision's logits)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     pred = logits.argmax(dim=-1).tolist()
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path, "w") as f:  # a full disk: WriteFailedError naming the file, no .tmp left
         for row, i in enumerate(idx):
             d = items[i]
             y = int(labels[row])
@@ -119,4 +116,3 @@ def write_predictions(path: str | Path, items: Sequence, idx: list[int], logits:
                                 "prediction": pred[row], "predicted_classname": classnames[pred[row]],
                                 "correct": pred[row] == y, "logits_kind": kind,
                                 "logits": logits[row].tolist()}) + "\n")
-    tmp.replace(path)

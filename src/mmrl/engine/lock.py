@@ -5,7 +5,8 @@ one process can create it) holding the holder's host, boot id, pid, process star
 time and a random token. It is *stale*, and may be taken over, when
 
 * its holder ran on this host (same host name and boot id) and that process is gone (the
-  pid is checked together with its start time, so a reused pid does not count), or
+  pid is checked together with its start time, so a reused pid does not count; a zombie --
+  killed but not yet reaped by its parent -- counts as gone), or
 * its holder ran on another host and the file was not touched for ``timeout_s`` seconds
   (holders touch their locks every ``heartbeat`` seconds with :class:`Heartbeat`, so only
   abandoned locks age).
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.errors import RunLockedError
-from mmrl.fileio import check_writable_dir, read_json_or_none
+from mmrl.fileio import check_writable_dir, read_json_or_none, write_failed
 
 RUN_LOCK_FILE = ".lock"
 # Another host's run-folder lock not refreshed for this long belongs to a machine that went away.
@@ -51,14 +52,21 @@ def _boot_id() -> str:
         return ""
 
 
-def _proc_start(pid: int) -> str:
-    """Start time of a process (clock ticks since boot) or "" where /proc is not there; guards pid reuse."""
+def _proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or [] where /proc
+    does not have them."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return ""
+        return []
     # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _proc_start(pid: int) -> str:
+    """Start time of a process (clock ticks since boot) or "" where /proc is not there; guards pid reuse."""
+    fields = _proc_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 HOST = socket.gethostname()
@@ -73,10 +81,13 @@ def pid_alive(pid: int, proc_start: str = "") -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
-    if proc_start:
-        now = _proc_start(pid)
-        if now and now != proc_start:
-            return False  # the pid was reused by another process
+    fields = _proc_stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        # killed (or exited) but not yet reaped by its parent: a zombie runs nothing and holds nothing;
+        # its pid stays taken until then, so os.kill alone says "alive"
+        return False
+    if proc_start and len(fields) > 19 and fields[19] != proc_start:
+        return False  # the pid was reused by another process
     return True
 
 
@@ -137,13 +148,26 @@ def acquire_claim(path: Path, timeout_s: float | None = None, extra: dict[str, A
         content = {**(extra or {}), "host": HOST, "boot_id": BOOT_ID, "pid": os.getpid(),
                    "proc_start": _proc_start(os.getpid()), "time": time.time(),
                    "time_iso": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token}
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _write_all(fd, json.dumps(content).encode())
+            os.fsync(fd)
+        except OSError as e:
+            # e.g. a full disk: the file exists but is empty, and would keep the next command out
+            # (an unreadable lock counts as being written for 30 s); it is ours, so remove it
+            path.unlink(missing_ok=True)
+            raise write_failed(path, e) from None
+        finally:
+            os.close(fd)
         return ClaimResult(Claim(path, token))
     seen = _read_claim(path)
     return ClaimResult(None, (seen[0] if seen else None) or {"host": "?", "pid": "?"})
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _take_over(path: Path, judged: dict | None, judged_mtime: float, timeout_s: float | None) -> bool:
@@ -266,8 +290,12 @@ class RunDirLock:
         while not p.exists() and p != p.parent:
             created.append(p)
             p = p.parent
-        check_writable_dir(run_dir, hint)
-        got = acquire_claim(run_lock_path(run_dir), timeout_s, extra={"command": command})
+        try:
+            check_writable_dir(run_dir, hint)
+            got = acquire_claim(run_lock_path(run_dir), timeout_s, extra={"command": command})
+        except OSError:  # not writable, or a full disk: leave no empty folders behind either
+            _remove_empty(created)
+            raise
         if got.claim is None:
             _remove_empty(created)
             h = got.holder or {}

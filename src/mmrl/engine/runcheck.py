@@ -8,12 +8,11 @@ and reads the adapter's settings from the safetensors header without loading a t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mmrl.config import flat
-from mmrl.fileio import read_safetensors_header
+from mmrl.fileio import loads_json, read_safetensors_header
 
 # The method settings that decide the adapter's tensors and its outputs: config.yaml's method
 # section and the adapter's recorded settings must agree on each that both name.
@@ -31,7 +30,7 @@ def adapter_settings(path: str | Path) -> dict | None:
     is absent or has no readable record (the loader then says what is wrong with it)."""
     try:
         meta = read_safetensors_header(path).get("__metadata__") or {}
-        info = json.loads(meta.get("info", "null"))
+        info = loads_json(meta.get("info", "null"), path)
     except (OSError, ValueError, RecursionError, AttributeError):
         return None
     return info if isinstance(info, dict) else None

@@ -10,6 +10,7 @@ is loaded back (:func:`load_run`).
                                "status": running|finished|failed|interrupted, "timings",
                                "trainable_parameters", "template" (the prompt template trained with), ...}
       split.json              the exact split used (split-file format: train = the few-shot subset)
+      split-other.json        a user dataset's other half of the classes as it was then (base2novel only)
       train.log               human-readable log (logger "mmrl")
       metrics.jsonl           one JSON object per optimiser step
       checkpoint.safetensors  training state after the last completed epoch (removed when finished)
@@ -23,7 +24,7 @@ is loaded back (:func:`load_run`).
 from __future__ import annotations
 
 import contextlib
-import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,16 @@ import torch
 from mmrl import data
 from mmrl.config import RunConfig, dump_config, load_config
 from mmrl.engine import distributed as ddp_util
-from mmrl.engine.checkpoint import (file_sha256, load_adapter, save_adapter, save_checkpoint, write_json_atomic,
+from mmrl.engine.checkpoint import (load_adapter, save_adapter, save_checkpoint, write_json_atomic,
                                     write_text_atomic)
-from mmrl.engine.runtime import log_to_file
-from mmrl.fileio import dumps_json
 from mmrl.engine.runcheck import adapter_settings, disagreements
+from mmrl.engine.runtime import log_to_file
+from mmrl.errors import CorruptFileError, clip
+from mmrl.fileio import JSONFileError, dumps_json, file_sha256, loads_json, read_json, read_json_or_none, write_failed
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
-    ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, RESULTS_FILE, RUN_FILE, SPLIT_FILE,
-    eval_file_name,
+    ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, OTHER_SPLIT_FILE, RESULTS_FILE,
+    RUN_FILE, SPLIT_FILE, eval_file_name,
 )
-from mmrl.errors import CorruptFileError
 
 
 def now_iso() -> str:
@@ -59,11 +60,10 @@ def read_run_info(run_dir: str | Path) -> dict | None:
     if not p.is_file():
         return None
     try:
-        with open(p, encoding="utf-8") as f:
-            info = json.load(f)
-    except ValueError as e:
-        raise CorruptFileError(f"{p}: not valid JSON ({e}); the run's status file is damaged: delete it to let "
-                               "`mmrl train` treat the folder as a run to resume or replace") from e
+        info = read_json(p)
+    except JSONFileError as e:
+        raise CorruptFileError(f"{e}; the run's status file is damaged: delete it to let "
+                               "`mmrl train` treat the folder as a run to resume or replace") from None
     if not isinstance(info, dict):
         raise CorruptFileError(f"{p}: expected a JSON object, found {type(info).__name__}")
     return info
@@ -98,9 +98,12 @@ def training_classnames(run_dir: str | Path) -> list[str] | None:
     p = Path(run_dir) / SPLIT_FILE
     if not p.is_file():
         return None
-    with open(p, encoding="utf-8") as f:
-        train = json.load(f).get("train", [])
-    names: dict[int, str] = {int(y): c for _, y, c in train}
+    split = read_json(p)  # a damaged file: JSONFileError naming it
+    train = split.get("train", []) if isinstance(split, dict) else []
+    try:
+        names: dict[int, str] = {int(y): c for _, y, c in train}
+    except (TypeError, ValueError):
+        raise CorruptFileError(f"{p}: expected the split format (\"train\": [[path, label, classname], ...])") from None
     return [names[y] for y in sorted(names)] if names else None
 
 
@@ -138,8 +141,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     adapter_path = run_dir / ADAPTER_FILE
     info = read_run_info(run_dir) or {}
     if not adapter_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {ADAPTER_FILE} (run status: {info.get('status', 'unknown')}); "
-                                "resume the training with `mmrl train --resume RUN_DIR` first")
+        raise FileNotFoundError(no_adapter_message(run_dir, info))
     check_consistent(run_dir, cfg, info)
     dev = torch.device(device) if isinstance(device, torch.device) else resolve_device(device or "auto")
     backbone = load_backbone_checked(cfg.backbone, device=dev)
@@ -179,13 +181,34 @@ def _refuse_inconsistent(run_dir: Path, problems: list[str]) -> None:
                                f"from one run; {adapter_recovery(run_dir)}")
 
 
+def no_adapter_message(run_dir: str | Path, info: dict) -> str:
+    """Why a run folder has no adapter yet, and the way on: resume only where resuming helps (an
+    unfinished run); a failed run first needs its cause fixed, which the message names."""
+    run_dir = Path(run_dir)
+    status = info.get("status")
+    resume = f"mmrl train --resume {shlex.quote(str(run_dir.absolute()))}"
+    head = f"{run_dir}: no {ADAPTER_FILE}"
+    if status == "failed":
+        return (f"{head}: its training failed ({clip(str(info.get('error') or 'no reason recorded'), 300)}); "
+                f"resuming repeats that until its cause is fixed: fix it first, then run `{resume}`")
+    if status in ("running", "interrupted"):
+        return f"{head}: its training has not finished (run status {status}); resume it with `{resume}`"
+    if status == "finished" and info.get("source"):
+        return f"{head}, although run.json says the run is complete: the file was removed; {adapter_recovery(run_dir)}"
+    if status == "finished":
+        return (f"{head}, although run.json says the training finished: the file was removed; train it again with "
+                f"`{resume}` (from the last checkpoint when one is left, else from the start with the same config)")
+    return f"{head} and no run status: its training has not started; start it with `{resume}`"
+
+
 def adapter_recovery(run_dir: str | Path) -> str:
     """How to go on when a run's adapter file cannot be used."""
     run_dir = Path(run_dir)
     info = read_run_info(run_dir) or {}
     if info.get("source"):
         return "convert the official checkpoint again with `mmrl convert-official` into this folder or another one"
-    return (f"train the run again: delete {run_dir / ADAPTER_FILE} and run `mmrl train --resume {run_dir}` "
+    return (f"train the run again: delete {run_dir / ADAPTER_FILE} and run "
+            f"`mmrl train --resume {shlex.quote(str(run_dir.absolute()))}` "
             "(it resumes from the last checkpoint when one is left, else starts over with the same config)")
 
 
@@ -195,11 +218,7 @@ def read_results(run_dir: Path) -> dict | None:
     p = run_dir / RESULTS_FILE
     if not p.is_file():
         return None
-    try:
-        with open(p, encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError:  # damaged: the results are computed again
-        return None
+    return read_json_or_none(p)  # damaged: the results are computed again
 
 
 def truncate_metrics(path: Path, keep_before_epoch: int) -> None:
@@ -210,13 +229,11 @@ def truncate_metrics(path: Path, keep_before_epoch: int) -> None:
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                if json.loads(line)["epoch"] < keep_before_epoch:
+                if loads_json(line, path)["epoch"] < keep_before_epoch:
                     kept.append(line if line.endswith("\n") else line + "\n")
-            except (ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 break  # a line cut by a crash: everything after it is dropped too
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic("".join(kept), path)
 
 
 class RunFiles:
@@ -258,9 +275,10 @@ class RunFiles:
         if info.get("status") in ("failed", "interrupted"):  # the run ends here: flush what the writers hold
             self.close_sinks()
 
-    def split(self, splits) -> None:
+    def split(self, splits, name: str = SPLIT_FILE) -> None:
+        """split.json: the lists the run trains and is tested on (or, by ``name``, another record)."""
         if self.writes:
-            data.write_split_file(splits, self.dir / SPLIT_FILE)
+            data.write_split_file(splits, self.dir / name)
 
     def metrics(self, start_epoch: int | None, step: int = 0) -> contextlib.AbstractContextManager:
         """metrics.jsonl open for appending; a resumed run (``start_epoch``) keeps the lines of the
@@ -289,8 +307,11 @@ class RunFiles:
 
     def metric(self, row: dict[str, Any]) -> None:
         if self._metrics is not None:
-            self._metrics.write(dumps_json(row) + "\n")
-            self._metrics.flush()
+            try:
+                self._metrics.write(dumps_json(row) + "\n")
+                self._metrics.flush()
+            except OSError as e:  # a full disk: say which file (the OS's message names none)
+                raise write_failed(self.metrics_path, e) from None
             if self.sinks is not None:
                 self.sinks.step(row)
 

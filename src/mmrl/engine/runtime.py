@@ -64,6 +64,22 @@ def _not_file_only(record: logging.LogRecord) -> bool:
     return not getattr(record, "mmrl_file_only", False)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """A FileHandler whose failed write (a full disk) is said once, as one line naming the file:
+    logging's own handler prints a traceback for every record it cannot write. The run goes on;
+    its results are written by the code that writes them, which fails naming its own file."""
+
+    _warned = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._warned:
+            self._warned = True
+            err = sys.exc_info()[1]
+            reason = getattr(err, "strerror", None) or err
+            print(f"mmrl: warning: cannot write {self.baseFilename}: {reason}; its log lines are lost",
+                  file=sys.stderr, flush=True)
+
+
 class _Formatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
@@ -74,7 +90,7 @@ def log_to_file(path: str | Path) -> Iterator[None]:
     """Append the ``mmrl`` logger's records (INFO and up) to ``path`` while inside."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _LogFileHandler(path, encoding="utf-8")
     handler.setFormatter(_Formatter())
     handler.setLevel(logging.INFO)
     old_level = LOG.level

@@ -28,7 +28,9 @@ from typing import Any, Callable
 import torch
 
 from mmrl.backbone_spec import TOY_CLIP_NAME
-from mmrl.config import ConfigError, RunConfig, canonical_dataset, config_differences, load_config, validate
+from mmrl.config import (ConfigError, RunConfig, canonical_dataset, config_differences, load_config, toy_settings,
+                         validate)
+from mmrl.data.imagefolder import is_user_spec
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
 from mmrl.engine import sinks
@@ -40,7 +42,7 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fit
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.models import build_method
-from mmrl.toyworld.demo import toy_settings
+from mmrl.models.losses import Criterion, build_criterion, cross_entropy
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
@@ -82,7 +84,7 @@ def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Ten
 
 def _ddp_train_step(ddp, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                     global_batch: int, *, info: ddp_util.DistInfo, device: torch.device, precision: str,
-                    step: int, where: str):
+                    step: int, where: str, criterion: Criterion = cross_entropy):
     """One data-parallel step on this rank's slice of a global batch.
 
     The forward goes through the DDP wrapper (its reducer averages the gradients over
@@ -95,7 +97,8 @@ def _ddp_train_step(ddp, optimizer, scaler, images: torch.Tensor, labels: torch.
     backward pass, so a non-finite loss on any rank stops every rank at the same step.
     """
     with autocast(device, precision):
-        out = ddp(images, labels, batch_size=global_batch, weights=weights, world_size=info.world_size)
+        out = ddp(images, labels, batch_size=global_batch, weights=weights, world_size=info.world_size,
+                  criterion=criterion)
     with torch.no_grad():
         real = weights > 0
         correct = ((out.logits.fused.argmax(-1) == labels) & real).sum()
@@ -289,6 +292,7 @@ class _Training:
     start_epoch: int                # epochs already done (a resumed run's checkpoint)
     step: int                       # optimiser steps already done
     resumed: bool
+    criterion: Criterion            # the per-sample classification loss (optim.loss, optim.balance)
     meter: CostMeter | None = None  # what the run costs (mmrl.engine.cost)
 
 
@@ -345,6 +349,11 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
                              "with a train split")
     _check_training_classes(splits)
     files.split(splits)
+    if is_user_spec(cfg.data.dataset) and cfg.data.subsample != "all":  # the other half, as it is now
+        other = data.prepare_splits(cfg.data.dataset, cfg.data.root, shots=cfg.data.shots, seed=cfg.data_seed,
+                                    subsample="new" if cfg.data.subsample == "base" else "base",
+                                    cache_dir=cfg.data.cache_dir, template=cfg.data.template)
+        files.split(other, rd.OTHER_SPLIT_FILE)
     LOG.info("%s", splits.summary())
     info["shots_realised"] = _realised_shots(splits, cfg.data.shots if cfg.data.imbalance.type == "none" else 0)
     info.update(data.corruption_record(splits, cfg.data))  # label noise / class imbalance: settings, realised
@@ -397,7 +406,10 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
         # DDP broadcasts rank 0's parameters (identical anyway: same seed, same checkpoint) and
         # averages gradients; optimizer, checkpoints and the adapter file use `model` itself
         ddp = ddp_util.wrap_ddp(model, device)
-    return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume))
+    # the class counts of the realised training split: an imbalanced sample's own frequencies
+    criterion = build_criterion(cfg.optim.loss, cfg.optim.gce_q, cfg.optim.balance, cfg.optim.balance_tau,
+                                splits.train_counts())
+    return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume), criterion)
 
 
 def _say_if_toy_clip_without_toy_settings(cfg: RunConfig) -> None:
@@ -499,9 +511,9 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
                 _, weights, global_batch = plan[b]
                 return _ddp_train_step(tr.ddp, tr.optimizer, tr.scaler, images, labels, weights.to(device),
                                        global_batch, info=dinfo, device=device, precision=precision,
-                                       step=tr.step + 1, where=where)
+                                       step=tr.step + 1, where=where, criterion=tr.criterion)
             out = train_step(model, tr.optimizer, tr.scaler, images, labels, device=device,
-                             precision=precision, step=tr.step + 1, where=where)
+                             precision=precision, step=tr.step + 1, where=where, criterion=tr.criterion)
             with torch.no_grad():
                 acc = (out.logits.fused.argmax(-1) == labels).float().mean()
                 return out, torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from mmrl.models.aligners import BlockAligners, SharedResidualAligners
 from mmrl.models.backbone import Backbone
 from mmrl.models.blocks import finish_block, finish_tokens, in_proj, run_adapted_vision_blocks, run_block, run_block_rows
+from mmrl.models.losses import Criterion, cross_entropy
 from mmrl.models.prompts import tokenize_classes
 from mmrl.methods import MMRLConfig, MMRLPlusConfig
 
@@ -365,7 +366,7 @@ class MMRL(nn.Module):
         return self.logits_from_features(self.encode_image(images), text)
 
     def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
-             weights: Tensor | None = None, world_size: int = 1) -> LossOutput:
+             weights: Tensor | None = None, world_size: int = 1, criterion: Criterion = cross_entropy) -> LossOutput:
         """The training loss of docs/method.md#training-loss (see :meth:`loss_from_features`).
 
         Args:
@@ -378,13 +379,16 @@ class MMRL(nn.Module):
             world_size: number of data-parallel processes; ``total`` is scaled so that
                 DDP's gradient AVERAGE equals the single-process gradient of the global
                 batch (the text regulariser is the same on every rank and is not scaled).
+            criterion: the per-sample classification loss of both terms (:mod:`mmrl.models.losses`;
+                cross-entropy, the papers', by default).
         """
         return self.loss_from_features(self.encode_image(images, teacher=True), self.encode_text(), labels,
-                                       batch_size=batch_size, weights=weights, world_size=world_size)
+                                       batch_size=batch_size, weights=weights, world_size=world_size,
+                                       criterion=criterion)
 
     def loss_from_features(self, feats: ImageFeatures, text: Tensor, labels: Tensor, *,
                            batch_size: int | None = None, weights: Tensor | None = None,
-                           world_size: int = 1) -> LossOutput:
+                           world_size: int = 1, criterion: Criterion = cross_entropy) -> LossOutput:
         """``alpha CE(l_c) + (1-alpha) CE(l_r) + lambda (1 - cos(f_c, f_c_zs)) + lambda (1 - cos(t, t_zs))``
         from image features (with the teacher's) and text features (C, d_e); arguments as :meth:`loss`."""
         logits = self.logits_from_features(feats, text)
@@ -394,8 +398,8 @@ class MMRL(nn.Module):
         dtype = logits.class_.dtype
         w = torch.ones(B, device=labels.device, dtype=dtype) if weights is None else weights.to(logits.class_)
         w = w / n
-        ce_c = (F.cross_entropy(logits.class_, labels, reduction="none") * w).sum()
-        ce_r = (F.cross_entropy(logits.rep, labels, reduction="none") * w).sum()
+        ce_c = (criterion(logits.class_, labels) * w).sum()
+        ce_r = (criterion(logits.rep, labels) * w).sum()
         cos_i = F.cosine_similarity(feats.class_, feats.teacher.to(feats.class_.dtype), dim=-1)
         reg_i = ((1 - cos_i) * w).sum()
         reg_t = 1 - F.cosine_similarity(text, self.text_teacher.to(text.dtype), dim=-1).mean()

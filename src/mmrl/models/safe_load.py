@@ -516,22 +516,29 @@ def _existing(path: str | Path) -> Path:
     return path
 
 
-def _module_tensors(obj: Placeholder, prefix: str, out: dict[str, Tensor], seen: set[int]) -> None:
-    """Flatten a TorchScript module tree: tensor attributes by dotted name, recursing into
-    submodules (``__torch__`` objects). Non-tensor attributes are skipped."""
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    state = obj.ph_state
-    if not isinstance(state, dict):
-        return
-    for name, value in state.items():
-        if not isinstance(name, str):
+def _module_tensors(root: Placeholder, out: dict[str, Tensor]) -> None:
+    """Flatten a TorchScript module tree: tensor attributes by dotted name, walking into
+    submodules (``__torch__`` objects). Non-tensor attributes are skipped. The walk keeps its own
+    stack: a file may nest modules far deeper than Python's recursion limit."""
+    seen: set[int] = set()
+    todo: list[tuple[Placeholder, str]] = [(root, "")]
+    while todo:
+        obj, prefix = todo.pop()
+        if id(obj) in seen:
             continue
-        if isinstance(value, Tensor):
-            out[prefix + name] = value
-        elif isinstance(value, Placeholder) and value.module.startswith("__torch__"):
-            _module_tensors(value, f"{prefix}{name}.", out, seen)
+        seen.add(id(obj))
+        state = obj.ph_state
+        if not isinstance(state, dict):
+            continue
+        subs = []
+        for name, value in state.items():
+            if not isinstance(name, str):
+                continue
+            if isinstance(value, Tensor):
+                out[prefix + name] = value
+            elif isinstance(value, Placeholder) and value.module.startswith("__torch__"):
+                subs.append((value, f"{prefix}{name}."))
+        todo.extend(reversed(subs))  # depth first, in the file's order, as torch.jit's state_dict
 
 
 def _torchscript_state_dict(path: Path, root: Any) -> dict[str, Tensor]:
@@ -539,7 +546,7 @@ def _torchscript_state_dict(path: Path, root: Any) -> dict[str, Tensor]:
         raise CheckpointFormatError(f"{path}: TorchScript archive whose data.pkl does not hold a module "
                                     f"(found {type(root).__name__})")
     out: dict[str, Tensor] = {}
-    _module_tensors(root, "", out, set())
+    _module_tensors(root, out)
     if not out:
         raise CheckpointFormatError(f"{path}: TorchScript archive without any tensors")
     return out

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from mmrl.fileio import check_writable_dir, write_json_atomic, write_text_atomic
-from mmrl.report import ablation, compute, decoupled
 from mmrl.methods import names as method_names
+from mmrl.report import ablation, compute, decoupled
 from mmrl.report.document import (DASH, Block, Bullets, Heading, Table, Text, csv_writer, esc, escaped, mean_std,
                                   missing_blocks)
 from mmrl.report.group import Series, dataset_order, missing_entries, series_of
@@ -24,6 +24,7 @@ from mmrl.report.protocols import PROTOCOLS
 from mmrl.report.published import load_published
 from mmrl.report.scan import AUTO, ZEROSHOT, Found, Run, scan
 from mmrl.report.stats import stat_dict
+from mmrl.vocab import SUBSAMPLES
 
 STD_NOTE = "population standard deviation over seeds (numpy default, as CoOp's parse_test_res.py)"
 
@@ -192,7 +193,7 @@ def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = f
         for key, s in data["zeroshot"].items():
             d, sub = key.rsplit("-", 1)
             by_ds.setdefault(d, {})[sub] = s
-        rows = [[d] + [mean_std(by_ds[d].get(sub), empty=DASH) for sub in ("all", "base", "new")]
+        rows = [[d] + [mean_std(by_ds[d].get(sub), empty=DASH) for sub in SUBSAMPLES]
                 + [str(max(s["n"] for s in by_ds[d].values()))] for d in dataset_order(by_ds)]
         out.append(Table(["Dataset", "All classes", "Base classes", "Novel classes", "Runs"], rows))
     if data["notes"]:

@@ -142,6 +142,62 @@ def _user_datasets(specs: Sequence[str], root: Path | str | None, protocol: str)
     return names
 
 
+# Bytes of a dataset's folder name in the sweep layout: its evaluation files add up to 16 characters
+# (``-base-fused.json``) and file systems allow 255 per name.
+DATASET_NAME_MAX = 200
+
+
+def check_folder_names(named: Mapping[str, str], benchmarks: Iterable[str] = ()) -> None:
+    """Refuse user datasets whose name cannot be their run folder's name: ``.``/``..``, a name
+    holding ``/`` or NUL, one longer than DATASET_NAME_MAX bytes, or one that becomes the same
+    folder as another dataset's (names are made file-name safe, :func:`mmrl.vocab.dataset_slug`;
+    compared without case, as macOS and Windows file systems do). ``named``: {spec: name}.
+
+    Checked when the grid is built, before any work (and by ``--dry-run``): a run folder that
+    cannot be created fails every one of its cells, and two datasets in one folder mix their runs.
+    """
+    taken = {dataset_slug(b).casefold(): f"the benchmark {b}" for b in benchmarks}
+    for spec, name in named.items():
+        slug = dataset_slug(name)
+        why = ("it holds '/'" if "/" in name else "it holds a NUL character" if "\0" in name
+               else f"'{slug}' is not a folder name" if slug in (".", "..")
+               else f"its folder name would be {len(slug.encode())} bytes long (at most {DATASET_NAME_MAX})"
+               if len(slug.encode()) > DATASET_NAME_MAX else "")
+        if not why and slug.casefold() in taken:
+            why = f"it would share the run folder '{slug}' with {taken[slug.casefold()]}"
+        if why:
+            prefix = spec.partition(":")[0]
+            fix = {"dataset": "change \"name\" in its dataset.json", "folder": "rename the folder",
+                   "manifest": "rename the manifest file"}.get(prefix, "rename it")
+            raise ValueError(f"--datasets {shown(spec)}: its name {shown(name)} cannot name a run folder: {why}; {fix}")
+        taken[slug.casefold()] = f"--datasets {shown(spec)}"
+
+
+def check_data(cells: Sequence[Cell], root: Path | str | None) -> None:
+    """Refuse a grid whose datasets are not on disk, before any work (and under ``--dry-run``): a
+    benchmark's folder under ``root``, a user dataset's folder or manifest. One ValueError listing
+    what is missing; ``mmrl data verify`` checks the content. Without ``root`` (Python callers;
+    the command line requires ``--root`` for benchmarks) benchmarks are left to the runs, whose
+    ``data.root`` may come from ``--set``."""
+    from mmrl import data
+
+    missing = []
+    for name in dict.fromkeys(d for c in cells for d in (c.dataset, *c.targets)):
+        if root is None and not is_user_dataset(name):
+            continue
+        try:
+            where = data.locate(name, root).dataset_dir
+        except (ValueError, OSError) as e:  # DataError, MissingDataError: their message names the path
+            missing.append(str(e))
+            continue
+        if not where.exists():
+            missing.append(f"{name}: {where}{'/' if not where.suffix else ''} not found")
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        verify = f"mmrl data verify --root {root}" if root is not None else "mmrl data verify"
+        raise ValueError(f"data not found: {'; '.join(missing[:3])}{more}; `{verify}` shows what is expected where")
+
+
 def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequence[str] | None = None,
                seeds: Sequence[int] | None = None, shots: Sequence[int] | None = None,
                root: Path | str | None = None, backbone: str | None = None,
@@ -170,6 +226,7 @@ def build_grid(protocol: str, method: str, output: Path | str, *, datasets: Sequ
     user = sorted({d for d in datasets or () if is_user_dataset(d)})
     named = _user_datasets(user, root, protocol)
     chosen = None if not datasets else {canonical_dataset(d) for d in datasets if d not in user}
+    check_folder_names(named, chosen or ())
     common = dict(root=Path(root) if root is not None else None, backbone=backbone, sets=tuple(sets),
                   logits=tuple(k for k in LOGIT_KINDS if k in logits))
     cells: list[Cell] = []

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl import sweep
-from mmrl.fileio import write_json_atomic
+from mmrl.fileio import check_writable_dir, write_json_atomic
 from mmrl.sweep import Cell, Outcome
 from mmrl.sweep.ablation import Vary, check_grid, parse_vary, points
-from mmrl.sweep.grid import EvalJob
+from mmrl.sweep.grid import EvalJob, check_data
+from mmrl.sweep.runner import SweepInterrupted
 
 
 @dataclass
@@ -28,13 +29,14 @@ class ReproduceResult:
     outcomes: list[Outcome]
     report_dir: Path | None = None
     report_error: str | None = None
+    interrupted: bool = False             # Ctrl-C / SIGTERM stopped the sweep
 
     def by_status(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
 
     @property
     def ok(self) -> bool:
-        return not self.by_status("failed") and self.report_error is None
+        return not self.by_status("failed") and not self.by_status("interrupted") and self.report_error is None
 
 
 def write_grid_spec(output: Path, cells: Sequence[Cell], defaults: dict[str, dict] | None = None) -> list[Path]:
@@ -111,12 +113,15 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     defaults = check_grid(protocol, method, list(dict.fromkeys(c.dataset for c in grid)), grid_points, sets,
                           backbone, min((c.shots for c in grid), default=1))
     cells = sweep.take_shard(grid, *shard) if shard else grid
+    check_data(cells, root)  # this shard's: on a cluster each node may hold only the data of its own cells
     log(plan_text(protocol, method, grid, cells, varies, output, shard))
     if dry_run:
         from mmrl.sweep.estimate import plan_cost_text
 
         log(plan_cost_text(grid, cells, len(devices) if devices else max(1, jobs)))
         return ReproduceResult(cells, [])
+    # a few KB written and removed: a read-only or full output folder is said before any run starts
+    check_writable_dir(output, "choose another --output")
     write_grid_spec(output, grid, defaults)
     workers: list[str | None] = list(devices) if devices else [None] * max(1, jobs)
     runner = sweep.SubprocessRunner(
@@ -126,8 +131,12 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     log(f"{len(workers)} worker(s)")
     if claim_timeout is not None:  # refresh held claims well within the timeout others apply
         heartbeat_s = min(heartbeat_s, max(claim_timeout / 4, 0.05))
-    outcomes = sweep.run_cells(cells, train, evaluate, workers, claim_timeout, heartbeat_s, log,
-                               on_interrupt=runner.terminate_all)
+    try:
+        outcomes = sweep.run_cells(cells, train, evaluate, workers, claim_timeout, heartbeat_s, log,
+                                   on_interrupt=runner.terminate_all)
+    except SweepInterrupted as e:  # say what became of each run, then stop as asked (no report)
+        log(summary(ReproduceResult(cells, e.outcomes, interrupted=True)))
+        raise
     result = ReproduceResult(cells, outcomes)
     if write_report:
         from mmrl.report import write_report as write_report_files
@@ -158,11 +167,21 @@ def _report_lock(output: Path | str):
 
 def summary(result: ReproduceResult) -> str:
     """Human-readable end-of-sweep summary (failures with their log paths)."""
-    counts = {s: len(result.by_status(s)) for s in ("done", "skipped", "elsewhere", "failed")}
-    lines = [f"summary: {counts['done']} run now, {counts['skipped']} already finished, "
+    counts = {s: len(result.by_status(s)) for s in ("done", "skipped", "elsewhere", "failed", "interrupted")}
+    head = "summary (interrupted)" if result.interrupted else "summary"
+    lines = [f"{head}: {counts['done']} run now, {counts['skipped']} already finished, "
              f"{counts['elsewhere']} in progress elsewhere, {counts['failed']} failed"]
+    if counts["interrupted"]:
+        lines[0] += f", {counts['interrupted']} interrupted"
+    if result.interrupted and (left := len(result.cells) - len(result.outcomes)):
+        lines[0] += f", {left} not started"
     for o in result.by_status("elsewhere"):
         lines.append(f"  in progress elsewhere: {o.cell.name} ({o.detail})")
+    for o in result.by_status("interrupted"):
+        lines.append(f"  interrupted: {o.cell.name}: {o.detail}")
+    if counts["interrupted"] or result.interrupted:
+        lines.append("  interrupted and not started runs resume when you run the same command again "
+                     "(finished runs are kept)")
     for o in result.by_status("failed"):
         lines.append(f"  FAILED: {o.cell.name}: {o.detail}\n          log: {o.log_path}")
     if result.report_dir is not None:

@@ -3,9 +3,11 @@ or `--jobs` CPU workers), each claimed first (:mod:`mmrl.sweep.state`) and logge
 `RUN_DIR/stdout.log`."""
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl.engine.lock import HOST, Heartbeat, acquire_claim, release_claim
+from mmrl.fileio import write_failed
 from mmrl.sweep.ablation import point_sets
 from mmrl.sweep.grid import Cell, EvalJob
 from mmrl.sweep.state import cell_state, claim_path
@@ -25,6 +28,36 @@ from mmrl.vocab import CONFIG_FILE, EVAL_DIR, RUN_FILE
 _TORCHRUN_VARS = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                             "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
                             "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS"})
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive SIGTERM when the sweep dies, or None off Linux.
+
+    Without it a ``kill -9`` of ``mmrl reproduce`` leaves its ``mmrl train`` children running
+    unsupervised (their claims look abandoned, so a rerun would start a second writer; the run
+    folder lock stops that, but the orphans still hold the GPUs). SIGTERM, not SIGKILL: the child
+    stops as on Ctrl-C, marks its run interrupted and releases its lock, so a rerun resumes it.
+    The signal comes when the *thread* that started the child ends: a worker thread waits for
+    its child, so that is when the sweep process dies. Linux then hands the child to another
+    thread of the dying sweep and signals it again, once per thread: `mmrl train` and `mmrl eval`
+    act on the first SIGTERM only (:func:`mmrl.commands.common.sigterm_as_interrupt`).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:  # looked up here, in the parent: after fork the child only makes the call
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the sweep died between fork and prctl: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
 
 
 class SubprocessRunner:
@@ -84,11 +117,16 @@ class SubprocessRunner:
         if debug_enabled():  # `mmrl --debug reproduce`: the runs' logs get full tracebacks too
             env[DEBUG_ENV] = "1"
         cell.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(cell.log_path, "a") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} host={HOST} pid={os.getpid()} "
-                      f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}\n=== {' '.join(cmd)}\n")
-            log.flush()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        log = open(cell.log_path, "a")
+        try:
+            try:
+                log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} host={HOST} pid={os.getpid()} "
+                          f"CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '')}\n=== {' '.join(cmd)}\n")
+                log.flush()
+            except OSError as e:  # a full disk: the run could not even log; the OS's message names no file
+                raise write_failed(cell.log_path, e) from None
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                    preexec_fn=_die_with_parent())
             with self._lock:
                 self._procs.add(proc)
             try:
@@ -96,15 +134,35 @@ class SubprocessRunner:
             finally:
                 with self._lock:
                     self._procs.discard(proc)
-            log.write(f"=== exit code {rc}\n")
+            try:
+                log.write(f"=== exit code {rc}\n")
+                log.flush()
+            except OSError:
+                pass  # the exit code is in the cell's outcome as well
+        finally:
+            try:
+                log.close()
+            except OSError:
+                pass
         return rc
 
-    def terminate_all(self) -> None:
-        """Stop the children this runner started (on Ctrl-C / SIGTERM of the sweep)."""
+    def terminate_all(self, grace: float = 5.0) -> None:
+        """Stop the children this runner started (on Ctrl-C / SIGTERM of the sweep).
+
+        A terminal's Ctrl-C reaches the children too, and they are already stopping (marking their
+        runs interrupted): they get ``grace`` seconds to finish that before SIGTERM, which would
+        interrupt their clean-up a second time."""
         with self._lock:
             procs = list(self._procs)
+        deadline = time.monotonic() + grace
         for p in procs:
-            p.terminate()
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
         for p in procs:
             try:
                 p.wait(timeout=30)
@@ -121,7 +179,8 @@ class Outcome:
     """What happened to a cell in this invocation.
 
     status: "done" (ran now), "skipped" (already finished), "elsewhere"
-    (claimed by another live process), "failed".
+    (claimed by another live process), "interrupted" (its child was stopped by Ctrl-C or SIGTERM:
+    not a failure, the next run resumes it), "failed".
     """
     cell: Cell
     status: str
@@ -142,9 +201,12 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
     `on_start` is called once the cell is claimed and work on it begins.
     """
     t0 = time.time()
-    if cell_state(cell).kind == "finished":
-        return Outcome(cell, "skipped", "already finished")
-    got = acquire_claim(claim_path(cell), claim_timeout)
+    try:
+        if cell_state(cell).kind == "finished":
+            return Outcome(cell, "skipped", "already finished")
+        got = acquire_claim(claim_path(cell), claim_timeout)
+    except Exception as e:  # e.g. a folder name the file system refuses, a full disk: this cell only
+        return Outcome(cell, "failed", _reason(e), time.time() - t0)
     if got.claim is None:
         h = got.holder or {}
         return Outcome(cell, "elsewhere", f"claimed by {h.get('host', '?')} pid {h.get('pid', '?')} "
@@ -162,6 +224,8 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
             on_start(cell)
         if state.kind in ("fresh", "resume"):
             rc = run_train(cell)
+            if stopped_by_signal(rc):
+                return Outcome(cell, "interrupted", f"train {stopped_by_signal(rc)}", time.time() - t0)
             if rc != 0:
                 return Outcome(cell, "failed", f"train exited with code {rc}", time.time() - t0)
             state = cell_state(cell)
@@ -176,17 +240,50 @@ def run_cell(cell: Cell, run_train: Callable[[Cell], int], run_eval: Callable[[C
             rc = run_eval(cell, job)
             what = f"eval {job.dataset}" + (f" {job.subsample}" if job.subsample != "all" else "") + \
                 (f" --logits {job.logits}" if job.logits != "auto" else "")
+            if stopped_by_signal(rc):
+                return Outcome(cell, "interrupted", f"{what} {stopped_by_signal(rc)}", time.time() - t0)
             if rc != 0 or not (cell.run_dir / EVAL_DIR / job.file).is_file():
                 errors.append(f"{what} exited with code {rc}" if rc else f"{what} wrote no file")
         if errors:
             return Outcome(cell, "failed", "; ".join(errors), time.time() - t0)
         return Outcome(cell, "done", "", time.time() - t0)
-    except Exception:  # a runner bug must not stop the other workers
-        return Outcome(cell, "failed", traceback.format_exc(limit=3).strip(), time.time() - t0)
+    except Exception as e:  # a runner bug, a full disk: fails this cell, never the worker
+        return Outcome(cell, "failed", _reason(e), time.time() - t0)
     finally:
         if heartbeat is not None:
             heartbeat.discard(got.claim.path)
-        release_claim(got.claim)
+        try:
+            release_claim(got.claim)
+        except OSError:
+            pass  # a claim that cannot be removed is taken over as stale (its holder is this process, once gone)
+
+
+# How a child that Ctrl-C or SIGTERM stopped exits: `mmrl train`/`mmrl eval` catch the signal and exit
+# 130 (the shell's 128 + SIGINT); one stopped before its handler was set is killed by the signal itself
+# (Popen's -2 / -15); a shell in between reports 128 + the signal.
+_INTERRUPTED = {130: "SIGINT", 143: "SIGTERM", -signal.SIGINT: "SIGINT", -signal.SIGTERM: "SIGTERM"}
+
+
+def stopped_by_signal(rc: int) -> str:
+    """'was interrupted (exit code 130)' when exit status ``rc`` means Ctrl-C / SIGTERM, else ''."""
+    return f"was interrupted ({_INTERRUPTED[rc]}, exit code {rc})" if rc in _INTERRUPTED else ""
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped :func:`run_cells`; ``outcomes`` are those of the cells handled
+    (in grid order), so the caller can still say what happened to each."""
+
+    def __init__(self, outcomes: list["Outcome"]):
+        super().__init__("interrupted")
+        self.outcomes = outcomes
+
+
+def _reason(e: BaseException) -> str:
+    """Why a cell failed, on one line (the summary lists it); the traceback too with ``--debug``."""
+    from mmrl.errors import UserError, debug_enabled, error_line
+
+    line = error_line(e) if isinstance(e, (UserError, OSError)) else f"{type(e).__name__}: {error_line(e)}"
+    return f"{line}\n{traceback.format_exc(limit=5).strip()}" if debug_enabled() else line
 
 
 def _eta(elapsed: float, ran: int, left: int, grid: Sequence[Cell] = (), waiting: Sequence[Cell] = (),
@@ -215,8 +312,8 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
     starts a subprocess, so the threads only wait). Outcomes are returned in
     grid order. A failing cell does not stop the others. On Ctrl-C (or
     SIGTERM turned into KeyboardInterrupt) no new cell starts, `on_interrupt`
-    stops the running children, the workers release their claims, and the
-    KeyboardInterrupt is re-raised.
+    stops the running children, the workers release their claims, and
+    :class:`SweepInterrupted` (a KeyboardInterrupt carrying the outcomes so far) is raised.
     """
     todo: queue.Queue[tuple[int, Cell]] = queue.Queue()
     for i, c in enumerate(cells):
@@ -248,6 +345,7 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
             if out.status == "skipped":
                 continue  # counted in the summary; one line per finished run would drown the rest
             msg = {"done": f"done in {out.seconds:.0f} s", "elsewhere": f"in progress elsewhere ({out.detail})",
+                   "interrupted": f"interrupted: {out.detail}; it resumes when the sweep runs again",
                    "failed": f"FAILED: {out.detail} (log: {c.log_path})"}[out.status]
             with lock:
                 waiting = [cells[j] for j, o in enumerate(outcomes) if o is None]
@@ -279,5 +377,7 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
             if on_interrupt is not None:
                 on_interrupt()
             all_done.wait(60.0)  # let the workers record their outcome and release their claims
-            raise
+            with lock:
+                handled = [o for o in outcomes if o is not None]
+            raise SweepInterrupted(handled) from None
     return [o for o in outcomes if o is not None]

@@ -20,22 +20,25 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmrl import methods
-from mmrl.toyworld.tasks import TASKS
-from mmrl.vocab import harmonic_mean
+from mmrl.config import resolve_config, toy_settings
+from mmrl.fileio import write_text_atomic
+from mmrl.toyworld.tasks import TASKS, write_task
+from mmrl.vocab import RESULTS_FILE, harmonic_mean
 
 LOG = logging.getLogger("mmrl")
-TOY_PRESET = Path(__file__).resolve().parent.parent / "presets" / "toy.yaml"
 # torch CPU threads of the demo. One: a training step of the tiny CLIP (batch 4, ~1300 small
 # ops) is dispatch overhead, not arithmetic, and a second thread adds a wake-up or a spin-wait
 # to every op (2 AMD EPYC cores: 10-12 ms per step with one thread; 16-30 ms with two sleeping
@@ -65,16 +68,6 @@ class DemoConfig:
     overrides: tuple[str, ...] = ()                  # extra `key=value` config overrides
 
 
-def toy_settings(method: str) -> dict[str, object]:
-    """The toy preset (presets/toy.yaml) for ``method`` as ``{dotted key: value}``: its common
-    settings, then the method's own (or those of the method whose presets it uses)."""
-    from mmrl.config import flat, read_yaml
-
-    preset = read_yaml(TOY_PRESET, "toy preset")
-    own = preset.get(method, preset.get(methods.get(method).preset_name, {}))
-    return {**flat(preset.get("common", {})), **flat(own)}
-
-
 def toy_overrides(method: str) -> list[str]:
     """The toy preset (presets/toy.yaml) as `key=value` overrides for ``method``."""
     return [f"{k}={json.dumps(v)}" for k, v in toy_settings(method).items()]
@@ -83,8 +76,6 @@ def toy_overrides(method: str) -> list[str]:
 def write_settings(out_dir: str | os.PathLike, backbone: str = "toy-clip") -> list[Path]:
     """``OUT/settings-<method>.yaml``: the demo's settings of each method (backbone included), as a
     config file for ``mmrl train --config`` and ``mmrl reproduce --config``."""
-    from mmrl.fileio import write_text_atomic
-
     paths = []
     for method in methods.names():
         items = {"backbone": backbone, **toy_settings(method)}
@@ -112,8 +103,6 @@ def missing_tasks(cfg: DemoConfig) -> list[str]:
 
 
 def write_one_task(name: str, cfg: DemoConfig) -> None:
-    from mmrl.toyworld.tasks import write_task
-
     LOG.info("writing toy task %s -> %s", name, cfg.out / "tasks" / name)
     write_task(TASKS[name], cfg.out / "tasks", seed=cfg.task_seed)
 
@@ -130,13 +119,15 @@ hm = harmonic_mean  # the name this module's callers use
 
 def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
     """Zero-shot CLIP on one task's base and novel classes: the table's CLIP row."""
-    from mmrl.engine import zeroshot
+    from mmrl.engine import EvalRequest, zeroshot
 
     folder = cfg.out / "tasks" / name
     acc = {}
     for sub in ("base", "new"):
-        zs = zeroshot(f"folder:{folder}", None, sub, backbone=cfg.backbone, shots=16, seed=cfg.seed,
-                      precision="fp32", device="cpu", output=cfg.out / "runs" / "zeroshot" / name, progress=progress)
+        zs = zeroshot(EvalRequest(f"folder:{folder}", subsample=sub), backbone=cfg.backbone,
+                      output=cfg.out / "runs" / "zeroshot" / name, progress=progress,
+                      settings={"data.shots": 16, "seed": cfg.seed, "eval.precision": "fp32", "device": "cpu",
+                                "data.num_workers": 0})
         acc[sub] = zs["accuracy"]
     return {"dataset": name, "method": "CLIP", "base": acc["base"], "novel": acc["new"],
             "hm": hm(acc["base"], acc["new"]), "novel_fused": None, "chance_novel": 100 / zs["n_classes"]}
@@ -145,11 +136,10 @@ def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
 def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -> dict:
     """Train ``method`` on one task's base classes (or reuse the finished run), evaluate base and
     novel as the protocol says and novel with fused logits too: the table's row."""
-    from mmrl.config import resolve_config
     from mmrl.engine import EvalRequest, evaluate, train
 
     dataset = f"folder:{cfg.out / 'tasks' / name}"
-    run_dir = cfg.out / "runs" / method / name / f"seed_{cfg.seed}"
+    run_dir = demo_run_dir(cfg, name, method)
     run_cfg = resolve_config(method, "base2novel", dataset,
                              overrides=[*toy_overrides(method), f"backbone={cfg.backbone}", f"seed={cfg.seed}",
                                         "device=cpu", f"output={run_dir}", *cfg.overrides])
@@ -161,6 +151,23 @@ def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -
             "novel_fused": fused["accuracy"], "chance_novel": 100 / fused["n_classes"]}
 
 
+def demo_run_dir(cfg: DemoConfig, task: str, method: str) -> Path:
+    """Where the demo trains ``method`` on ``task``: ``OUT/runs/<method>/<task>/seed_<s>``."""
+    return cfg.out / "runs" / method / task / f"seed_{cfg.seed}"
+
+
+def say_reused_runs(cfg: DemoConfig) -> int:
+    """Log how many of the demo's training runs are already finished under ``cfg.out`` (a rerun
+    evaluates them again instead of training); returns that number."""
+    runs = [demo_run_dir(cfg, t, m) for t in cfg.tasks for m in cfg.methods]
+    done = sum((r / RESULTS_FILE).is_file() for r in runs)
+    if done:
+        LOG.info("demo: %d of %d training runs are already finished under %s and are reused (evaluated, not "
+                 "trained again); --out ANOTHER_DIR, or deleting that folder, trains them anew", done, len(runs),
+                 cfg.out / "runs")
+    return done
+
+
 def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
     """Run the whole demo; returns {"rows": [...], "average": {...}, "seconds": ...}.
 
@@ -169,6 +176,7 @@ def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
     ``if __name__ == "__main__":`` guard); the table is the same as with ``jobs=1``.
     """
     t0 = time.time()
+    say_reused_runs(cfg)
     pieces = len(cfg.tasks) * (1 + len(cfg.methods))  # per task: zero-shot, one run per method
     jobs = min(cfg.jobs if cfg.jobs is not None else default_jobs(), pieces)
     if jobs > 1:
@@ -247,8 +255,6 @@ def _run_bounded(pool, jobs: int, pieces: list[tuple[Any, Callable[..., Any], tu
     calling ``on_result(key, result)`` as each finishes. Nothing waits in the pool's queue, so
     after Ctrl-C (which every worker gets too) or a piece's error no further piece starts and
     the demo stops as soon as the running ones do."""
-    from concurrent.futures import FIRST_COMPLETED, wait
-
     queue = iter(pieces)
     running: dict[Any, Any] = {}
 
@@ -271,8 +277,6 @@ def _rows_in_workers(cfg: DemoConfig, jobs: int) -> list[dict]:
     """The demo's pieces in ``jobs`` spawned processes: first the missing tasks, then the
     training runs, longest first (so the workers finish together), then the zero-shot rows.
     Returns the rows in the in-process order."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     console = any(getattr(h, "_mmrl_console", False) for h in LOG.handlers)
     pieces: list[tuple[tuple, Callable[..., dict], tuple]] = []

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from mmrl.fileio import write_bytes_atomic
 from mmrl.models.backbone import clip_from_openai_state_dict
 
 CHECKPOINT_PATH = Path(__file__).with_name("tiny_clip.safetensors")
@@ -70,12 +71,9 @@ def build_tiny_clip(cfg: TinyClipConfig) -> CLIP:
 
 
 def save_checkpoint(model: CLIP, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> None:
-    """Write the OpenAI-format state dict as safetensors, atomically (tmp file + os.replace)."""
-    path = Path(path)
+    """Write the OpenAI-format state dict as safetensors, atomically (the project's one writer)."""
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+    write_bytes_atomic(save(state, metadata={"format": "pt"}), path)
 
 
 def load_state_dict(path: str | os.PathLike = CHECKPOINT_PATH) -> dict[str, torch.Tensor]:

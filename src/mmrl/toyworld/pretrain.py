@@ -19,7 +19,6 @@ the same machine.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.tokenizer import SimpleTokenizer
 
-from mmrl.fileio import dumps_json
+from mmrl.fileio import dumps_json, write_text_atomic
 from mmrl.toyworld.captions import describe, prompt, scene_key
 from mmrl.toyworld.model import (CHECKPOINT_PATH, TinyClipConfig, build_tiny_clip, load_tiny_clip,
                                  save_checkpoint, to_tensor)
@@ -214,8 +213,6 @@ def pretrain(cfg: PretrainConfig, log: Callable[[str], None] = print) -> dict:
         "history": history,
     }
     json_path = out.with_suffix(".json")
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(dumps_json(metrics, indent=2) + "\n")
-    os.replace(tmp, json_path)
+    write_text_atomic(dumps_json(metrics, indent=2) + "\n", json_path)
     log(f"wrote {out} and {json_path} ({seconds:.0f}s)")
     return metrics

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmrl.fileio import dumps_json
+from mmrl.fileio import dumps_json, write_text_atomic
 from mmrl.toyworld.render import BACKGROUNDS, COLOURS, PRETRAIN_SIZES, SHAPES, Style, render, sample_scene
 
 SPLITS = ("train", "val", "test")
@@ -211,6 +211,4 @@ def write_tasks(out_dir: str | os.PathLike, names: list[str] | None = None, seed
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(dumps_json(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(dumps_json(obj, indent=1) + "\n", path)

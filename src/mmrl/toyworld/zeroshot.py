@@ -5,7 +5,6 @@ Features are L2-normalised; the class is the prompt with the highest cosine.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from open_clip.model import CLIP
 from PIL import Image
 from open_clip.tokenizer import SimpleTokenizer
 
+from mmrl.fileio import read_json
 from mmrl.toyworld.model import to_tensor
 
 
@@ -56,8 +56,8 @@ def evaluate_task_folder(model: CLIP, task_dir: str | os.PathLike, split: str = 
     classes only, as in base-to-novel evaluation. Chance levels alongside.
     """
     root = Path(task_dir)
-    meta = json.loads((root / "dataset.json").read_text())
-    entries = json.loads((root / meta["split_file"]).read_text())[split]
+    meta = read_json(root / "dataset.json")
+    entries = read_json(root / meta["split_file"])[split]
     names = {int(label): name for _, label, name in entries}
     labels_sorted = sorted(names)
     n_base = (len(labels_sorted) + 1) // 2
