@@ -160,6 +160,20 @@ class EvalConfig:
         factory=dict)
 
 
+REPORT_TO = ("tensorboard", "wandb", "csv")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the metrics go besides metrics.jsonl (the ``logging`` section; mmrl.engine.sinks)."""
+
+    report_to: tuple[str, ...] = doc(
+        "extra metric writers, any of tensorboard (RUN_DIR/tensorboard, Dassl's tags) / wandb (W&B run; "
+        "project $WANDB_PROJECT or mmrl) / csv (RUN_DIR/csv); --report-to tensorboard,wandb", ())
+    run_name: Optional[str] = doc("W&B run name; null = <method>-<protocol>-<dataset>-<shots>shot-seed<seed>", None)
+    tags: tuple[str, ...] = doc("W&B tags besides the method, protocol, dataset and backbone", ())
+
+
 @dataclass(frozen=True)
 class RunConfig:
     protocol: str = doc("evaluation protocol: base2novel / fewshot / crossdataset", "fewshot")
@@ -179,6 +193,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     # ------------------------------------------------------------ derived
     @property
@@ -197,6 +212,8 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d["optim"]["betas"] = list(self.optim.betas)
         d["vary"] = list(self.vary)
+        d["logging"]["report_to"] = list(self.logging.report_to)
+        d["logging"]["tags"] = list(self.logging.tags)
         return d
 
     def value(self, key: str) -> Any:
@@ -628,6 +645,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if cfg.data.template is not None and cfg.data.template.count("{}") != 1:
         bad("data.template", cfg.data.template, "a template containing '{}' exactly once")
     cfg.data.validate(source)
+    for name in cfg.logging.report_to:
+        choice("logging.report_to", name, REPORT_TO)
     validate_vary(cfg.vary, source)
     for k, b in cfg.eval.target_beta.items():
         if not 0.0 <= b <= 1.0:
@@ -647,6 +666,8 @@ NOT_VARIABLE: dict[str, str] = {
     "data.num_workers": "it does not change results", "data.cache_dir": "it does not change results",
     "data.skip_bad_images": "it does not change results", "device": "it does not change results",
     "eval.batch_size": "it does not change results",
+    "logging.report_to": "it does not change results", "logging.run_name": "it does not change results",
+    "logging.tags": "it does not change results",
 }
 
 
@@ -669,7 +690,7 @@ def validate_vary(keys: Iterable[str], source: str) -> None:
 # Keys that may differ between a stored run and a re-run of it (they do not change the
 # trained weights): where the data lives, worker count, caches, device, evaluation.
 RESUME_IGNORED_PREFIXES = ("output", "data.root", "data.num_workers", "data.cache_dir", "data.skip_bad_images",
-                           "device", "eval.")
+                           "device", "eval.", "logging.")
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -33,6 +33,8 @@ from mmrl.config import (ConfigError, RunConfig, canonical_dataset, config_diffe
 from mmrl.data.imagefolder import is_user_spec
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import rundir as rd
+from mmrl.engine import sinks
+from mmrl.engine.cost import CostMeter, combine_ranks
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
@@ -201,11 +203,13 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     # where the data is (a user folder that is not there), and settings that need the backbone,
     # are checked before anything is written
     data.locate(cfg.data.dataset, cfg.data.root, template=cfg.data.template)
+    sinks.check_available(cfg.logging.report_to)  # a missing optional package: one line, before anything is written
     if cfg.data.split_file is not None and not Path(cfg.data.split_file).is_file():
         raise data.MissingDataError(f"data.split_file: no such file: {cfg.data.split_file}")
     device = ddp_util.local_device(resolve_device(cfg.device), dinfo)
     precision = resolve_precision(cfg.precision, device)
-    with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
+    meter = CostMeter()
+    with ddp_util.local_rank0_first(dinfo), meter.phase("backbone_load"):  # one download per node of a backbone not cached yet
         backbone = load_backbone_checked(cfg.backbone, device=device)
     check_method_fits(backbone, cfg.method)
     files = rd.RunFiles(run_dir, writes=is_main)
@@ -214,7 +218,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     with files.log():
         try:
             results = _train_and_evaluate(cfg, files, info, backbone, device, precision, progress, on_epoch_end,
-                                          dinfo)
+                                          dinfo, meter)
         except KeyboardInterrupt:
             where = _where_stopped(info, cfg.optim.epochs, files.checkpoint_path if is_main else None)
             msg = (f"training stopped {where}; {run_dir} is marked interrupted; resume with: "
@@ -289,29 +293,41 @@ class _Training:
     step: int                       # optimiser steps already done
     resumed: bool
     criterion: Criterion            # the per-sample classification loss (optim.loss, optim.balance)
+    meter: CostMeter | None = None  # what the run costs (mmrl.engine.cost)
 
 
 def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device,
                         precision: str, progress: bool | None,
                         on_epoch_end: Callable[[dict[str, Any]], None] | None,
-                        dinfo: ddp_util.DistInfo = ddp_util.DistInfo()) -> dict[str, Any]:
+                        dinfo: ddp_util.DistInfo = ddp_util.DistInfo(),
+                        meter: CostMeter | None = None) -> dict[str, Any]:
     """Set up (or resume), train the remaining epochs, save the adapter, evaluate."""
+    meter = meter or CostMeter()
     t_setup = time.time()
-    tr = _set_up(cfg, files, info, backbone, device, precision, dinfo)
+    with meter.phase("setup"):
+        tr = _set_up(cfg, files, info, backbone, device, precision, dinfo, meter)
+    tr.meter = meter
     timings = info.setdefault("timings", {})
     timings["setup_s"] = round(time.time() - t_setup, 3)
-    _train_epochs(cfg, tr, files, info, device, precision, progress, on_epoch_end, dinfo)
+    with meter.phase("train"):
+        _train_epochs(cfg, tr, files, info, device, precision, progress, on_epoch_end, dinfo)
     info["adapter_sha256"] = files.adapter(tr.model, cfg)  # load_run checks the file against it
     files.info(info)
     t_eval = time.time()
-    results = _evaluate_run(cfg, tr.model, files.dir, progress)
+    results = _evaluate_run(cfg, tr.model, files.dir, progress, meter)
     timings["eval_s"] = round(time.time() - t_eval, 3)
+    meter.count_eval_flops(tr.model, cfg.eval.precision)
+    mine = meter.block(device=device, precision=precision, model=tr.model, steps=tr.step,
+                       images_seen=int(info.get("epochs_done", 0)) * len(tr.train_ds),
+                       train_s=float(timings.get("train_s", 0.0)), world_size=dinfo.world_size)
+    info["cost"] = results["cost"] = combine_ranks(ddp_util.all_gather_objects(mine, dinfo))
     files.results(results)
+    files.evaluated(results, step=tr.step)
     return results
 
 
 def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device, precision: str,
-            dinfo: ddp_util.DistInfo) -> _Training:
+            dinfo: ddp_util.DistInfo, meter: CostMeter) -> _Training:
     """The splits, the model, the optimiser and the training data; the checkpoint's state when
     the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
     directory must be visible to all nodes to resume a multi-node run)."""
@@ -348,7 +364,8 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
     info["device"], info["precision"] = str(device), precision
     info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
     files.info(info)
-    model.set_classes(splits.classnames, splits.template)
+    with meter.phase("text_encoding"):
+        model.set_classes(splits.classnames, splits.template)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr_at_epoch(0, cfg.optim), betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
@@ -441,7 +458,7 @@ def _train_epochs(cfg: RunConfig, tr: _Training, files: rd.RunFiles, info: dict,
     tty = use_tty_progress(progress) and dinfo.is_main
     timings = info["timings"]
     train_s = float(timings.get("train_s", 0.0))
-    with files.metrics(tr.start_epoch if tr.resumed else None):
+    with files.metrics(tr.start_epoch if tr.resumed else None, tr.step):
         for epoch in range(tr.start_epoch, E):
             t_epoch = time.time()
             lr = lr_at_epoch(epoch, cfg.optim)
@@ -488,26 +505,28 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
         labels = labels.to(device, non_blocking=True)
         where = f"epoch {epoch + 1}/{E}, batch {b + 1}/{len(batches)}"
         ddp_util.failure_hook(dinfo.rank, tr.step + 1)  # testing aid, inactive unless MMRL_TEST_FAIL_RANK is set
-        try:
+
+        def one_step():  # ends with the metrics on the CPU: the step's time then covers the device's work
             if dinfo.enabled:
                 _, weights, global_batch = plan[b]
-                out, vals = _ddp_train_step(tr.ddp, tr.optimizer, tr.scaler, images, labels, weights.to(device),
-                                            global_batch, info=dinfo, device=device, precision=precision,
-                                            step=tr.step + 1, where=where, criterion=tr.criterion)
-            else:
-                out = train_step(model, tr.optimizer, tr.scaler, images, labels, device=device,
-                                 precision=precision, step=tr.step + 1, where=where, criterion=tr.criterion)
+                return _ddp_train_step(tr.ddp, tr.optimizer, tr.scaler, images, labels, weights.to(device),
+                                       global_batch, info=dinfo, device=device, precision=precision,
+                                       step=tr.step + 1, where=where, criterion=tr.criterion)
+            out = train_step(model, tr.optimizer, tr.scaler, images, labels, device=device,
+                             precision=precision, step=tr.step + 1, where=where, criterion=tr.criterion)
+            with torch.no_grad():
+                acc = (out.logits.fused.argmax(-1) == labels).float().mean()
+                return out, torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
+                                         out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
+
+        try:
+            out, vals = tr.meter.step(one_step, images) if tr.meter is not None else one_step()
         except NonFiniteLossError as e:
             kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {files.checkpoint_path}"
                     if files.checkpoint_path.is_file() else "no checkpoint was written yet")
             raise NonFiniteLossError(f"{e}; training stopped, {kept}. Try a lower optim.lr or "
                                      "precision fp32/bf16") from None
         tr.step += 1
-        if not dinfo.enabled:
-            with torch.no_grad():
-                acc = (out.logits.fused.argmax(-1) == labels).float().mean()
-                vals = torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
-                                    out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
         sums += vals
         v = vals.tolist()
         files.metric({"step": tr.step, "epoch": epoch, "batch": b, "lr": lr, "loss": v[0], "ce_class": v[1],
@@ -516,7 +535,8 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
     return (sums / max(len(batches), 1)).tolist()
 
 
-def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None) -> dict[str, Any]:
+def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None,
+                  meter: CostMeter | None = None) -> dict[str, Any]:
     """The protocol's end-of-training evaluation (decoupled inference); under torchrun sharded
     over the ranks, with the same results everywhere. Base-to-novel evaluates both halves."""
     from mmrl.engine.evaluator import EvalRequest, evaluate
@@ -525,7 +545,7 @@ def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None) -
 
     def run(subsample: str) -> dict[str, Any]:
         request = EvalRequest(cfg.data.dataset, cfg.data.root, subsample, output_dir=run_dir / rd.EVAL_DIR)
-        return evaluate(model, request, cfg=cfg, progress=progress)
+        return (meter or CostMeter()).evaluation(lambda: evaluate(model, request, cfg=cfg, progress=progress))
 
     results: dict[str, Any] = {"protocol": cfg.protocol, "method": cfg.method.name, "dataset": cfg.data.dataset,
                                "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone}
