@@ -39,13 +39,14 @@ def eval_record(dataset: str, subsample: str, accuracy: float, **extra: object) 
 def write_run(run_dir: Path, protocol: str, method: str, dataset: str, shots: int, seed: int,
               acc: Mapping[tuple[str, str], float], *, status: str = "finished", backbone: str = "ViT-B-16",
               name: str | None = None, official: bool = False, ablation: Mapping[str, Any] | None = None,
-              config_only: bool = False) -> Path:
+              config_only: bool = False, cost: Mapping[str, Any] | None = None) -> Path:
     """A run folder of `mmrl train` (or `mmrl convert-official` + `mmrl eval` when ``official``).
 
     acc: (evaluated dataset name, subsample) -> accuracy (%), e.g. {("EuroSAT", "base"): 91.0};
     name: the evaluated name of the run's own dataset when it is user data ("folder:pets");
     ablation: a run of `mmrl reproduce --vary` ({dotted key: value}: run.json "ablation", config.yaml
-    ``vary`` and the values at their places); config_only: only config.yaml (stopped while starting).
+    ``vary`` and the values at their places); config_only: only config.yaml (stopped while starting);
+    cost: run.json's (and results.json's) "cost" block (mmrl.engine.cost).
     """
     run_dir = Path(run_dir)
     info = {"version": VERSION, "method": method, "dataset": dataset, "protocol": protocol, "shots": shots,
@@ -58,6 +59,8 @@ def write_run(run_dir: Path, protocol: str, method: str, dataset: str, shots: in
         info["source"] = {"official_checkpoint": "/ckpt/model.pth.tar-5"}
     if ablation:
         info["ablation"] = dict(ablation)
+    if cost is not None:
+        info["cost"] = dict(cost)
     if not config_only:
         _dump(run_dir / "run.json", info)
     cfg: dict = {"protocol": protocol, "seed": seed, "backbone": backbone, "method": {"name": method},

@@ -68,10 +68,15 @@ def test_worker_processes_compute_what_one_process_computes(demo, tmp_path):
     assert alone["rows"] == [r for r in demo["rows"] if r["dataset"] == "toy_striped"]
 
 
-def test_demo_cli_json_reuses_finished_runs(demo, capsys):
-    """`mmrl demo --json` on the same folder prints the same table (finished runs are not retrained)."""
-    assert main(["demo", "--out", demo["out"], "--json"]) == 0
+def test_demo_cli_json_reuses_finished_runs(demo, capsys, caplog):
+    """`mmrl demo --json` on the same folder prints the same table (finished runs are not retrained)
+    and says that it reuses them."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="mmrl"):
+        assert main(["demo", "--out", demo["out"], "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
+    assert "10 of 10 training runs are already finished" in caplog.text and "reused" in caplog.text
     key = lambda d: [(r["dataset"], r["method"]) for r in d["rows"]]
     vals = lambda d: [r[k] for r in d["rows"] for k in ("base", "novel", "hm")]
     assert key(again) == key(demo)

@@ -29,7 +29,7 @@ from mmrl.data import load_image, transform_from_spec
 from mmrl.engine import precision as amp
 from mmrl.engine.decoupled import recorded_settings, resolve_class_set
 from mmrl.engine.export import build_metadata, export_program, format_for, load_exported, write_exported
-from mmrl.engine.inference import model_image_size
+from mmrl.models.towers import model_image_size
 from mmrl.engine.rundir import load_run, training_classnames
 from mmrl.errors import shown
 

@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # subcommand name -> (module under mmrl.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "the built-in demo: zero-shot CLIP vs MMRL vs MMRL++ on a synthetic world (CPU, minutes)"),
+    "backbones": ("backbones", "which open_clip pretrained models MMRL accepts, and why not the others"),
     "describe": ("describe", "build a method on a backbone and print its settings and parameter counts"),
     "toyworld": ("toyworld", "synthetic world: pretrain the tiny CLIP, write its tasks"),
     "data": ("data", "prepare and check datasets"),

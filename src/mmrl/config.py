@@ -40,6 +40,8 @@ from mmrl.vocab import PROTOCOLS, SUBSAMPLES, dataset_slug, doc
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("ce", "gce")                 # optim.loss (mmrl.models.losses)
+BALANCES = ("none", "logit_adjust")    # optim.balance
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DATASET_OVERRIDES_FILE = PRESET_DIR / "datasets.yaml"
 TOY_PRESET_FILE = PRESET_DIR / "toy.yaml"
@@ -141,6 +143,12 @@ class OptimConfig:
     warmup_epochs: int = doc("epochs at the constant warmup_lr before the cosine (0 = none)", 1)
     warmup_lr: float = doc("learning rate of the warm-up epochs", 1e-5)
     batch_size: int = doc("global training batch size (the loss is the mean over it)", 4)
+    loss: str = doc("classification loss of both terms: ce (cross-entropy) / gce (generalised cross-entropy, "
+                    "robust to wrong labels)", "ce")
+    gce_q: float = doc("q of gce: (1 - p_y^q) / q; q -> 0 is cross-entropy, 1 the mean absolute error", 0.7)
+    balance: str = doc("class imbalance remedy: none / logit_adjust (logit-adjusted loss from the training "
+                       "class counts)", "none")
+    balance_tau: float = doc("tau of logit_adjust: the loss sees logits + tau * log(class frequency)", 1.0)
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,20 @@ class EvalConfig:
     target_beta: dict[str, float] = doc(
         "MMRL++: beta used when evaluating on each listed dataset (cross-dataset targets)",
         factory=dict)
+
+
+REPORT_TO = ("tensorboard", "wandb", "csv")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where the metrics go besides metrics.jsonl (the ``logging`` section; mmrl.engine.sinks)."""
+
+    report_to: tuple[str, ...] = doc(
+        "extra metric writers, any of tensorboard (RUN_DIR/tensorboard, Dassl's tags) / wandb (W&B run; "
+        "project $WANDB_PROJECT or mmrl) / csv (RUN_DIR/csv); --report-to tensorboard,wandb", ())
+    run_name: Optional[str] = doc("W&B run name; null = <method>-<protocol>-<dataset>-<shots>shot-seed<seed>", None)
+    tags: tuple[str, ...] = doc("W&B tags besides the method, protocol, dataset and backbone", ())
 
 
 @dataclass(frozen=True)
@@ -177,6 +199,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     # ------------------------------------------------------------ derived
     @property
@@ -195,6 +218,8 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d["optim"]["betas"] = list(self.optim.betas)
         d["vary"] = list(self.vary)
+        d["logging"]["report_to"] = list(self.logging.report_to)
+        d["logging"]["tags"] = list(self.logging.tags)
         return d
 
     def value(self, key: str) -> Any:
@@ -610,6 +635,12 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     for key, v in (("optim.lr", cfg.optim.lr), ("optim.warmup_lr", cfg.optim.warmup_lr)):
         if not v > 0:
             bad(key, v, "a positive learning rate")
+    choice("optim.loss", cfg.optim.loss, LOSSES)
+    choice("optim.balance", cfg.optim.balance, BALANCES)
+    if not 0.0 < cfg.optim.gce_q <= 1.0:
+        bad("optim.gce_q", cfg.optim.gce_q, "a value in (0, 1]")
+    if cfg.optim.balance_tau < 0:
+        bad("optim.balance_tau", cfg.optim.balance_tau, "a value >= 0")
     if cfg.optim.weight_decay < 0:
         bad("optim.weight_decay", cfg.optim.weight_decay, "a value >= 0")
     if not all(0.0 <= b < 1.0 for b in cfg.optim.betas):
@@ -620,6 +651,8 @@ def validate(cfg: RunConfig, source: str = "config") -> None:
     if cfg.data.template is not None and cfg.data.template.count("{}") != 1:
         bad("data.template", cfg.data.template, "a template containing '{}' exactly once")
     cfg.data.validate(source)
+    for name in cfg.logging.report_to:
+        choice("logging.report_to", name, REPORT_TO)
     validate_vary(cfg.vary, source)
     for k, b in cfg.eval.target_beta.items():
         if not 0.0 <= b <= 1.0:
@@ -639,6 +672,8 @@ NOT_VARIABLE: dict[str, str] = {
     "data.num_workers": "it does not change results", "data.cache_dir": "it does not change results",
     "data.skip_bad_images": "it does not change results", "device": "it does not change results",
     "eval.batch_size": "it does not change results",
+    "logging.report_to": "it does not change results", "logging.run_name": "it does not change results",
+    "logging.tags": "it does not change results",
 }
 
 
@@ -661,7 +696,7 @@ def validate_vary(keys: Iterable[str], source: str) -> None:
 # Keys that may differ between a stored run and a re-run of it (they do not change the
 # trained weights): where the data lives, worker count, caches, device, evaluation.
 RESUME_IGNORED_PREFIXES = ("output", "data.root", "data.num_workers", "data.cache_dir", "data.skip_bad_images",
-                           "device", "eval.")
+                           "device", "eval.", "logging.")
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -65,10 +66,25 @@ def open_atomic(path: str | Path, mode: str = "wb", newline: str | None = None) 
         raise write_failed(path, e) from None
     finally:
         if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _remove_quietly(tmp)
+
+
+def _remove_quietly(path: str | Path) -> None:
+    """Remove a temporary file if it is there (cleaning up after a failed write must not fail)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read 1 MB at a time (run.json's record of the adapter file;
+    the audit's duplicate images)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
@@ -195,8 +211,5 @@ def check_writable_dir(folder: str | Path, hint: str) -> Path:
         raise NotWritableError(f"cannot write into {folder}: {reason}; {hint}") from e
     finally:
         if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _remove_quietly(tmp)
     return folder

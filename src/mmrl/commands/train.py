@@ -41,17 +41,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", help=key_help("data.template"))
     p.add_argument("--device", help=key_help("device"))
     p.add_argument("--precision", choices=PRECISIONS, help=key_help("precision"))
+    p.add_argument("--report-to", type=_report_to, metavar="NAMES",
+                   help=key_help("logging.report_to") + "; comma-separated, e.g. tensorboard,wandb,csv")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="resume RUN_DIR (or the run the other flags name) from its last checkpoint")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_progress_flag(p)
 
 
+def _report_to(text: str) -> list[str]:
+    """``tensorboard,wandb`` -> the names (checked, with the other keys, as logging.report_to)."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _flags(args: argparse.Namespace) -> dict:
     return {"data.root": args.root, "data.shots": args.shots, "seed": args.seed, "backbone": args.backbone,
             "output": args.output, "data.split_file": args.split_file, "data.template": args.template,
             "device": args.device,
-            "precision": args.precision}
+            "precision": args.precision, "logging.report_to": args.report_to}
 
 
 def build_config(args: argparse.Namespace):

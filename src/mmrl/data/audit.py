@@ -15,13 +15,12 @@ The probabilities come from the caller (``commands/data.py`` computes them with 
 from __future__ import annotations
 
 import csv
-import hashlib
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mmrl.fileio import open_atomic
+from mmrl.fileio import file_sha256, open_atomic
 
 from .core import Datum
 
@@ -69,14 +68,6 @@ def rare_classes(counts: Sequence[int]) -> list[int]:
     return sorted((c for c, n in enumerate(counts) if n < limit), key=lambda c: (counts[c], c))
 
 
-def content_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def duplicate_groups(splits: dict[str, Sequence[Datum]]) -> list[list[tuple[str, Datum]]]:
     """Groups (of 2 or more) of ``(split name, item)`` whose image files have the same bytes, each
     group in split-and-list order, the groups in order of their first member. An entry listed
@@ -86,7 +77,7 @@ def duplicate_groups(splits: dict[str, Sequence[Datum]]) -> list[list[tuple[str,
     for name, items in splits.items():
         for d in items:
             if d.impath not in hashes:
-                hashes[d.impath] = content_hash(d.impath)
+                hashes[d.impath] = file_sha256(d.impath)
             by_hash.setdefault(hashes[d.impath], []).append((name, d))
     return [g for g in by_hash.values() if len(g) > 1]
 

@@ -55,15 +55,6 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (what run.json records of the adapter file)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
     """safetensors bytes with the header's JSON keys sorted, so equal tensors and metadata give
     equal bytes (the tensor data's order is already fixed; the header is re-padded to 8 bytes)."""

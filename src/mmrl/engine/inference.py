@@ -15,15 +15,7 @@ from mmrl.engine import distributed as ddp_util
 from mmrl.engine import precision as amp
 from mmrl.engine.runtime import Progress, use_tty_progress
 from mmrl.fileio import dumps_json, open_atomic
-
-
-def model_image_size(model: nn.Module) -> int:
-    size = model.clip.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return model.clip.positional_embedding.device
+from mmrl.models.towers import model_device, model_image_size
 
 
 @torch.no_grad()

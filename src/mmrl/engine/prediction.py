@@ -12,7 +12,7 @@ from mmrl import data
 from mmrl.config import RunConfig
 from mmrl.engine import precision as amp
 from mmrl.engine.decoupled import check_class_list, resolve_class_set
-from mmrl.engine.inference import model_device, model_image_size
+from mmrl.models.towers import model_device, model_image_size
 from mmrl.engine.rundir import load_run
 
 

@@ -34,18 +34,16 @@ import torch
 from mmrl import data
 from mmrl.config import RunConfig, dump_config, load_config
 from mmrl.engine import distributed as ddp_util
-from mmrl.engine.checkpoint import (file_sha256, load_adapter, save_adapter, save_checkpoint, write_json_atomic,
+from mmrl.engine.checkpoint import (load_adapter, save_adapter, save_checkpoint, write_json_atomic,
                                     write_text_atomic)
-from mmrl.engine.runtime import log_to_file
-from mmrl.fileio import dumps_json, loads_json, read_json_or_none, write_failed
 from mmrl.engine.runcheck import adapter_settings, disagreements
+from mmrl.engine.runtime import log_to_file
+from mmrl.errors import CorruptFileError, clip
+from mmrl.fileio import JSONFileError, dumps_json, file_sha256, loads_json, read_json, read_json_or_none, write_failed
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
     ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, OTHER_SPLIT_FILE, RESULTS_FILE,
-    RUN_FILE, SPLIT_FILE,
-    eval_file_name,
+    RUN_FILE, SPLIT_FILE, eval_file_name,
 )
-from mmrl.errors import CorruptFileError, clip
-from mmrl.fileio import JSONFileError, read_json
 
 
 def now_iso() -> str:
@@ -247,10 +245,13 @@ class RunFiles:
         self.checkpoint_path = run_dir / CHECKPOINT_FILE
         self.metrics_path = run_dir / METRICS_FILE
         self._metrics = None
+        self.cfg: RunConfig | None = None
+        self.sinks = None  # the --report-to writers (mmrl.engine.sinks), open from the first epoch to the end
 
     def start(self, cfg: RunConfig, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
         """Write config.yaml and a run.json saying "running" (attempts counted, training time
         of earlier attempts kept); returns the run info to keep up to date."""
+        self.cfg = cfg
         if not self.writes:
             return {"timings": {}}
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -271,17 +272,24 @@ class RunFiles:
     def info(self, info: dict[str, Any]) -> None:
         if self.writes:
             write_run_info(self.dir, info)
+        if info.get("status") in ("failed", "interrupted"):  # the run ends here: flush what the writers hold
+            self.close_sinks()
 
     def split(self, splits, name: str = SPLIT_FILE) -> None:
         """split.json: the lists the run trains and is tested on (or, by ``name``, another record)."""
         if self.writes:
             data.write_split_file(splits, self.dir / name)
 
-    def metrics(self, start_epoch: int | None) -> contextlib.AbstractContextManager:
+    def metrics(self, start_epoch: int | None, step: int = 0) -> contextlib.AbstractContextManager:
         """metrics.jsonl open for appending; a resumed run (``start_epoch``) keeps the lines of the
-        epochs its checkpoint covers, a fresh one (None) starts the file over."""
+        epochs its checkpoint covers (``step`` optimiser steps), a fresh one (None) starts the file
+        over. The --report-to writers open here and stay open until :meth:`finish`."""
         if not self.writes:
             return contextlib.nullcontext()
+        if self.cfg is not None and self.cfg.logging.report_to and self.sinks is None:
+            from mmrl.engine.sinks import Sinks
+
+            self.sinks = Sinks(self.cfg.logging.report_to, self.dir, self.cfg, None if start_epoch is None else step)
         if start_epoch is not None:
             truncate_metrics(self.metrics_path, start_epoch)
         elif self.metrics_path.exists():
@@ -304,6 +312,18 @@ class RunFiles:
                 self._metrics.flush()
             except OSError as e:  # a full disk: say which file (the OS's message names none)
                 raise write_failed(self.metrics_path, e) from None
+            if self.sinks is not None:
+                self.sinks.step(row)
+
+    def evaluated(self, results: dict[str, Any], step: int) -> None:
+        """The run's evaluation (and cost block) to the --report-to writers."""
+        if self.sinks is not None:
+            self.sinks.evaluated(results, step)
+
+    def close_sinks(self) -> None:
+        if self.sinks is not None:
+            self.sinks.close()
+            self.sinks = None
 
     def checkpoint(self, **state) -> None:
         if self.writes:
@@ -325,5 +345,6 @@ class RunFiles:
     def finish(self, info: dict[str, Any]) -> None:
         """run.json says "finished"; the checkpoint goes (adapter.safetensors holds the final weights)."""
         self.info(info)
+        self.close_sinks()
         if self.writes and self.checkpoint_path.is_file():
             self.checkpoint_path.unlink()

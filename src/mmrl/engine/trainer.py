@@ -34,6 +34,8 @@ from mmrl.data.imagefolder import is_user_spec
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine import precision as amp
 from mmrl.engine import rundir as rd
+from mmrl.engine import sinks
+from mmrl.engine.cost import CostMeter, combine_ranks
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
@@ -41,6 +43,7 @@ from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fit
 from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps_per_epoch
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.models import build_method
+from mmrl.models.losses import Criterion, build_criterion, cross_entropy
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
@@ -81,7 +84,7 @@ def train_step(model, optimizer, scaler, images: torch.Tensor, labels: torch.Ten
 
 def _ddp_train_step(ddp, optimizer, scaler, images: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
                     global_batch: int, *, info: ddp_util.DistInfo, device: torch.device, precision: str,
-                    step: int, where: str):
+                    step: int, where: str, criterion: Criterion = cross_entropy):
     """One data-parallel step on this rank's slice of a global batch.
 
     The forward goes through the DDP wrapper (its reducer averages the gradients over
@@ -94,7 +97,8 @@ def _ddp_train_step(ddp, optimizer, scaler, images: torch.Tensor, labels: torch.
     backward pass, so a non-finite loss on any rank stops every rank at the same step.
     """
     with autocast(device, precision):
-        out = ddp(images, labels, batch_size=global_batch, weights=weights, world_size=info.world_size)
+        out = ddp(images, labels, batch_size=global_batch, weights=weights, world_size=info.world_size,
+                  criterion=criterion)
     with torch.no_grad():
         real = weights > 0
         correct = ((out.logits.fused.argmax(-1) == labels) & real).sum()
@@ -199,10 +203,12 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     # where the data is (a user folder that is not there), and settings that need the backbone,
     # are checked before anything is written
     data.locate(cfg.data.dataset, cfg.data.root, template=cfg.data.template)
+    sinks.check_available(cfg.logging.report_to)  # a missing optional package: one line, before anything is written
     if cfg.data.split_file is not None and not Path(cfg.data.split_file).is_file():
         raise data.MissingDataError(f"data.split_file: no such file: {cfg.data.split_file}")
     device = ddp_util.local_device(resolve_device(cfg.device), dinfo)
-    with ddp_util.local_rank0_first(dinfo):  # one download per node of a backbone not cached yet
+    meter = CostMeter()
+    with ddp_util.local_rank0_first(dinfo), meter.phase("backbone_load"):  # one download per node of a backbone not cached yet
         backbone = load_backbone_checked(cfg.backbone, device=device)
     precision, precision_reason = amp.choose_precision(cfg.precision, device, amp.tower_width(backbone))
     check_method_fits(backbone, cfg.method)
@@ -213,7 +219,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     with files.log():
         try:
             results = _train_and_evaluate(cfg, files, info, backbone, device, precision, progress, on_epoch_end,
-                                          dinfo)
+                                          dinfo, meter)
         except KeyboardInterrupt:
             where = _where_stopped(info, cfg.optim.epochs, files.checkpoint_path if is_main else None)
             msg = (f"training stopped {where}; {run_dir} is marked interrupted; resume with: "
@@ -287,29 +293,42 @@ class _Training:
     start_epoch: int                # epochs already done (a resumed run's checkpoint)
     step: int                       # optimiser steps already done
     resumed: bool
+    criterion: Criterion            # the per-sample classification loss (optim.loss, optim.balance)
+    meter: CostMeter | None = None  # what the run costs (mmrl.engine.cost)
 
 
 def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device,
                         precision: str, progress: bool | None,
                         on_epoch_end: Callable[[dict[str, Any]], None] | None,
-                        dinfo: ddp_util.DistInfo = ddp_util.DistInfo()) -> dict[str, Any]:
+                        dinfo: ddp_util.DistInfo = ddp_util.DistInfo(),
+                        meter: CostMeter | None = None) -> dict[str, Any]:
     """Set up (or resume), train the remaining epochs, save the adapter, evaluate."""
+    meter = meter or CostMeter()
     t_setup = time.time()
-    tr = _set_up(cfg, files, info, backbone, device, precision, dinfo)
+    with meter.phase("setup"):
+        tr = _set_up(cfg, files, info, backbone, device, precision, dinfo, meter)
+    tr.meter = meter
     timings = info.setdefault("timings", {})
     timings["setup_s"] = round(time.time() - t_setup, 3)
-    _train_epochs(cfg, tr, files, info, device, precision, progress, on_epoch_end, dinfo)
+    with meter.phase("train"):
+        _train_epochs(cfg, tr, files, info, device, precision, progress, on_epoch_end, dinfo)
     info["adapter_sha256"] = files.adapter(tr.model, cfg)  # load_run checks the file against it
     files.info(info)
     t_eval = time.time()
-    results = _evaluate_run(cfg, tr.model, files.dir, progress)
+    results = _evaluate_run(cfg, tr.model, files.dir, progress, meter)
     timings["eval_s"] = round(time.time() - t_eval, 3)
+    meter.count_eval_flops(tr.model, cfg.eval.precision)
+    mine = meter.block(device=device, precision=precision, model=tr.model, steps=tr.step,
+                       images_seen=int(info.get("epochs_done", 0)) * len(tr.train_ds),
+                       train_s=float(timings.get("train_s", 0.0)), world_size=dinfo.world_size)
+    info["cost"] = results["cost"] = combine_ranks(ddp_util.all_gather_objects(mine, dinfo))
     files.results(results)
+    files.evaluated(results, step=tr.step)
     return results
 
 
 def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device, precision: str,
-            dinfo: ddp_util.DistInfo) -> _Training:
+            dinfo: ddp_util.DistInfo, meter: CostMeter) -> _Training:
     """The splits, the model, the optimiser and the training data; the checkpoint's state when
     the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
     directory must be visible to all nodes to resume a multi-node run)."""
@@ -348,7 +367,8 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
     info["device"], info["precision"] = str(device), precision
     info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
     files.info(info)
-    model.set_classes(splits.classnames, splits.template)
+    with meter.phase("text_encoding"):
+        model.set_classes(splits.classnames, splits.template)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr_at_epoch(0, cfg.optim), betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
@@ -389,7 +409,10 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
         # DDP broadcasts rank 0's parameters (identical anyway: same seed, same checkpoint) and
         # averages gradients; optimizer, checkpoints and the adapter file use `model` itself
         ddp = ddp_util.wrap_ddp(model, device)
-    return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume))
+    # the class counts of the realised training split: an imbalanced sample's own frequencies
+    criterion = build_criterion(cfg.optim.loss, cfg.optim.gce_q, cfg.optim.balance, cfg.optim.balance_tau,
+                                splits.train_counts())
+    return _Training(model, ddp, optimizer, scaler, train_ds, start_epoch, step, bool(resume), criterion)
 
 
 def _say_if_toy_clip_without_toy_settings(cfg: RunConfig) -> None:
@@ -438,7 +461,7 @@ def _train_epochs(cfg: RunConfig, tr: _Training, files: rd.RunFiles, info: dict,
     tty = use_tty_progress(progress) and dinfo.is_main
     timings = info["timings"]
     train_s = float(timings.get("train_s", 0.0))
-    with files.metrics(tr.start_epoch if tr.resumed else None):
+    with files.metrics(tr.start_epoch if tr.resumed else None, tr.step):
         for epoch in range(tr.start_epoch, E):
             t_epoch = time.time()
             lr = lr_at_epoch(epoch, cfg.optim)
@@ -485,26 +508,28 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
         labels = labels.to(device, non_blocking=True)
         where = f"epoch {epoch + 1}/{E}, batch {b + 1}/{len(batches)}"
         ddp_util.failure_hook(dinfo.rank, tr.step + 1)  # testing aid, inactive unless MMRL_TEST_FAIL_RANK is set
-        try:
+
+        def one_step():  # ends with the metrics on the CPU: the step's time then covers the device's work
             if dinfo.enabled:
                 _, weights, global_batch = plan[b]
-                out, vals = _ddp_train_step(tr.ddp, tr.optimizer, tr.scaler, images, labels, weights.to(device),
-                                            global_batch, info=dinfo, device=device, precision=precision,
-                                            step=tr.step + 1, where=where)
-            else:
-                out = train_step(model, tr.optimizer, tr.scaler, images, labels, device=device,
-                                 precision=precision, step=tr.step + 1, where=where)
+                return _ddp_train_step(tr.ddp, tr.optimizer, tr.scaler, images, labels, weights.to(device),
+                                       global_batch, info=dinfo, device=device, precision=precision,
+                                       step=tr.step + 1, where=where, criterion=tr.criterion)
+            out = train_step(model, tr.optimizer, tr.scaler, images, labels, device=device,
+                             precision=precision, step=tr.step + 1, where=where, criterion=tr.criterion)
+            with torch.no_grad():
+                acc = (out.logits.fused.argmax(-1) == labels).float().mean()
+                return out, torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
+                                         out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
+
+        try:
+            out, vals = tr.meter.step(one_step, images) if tr.meter is not None else one_step()
         except NonFiniteLossError as e:
             kept = (f"the last good checkpoint (after epoch {epoch}) is kept in {files.checkpoint_path}"
                     if files.checkpoint_path.is_file() else "no checkpoint was written yet")
             raise NonFiniteLossError(f"{e}; training stopped, {kept}. Try a lower optim.lr or "
                                      "precision fp32/bf16") from None
         tr.step += 1
-        if not dinfo.enabled:
-            with torch.no_grad():
-                acc = (out.logits.fused.argmax(-1) == labels).float().mean()
-                vals = torch.stack([out.total.float(), out.ce_class.float(), out.ce_rep.float(),
-                                    out.reg_image.float(), out.reg_text.float(), acc]).cpu().double()
         sums += vals
         v = vals.tolist()
         files.metric({"step": tr.step, "epoch": epoch, "batch": b, "lr": lr, "loss": v[0], "ce_class": v[1],
@@ -513,7 +538,8 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
     return (sums / max(len(batches), 1)).tolist()
 
 
-def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None) -> dict[str, Any]:
+def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None,
+                  meter: CostMeter | None = None) -> dict[str, Any]:
     """The protocol's end-of-training evaluation (decoupled inference); under torchrun sharded
     over the ranks, with the same results everywhere. Base-to-novel evaluates both halves."""
     from mmrl.engine.evaluator import EvalRequest, evaluate
@@ -523,7 +549,7 @@ def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None) -
 
     def run(subsample: str) -> dict[str, Any]:
         request = EvalRequest(cfg.data.dataset, cfg.data.root, subsample, output_dir=run_dir / rd.EVAL_DIR)
-        return evaluate(model, request, cfg=cfg, progress=progress)
+        return (meter or CostMeter()).evaluation(lambda: evaluate(model, request, cfg=cfg, progress=progress))
 
     results: dict[str, Any] = {"protocol": cfg.protocol, "method": cfg.method.name, "dataset": cfg.data.dataset,
                                "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone}

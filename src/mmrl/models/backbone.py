@@ -1,4 +1,4 @@
-"""Load a CLIP ViT backbone the ways users already name it.
+"""Load a backbone (a CLIP ViT or another open_clip transformer family) the ways users name it.
 
 A backbone spec is one string (`--backbone SPEC`):
 
@@ -6,7 +6,8 @@ A backbone spec is one string (`--backbone SPEC`):
 spec                                   meaning
 =====================================  ==================================================
 ``ViT-B-16`` / ``ViT-B-16:openai``     open_clip model name + pretrained tag (downloaded
-                                       by open_clip; a bare name means the ``openai`` tag)
+                                       by open_clip; a bare name means the ``openai`` tag,
+                                       or the only/first tag of a name without one)
 ``ViT-L-14:laion2b_s32b_b82k``         any open_clip tag
 ``/path/ViT-B-16.pt``                  OpenAI-format file: OpenAI's TorchScript archive
                                        (tensors read without executing it), a
@@ -17,10 +18,13 @@ spec                                   meaning
                                        that ships inside the package (``mmrl demo``)
 =====================================  ==================================================
 
-Every backbone is an :class:`open_clip.model.CLIP` in fp32, frozen and in eval mode,
-plus CLIP's BPE tokenizer. OpenAI weights were trained with QuickGELU: we set it
-from the pretrained tag's metadata (or always, for OpenAI-format files) so the user
-never has to know.
+Every backbone is an open_clip model (``CLIP``, or ``CustomTextCLIP`` for timm image towers and
+SigLIP-style text towers) in fp32, frozen and in eval mode, plus its tokenizer: CLIP's BPE
+tokenizer, or the model's own open_clip tokenizer for another vocabulary. Which towers are
+accepted, and how the method reads them, is :mod:`mmrl.models.towers` (docs/method.md, "Other
+tower families"); ``mmrl backbones`` lists open_clip's pretrained models with the verdict. OpenAI
+weights were trained with QuickGELU: we set it from the pretrained tag's metadata (or always, for
+OpenAI-format files) so the user never has to know.
 
 Pretrained weights of an open_clip name are loaded from the local cache without any
 network access when they are there. When they are not, the download server is probed
@@ -33,6 +37,7 @@ import contextlib
 import copy
 import difflib
 import functools
+import importlib.util
 import logging
 import os
 import socket
@@ -46,6 +51,8 @@ from torch import nn
 
 from mmrl.backbone_spec import CHECKPOINT_SUFFIXES, TOY_CLIP_FILE, TOY_CLIP_NAME
 from mmrl.errors import BackboneUnavailableError
+from mmrl.models.towers import (Towers, attention_layout_problem, block_problem, check_block_math,  # noqa: F401
+                               refusal, towers_of, towers_problem)
 
 CLIP_BPE_VOCAB = 49408  # size of CLIP's BPE vocabulary (open_clip's SimpleTokenizer)
 
@@ -61,10 +68,10 @@ ARCHITECTURE_CAPS = {"width": 4096, "layers": 128, "image_size": 1024, "patch_si
 
 @dataclass
 class Backbone:
-    """A frozen CLIP ViT and the tokenizer that goes with it.
+    """A frozen open_clip model and the tokenizer that goes with it; sizes via its tower adapters.
 
     Attributes:
-        clip: the open_clip ``CLIP`` module (fp32, eval mode, ``requires_grad=False``).
+        clip: the open_clip model (``CLIP`` / ``CustomTextCLIP``; fp32, eval mode, ``requires_grad=False``).
         tokenizer: ``tokenizer(list_of_str) -> LongTensor (N, context_length)``.
         spec: the spec string it was loaded from (stored in run configs).
     """
@@ -74,49 +81,61 @@ class Backbone:
     spec: str
 
     @property
+    def towers(self) -> Towers:
+        """The adapters of both towers (:mod:`mmrl.models.towers`), the only view of the model's internals."""
+        return towers_of(self.clip, self.spec)
+
+    @property
     def vision_width(self) -> int:  # d_v
-        return self.clip.visual.conv1.out_channels
+        return self.towers.vision.width
 
     @property
     def text_width(self) -> int:  # d_t
-        return self.clip.ln_final.normalized_shape[0]
+        return self.towers.text.width
 
     @property
     def embed_dim(self) -> int:  # d_e
-        return self.clip.text_projection.shape[1]
+        return self.towers.text.embed_dim
 
     @property
     def vision_layers(self) -> int:
-        return len(self.clip.visual.transformer.resblocks)
+        return self.towers.vision.layers
 
     @property
     def text_layers(self) -> int:
-        return len(self.clip.transformer.resblocks)
+        return self.towers.text.layers
 
     @property
     def image_size(self) -> int:
-        size = self.clip.visual.image_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return self.towers.vision.image_size
 
     @property
     def context_length(self) -> int:
-        return int(self.clip.positional_embedding.shape[0])
+        return self.towers.text.context_length
 
     def describe(self) -> dict:
         """Architecture summary (JSON-able)."""
+        t = self.towers
+        v, x = t.vision, t.text
+        pre = v.preprocess
         return {
             "spec": self.spec,
-            "vision_width": self.vision_width,
-            "vision_layers": self.vision_layers,
-            "vision_heads": self.clip.visual.transformer.resblocks[0].attn.num_heads,
-            "patch_size": self.clip.visual.conv1.kernel_size[0],
-            "image_size": self.image_size,
-            "text_width": self.text_width,
-            "text_layers": self.text_layers,
-            "text_heads": self.clip.transformer.resblocks[0].attn.num_heads,
-            "context_length": self.context_length,
-            "vocab_size": self.clip.token_embedding.num_embeddings,
-            "embed_dim": self.embed_dim,
+            "vision_tower": v.kind,
+            "vision_width": v.width,
+            "vision_layers": v.layers,
+            "vision_heads": v.heads,
+            "patch_size": v.patch_size,
+            "image_size": v.image_size,
+            "image_mean": list(pre["mean"]),
+            "image_std": list(pre["std"]),
+            "text_width": x.width,
+            "text_layers": x.layers,
+            "text_heads": x.heads,
+            "text_pooling": x.pool_type if x.causal else f"{x.pool_type} (bidirectional)",
+            "context_length": x.context_length,
+            "vocab_size": x.vocab_size,
+            "embed_dim": x.embed_dim,
+            "fast_path": t.clip_layout,
         }
 
 
@@ -127,92 +146,34 @@ def _frozen(clip: nn.Module) -> nn.Module:
     return clip
 
 
-def attention_layout_problem(attn: nn.Module) -> str | None:
-    """What keeps ``attn`` from being run as plain fused multi-head self-attention, or None.
-
-    Recognised by its parts, not its class, so that both open_clip generations pass: 3.x's
-    ``nn.MultiheadAttention`` and 4.x's own ``Attention`` both hold a fused
-    ``in_proj_weight`` (3D, D), an optional ``in_proj_bias`` (3D,), an ``out_proj`` Linear and
-    ``num_heads``. Anything that changes the math of ``softmax(q k^T / sqrt(d_h)) v`` is
-    refused: separate q/k/v weights, MHA's ``bias_k``/``add_zero_attn``, scaled-cosine
-    attention, per-head scales, q/k or inner norms, a non-standard scale.
-    """
-    w, out, heads = (getattr(attn, n, None) for n in ("in_proj_weight", "out_proj", "num_heads"))
-    if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[0] != 3 * w.shape[1]:
-        return "a fused q/k/v projection (in_proj_weight of shape (3D, D))"
-    D = w.shape[1]
-    bias = getattr(attn, "in_proj_bias", None)
-    if bias is not None and tuple(bias.shape) != (3 * D,):
-        return "an in_proj_bias of shape (3D,)"
-    if not isinstance(out, nn.Linear) or (out.in_features, out.out_features) != (D, D):
-        return "an out_proj Linear (D, D)"
-    if not isinstance(heads, int) or heads < 1 or D % heads:
-        return "a num_heads that divides the width"
-    if getattr(attn, "bias_k", None) is not None or getattr(attn, "add_zero_attn", False):
-        return "attention without extra key/value biases (bias_k, add_zero_attn)"
-    for name in ("logit_scale", "head_scale"):  # scaled-cosine attention, per-head output scales
-        if getattr(attn, name, None) is not None:
-            return f"attention without {name}"
-    for name in ("ln_q", "ln_k", "ln_inner"):
-        if not isinstance(getattr(attn, name, nn.Identity()), nn.Identity):
-            return f"attention without {name}"
-    scale = getattr(attn, "scale", None)
-    if scale is not None and abs(float(scale) - (D // heads) ** -0.5) > 1e-12:
-        return "the standard attention scale 1/sqrt(head width)"
-    return None
-
-
-def block_layout_problem(blk: nn.Module) -> str | None:
-    """What keeps ``blk`` from being a pre-LN residual attention block
-    ``x + ls_1(attn(ln_1(x)))``, then ``x + ls_2(mlp(ln_2(x)))``, or None (parts, not class)."""
-    for name in ("ln_1", "attn", "ln_2", "mlp"):
-        if not isinstance(getattr(blk, name, None), nn.Module):
-            return f"a block part {name}"
-    if hasattr(blk, "ln_1_kv"):
-        return "self-attention blocks (not cross-attention)"
-    for name in ("ls_1", "ls_2"):
-        if not callable(getattr(blk, name, None)):
-            return f"a block part {name} (LayerScale or identity)"
-    if not isinstance(getattr(blk, "ln_attn", nn.Identity()), nn.Identity):
-        return "blocks without a norm after attention (ln_attn)"
-    return attention_layout_problem(blk.attn)
+# the layout checks live with the adapters; these names stay importable from here
+block_layout_problem = block_problem
 
 
 def check_vit_clip(clip: nn.Module, spec: str) -> None:
-    """Refuse backbones MMRL cannot be applied to, saying why.
+    """Refuse backbones MMRL cannot be applied to, with one line naming the model and the part.
 
-    MMRL inserts representation tokens between transformer blocks of BOTH towers and
-    reads the class token / EOT token, so it needs open_clip's standard ``CLIP`` with a
-    ViT image tower (class-token pooling) and CLIP's causal text transformer, whose blocks
-    are plain pre-LN attention blocks (:func:`block_layout_problem`; open_clip 3.x and 4.x).
+    MMRL inserts representation tokens between the transformer blocks of BOTH towers, so it
+    needs a transformer image tower and an open_clip text transformer whose blocks are plain
+    pre-LN attention blocks; pooling and heads are the towers' own (:mod:`mmrl.models.towers`,
+    docs/method.md "Other tower families"). Conv towers (ResNet, ConvNeXt, FastViT) are refused.
     """
-    from open_clip.model import CLIP
-    from open_clip.transformer import VisionTransformer
-
-    if not isinstance(clip, CLIP):
+    if not hasattr(clip, "visual"):
+        raise ValueError(f"backbone {spec!r}: {type(clip).__name__} has no image tower (visual); "
+                         "MMRL needs a CLIP-style model with an image and a text transformer")
+    visual = clip.visual
+    if hasattr(visual, "layer1") or type(visual).__name__ == "ModifiedResNet":
         raise ValueError(
-            f"backbone {spec!r}: {type(clip).__name__} is not a standard CLIP with its own text transformer; "
-            "MMRL inserts tokens into CLIP's text transformer blocks, so it needs an open_clip `CLIP` model "
-            "(e.g. ViT-B-16, ViT-L-14)")
-    if not isinstance(clip.visual, VisionTransformer):
-        raise ValueError(
-            f"backbone {spec!r} has a {type(clip.visual).__name__} image tower (a ResNet CLIP?): MMRL inserts "
+            f"backbone {spec!r} has a {type(visual).__name__} image tower (a ResNet CLIP?): MMRL inserts "
             "representation tokens between the blocks of a vision TRANSFORMER, so it needs a ViT CLIP")
-    v = clip.visual
-    if v.attn_pool is not None or v.pool_type != "tok" or v.final_ln_after_pool:
-        raise ValueError(f"backbone {spec!r}: MMRL needs class-token pooling in the vision tower "
-                         f"(pool_type='tok', no attentional pooling)")
-    if getattr(clip, "text_pool_type", "argmax") != "argmax" or clip.attn_mask is None:
-        raise ValueError(f"backbone {spec!r}: MMRL needs CLIP's causal text tower pooled at the EOT token")
-    for tower, blocks in (("vision", v.transformer.resblocks), ("text", clip.transformer.resblocks)):
-        for i, blk in enumerate(blocks):
-            problem = block_layout_problem(blk)
+    towers = towers_of(clip, spec)
+    for tower in (towers.vision, towers.text):
+        for i, blk in enumerate(tower.blocks):
+            problem = check_block_math(blk)
             if problem is not None:
-                raise ValueError(f"backbone {spec!r}: {tower} block {i} ({type(blk).__name__}) is not supported: "
-                                 f"MMRL needs {problem}")
-    if clip.token_embedding.num_embeddings != CLIP_BPE_VOCAB:
-        raise ValueError(f"backbone {spec!r}: vocabulary of {clip.token_embedding.num_embeddings} tokens; "
-                         f"MMRL uses CLIP's BPE tokenizer ({CLIP_BPE_VOCAB} tokens)")
+                side = "vision" if tower is towers.vision else "text"
+                raise ValueError(f"backbone {spec!r}: {side} block {i} ({type(blk.blk).__name__}) is not "
+                                 f"supported: MMRL needs {problem}")
 
 
 def infer_openai_architecture(state_dict: dict[str, torch.Tensor]) -> dict:
@@ -335,7 +296,7 @@ def _looks_like_file(s: str) -> bool:
 
 def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,
                   device: str | torch.device = "cpu") -> Backbone:
-    """Load a frozen CLIP ViT from a spec string (see module docstring).
+    """Load a frozen backbone from a spec string (see module docstring).
 
     Args:
         spec: the backbone spec.
@@ -355,10 +316,73 @@ def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,
         raise FileNotFoundError(f"backbone file not found: {spec}")
     else:
         name, _, tag = spec.partition(":")
-        clip = _open_clip_model(name, tag or "openai", pretrained, spec)
+        clip = _open_clip_model(name, tag or _default_tag(name), pretrained, spec)
+        _set_preprocess(clip, name, tag or _default_tag(name))
     check_vit_clip(clip, spec)
     clip = _frozen(clip).to(device)
-    return Backbone(clip=clip, tokenizer=_tokenizer(int(clip.positional_embedding.shape[0])), spec=spec)
+    return Backbone(clip=clip, tokenizer=_tokenizer_for(clip, spec), spec=spec)
+
+
+def _tokenizer_for(clip: nn.Module, spec: str) -> Callable[[list[str]], torch.Tensor]:
+    """CLIP's BPE tokenizer for a tower with CLIP's vocabulary; else the model's own tokenizer
+    (open_clip's ``get_tokenizer``, a Hugging Face one for SigLIP, MetaCLIP-2 worldwide...),
+    built on first use from the local cache, offline: :class:`BackboneUnavailableError` when
+    it is not cached."""
+    text = towers_of(clip, spec).text
+    if text.vocab_size == CLIP_BPE_VOCAB:
+        return _tokenizer(text.context_length)
+    return _LazyTokenizer(spec.partition(":")[0], text.context_length, spec)
+
+
+class _LazyTokenizer:
+    """A model's own open_clip tokenizer, built on first call (from the local cache only)."""
+
+    def __init__(self, name: str, context_length: int, spec: str):
+        self.name, self.context_length, self.spec = name, context_length, spec
+        self._tok: Callable[[list[str]], torch.Tensor] | None = None
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if self._tok is None:
+            import open_clip
+
+            hf = ((open_clip.get_model_config(self.name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+            if hf and importlib.util.find_spec("transformers") is None:
+                raise BackboneUnavailableError(
+                    f"backbone {self.spec!r}: its tokenizer is the Hugging Face tokenizer {hf}, which needs the "
+                    "transformers package: pip install transformers (then it is read from the Hugging Face cache)")
+            try:
+                with _quiet_open_clip(), _hub_offline():
+                    self._tok = open_clip.get_tokenizer(self.name, context_length=self.context_length)
+            except Exception as e:  # not cached (OSError and kin across transformers versions)
+                raise BackboneUnavailableError(
+                    f"backbone {self.spec!r}: the tokenizer of {self.name} is not cached on this machine "
+                    f"({type(e).__name__}: {' '.join(str(e).split())[:160]}). Ways on: connect to the internet "
+                    f"once (it is then cached by Hugging Face), or use a backbone with CLIP's BPE tokenizer "
+                    "(e.g. ViT-B-16, toy-clip)") from e
+        return self._tok(texts)
+
+
+def _set_preprocess(clip: nn.Module, name: str, tag: str) -> None:
+    """Give the image tower the mean/std its weights were trained with (open_clip attaches them
+    only when it loads a pretrained tag): the tag's, or for a local checkpoint the model's first
+    listed tag's. The adapters read them (``VisionTower.preprocess``)."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    pcfg = open_clip.get_pretrained_cfg(name, tag if tag in tags else (tags[0] if tags else "")) or {}
+    if "mean" in pcfg and "std" in pcfg:
+        cfg = dict(getattr(clip.visual, "preprocess_cfg", None) or {})
+        cfg.update(mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+        clip.visual.preprocess_cfg = cfg
+
+
+def _default_tag(name: str) -> str:
+    """The tag a bare open_clip name means: ``openai`` where open_clip has it (CLIP's own
+    weights), else the name's only or first listed tag (e.g. ``webli`` for SigLIP)."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name) if name in open_clip.list_models() else []
+    return "openai" if "openai" in tags or not tags else tags[0]
 
 
 def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Module:
@@ -568,3 +592,38 @@ def _quiet_open_clip() -> Iterator[None]:
         root.removeFilter(drop)
         if guard is not None:
             root.removeHandler(guard)
+
+
+# --------------------------------------------------------------------------- open_clip architectures
+@functools.cache
+def architecture_problem(name: str) -> str | None:
+    """Why MMRL refuses open_clip architecture ``name`` (one line naming the part), or None.
+
+    Decided from the architecture alone: the model is built on the meta device (no weights, no
+    memory, no download; nothing is written to any cache), then its towers are recognised as
+    :func:`load_backbone` would (the numeric block check needs real weights and runs there).
+    """
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        return f"open_clip has no model config {name!r}"
+    hf = (cfg.get("text_cfg") or {}).get("hf_model_name")
+    if hf:  # building it would fetch the Hugging Face config from the network
+        return (f"MMRL needs an open_clip text transformer (this text tower is the Hugging Face encoder {hf}, "
+                "not supported yet)")
+    timm_name = (cfg.get("vision_cfg") or {}).get("timm_model_name")
+    if timm_name:
+        try:
+            import timm
+        except ImportError:
+            return f"its vision tower is timm's {timm_name}: install timm (pip install 'mmrl[timm]')"
+        if not timm.is_model(timm_name):
+            return f"its vision tower timm {timm_name} is not in the installed timm {timm.__version__}"
+    try:
+        with _quiet_open_clip(), torch.device("meta"):
+            model = open_clip.create_model(name, pretrained=None, device="meta")
+    except Exception as e:  # an architecture this open_clip / timm cannot build
+        return f"open_clip cannot build it here ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
+    problem = towers_problem(model)
+    return None if problem is None else refusal(problem)

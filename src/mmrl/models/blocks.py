@@ -1,10 +1,13 @@
-"""CLIP's residual attention blocks, computed with fused attention, whole or in part.
+"""Pre-LN residual attention blocks, computed with fused attention, whole or in part.
 
-The fast path of :mod:`mmrl.models.mmrl` runs open_clip's ``ResidualAttentionBlock`` weights
-through these functions instead of the block's own ``forward`` (``nn.MultiheadAttention``):
-the same math (pre-LN attention, then pre-LN MLP, optional LayerScale), with
+The fast path of :mod:`mmrl.models.mmrl` (and the generic path of other tower families) runs
+a block's weights through these functions instead of the block's own ``forward``: the same
+math (pre-LN attention, then pre-LN MLP, optional LayerScale), with
 ``F.scaled_dot_product_attention`` and the option to compute only the rows that are read.
-Shapes: B batch, N tokens, D width; heads split D into (heads, D / heads).
+A block is an open_clip or timm block or its :class:`~mmrl.models.towers.BlockParts` view
+(the parts are read through the view: :mod:`mmrl.models.towers` is the only module that
+knows the libraries' names). Shapes: B batch, N tokens, D width; heads split D into
+(heads, D / heads).
 """
 from __future__ import annotations
 
@@ -14,67 +17,76 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmrl.models.towers import BlockParts, parts
 
-def run_block(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+Block = nn.Module | BlockParts
+
+
+def run_block(blk: Block, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
     """One CLIP residual attention block with ``F.scaled_dot_product_attention``.
 
     Same math as open_clip's ``ResidualAttentionBlock.forward`` (pre-LN attention, then
     pre-LN MLP, optional LayerScale), but fused attention kernels.
 
     Args:
-        blk: an open_clip ResidualAttentionBlock (``attn`` is an ``nn.MultiheadAttention``).
+        blk: a pre-LN attention block (open_clip, timm) or its parts.
         x: (B, N, D) tokens.
         attn_mask: optional (N, N) bool (True = may attend) or additive float mask.
     Returns:
         (B, N, D)
     """
-    q, k, v = qkv(blk, blk.ln_1(x))
+    blk = parts(blk)
+    q, k, v = qkv(blk, blk.norm1(x))
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
     return finish_block(blk, x, o)
 
 
-def qkv(blk: nn.Module, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def qkv(blk: Block, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(B, N, D) normed tokens -> q, k, v each (B, heads, N, D / heads)."""
     return project(blk, h, 0, 3).unbind(0)  # unbind: one gradient buffer, not three zero-filled
 
 
-def project(blk: nn.Module, h: Tensor, first: int, count: int) -> Tensor:
+def project(blk: Block, h: Tensor, first: int, count: int) -> Tensor:
     """``count`` of the q/k/v projections (0 = q, 1 = k, 2 = v) starting at ``first``:
     (B, N, D) normed tokens -> (count, B, heads, N, D / heads)."""
     B, N, D = h.shape
+    H = parts(blk).num_heads
     out = in_proj(blk, h, first, count)
-    return out.view(B, N, count, blk.attn.num_heads, D // blk.attn.num_heads).permute(2, 0, 3, 1, 4)
+    return out.view(B, N, count, H, D // H).permute(2, 0, 3, 1, 4)
 
 
-def in_proj(blk: nn.Module, h: Tensor, first: int = 0, count: int = 3) -> Tensor:
+def in_proj(blk: Block, h: Tensor, first: int = 0, count: int = 3) -> Tensor:
     """Normed tokens (..., D) -> ``count`` of q, k, v side by side (..., count * D)."""
+    blk = parts(blk)
     D = h.shape[-1]
     rows = slice(first * D, (first + count) * D)
-    bias = blk.attn.in_proj_bias
-    return F.linear(h, blk.attn.in_proj_weight[rows], None if bias is None else bias[rows])
+    bias = blk.qkv_bias
+    return F.linear(h, blk.qkv_weight[rows], None if bias is None else bias[rows])
 
 
-def run_block_rows(blk: nn.Module, x: Tensor, n_out: int) -> Tensor:
+def run_block_rows(blk: Block, x: Tensor, n_out: int) -> Tensor:
     """A block whose output is read only at the first ``n_out`` tokens (the last block:
     CLS and the slots). Keys and values come from all N tokens; queries, out_proj and the
     MLP run for the first ``n_out`` tokens alone -- exact, since everything after the
     attention is per token. (B, N, D) -> (B, n_out, D)."""
-    h = blk.ln_1(x)
+    blk = parts(blk)
+    h = blk.norm1(x)
     q = project(blk, h[:, :n_out], 0, 1)[0]
     k, v = project(blk, h, 1, 2).unbind(0)
     return finish_block(blk, x[:, :n_out], F.scaled_dot_product_attention(q, k, v))
 
 
-def finish_block(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
+def finish_block(blk: Block, x: Tensor, o: Tensor) -> Tensor:
     """Attention output (B, heads, N, hd) -> residual + out_proj, then the MLP half."""
     B, H, N, hd = o.shape
     return finish_tokens(blk, x, o.transpose(1, 2).reshape(B, N, H * hd))
 
 
-def finish_tokens(blk: nn.Module, x: Tensor, o: Tensor) -> Tensor:
+def finish_tokens(blk: Block, x: Tensor, o: Tensor) -> Tensor:
     """Tokens x (..., D) and their attention output with heads merged (..., D) -> block output."""
-    x = x + blk.ls_1(blk.attn.out_proj(o))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    blk = parts(blk)
+    x = x + blk.ls1(blk.out_proj(o))
+    return x + blk.ls2(blk.mlp(blk.norm2(x)))
 
 
 def run_adapted_vision_blocks(blocks, x: Tensor, slot: Callable[[int], Tensor],
@@ -86,7 +98,7 @@ def run_adapted_vision_blocks(blocks, x: Tensor, slot: Callable[[int], Tensor],
     zero-filled buffers for each slice of a cat).
 
     Args:
-        blocks: the open_clip blocks J..L.
+        blocks: the blocks J..L (modules or :class:`BlockParts`).
         x: (B, 1 + P, d_v) tokens entering block J.
         slot: ``slot(i)`` -> (K, d_v), the vision aligner's output for the i-th of these blocks
             (0 = block J); image-independent.

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmrl.models import generic
 from mmrl.models.blocks import run_adapted_vision_blocks, run_block
 from mmrl.models.mmrl import MMRL, cosine_logits, fuse_logits, refresh_slots, vision_heads, vision_stem
 from mmrl.vocab import LOGIT_KINDS
@@ -47,7 +48,9 @@ class FrozenClassifier(nn.Module):
         if kind not in LOGIT_KINDS:
             raise ValueError(f"logits={kind!r}; expected one of {', '.join(LOGIT_KINDS)}")
         self.kind = kind
-        self.visual = model.clip.visual
+        self.visual = model.towers.vision.module  # registered: the exported program holds its weights
+        self.tower = model.towers.vision     # the adapter that reads it
+        self.fast = model.fast
         self.first_block = model.J0          # 0-indexed block J
         self.n_rep = model.K
         beta = model.slot_beta()
@@ -76,15 +79,19 @@ class FrozenClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) float32, preprocessed -> (N, C) logits (``self.kind``)."""
-        blocks = self.visual.transformer.resblocks
-        x = vision_stem(self.visual, images)
-        for blk in blocks[: self.first_block]:
-            x = run_block(blk, x)
-        # class logits read CLS alone after the last block (exact: everything after attention
-        # is per token); fused and representation logits also read the K slots
-        n_out = 1 if self.kind == "class" else 1 + self.n_rep
-        x = run_adapted_vision_blocks(blocks[self.first_block:], x, lambda i: self.slots[i], self._refresh, n_out)
-        f_c, f_r = vision_heads(self.visual, x, self.n_rep, self.rep_projection)
+        if not self.fast:  # other tower families: the generic path (mmrl.models.generic)
+            f_c, f_r, _ = generic.image_features(self.tower, images, self.first_block, lambda i: self.slots[i],
+                                                 self._refresh, self.rep_projection)
+        else:
+            blocks = self.tower.blocks
+            x = vision_stem(self.tower, images)
+            for blk in blocks[: self.first_block]:
+                x = run_block(blk, x)
+            # class logits read CLS alone after the last block (exact: everything after attention
+            # is per token); fused and representation logits also read the K slots
+            n_out = 1 if self.kind == "class" else 1 + self.n_rep
+            x = run_adapted_vision_blocks(blocks[self.first_block:], x, lambda i: self.slots[i], self._refresh, n_out)
+            f_c, f_r = vision_heads(self.tower, x, self.n_rep, self.rep_projection)
         if self.kind == "rep":
             return cosine_logits(f_r, self.text, self.scale)
         lc = cosine_logits(f_c, self.text, self.scale)

@@ -35,9 +35,12 @@ from torch import Tensor, nn
 
 from mmrl.models.aligners import BlockAligners, SharedResidualAligners
 from mmrl.models.backbone import Backbone
+from mmrl.models import generic
 from mmrl.models.blocks import finish_block, finish_tokens, in_proj, run_adapted_vision_blocks, run_block, run_block_rows
-from mmrl.models.prompts import tokenize_classes
 from mmrl.methods import MMRLConfig, MMRLPlusConfig
+from mmrl.models.losses import Criterion, cross_entropy
+from mmrl.models.prompts import tokenize_classes
+from mmrl.models.towers import VisionTower, towers_of
 
 
 def refresh_slots(slots: Tensor, new: Tensor, beta: float | None) -> Tensor:
@@ -60,25 +63,21 @@ def fuse_logits(class_logits: Tensor, rep_logits: Tensor, alpha: float) -> Tenso
     return alpha * class_logits + (1 - alpha) * rep_logits
 
 
-def vision_stem(visual: nn.Module, images: Tensor) -> Tensor:
-    """open_clip ``VisionTransformer`` stem: (B, 3, H, W) -> (B, 1 + P, d_v): patches, CLS,
-    positional embedding, ln_pre."""
-    v = visual
-    x = v.conv1(images).flatten(2).transpose(1, 2)                  # (B, P, d_v)
-    cls = v.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
-    return v.ln_pre(v.patch_dropout(x))
+def vision_stem(tower: VisionTower, images: Tensor) -> Tensor:
+    """The image tower's stem: (B, 3, H, W) -> (B, 1 + P, d_v) (CLIP: patches, CLS, positional
+    embedding, ln_pre)."""
+    return tower.stem(images)
 
 
-def vision_heads(visual: nn.Module, x: Tensor, K: int,
+def vision_heads(tower: VisionTower, x: Tensor, K: int,
                  rep_projection: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Output tokens (B, 1 + K + ..., d_v) -> f_c = ln_post(CLS) @ proj and
+    """CLIP layout. Output tokens (B, 1 + K + ..., d_v) -> f_c = ln_post(CLS) @ proj and
     f_r = mean_k ln_post(rep token k) @ rep_projection (ln_post BEFORE the mean); each (B, d_e).
     ``rep_projection=None``: f_c alone (f_r is None)."""
-    f_c = visual.ln_post(x[:, 0]) @ visual.proj
+    f_c = tower.pool(x[:, :1])
     if rep_projection is None:
         return f_c, None
-    f_r = visual.ln_post(x[:, 1:1 + K]).mean(dim=1) @ rep_projection
+    f_r = tower.final_norm(x[:, 1:1 + K]).mean(dim=1) @ rep_projection
     return f_c, f_r
 
 
@@ -146,22 +145,28 @@ class MMRL(nn.Module):
         cfg.validate(backbone.vision_layers, backbone.text_layers)
         self.cfg = cfg
         self.clip = backbone.clip
+        # the towers' adapters (mmrl.models.towers): every read of the backbone goes through them;
+        # CLIP's layout takes the fast path below, other families the generic one (mmrl.models.generic)
+        self.towers = towers_of(backbone.clip, backbone.spec)
+        self.fast = self.towers.clip_layout
+        self.mask_slot_keys = False  # generic path only: hide the slots from other tokens (the special case of docs/method.md)
         self.tokenizer = backbone.tokenizer
         n_v = backbone.vision_layers - cfg.first_rep_block + 1
         n_t = backbone.text_layers - cfg.first_rep_block + 1
         # R: the shared representation space, N(0, 0.02^2)
         self.rep_tokens = nn.Parameter(torch.randn(cfg.n_rep_tokens, cfg.rep_dim) * 0.02)
         self._build_maps(backbone, n_v, n_t)
-        self.to(backbone.clip.positional_embedding.device)
+        self.to(self.towers.text.module.positional_embedding.device)
         self.classnames: list[str] = []
 
     def _build_maps(self, backbone: Backbone, n_v: int, n_t: int) -> None:
         """The aligners (one map per block J..L of each tower) and the representation projection,
         created right after ``rep_tokens`` (the order of the random draws is the authors')."""
         d_r, d_v, d_e = self.cfg.rep_dim, backbone.vision_width, backbone.embed_dim
+        d_p = self.towers.vision.rep_width  # d_v, or an attentional pooler's output width (CoCa)
         self.vision_aligner = BlockAligners(d_r, d_v, n_v)
         self.text_aligner = BlockAligners(d_r, backbone.text_width, n_t)
-        self.proj_rep = nn.Parameter(d_v ** -0.5 * torch.randn(d_v, d_e))
+        self.proj_rep = nn.Parameter(d_p ** -0.5 * torch.randn(d_p, d_e))
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -228,14 +233,22 @@ class MMRL(nn.Module):
             raise ValueError("set_classes: empty class list")
         device = self.rep_tokens.device
         tokens = tokenize_classes(self.tokenizer, classnames, template).to(device)
+        if not self.fast:  # other families: the prompts and the frozen tower's features (t_zs)
+            with torch.no_grad():
+                teacher = generic.text_features(self.towers.text, tokens)
+            self.classnames = list(classnames)
+            self.register_buffer("text_tokens", tokens, persistent=False)
+            self.register_buffer("text_teacher", teacher, persistent=False)
+            return
         eot = tokens.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
         T = int(eot.max()) + 1
         with torch.no_grad():
             h = self._text_stem(tokens[:, :T])
-            for blk in self.clip.transformer.resblocks[: self.J0]:
+            blocks = self.towers.text.blocks
+            for blk in blocks[: self.J0]:
                 h = run_block(blk, h, is_causal=True)
             t = h
-            for blk in self.clip.transformer.resblocks[self.J0:]:
+            for blk in blocks[self.J0:]:
                 t = run_block(blk, t, is_causal=True)
             teacher = self._text_head(t, eot)
         self.classnames = list(classnames)
@@ -255,21 +268,25 @@ class MMRL(nn.Module):
 
     def _text_stem(self, tokens: Tensor) -> Tensor:
         """(C, T) ids -> (C, T, d_t) token + positional embeddings."""
-        T = tokens.shape[1]
-        return self.clip.token_embedding(tokens) + self.clip.positional_embedding[:T]
+        return self.towers.text.stem(tokens)
 
     def _text_head(self, x: Tensor, pos: Tensor) -> Tensor:
         """ln_final at the given position of each row, then text_projection: (C, d_e)."""
-        return self.clip.ln_final(x[torch.arange(x.shape[0], device=x.device), pos]) @ self.clip.text_projection
+        return self.towers.text.head(x[torch.arange(x.shape[0], device=x.device), pos])
 
     # ---------------------------------------------------------------- text tower
     def encode_text(self) -> Tensor:
         """Text features ``t`` (C, d_e), unnormalised, of the current classes."""
-        if not hasattr(self, "text_hidden_J"):
+        if not hasattr(self, "text_teacher"):
             raise RuntimeError("call set_classes(classnames, template) first")
-        blocks = self.clip.transformer.resblocks[self.J0:]
+        if not self.fast:
+            rep = self.rep_tokens
+            return generic.text_features(self.towers.text, self.text_tokens, self.J0,
+                                         lambda i: self.text_aligner.map(i, rep), self.refresh_slots,
+                                         mask_slot_keys=self.mask_slot_keys)
+        blocks = self.towers.text.blocks[self.J0:]
         last = len(blocks) - 1
-        H, D = blocks[0].attn.num_heads, self.text_words.shape[-1]
+        H, D = blocks[0].num_heads, self.text_words.shape[-1]
         h, rep = self.text_hidden_J, self.rep_tokens
 
         def heads(x: Tensor) -> Tensor:  # (B, N, D) -> (B, heads, N, D / heads)
@@ -283,7 +300,7 @@ class MMRL(nn.Module):
             if i > 0:
                 new = self.text_aligner.map(i, rep).unsqueeze(0).to(prefix.dtype)
                 prefix = torch.cat([prefix[:, :1], self.refresh_slots(prefix[:, 1:], new)], dim=1)
-            prefix_qkv.append(in_proj(blk, blk.ln_1(prefix)))
+            prefix_qkv.append(in_proj(blk, blk.norm1(prefix)))
             if i < last:  # the prefix's output after the last block is never read
                 q, k, v = (heads(t) for t in prefix_qkv[i].chunk(3, dim=-1))
                 prefix = finish_block(blk, prefix, F.scaled_dot_product_attention(q, k, v, is_causal=True))
@@ -300,7 +317,7 @@ class MMRL(nn.Module):
             return rows.new_zeros(C * n_w, rows.shape[-1]).index_copy(0, index, rows).view(C, n_w, -1)
 
         for i, blk in enumerate(blocks):
-            hw = blk.ln_1(words)
+            hw = blk.norm1(words)
             if i < last:
                 q, k, v = padded(in_proj(blk, hw)).chunk(3, dim=-1)
                 m = mask
@@ -315,21 +332,26 @@ class MMRL(nn.Module):
             o = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=m)
             o = o.transpose(1, 2).flatten(2)                                     # (C, T - 1 or 1, D)
             words = finish_tokens(blk, words, o.reshape(C * n_w, D)[index] if i < last else o[:, 0])
-        return self.clip.ln_final(words) @ self.clip.text_projection
+        return self.towers.text.head(words)
 
     # ---------------------------------------------------------------- vision tower
     def _vision_stem(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, 1 + P, d_v): patches, CLS, positional embedding, ln_pre."""
-        return vision_stem(self.clip.visual, images)
+        return vision_stem(self.towers.vision, images)
 
     def _vision_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Output tokens (B, 1 + K + ..., d_v) -> (f_c, f_r), see :func:`vision_heads`."""
-        return vision_heads(self.clip.visual, x, self.K, self.rep_projection())
+        return vision_heads(self.towers.vision, x, self.K, self.rep_projection())
 
     def encode_image(self, images: Tensor, teacher: bool = False) -> ImageFeatures:
         """Image features of a batch (B, 3, H, W); ``teacher=True`` also returns frozen
         CLIP's class feature of the same images (for the regulariser)."""
-        blocks = self.clip.visual.transformer.resblocks
+        rep = self.rep_tokens
+        if not self.fast:
+            return ImageFeatures(*generic.image_features(
+                self.towers.vision, images, self.J0, lambda i: self.vision_aligner.map(i, rep), self.refresh_slots,
+                self.rep_projection(), teacher=teacher, mask_slot_keys=self.mask_slot_keys))
+        blocks = self.towers.vision.blocks
         with torch.no_grad():  # blocks 1..J-1 are frozen and shared by teacher and student
             x = self._vision_stem(images)
             for blk in blocks[: self.J0]:
@@ -340,8 +362,7 @@ class MMRL(nn.Module):
                 for blk in blocks[self.J0:-1]:
                     t = run_block(blk, t)
                 t = run_block_rows(blocks[-1], t, 1)
-                f_t = self.clip.visual.ln_post(t[:, 0]) @ self.clip.visual.proj
-        rep = self.rep_tokens
+                f_t = self.towers.vision.pool(t)
         x = run_adapted_vision_blocks(blocks[self.J0:], x, lambda i: self.vision_aligner.map(i, rep),
                                       self.refresh_slots, 1 + self.K)
         f_c, f_r = self._vision_heads(x)
@@ -365,7 +386,7 @@ class MMRL(nn.Module):
         return self.logits_from_features(self.encode_image(images), text)
 
     def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
-             weights: Tensor | None = None, world_size: int = 1) -> LossOutput:
+             weights: Tensor | None = None, world_size: int = 1, criterion: Criterion = cross_entropy) -> LossOutput:
         """The training loss of docs/method.md#training-loss (see :meth:`loss_from_features`).
 
         Args:
@@ -378,13 +399,16 @@ class MMRL(nn.Module):
             world_size: number of data-parallel processes; ``total`` is scaled so that
                 DDP's gradient AVERAGE equals the single-process gradient of the global
                 batch (the text regulariser is the same on every rank and is not scaled).
+            criterion: the per-sample classification loss of both terms (:mod:`mmrl.models.losses`;
+                cross-entropy, the papers', by default).
         """
         return self.loss_from_features(self.encode_image(images, teacher=True), self.encode_text(), labels,
-                                       batch_size=batch_size, weights=weights, world_size=world_size)
+                                       batch_size=batch_size, weights=weights, world_size=world_size,
+                                       criterion=criterion)
 
     def loss_from_features(self, feats: ImageFeatures, text: Tensor, labels: Tensor, *,
                            batch_size: int | None = None, weights: Tensor | None = None,
-                           world_size: int = 1) -> LossOutput:
+                           world_size: int = 1, criterion: Criterion = cross_entropy) -> LossOutput:
         """``alpha CE(l_c) + (1-alpha) CE(l_r) + lambda (1 - cos(f_c, f_c_zs)) + lambda (1 - cos(t, t_zs))``
         from image features (with the teacher's) and text features (C, d_e); arguments as :meth:`loss`."""
         logits = self.logits_from_features(feats, text)
@@ -394,8 +418,8 @@ class MMRL(nn.Module):
         dtype = logits.class_.dtype
         w = torch.ones(B, device=labels.device, dtype=dtype) if weights is None else weights.to(logits.class_)
         w = w / n
-        ce_c = (F.cross_entropy(logits.class_, labels, reduction="none") * w).sum()
-        ce_r = (F.cross_entropy(logits.rep, labels, reduction="none") * w).sum()
+        ce_c = (criterion(logits.class_, labels) * w).sum()
+        ce_r = (criterion(logits.rep, labels) * w).sum()
         cos_i = F.cosine_similarity(feats.class_, feats.teacher.to(feats.class_.dtype), dim=-1)
         reg_i = ((1 - cos_i) * w).sum()
         reg_t = 1 - F.cosine_similarity(text, self.text_teacher.to(text.dtype), dim=-1).mean()
@@ -410,8 +434,8 @@ class MMRL(nn.Module):
     def settings(self) -> dict:
         """Effective settings (JSON-able)."""
         d = dataclasses.asdict(self.cfg)
-        d["blocks_vision"] = [self.cfg.first_rep_block, len(self.clip.visual.transformer.resblocks)]
-        d["blocks_text"] = [self.cfg.first_rep_block, len(self.clip.transformer.resblocks)]
+        d["blocks_vision"] = [self.cfg.first_rep_block, self.towers.vision.layers]
+        d["blocks_text"] = [self.cfg.first_rep_block, self.towers.text.layers]
         return d
 
     # ---------------------------------------------------------------- applying the model
@@ -452,13 +476,14 @@ class MMRLPlus(MMRL):
         d_r, d_v, d_e, r = self.cfg.rep_dim, backbone.vision_width, backbone.embed_dim, self.cfg.aligner_lora_rank
         self.vision_aligner = SharedResidualAligners(d_r, d_v, n_v, r)
         self.text_aligner = SharedResidualAligners(d_r, backbone.text_width, n_t, r)
-        self.proj_lora_A = nn.Parameter(torch.empty(d_v, self.cfg.proj_lora_rank))
+        self.proj_lora_A = nn.Parameter(torch.empty(self.towers.vision.rep_width, self.cfg.proj_lora_rank))
         nn.init.kaiming_uniform_(self.proj_lora_A, a=math.sqrt(5))
         self.proj_lora_B = nn.Parameter(torch.zeros(self.cfg.proj_lora_rank, d_e))
 
     def rep_projection(self) -> Tensor:
-        """(d_v, d_e): ``proj + A B``."""
-        return self.clip.visual.proj + self.proj_lora_A @ self.proj_lora_B
+        """(d_v, d_e): ``P + A B``, P the tower's frozen output projection (the identity where
+        its head projects nothing, :meth:`mmrl.models.towers.VisionTower.projection`)."""
+        return self.towers.vision.projection() + self.proj_lora_A @ self.proj_lora_B
 
     def slot_beta(self) -> float | None:
         """PRC's blend ``beta * new + (1 - beta) * slots``."""

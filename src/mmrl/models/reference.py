@@ -16,14 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from mmrl.models.mmrl import MMRL, ImageFeatures, Logits, LossOutput
+from mmrl.models.towers import BlockParts, parts
 
 
-def run_block_reference(blk: nn.Module, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-    """One block through open_clip's own forward: (B, N, D) -> (B, N, D). open_clip 3.x's
-    ``nn.MultiheadAttention`` blocks may be sequence-first; 4.x's blocks are always batch-first."""
-    if not getattr(blk.attn, "batch_first", True):
-        return blk(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
-    return blk(x, attn_mask=attn_mask)
+def run_block_reference(blk: nn.Module | BlockParts, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """One block through its library's own forward: (B, N, D) -> (B, N, D), an additive mask."""
+    return parts(blk).forward(x, attn_mask)
 
 
 def causal_mask(n: int, device=None) -> Tensor:
@@ -50,9 +48,11 @@ def encode_text(model: MMRL) -> Tensor:
     before block J insert F_t^J(R) after SOT (77 + K positions, causal mask over all of them);
     before each later block refresh the slots; ln_final at EOT + K, then text_projection.
     """
-    clip, R, J0 = model.clip, model.rep_tokens, model.J0
-    blocks = clip.transformer.resblocks
-    x = clip.token_embedding(model.text_tokens) + clip.positional_embedding
+    if not model.fast:
+        return encode_text_generic(model)
+    tower, R, J0 = model.towers.text, model.rep_tokens, model.J0
+    blocks = tower.block_modules
+    x = tower.stem(model.text_tokens)
     mask = causal_mask(x.shape[1], x.device)
     for blk in blocks[:J0]:
         x = run_block_reference(blk, x, mask)
@@ -63,7 +63,7 @@ def encode_text(model: MMRL) -> Tensor:
             x = refresh_tokens(model, x, model.text_aligner.map(i, R))
         x = run_block_reference(blk, x, mask)
     eot = model.eot + model.K
-    return clip.ln_final(x[torch.arange(x.shape[0], device=x.device), eot]) @ clip.text_projection
+    return tower.head(x[torch.arange(x.shape[0], device=x.device), eot])
 
 
 def encode_image(model: MMRL, images: Tensor, teacher: bool = False) -> ImageFeatures:
@@ -74,8 +74,10 @@ def encode_image(model: MMRL, images: Tensor, teacher: bool = False) -> ImageFea
     (no positional embedding, no mask); refresh the slots before each later block; f_c =
     ln_post(CLS) @ proj; f_r = mean over the K slots of ln_post(slot) @ proj_rep.
     """
-    visual, R, J0, K = model.clip.visual, model.rep_tokens, model.J0, model.K
-    blocks = visual.transformer.resblocks
+    if not model.fast:
+        return encode_image_generic(model, images, teacher)
+    tower, R, J0, K = model.towers.vision, model.rep_tokens, model.J0, model.K
+    blocks = tower.block_modules
     x = model._vision_stem(images)
     for blk in blocks[:J0]:
         x = run_block_reference(blk, x)
@@ -84,12 +86,107 @@ def encode_image(model: MMRL, images: Tensor, teacher: bool = False) -> ImageFea
         if i > 0:
             x = refresh_tokens(model, x, model.vision_aligner.map(i, R))
         x = run_block_reference(blk, x)
-    f_c = visual.ln_post(x[:, 0]) @ visual.proj
-    f_r = visual.ln_post(x[:, 1:1 + K]).mean(dim=1) @ model.rep_projection()
+    f_c = tower.final_norm(x[:, 0]) @ tower.projection()
+    f_r = tower.final_norm(x[:, 1:1 + K]).mean(dim=1) @ model.rep_projection()
     f_t = None
     if teacher:
         with torch.no_grad():
             f_t = model.clip.encode_image(images)
+    return ImageFeatures(f_c, f_r, f_t)
+
+
+# --------------------------------------------------------------------------- other tower families
+def additive(mask: Tensor | None) -> Tensor | None:
+    """A boolean mask (True = may attend) as the additive float mask every library's blocks take."""
+    if mask is None:
+        return None
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def slot_key_mask(n: int, at: int, K: int, causal: bool, hide_slots: bool, device=None) -> Tensor | None:
+    """The (n, n) additive mask of a tower with K slots at positions at..at+K-1: causal over
+    all n positions (a causal text tower) or none; with ``hide_slots`` the slots' keys hidden
+    from every token but the slot itself (docs/method.md's special case)."""
+    allowed = torch.ones(n, n, dtype=torch.bool, device=device)
+    if causal:
+        allowed = allowed.tril()
+    if hide_slots:
+        for k in range(at, at + K):
+            allowed[:, k] = False
+            allowed[k, k] = True
+    return additive(allowed) if causal or hide_slots else None
+
+
+def _slots_in(model: MMRL, x: Tensor, at: int, new: Tensor, first: bool) -> Tensor:
+    """Slots at ``at``: inserted before block J (``first``), refreshed before every later block."""
+    K = model.K
+    new = new.to(x.dtype).expand(x.shape[0], -1, -1)
+    if first:
+        return torch.cat([x[:, :at], new, x[:, at:]], dim=1)
+    return torch.cat([x[:, :at], model.refresh_slots(x[:, at:at + K], new), x[:, at + K:]], dim=1)
+
+
+def encode_text_generic(model: MMRL) -> Tensor:
+    """The rule of docs/method.md ("Other tower families") for the text tower, written out: every
+    block by its library's own forward, over every position; the pooled position is the
+    tower's own one, moved by K where it is counted from the start."""
+    tower, R, J0, K = model.towers.text, model.rep_tokens, model.J0, model.K
+    ids = model.text_tokens
+    x, own = tower.embed(ids)
+    at = tower.n_prefix
+    if own is not None and own.ndim == 4:   # the tower's per-prompt mask (CoCa): (C * heads, n, n)
+        mask = own.flatten(0, 1)
+    else:
+        mask = additive(own)
+    for blk in tower.blocks[:J0]:
+        x = run_block_reference(blk, x, mask)
+    hide = getattr(model, "mask_slot_keys", False)
+    for i, blk in enumerate(tower.blocks[J0:]):
+        x = _slots_in(model, x, at, model.text_aligner.map(i, R), first=i == 0)
+        if i == 0:
+            extended = slot_key_mask(x.shape[1], at, K, tower.causal, hide, x.device)
+            if own is not None and own.ndim == 4:  # among its own tokens, the tower's own mask
+                n = x.shape[1]
+                z = own.flatten(0, 1)                                        # (C * heads, n - K, n - K)
+                z = torch.cat([z[:, :at], z.new_zeros(z.shape[0], K, z.shape[2]), z[:, at:]], dim=1)
+                z = torch.cat([z[:, :, :at], z.new_zeros(z.shape[0], n, K), z[:, :, at:]], dim=2)
+                is_own = torch.ones(n, dtype=torch.bool, device=x.device)
+                is_own[at:at + K] = False
+                base = torch.zeros(n, n, device=x.device) if extended is None else extended
+                extended = torch.where(is_own[:, None] & is_own[None, :], z, base.to(z.dtype))
+            mask = extended
+        x = run_block_reference(blk, x, mask)
+    if tower.cls_emb is not None:                       # CoCa: its class token, the last position
+        return tower.head(x[:, -1])
+    pos = tower.pooled_index(ids)
+    if tower.pool_type in ("argmax", "eos") or (tower.pool_type == "first" and at == 0):
+        pos = pos + K                                   # counted from the start: behind the slots
+    elif tower.pool_type == "last":
+        pos = torch.full_like(pos, x.shape[1] - 1)      # the last position stays the pooled one
+    return tower.head(x[torch.arange(x.shape[0], device=x.device), pos])
+
+
+def encode_image_generic(model: MMRL, images: Tensor, teacher: bool = False) -> ImageFeatures:
+    """The rule for the image tower, written out: slots after the tower's leading (CLS /
+    register) tokens, every block by its own forward; class path = the tower's pooling and head
+    over its own tokens; f_r = mean of the normed slots @ proj_rep; the teacher is the frozen
+    model's own ``encode_image`` (a separate full pass)."""
+    tower, R, J0, K = model.towers.vision, model.rep_tokens, model.J0, model.K
+    x = tower.stem(images)
+    at = tower.n_prefix
+    for blk in tower.blocks[:J0]:
+        x = tower.run_block(blk, x, reference=True)
+    mask = slot_key_mask(x.shape[1] + K, at, K, False, getattr(model, "mask_slot_keys", False), x.device)
+    mask = None if mask is None else mask == 0  # boolean (True = may attend), as the tower takes it
+    for i, blk in enumerate(tower.blocks[J0:]):
+        x = _slots_in(model, x, at, model.vision_aligner.map(i, R), first=i == 0)
+        x = tower.run_block(blk, x, mask, K, reference=True)
+    f_c = tower.pool(torch.cat([x[:, :at], x[:, at + K:]], dim=1))
+    f_r = tower.rep_features(x[:, at:at + K]) @ model.rep_projection()
+    f_t = None
+    if teacher:
+        with torch.no_grad():
+            f_t = model.clip.encode_image(tower.model_input(images))
     return ImageFeatures(f_c, f_r, f_t)
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from mmrl.models.backbone import Backbone
 from mmrl.models.mmrl import Logits
 from mmrl.models.prompts import tokenize_classes
+from mmrl.models.towers import towers_of
 
 
 class ZeroShotCLIP(nn.Module):
@@ -22,12 +23,14 @@ class ZeroShotCLIP(nn.Module):
     def __init__(self, backbone: Backbone, logit_scale: float = 100.0):
         super().__init__()
         self.clip = backbone.clip
+        self.vision = towers_of(backbone.clip, backbone.spec).vision  # its own mean/std (model_input)
         self.tokenizer = backbone.tokenizer
         self.logit_scale = logit_scale
         self.classnames: list[str] = []
 
     def set_classes(self, classnames: list[str], template: str) -> None:
-        tokens = tokenize_classes(self.tokenizer, classnames, template).to(self.clip.positional_embedding.device)
+        device = next(self.clip.parameters()).device
+        tokens = tokenize_classes(self.tokenizer, classnames, template).to(device)
         with torch.no_grad():
             text = self.clip.encode_text(tokens)
         self.classnames = list(classnames)
@@ -46,6 +49,7 @@ class ZeroShotCLIP(nn.Module):
 
     def logits(self, images: Tensor, text: Tensor | None = None) -> Logits:
         text = self.text_features if text is None else text
-        f = F.normalize(self.clip.encode_image(images), dim=-1)
+        # images come standardised as CLIP's; a tower with its own mean/std gets them re-standardised
+        f = F.normalize(self.clip.encode_image(self.vision.model_input(images)), dim=-1)
         lc = self.logit_scale * f @ F.normalize(text, dim=-1).t()
         return Logits(lc, lc, lc)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from mmrl.fileio import check_writable_dir, write_json_atomic, write_text_atomic
 from mmrl.methods import names as method_names
-from mmrl.report import ablation, decoupled
+from mmrl.report import ablation, compute, decoupled
 from mmrl.report.document import (DASH, Block, Bullets, Heading, Table, Text, csv_writer, esc, escaped, mean_std,
                                   missing_blocks)
 from mmrl.report.group import Series, dataset_order, missing_entries, series_of
@@ -96,6 +96,7 @@ def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
     result["notes"] += [f"`{esc(_rel(r.path, root))}`: protocol, dataset, shots or seed unknown; not in the tables"
                         for r in unplaced]
     result["checks"] = checks(found)
+    result["compute"] = compute.collect(found, protocols)
     return result
 
 
@@ -155,7 +156,8 @@ def checks_blocks(c: dict) -> list[Block]:
 # The document
 # ----------------------------------------------------------------------------------------------
 
-def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = frozenset()) -> list[Block]:
+def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = frozenset(),
+             compute_figures: set[str] = frozenset()) -> list[Block]:
     """The whole report as blocks; ``figures``: protocol -> figure file written beside the report;
     ``ablation_figures``: the ablation figures written beside it."""
     published = load_published()
@@ -182,6 +184,7 @@ def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = f
     titles = {name: proto.TITLE for name, proto in PROTOCOLS.items()}
     out += ablation.document(data.get("ablations", []), set(ablation_figures), titles, bool(data["protocols"]))
     out += decoupled.document(data.get("decoupled", {}), titles)
+    out += compute.document(data.get("compute", {}), titles, set(compute_figures))
     if data.get("zeroshot"):
         out += [Heading(2, "CLIP zero-shot"),
                 Text("Every zero-shot evaluation found (`mmrl zeroshot`), mean ± std over the runs that "
@@ -264,15 +267,20 @@ def write_report_data(output: Path | str, protocols: Sequence[str] | None = None
     for old in out.glob(f"{ablation.FIGURE_PREFIX}*.png"):
         if old.name not in ablation_figures:
             old.unlink()  # an ablation figure of an earlier report that this one does not have
+    compute_figures = compute.plot(data["compute"], out, titles) if plots else set()
+    for old in out.glob(f"{compute.FIGURE_PREFIX}*.png"):
+        if old.name not in compute_figures:
+            old.unlink()  # of an earlier report
     # the document is built from an escaped copy: every name from a file stays literal text in it
-    blocks = document(escaped(data), figures, ablation_figures)
+    blocks = document(escaped(data), figures, ablation_figures, compute_figures)
     write_json_atomic(data, out / "report.json")
     write_text_atomic(to_markdown(blocks), out / "report.md")
     write_text_atomic(to_html(blocks, f"MMRL report: {output}", out), out / "report.html")
     write_text_atomic(runs_csv(data), out / "runs.csv")
     for name, sec in data["protocols"].items():
         write_text_atomic(PROTOCOLS[name].to_csv(sec, published), out / f"{name}.csv")
-    for present, file, text in ((data["ablations"], ablation.CSV_FILE, ablation.to_csv),
+    for present, file, text in ((data["compute"]["runs"], compute.CSV_FILE, lambda _: compute.to_csv(data["compute"])),
+                                (data["ablations"], ablation.CSV_FILE, ablation.to_csv),
                                 (data["decoupled"], decoupled.CSV_FILE, decoupled.to_csv)):
         if present:
             write_text_atomic(text(present), out / file)

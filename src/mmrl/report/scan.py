@@ -192,6 +192,7 @@ class Run:
     detail: str = ""
     official: bool = False        # converted from the authors' checkpoint (mmrl convert-official)
     finished_at: str = ""         # run.json "finished", to pick the latest of duplicate runs
+    cost: dict | None = None      # run.json "cost" (mmrl.engine.cost), for the report's Compute section
     cell: SweepCell | None = None
 
     def acc(self, dataset: str, subsample: str) -> float | None:
@@ -486,7 +487,8 @@ def read_run(run_dir: Path, root: Path, claims: dict[Path, dict]) -> Run | None:
                official=isinstance(source, dict) and "official_checkpoint" in source,
                finished_at=str((info or {}).get("finished", "")), cell=cell,
                ablation=_json_value(ablation) if ablation else None, settings=run_settings(cfg),
-               shots_realised=_realised(info) if info is not None else None)
+               shots_realised=_realised(info) if info is not None else None,
+               cost=info.get("cost") if info is not None and isinstance(info.get("cost"), dict) else None)
 
 
 def _is_run_folder(path: Path, files: set[str], dirs: set[str]) -> bool:

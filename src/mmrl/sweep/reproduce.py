@@ -116,6 +116,9 @@ def reproduce(protocol: str, method: str, output: Path | str, *, root: Path | st
     check_data(cells, root)  # this shard's: on a cluster each node may hold only the data of its own cells
     log(plan_text(protocol, method, grid, cells, varies, output, shard))
     if dry_run:
+        from mmrl.sweep.estimate import plan_cost_text
+
+        log(plan_cost_text(grid, cells, len(devices) if devices else max(1, jobs)))
         return ReproduceResult(cells, [])
     # a few KB written and removed: a read-only or full output folder is said before any run starts
     check_writable_dir(output, "choose another --output")

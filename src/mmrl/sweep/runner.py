@@ -286,12 +286,18 @@ def _reason(e: BaseException) -> str:
     return f"{line}\n{traceback.format_exc(limit=5).strip()}" if debug_enabled() else line
 
 
-def _eta(elapsed: float, ran: int, left: int) -> str:
-    """'; 12 left, about 3 min': the cells not yet handled times the wall-clock time per run so far
-    (all workers together)."""
+def _eta(elapsed: float, ran: int, left: int, grid: Sequence[Cell] = (), waiting: Sequence[Cell] = (),
+         workers: int = 1) -> str:
+    """'; 12 left, about 3 min': the cells not yet handled, each estimated as `mmrl reproduce --dry-run`
+    does from the finished runs (:mod:`mmrl.sweep.estimate`), over the workers; without such runs the
+    wall-clock time per run so far (all workers together)."""
     if not ran or not left:
         return ""
-    s = elapsed / ran * left
+    from mmrl.sweep.estimate import Estimator
+
+    s = Estimator(grid).left(waiting, workers)[0] if waiting else None
+    if s is None:
+        s = elapsed / ran * left
     when = f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min" if s < 5400 else f"{s / 3600:.1f} h"
     return f"; {left} left, about {when}"
 
@@ -341,7 +347,10 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
             msg = {"done": f"done in {out.seconds:.0f} s", "elsewhere": f"in progress elsewhere ({out.detail})",
                    "interrupted": f"interrupted: {out.detail}; it resumes when the sweep runs again",
                    "failed": f"FAILED: {out.detail} (log: {c.log_path})"}[out.status]
-            log(f"[{i + 1}/{total}] {c.name}: {msg}{_eta(time.time() - t_start, ran, total - handled)}")
+            with lock:
+                waiting = [cells[j] for j, o in enumerate(outcomes) if o is None]
+            eta = _eta(time.time() - t_start, ran, total - handled, cells, waiting, len(workers))
+            log(f"[{i + 1}/{total}] {c.name}: {msg}{eta}")
 
     # Wait on an Event, not Thread.join: a join interrupted by Ctrl-C can mark a running thread as
     # stopped (CPython bpo-45274 handling), and then we could no longer wait for it to clean up.

@@ -36,7 +36,7 @@ from mmrl import methods
 from mmrl.config import resolve_config, toy_settings
 from mmrl.fileio import write_text_atomic
 from mmrl.toyworld.tasks import TASKS, write_task
-from mmrl.vocab import harmonic_mean
+from mmrl.vocab import RESULTS_FILE, harmonic_mean
 
 LOG = logging.getLogger("mmrl")
 # torch CPU threads of the demo. One: a training step of the tiny CLIP (batch 4, ~1300 small
@@ -139,7 +139,7 @@ def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -
     from mmrl.engine import EvalRequest, evaluate, train
 
     dataset = f"folder:{cfg.out / 'tasks' / name}"
-    run_dir = cfg.out / "runs" / method / name / f"seed_{cfg.seed}"
+    run_dir = demo_run_dir(cfg, name, method)
     run_cfg = resolve_config(method, "base2novel", dataset,
                              overrides=[*toy_overrides(method), f"backbone={cfg.backbone}", f"seed={cfg.seed}",
                                         "device=cpu", f"output={run_dir}", *cfg.overrides])
@@ -151,6 +151,23 @@ def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -
             "novel_fused": fused["accuracy"], "chance_novel": 100 / fused["n_classes"]}
 
 
+def demo_run_dir(cfg: DemoConfig, task: str, method: str) -> Path:
+    """Where the demo trains ``method`` on ``task``: ``OUT/runs/<method>/<task>/seed_<s>``."""
+    return cfg.out / "runs" / method / task / f"seed_{cfg.seed}"
+
+
+def say_reused_runs(cfg: DemoConfig) -> int:
+    """Log how many of the demo's training runs are already finished under ``cfg.out`` (a rerun
+    evaluates them again instead of training); returns that number."""
+    runs = [demo_run_dir(cfg, t, m) for t in cfg.tasks for m in cfg.methods]
+    done = sum((r / RESULTS_FILE).is_file() for r in runs)
+    if done:
+        LOG.info("demo: %d of %d training runs are already finished under %s and are reused (evaluated, not "
+                 "trained again); --out ANOTHER_DIR, or deleting that folder, trains them anew", done, len(runs),
+                 cfg.out / "runs")
+    return done
+
+
 def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
     """Run the whole demo; returns {"rows": [...], "average": {...}, "seconds": ...}.
 
@@ -159,6 +176,7 @@ def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
     ``if __name__ == "__main__":`` guard); the table is the same as with ``jobs=1``.
     """
     t0 = time.time()
+    say_reused_runs(cfg)
     pieces = len(cfg.tasks) * (1 + len(cfg.methods))  # per task: zero-shot, one run per method
     jobs = min(cfg.jobs if cfg.jobs is not None else default_jobs(), pieces)
     if jobs > 1:

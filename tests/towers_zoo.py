@@ -1,0 +1,147 @@
+"""Tiny random models of every tower family the adapters accept, built in-process (no download).
+
+Each is the family's own open_clip / timm classes at toy sizes (width 32, 3 blocks, 16x16
+images, patch 8), so the towers' real stems, blocks, pooling and heads run:
+
+=============  ===================================================================================
+family         what it stands for
+=============  ===================================================================================
+clip           CLIP ViT (the fast path): CLS pooling, causal text pooled at the largest id
+worldwide      MetaCLIP-2 worldwide: CLIP vision, causal text pooled at the first ``eos`` id
+avg            open_clip vision tower with average pooling (``pool_type='avg'``)
+clipa          CLIPA: average pooling then the norm (``final_ln_after_pool``), no ln_pre,
+               bidirectional text pooled at the last position
+siglip         SigLIP / SigLIP 2 / PE-Core-like: timm ViT without CLS, MAP head, no projection;
+               bidirectional text pooled at the last position, biased text projection
+timm-cls       MobileCLIP-B-like: timm ViT with CLS and 2 register tokens, CLS pooling, LayerScale,
+               the classifier head as projection; CLIP's causal text
+eva01          EVA-01: timm Eva, CLS pooling, layer scale gamma, no rotary embedding
+eva02          EVA-02: timm Eva with a rotary embedding on the patch tokens, SwiGLU MLP, a norm
+               inside attention (sub-LN)
+pe-core        PE-Core: timm Eva with a rotary embedding, CLS and a MAP head
+coca           CoCa: open_clip's attentional pooler (8 queries, first pooled) over the image tokens;
+               causal text with padding keys hidden and a class token appended and pooled
+=============  ===================================================================================
+"""
+from __future__ import annotations
+
+import zlib
+
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+
+from mmrl.models.backbone import Backbone, _frozen
+
+VOCAB, CTX, IMAGE = 60, 12, 16
+FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "pe-core", "coca")
+
+
+class ToyTokenizer:
+    """Words -> ids by a fixed hash; ``[sot] words eos`` padded with 0 to the context.
+    ``eos`` = the largest id for 'argmax' towers (CLIP's convention), else 1."""
+
+    def __init__(self, sot: int | None, eos: int, context_length: int = CTX):
+        self.sot, self.eos, self.context_length = sot, eos, context_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        for r, t in enumerate(texts):
+            ids = [3 + zlib.crc32(w.encode()) % (VOCAB - 5) for w in t.lower().split()]
+            ids = ([self.sot] if self.sot is not None else []) + ids[: self.context_length - 2] + [self.eos]
+            out[r, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+def _register_timm_models() -> None:
+    import pytest
+
+    pytest.importorskip("timm", reason="timm towers need timm (pip install -e '.[timm]')")
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import VisionTransformer
+
+    def tiny(**kw):
+        def build(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **over):
+            return VisionTransformer(**{**dict(img_size=IMAGE, patch_size=8, embed_dim=32, depth=3, num_heads=2,
+                                                mlp_ratio=2.0), **kw, **over})
+        return build
+
+    from timm.models.eva import Eva
+
+    def tiny_eva(**kw):
+        def build(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **over):
+            return Eva(**{**dict(img_size=IMAGE, patch_size=8, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0),
+                          **kw, **over})
+        return build
+
+    for name, make, kw in (
+            ("mmrl_test_vit_map", tiny, dict(class_token=False, global_pool="map", no_embed_class=True)),
+            ("mmrl_test_vit_cls_reg", tiny, dict(reg_tokens=2, global_pool="token", init_values=0.1)),
+            ("mmrl_test_eva01", tiny_eva, dict(global_pool="token", init_values=0.1)),
+            ("mmrl_test_eva02", tiny_eva, dict(global_pool="token", use_rot_pos_emb=True, ref_feat_shape=(2, 2),
+                                               swiglu_mlp=True, scale_attn_inner=True)),
+            ("mmrl_test_pe", tiny_eva, dict(global_pool="map", use_rot_pos_emb=True, ref_feat_shape=(2, 2)))):
+        if name not in timm.list_models(name):
+            fn = make(**kw)
+            fn.__name__ = name
+            register_model(fn)
+
+
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    """A frozen, randomly initialised model of ``family`` (see module docstring)."""
+    torch.manual_seed(seed)
+    text = dict(context_length=CTX, vocab_size=VOCAB, width=32, heads=2, layers=3)
+    vision = dict(layers=3, width=32, head_width=16, patch_size=8, image_size=IMAGE)
+    if family == "clip":
+        m = CLIP(16, CLIPVisionCfg(**vision), CLIPTextCfg(**text))
+    elif family == "worldwide":
+        m = CLIP(16, CLIPVisionCfg(**vision), CLIPTextCfg(**text, pool_type="eos", eos_id=1))
+    elif family == "avg":
+        m = CLIP(16, CLIPVisionCfg(**vision, pool_type="avg"), CLIPTextCfg(**text))
+    elif family == "clipa":
+        m = CLIP(16, CLIPVisionCfg(**vision, pool_type="avg", final_ln_after_pool=True, no_ln_pre=True),
+                 CLIPTextCfg(**text, pool_type="last", no_causal_mask=True))
+    elif family == "siglip":
+        _register_timm_models()
+        m = CustomTextCLIP(32, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_vit_map",
+                                             timm_pool="map", timm_proj="none"),
+                           CLIPTextCfg(**text, pool_type="last", no_causal_mask=True, proj_bias=True),
+                           init_logit_bias=-10)
+    elif family == "timm-cls":
+        _register_timm_models()
+        m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_vit_cls_reg",
+                                             timm_pool="token", timm_proj=None),
+                           CLIPTextCfg(**text))
+    elif family in ("eva01", "eva02", "pe-core"):
+        _register_timm_models()
+        timm_name = {"eva01": "mmrl_test_eva01", "eva02": "mmrl_test_eva02", "pe-core": "mmrl_test_pe"}[family]
+        m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name=timm_name,
+                                             timm_pool="map" if family == "pe-core" else "token", timm_proj=None),
+                           CLIPTextCfg(**text))
+    elif family == "coca":
+        from open_clip.coca_model import CoCa
+
+        m = CoCa(16, {"context_length": CTX, "vocab_size": VOCAB, "width": 32, "heads": 2, "layers": 2},
+                 {**text, "context_length": CTX - 1, "embed_cls": True, "output_tokens": True},
+                 {**vision, "attentional_pool": True, "attn_pooler_queries": 8, "attn_pooler_heads": 2,
+                  "output_tokens": True})
+    else:
+        raise KeyError(family)
+    with torch.no_grad():  # off their initial values (LayerScale, zero biases...), so every part matters
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return _frozen(m)
+
+
+def tokenizer_of(family: str) -> ToyTokenizer:
+    if family == "worldwide":
+        return ToyTokenizer(sot=2, eos=1)
+    if family in ("clipa", "siglip"):
+        return ToyTokenizer(sot=None, eos=1)
+    if family == "coca":  # one position of the context is its class token's
+        return ToyTokenizer(sot=2, eos=VOCAB - 1, context_length=CTX - 1)
+    return ToyTokenizer(sot=2, eos=VOCAB - 1)
+
+
+def tiny_backbone(family: str, seed: int = 0) -> Backbone:
+    return Backbone(tiny_model(family, seed), tokenizer_of(family), f"tiny-{family}")
