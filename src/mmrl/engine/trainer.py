@@ -317,7 +317,7 @@ def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone
     t_eval = time.time()
     results = _evaluate_run(cfg, tr.model, files.dir, progress, meter)
     timings["eval_s"] = round(time.time() - t_eval, 3)
-    meter.count_eval_flops(tr.model, cfg.eval.precision)
+    meter.count_eval_flops(tr.model, amp.inference_precision(tr.model, cfg.eval.precision, device))  # auto resolved
     mine = meter.block(device=device, precision=precision, model=tr.model, steps=tr.step,
                        images_seen=int(info.get("epochs_done", 0)) * len(tr.train_ds),
                        train_s=float(timings.get("train_s", 0.0)), world_size=dinfo.world_size)

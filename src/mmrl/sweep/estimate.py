@@ -222,7 +222,10 @@ class _Calibration:
         # base-to-novel evaluates the base and the novel test images: about twice the base half
         n_eval = len(splits.test) * (2 if cfg.protocol == "base2novel" else 1)
         batch = torch.randn(max(1, min(cfg.eval.batch_size, n_eval, 64)), 3, size, size, device=device)
-        with torch.no_grad(), autocast(device, cfg.eval.precision):
+        from mmrl.engine.precision import eval_precision, tower_width
+
+        eval_prec = eval_precision(cfg.eval.precision, device, tower_width(backbone))[0]  # `auto` resolved
+        with torch.no_grad(), autocast(device, eval_prec):
             text = model.encode_text()
             one = count_flops(lambda: model.logits(images[:1], text))[1]
             two = count_flops(lambda: model.logits(images[:1].expand(2, -1, -1, -1), text))[1]
