@@ -23,6 +23,11 @@ Usage (the documented CPU run, ~15-20 minutes on 2 shared cores)::
     python benchmarks/inference.py --threads 2 --json benchmarks/results_inference.json
 
 Needs ``pip install -e '.[export]'`` (onnx, onnxscript, onnxruntime).
+
+``--engines`` picks the throughput engines (``mmrl-bf16``: the frozen weights cast to bf16 once, as
+``mmrl eval`` at bf16; ``*-compiled``: through ``torch.compile``; ``torch-bf16``: the
+``mmrl export --precision bf16`` file); ``--rounds N`` alternates them N times in fresh processes
+and reports medians with the load average before each run.
 """
 from __future__ import annotations
 

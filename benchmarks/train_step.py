@@ -23,6 +23,16 @@ Usage (the documented CPU run; ~20-25 minutes on 2 cores)::
     python benchmarks/train_step.py --device cpu --threads 2 --json benchmarks/results_cpu.json
 
 GPU: ``--device cuda --precision bf16`` (steps default 20, eval batch 250).
+
+Precisions side by side (docs/performance.md#bf16-on-the-cpu): ``--precision fp32 bf16 bf16-autocast
+--rounds 2`` runs every configuration once per precision and round, the precisions alternating,
+each in a fresh process, with the load average before each; ``bf16`` is what mmrl trains with (on a
+CPU the frozen weights cast to bf16 once, the loss head fp32), ``bf16-autocast`` autocast over fp32
+weights. ``--compile`` also times ``torch.compile`` of the evaluation (compile seconds, images per
+second after it, and its error against float64 beside the eager path's)::
+
+    python benchmarks/train_step.py --classes 47 --methods mmrl mmrl++ --paths fast \
+        --precision fp32 bf16 bf16-autocast --rounds 2 --steps 3 --eval-batch 32 --eval-methods mmrl
 """
 from __future__ import annotations
 
