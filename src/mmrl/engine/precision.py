@@ -162,14 +162,10 @@ def _float(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device, precision: str,
          **loss_kw: Any):
-    """``model.loss(images, labels, **loss_kw)`` with the towers under autocast and the loss head in
-    fp32: the features are upcast before the logits, cross-entropies and regularisers (the very
-    same calls as ``MMRL.loss``; at fp32 the same numbers bit for bit)."""
+    """``model.loss(images, labels, **loss_kw)`` under autocast; the method computes its loss head in
+    fp32 itself (MMRL.loss upcasts the towers' features)."""
     with autocast(device, precision):
-        feats = model.encode_image(images, teacher=True)
-        text = model.encode_text()
-    feats = type(feats)(*(_float(f) for f in feats))
-    return model.loss_from_features(feats, _float(text), labels, **loss_kw)
+        return model.loss(images, labels, **loss_kw)
 
 
 def encode_text(model: nn.Module, *, device: torch.device, precision: str) -> torch.Tensor:
@@ -179,15 +175,11 @@ def encode_text(model: nn.Module, *, device: torch.device, precision: str) -> to
 
 
 def logits(model: nn.Module, images: torch.Tensor, text: torch.Tensor, *, device: torch.device, precision: str):
-    """``model.logits(images, text)``: the image tower under autocast, the cosine logits in fp32 (a
-    model without separate image features, zero-shot CLIP, computes its logits under autocast)."""
-    if not hasattr(model, "logits_from_features"):
-        with autocast(device, precision):
-            out = model.logits(images, text)
-        return type(out)(*(_float(t) for t in out))
+    """``model.logits(images, text)`` under autocast, as fp32 (MMRL computes its cosine logits in fp32
+    itself; zero-shot CLIP's come out of autocast and are upcast here)."""
     with autocast(device, precision):
-        feats = model.encode_image(images)
-    return model.logits_from_features(type(feats)(*(_float(f) for f in feats)), _float(text))
+        out = model.logits(images, text)
+    return type(out)(*(_float(t) for t in out))
 
 
 def match_eval_precision(model: nn.Module, cfg) -> None:

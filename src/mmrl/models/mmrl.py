@@ -58,6 +58,11 @@ def refresh_slots(slots: Tensor, new: Tensor, beta: float | None) -> Tensor:
     return new.expand_as(slots)
 
 
+def _fp32(t: Tensor | None) -> Tensor | None:
+    """bf16 / fp16 -> fp32; fp32, float64 and None as they are."""
+    return t if t is None or t.dtype not in (torch.bfloat16, torch.float16) else t.float()
+
+
 def fuse_logits(class_logits: Tensor, rep_logits: Tensor, alpha: float) -> Tensor:
     """Decoupled inference's fused logits ``alpha l_c + (1 - alpha) l_r``, each (B, C)."""
     return alpha * class_logits + (1 - alpha) * rep_logits
@@ -383,7 +388,9 @@ class MMRL(nn.Module):
         training classes, class-only on novel ones) is the caller's."""
         if text is None:
             text = self.encode_text()
-        return self.logits_from_features(self.encode_image(images), text)
+        feats = self.encode_image(images)
+        with torch.autocast(images.device.type, enabled=False):  # the head in fp32, whatever the towers ran in
+            return self.logits_from_features(ImageFeatures(*map(_fp32, feats)), _fp32(text))
 
     def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
              weights: Tensor | None = None, world_size: int = 1, criterion: Criterion = cross_entropy) -> LossOutput:
@@ -402,9 +409,13 @@ class MMRL(nn.Module):
             criterion: the per-sample classification loss of both terms (:mod:`mmrl.models.losses`;
                 cross-entropy, the papers', by default).
         """
-        return self.loss_from_features(self.encode_image(images, teacher=True), self.encode_text(), labels,
-                                       batch_size=batch_size, weights=weights, world_size=world_size,
-                                       criterion=criterion)
+        feats, text = self.encode_image(images, teacher=True), self.encode_text()
+        # logits, cross-entropies and regularisers in fp32 from the towers' (bf16 / fp16) features;
+        # at fp32 this is the same computation bit for bit
+        with torch.autocast(images.device.type, enabled=False):
+            return self.loss_from_features(ImageFeatures(*map(_fp32, feats)), _fp32(text), labels,
+                                           batch_size=batch_size, weights=weights, world_size=world_size,
+                                           criterion=criterion)
 
     def loss_from_features(self, feats: ImageFeatures, text: Tensor, labels: Tensor, *,
                            batch_size: int | None = None, weights: Tensor | None = None,
