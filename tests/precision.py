@@ -8,6 +8,7 @@ run on the same ones), unlike any fixed bound on one reduced-precision result.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -50,6 +51,19 @@ def amp_outputs(model, images: torch.Tensor, labels: torch.Tensor, *, reference:
     values = {"total": out.total.detach(), "logits.fused": out.logits.fused.detach()}
     values.update({f"grad {n}": p.grad for n, p in model.named_parameters() if p.requires_grad})
     return {k: v.detach().double() for k, v in values.items()}
+
+
+def float64_truth(model, names: list[str], images: torch.Tensor, labels: torch.Tensor, outputs) -> dict:
+    """The ground truth: ``outputs(model64, images, labels)`` of a float64 copy of ``model`` set to
+    ``names``, with float64 as the default dtype meanwhile (masks built inside the model follow it)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model64 = copy.deepcopy(model).double()
+        model64.set_classes(names, "a photo of a {}.")
+        return outputs(model64, images.double(), labels)
+    finally:
+        torch.set_default_dtype(default)
 
 
 def error_ratios(fast: dict, ref: dict, truth: dict, unit: float) -> dict[str, float]:

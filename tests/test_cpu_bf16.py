@@ -15,7 +15,8 @@ import torch
 
 pytest.importorskip("open_clip")
 from helpers import make_benchmark_dataset, tiny_train_argv, write_tiny_clip  # noqa: E402
-from precision import UNIT_ROUNDOFF, amp_outputs, error_ratios, geometric_mean, ratio_failures  # noqa: E402
+from precision import (UNIT_ROUNDOFF, amp_outputs, error_ratios, float64_truth, geometric_mean,  # noqa: E402
+                       ratio_failures)
 from test_models_fast_path import classnames, make_model, tiny_clip, tokenizer  # noqa: E402,F401 (fixtures)
 
 from mmrl.cli import main  # noqa: E402
@@ -120,14 +121,7 @@ def test_bf16_weights_are_as_accurate_as_the_reference(tiny_clip, tokenizer, met
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 4, 8])
 
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # masks built inside the model follow the default dtype
-    try:
-        model64 = copy.deepcopy(model).double()
-        model64.set_classes(names, "a photo of a {}.")
-        truth = split_outputs(model64, images.double(), labels, reference=True)
-    finally:
-        torch.set_default_dtype(default)
+    truth = float64_truth(model, names, images, labels, lambda m, x, y: split_outputs(m, x, y, reference=True))
     model.set_classes(names, "a photo of a {}.")
     autocast_ref = amp_outputs(model, images, labels, reference=True, dtype=BF16)  # fp32 weights, autocast
     amp.cast_frozen(model, "bf16")

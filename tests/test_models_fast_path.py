@@ -21,7 +21,7 @@ from open_clip.tokenizer import SimpleTokenizer  # noqa: E402
 from mmrl.models.backbone import Backbone, _frozen  # noqa: E402
 from mmrl.models import reference as reference_path  # noqa: E402
 from mmrl.models import MMRL, build_method, method_config  # noqa: E402
-from precision import UNIT_ROUNDOFF, amp_outputs, error_ratios, ratio_failures, rel_err  # noqa: E402
+from precision import UNIT_ROUNDOFF, amp_outputs, error_ratios, float64_truth, ratio_failures, rel_err  # noqa: E402
 
 # fp32: both paths compute the same sums in a different order (SDPA vs MultiheadAttention,
 # one batched prefix vs C copies, cut vs padded sequences, row subsets in the last block),
@@ -156,14 +156,8 @@ def test_fast_path_under_bf16_autocast(tiny_clip, tokenizer, method, J):
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randn(3, 3, 32, 32, generator=g), torch.tensor([0, 4, 8])
 
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)  # masks built inside the model follow the default dtype
-    try:
-        model64 = copy.deepcopy(model).double()
-        model64.set_classes(names, "a photo of a {}.")
-        truth = amp_outputs(model64, images.double(), labels, reference=True, dtype=None)
-    finally:
-        torch.set_default_dtype(default)
+    truth = float64_truth(model, names, images, labels,
+                          lambda m, x, y: amp_outputs(m, x, y, reference=True, dtype=None))
     model.set_classes(names, "a photo of a {}.")
     fast = amp_outputs(model, images, labels, reference=False, dtype=torch.bfloat16)
     ref = amp_outputs(model, images, labels, reference=True, dtype=torch.bfloat16)

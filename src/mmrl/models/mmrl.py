@@ -24,6 +24,7 @@ Choices where the spec is silent (also in docs):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from contextlib import contextmanager
@@ -56,6 +57,13 @@ def refresh_slots(slots: Tensor, new: Tensor, beta: float | None) -> Tensor:
     if beta is not None:
         return beta * new + (1.0 - beta) * slots
     return new.expand_as(slots)
+
+
+def _without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off where it is on (a model built on the meta device has none to switch)."""
+    if device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _fp32(t: Tensor | None) -> Tensor | None:
@@ -389,7 +397,7 @@ class MMRL(nn.Module):
         if text is None:
             text = self.encode_text()
         feats = self.encode_image(images)
-        with torch.autocast(images.device.type, enabled=False):  # the head in fp32, whatever the towers ran in
+        with _without_autocast(images.device):  # the head in fp32, whatever the towers ran in
             return self.logits_from_features(ImageFeatures(*map(_fp32, feats)), _fp32(text))
 
     def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
@@ -412,7 +420,7 @@ class MMRL(nn.Module):
         feats, text = self.encode_image(images, teacher=True), self.encode_text()
         # logits, cross-entropies and regularisers in fp32 from the towers' (bf16 / fp16) features;
         # at fp32 this is the same computation bit for bit
-        with torch.autocast(images.device.type, enabled=False):
+        with _without_autocast(images.device):
             return self.loss_from_features(ImageFeatures(*map(_fp32, feats)), _fp32(text), labels,
                                            batch_size=batch_size, weights=weights, world_size=world_size,
                                            criterion=criterion)
