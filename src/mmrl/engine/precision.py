@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mmrl.engine.runtime import autocast
+from mmrl.models.mmrl import upcast
 
 # a machine-wide override of what `auto` picks on the CPU: 0 = fp32, 1 = bf16 (the CPU is not
 # asked); the test suite sets 0 so that its numbers do not depend on the machine's CPU
@@ -155,11 +156,6 @@ def eval_precision(precision: str, device: torch.device, width: int | None = Non
     return choose_precision("auto", device, width)
 
 
-def _float(t: torch.Tensor | None) -> torch.Tensor | None:
-    """bf16 / fp16 -> fp32 (fp32 and float64 as they are)."""
-    return t if t is None or t.dtype not in (torch.bfloat16, torch.float16) else t.float()
-
-
 def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device, precision: str,
          **loss_kw: Any):
     """``model.loss(images, labels, **loss_kw)`` under autocast; the method computes its loss head in
@@ -171,7 +167,7 @@ def loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device
 def encode_text(model: nn.Module, *, device: torch.device, precision: str) -> torch.Tensor:
     """The class text features under autocast, upcast to fp32."""
     with autocast(device, precision):
-        return _float(model.encode_text())
+        return upcast(model.encode_text())
 
 
 def logits(model: nn.Module, images: torch.Tensor, text: torch.Tensor, *, device: torch.device, precision: str):
@@ -179,7 +175,7 @@ def logits(model: nn.Module, images: torch.Tensor, text: torch.Tensor, *, device
     itself; zero-shot CLIP's come out of autocast and are upcast here)."""
     with autocast(device, precision):
         out = model.logits(images, text)
-    return type(out)(*(_float(t) for t in out))
+    return type(out)(*(upcast(t) for t in out))
 
 
 def match_eval_precision(model: nn.Module, cfg) -> None:

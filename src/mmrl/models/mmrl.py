@@ -66,7 +66,7 @@ def _without_autocast(device: torch.device) -> contextlib.AbstractContextManager
     return contextlib.nullcontext()
 
 
-def _fp32(t: Tensor | None) -> Tensor | None:
+def upcast(t: Tensor | None) -> Tensor | None:
     """bf16 / fp16 -> fp32; fp32, float64 and None as they are."""
     return t if t is None or t.dtype not in (torch.bfloat16, torch.float16) else t.float()
 
@@ -398,7 +398,7 @@ class MMRL(nn.Module):
             text = self.encode_text()
         feats = self.encode_image(images)
         with _without_autocast(images.device):  # the head in fp32, whatever the towers ran in
-            return self.logits_from_features(ImageFeatures(*map(_fp32, feats)), _fp32(text))
+            return self.logits_from_features(ImageFeatures(*map(upcast, feats)), upcast(text))
 
     def loss(self, images: Tensor, labels: Tensor, *, batch_size: int | None = None,
              weights: Tensor | None = None, world_size: int = 1, criterion: Criterion = cross_entropy) -> LossOutput:
@@ -421,7 +421,7 @@ class MMRL(nn.Module):
         # logits, cross-entropies and regularisers in fp32 from the towers' (bf16 / fp16) features;
         # at fp32 this is the same computation bit for bit
         with _without_autocast(images.device):
-            return self.loss_from_features(ImageFeatures(*map(_fp32, feats)), _fp32(text), labels,
+            return self.loss_from_features(ImageFeatures(*map(upcast, feats)), upcast(text), labels,
                                            batch_size=batch_size, weights=weights, world_size=world_size,
                                            criterion=criterion)
 
