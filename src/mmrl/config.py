@@ -304,10 +304,14 @@ def all_keys(cfg: Any = None, prefix: str = "") -> list[str]:
     return [key for key, _, _ in leaves(cfg, prefix)]
 
 
+def methods_with_key(key: str) -> list[str]:
+    """The registered methods whose settings have the dotted key ``key`` (``method.beta`` -> mmrl++)."""
+    return [n for n in methods.names() if key in all_keys(methods.get(n).config(), "method.")]
+
+
 def _unknown_key(cfg: RunConfig, key: str, source: str) -> ConfigError:
     """An unknown key, with the closest valid ones -- or the methods it belongs to."""
-    owners = [n for n in methods.names() if n != cfg.method.name
-              and key in all_keys(methods.get(n).config(), "method.")]
+    owners = [n for n in methods_with_key(key) if n != cfg.method.name]
     if owners:
         return ConfigError(f"{source}: {shown(key)} is a setting of {' / '.join(owners)}, not of method "
                            f"{cfg.method.name} (method.name); {cfg.method.name}'s keys: "
@@ -480,9 +484,9 @@ def typed_value(key: str, value: Any, source: str = "--set") -> Any:
     """``value`` checked and typed as ``key`` holds it (``("optim.lr", 1)`` -> ``1.0``; lists of a
     tuple key as lists); ConfigError naming the key otherwise."""
     cfg = RunConfig()
-    owner = next((n for n in methods.names() if key in all_keys(methods.get(n).config(), "method.")), None)
-    if owner is not None:  # a key of another method than the default one
-        set_key(cfg, "method.name", owner, source)
+    owners = methods_with_key(key)
+    if owners and cfg.method.name not in owners:  # a key of another method than the default one
+        set_key(cfg, "method.name", owners[0], source)
     set_key(cfg, key, value, source)
     return cfg.value(key)
 
