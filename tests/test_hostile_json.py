@@ -99,3 +99,50 @@ def test_safetensors_header_nested(tmp_path):
     p.write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(ValueError, match="a.safetensors: not a safetensors file .its header: unreadable JSON: nested"):
         read_safetensors_header(p)
+
+
+def test_oversized_file_refused_before_parsing(tmp_path, monkeypatch):
+    """A JSON file over the cap is refused by size, reading at most cap + 1 bytes of it."""
+    import mmrl.fileio as fileio
+
+    p = tmp_path / "big.json"
+    p.write_text("[" + ",".join(["0"] * 600) + "]")      # 1201 bytes, valid JSON
+    assert len(read_json(p)) == 600
+    monkeypatch.setattr(fileio, "JSON_MAX_BYTES", 1200)
+    reads = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def read(self, n=-1):
+            reads.append(n)
+            return self.f.read(n)
+
+    monkeypatch.setattr("builtins.open", lambda *a, **k: Counting(real_open(*a, **k)))
+    with pytest.raises(JSONFileError) as e:
+        read_json(p)
+    monkeypatch.undo()
+    assert reads == [1201]                               # never the whole file of an unknown size
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: more than ") and "1200 bytes of JSON" in msg and "\n" not in msg
+    assert read_json_or_none(p) is None
+    assert read_json(p, max_bytes=1201) == [0] * 600     # at the cap: read
+
+
+def test_oversized_manifest_is_one_data_error(tmp_path, monkeypatch):
+    import mmrl.fileio as fileio
+
+    make_folder_dataset(tmp_path / "imgs")
+    manifest = tmp_path / "m.json"
+    manifest.write_text('[{"path": "imgs/a.png", "label": "a"}]' + " " * 2000)
+    monkeypatch.setattr(fileio, "JSON_MAX_BYTES", 1000)
+    with pytest.raises(data.DataError, match="m.json: more than 1000 bytes of JSON"):
+        data.load_dataset(f"manifest:{manifest}", None)

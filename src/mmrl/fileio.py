@@ -166,11 +166,25 @@ def loads_json(text: str | bytes, source: str | Path) -> Any:
 JSON_DEPTH_MAX = sys.getrecursionlimit()
 
 
-def read_json(path: str | Path) -> Any:
+# The largest JSON file mmrl reads: split files and run files are at most tens of MB (CoOp's
+# Food-101 split, ~5 MB), a JSON manifest of ImageNet's 1.28 M training images ~90 MB. Parsed,
+# a JSON byte costs Python at most ~24 bytes (``[{},{},...]``: a 64-byte dict per 3 bytes), so
+# this bounds what any file handed to mmrl can cost at about 3 GB, and a typical one at ~6x its size.
+JSON_MAX_BYTES = 128 * 2**20
+
+
+def read_json(path: str | Path, max_bytes: int | None = None) -> Any:
     """The JSON value in ``path``. OSError when it cannot be opened; :class:`JSONFileError` naming
-    the file when it is not JSON (also when nested too deeply, or not UTF-8)."""
+    the file when it is not JSON (also when nested too deeply, or not UTF-8), or when it holds
+    more than ``max_bytes`` -- decided before it is parsed, and without reading more than
+    ``max_bytes + 1`` bytes (a FIFO or /proc file reports no size). Default: JSON_MAX_BYTES."""
+    max_bytes = JSON_MAX_BYTES if max_bytes is None else max_bytes
     with open(path, "rb") as f:
-        raw = f.read()
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        cap = f"{max_bytes // 2**20} MiB" if max_bytes >= 2**20 else f"{max_bytes} bytes"
+        raise JSONFileError(f"{path}: more than {cap} of JSON; no file mmrl reads is "
+                            "that large (a bigger manifest can be a CSV file: path,label[,split])")
     return loads_json(raw, path)
 
 
