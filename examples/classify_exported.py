@@ -6,8 +6,9 @@ Needs numpy, Pillow and either onnxruntime (for .onnx files) or torch (for .pt2 
     python classify_exported.py pets.pt2 cat.jpg --trust-pt2     # only for a .pt2 you trust
 
 The file's metadata says everything needed: class names, logit kind, input size and the
-preprocessing (shorter side resized to `resize` with bicubic interpolation, centre crop
-`crop` x `crop`, RGB scaled to [0, 1], then `(x - mean) / std` per channel). The functions
+preprocessing (`resize_mode` "shortest": shorter side resized to `resize`, then a centre crop
+`crop` x `crop`; "squash": the whole image resized to `resize` x `resize`; with the file's
+`interpolation`, bicubic or bilinear; RGB scaled to [0, 1], then `(x - mean) / std` per channel). The functions
 below reproduce torchvision's `Resize` / `CenterCrop` / `ToTensor` / `Normalize` on PIL
 images, so the batch equals the one `mmrl eval` builds.
 
@@ -62,15 +63,20 @@ def load(path: str, trust_pt2: bool = False):
 
 def preprocess(image: Image.Image, spec: dict) -> np.ndarray:
     """PIL image -> (3, crop, crop) float32, as metadata["preprocessing"] says."""
-    assert spec["interpolation"] == "bicubic"
+    filters = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
+    if spec["interpolation"] not in filters or spec.get("resize_mode", "shortest") not in ("shortest", "squash"):
+        raise SystemExit(f"unsupported preprocessing {spec}")
     img = image.convert("RGB")
     w, h = img.size
-    short, long = (w, h) if w <= h else (h, w)
     size = spec["resize"]
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if spec.get("resize_mode", "shortest") == "squash":   # the whole image, aspect ratio not kept
+        new_w, new_h = size, size
+    else:                                                # the shorter side to `size`
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = size, int(size * long / short)
+        new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) != (w, h):
-        img = img.resize((new_w, new_h), Image.BICUBIC)
+        img = img.resize((new_w, new_h), filters[spec["interpolation"]])
     c = spec["crop"]
     top, left = int(round((new_h - c) / 2.0)), int(round((new_w - c) / 2.0))
     img = img.crop((left, top, left + c, top + c))

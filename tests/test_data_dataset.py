@@ -144,3 +144,48 @@ def test_skip_bad_filters_counts_and_logs(tmp_path, items, caplog):
     assert "broken.jpg" in caplog.text and "gone.png" in caplog.text and "truncated.png" in caplog.text
     assert [i for _, _, i in (ds[k] for k in range(len(ds)))] == [0, 1, 2]
     assert [p for p, _ in find_bad_images(mixed, decode=False)] == [str(gone)]  # without decoding: only absent
+
+
+def _stripes():
+    """40x20: a white stripe in x < 4 (the left tenth), the rest black."""
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :4] = 255
+    return Image.fromarray(arr)
+
+
+def test_squash_keeps_the_whole_image_shortest_crops_it():
+    # shortest: 40x20 -> 32x16, centre crop keeps x in [8, 24) of 32: the stripe (x < 3.2) is cut off;
+    # squash: 40x20 -> 16x16 whole, the stripe is the first 16 / 10 = 1.6 columns
+    crop = build_transform(False, 16)(_stripes())
+    squash = build_transform(False, 16, resize_mode="squash")(_stripes())
+    assert crop.shape == squash.shape == (3, 16, 16)
+    assert (crop[0] < 0).all()                            # no white left after the crop
+    assert (squash[0, :, 0] > 0).all() and (squash[0, :, 8:] < 0).all()
+
+
+def test_bilinear_differs_from_bicubic_and_train_takes_it():
+    from torchvision import transforms as T
+
+    a = build_transform(False, 16, interpolation="bilinear")(_stripes())
+    b = build_transform(False, 16, interpolation="bicubic", resize_mode="squash")(_stripes())
+    c = build_transform(False, 16, interpolation="bilinear", resize_mode="squash")(_stripes())
+    assert torch.equal(a, build_transform(False, 16)(_stripes()))  # the stripe is cropped away either way
+    assert not torch.equal(b, c)                                    # the stripe's edge is resampled differently
+    crop = build_transform(True, 16, interpolation="bilinear").transforms[0]
+    assert isinstance(crop, T.RandomResizedCrop) and crop.interpolation == T.InterpolationMode.BILINEAR
+
+
+def test_spec_without_resize_mode_means_shortest_and_bad_modes_are_named():
+    from mmrl.data import preprocessing_spec
+    from mmrl.data.transforms import transform_from_spec
+
+    spec = preprocessing_spec(16)
+    assert spec["resize_mode"] == "shortest" and spec["interpolation"] == "bicubic"
+    old = {k: v for k, v in spec.items() if k != "resize_mode"}   # files exported by mmrl 0.2
+    assert torch.equal(transform_from_spec(old)(_stripes()), transform_from_spec(spec)(_stripes()))
+    for key, value, said in [("resize_mode", "longest", "resize_mode 'longest'; expected one of shortest, squash"),
+                             ("interpolation", "nearest", "interpolation 'nearest'; expected one of bicubic")]:
+        with pytest.raises(ValueError, match=said):
+            transform_from_spec({**spec, key: value})
+    with pytest.raises(ValueError, match="interpolation 'lanczos'"):
+        build_transform(True, 16, interpolation="lanczos")

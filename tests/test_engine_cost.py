@@ -13,7 +13,7 @@ from torch import nn
 from helpers import make_benchmark_dataset, read_jsonl, tiny_train_argv, write_tiny_clip
 from mmrl.cli import main
 from mmrl.engine import cost
-from mmrl.engine.inference import model_image_size
+from mmrl.models.towers import model_image_size
 from mmrl.engine.rundir import load_run, training_classnames, training_template
 
 torch.set_num_threads(1)

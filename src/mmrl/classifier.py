@@ -29,7 +29,7 @@ from mmrl.data import load_image, transform_from_spec
 from mmrl.engine import precision as amp
 from mmrl.engine.decoupled import recorded_settings, resolve_class_set
 from mmrl.engine.export import build_metadata, export_program, format_for, load_exported, write_exported
-from mmrl.models.towers import model_image_size
+from mmrl.models.towers import image_resizing
 from mmrl.engine.rundir import load_run, training_classnames
 from mmrl.errors import shown
 
@@ -108,7 +108,7 @@ class Classifier:
             with amp.autocast(device, precision):  # the aligners' outputs as the image tower uses them
                 frozen = model.freeze(cs.kind, text).eval()
         meta = build_metadata(classnames=cs.classnames, template=cs.template, kind=cs.kind,
-                              image_size=model_image_size(model), method=model.cfg.name, beta=recorded_settings(cs.settings)["beta"],
+                              resizing=image_resizing(model.clip), method=model.cfg.name, beta=recorded_settings(cs.settings)["beta"],
                               alpha=float(model.cfg.alpha), logit_scale=float(model.cfg.logit_scale),
                               backbone=cfg.backbone, trained_on=cfg.data.dataset,
                               trained_subsample=cfg.data.subsample, dataset=cs.dataset, run=str(run_dir))
@@ -179,7 +179,8 @@ class Classifier:
     # ------------------------------------------------------------------ inference
     def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> torch.Tensor:
         """Image files or PIL images -> the (N, 3, H, W) float32 batch :meth:`logits` takes:
-        RGB, bicubic resize of the shorter side, centre crop, CLIP normalisation (``metadata['preprocessing']``)."""
+        RGB, the backbone's resize (CLIP's: bicubic, shorter side, centre crop), CLIP normalisation
+        (``metadata['preprocessing']``)."""
         items = _as_list(images)
         pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_image(str(im)) for im in items]
         return torch.stack([self._transform(im) for im in pil]) if pil else \

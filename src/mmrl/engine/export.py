@@ -76,20 +76,23 @@ def format_for(path: str | Path, fmt: str | None = None, choose: str = "--format
                      f"name the file *.onnx or *.pt2, or choose {choose}")
 
 
-def build_metadata(*, classnames: list[str], template: str, kind: str, image_size: int, method: str,
+def build_metadata(*, classnames: list[str], template: str, kind: str, resizing: dict, method: str,
                    beta: float | None, alpha: float, logit_scale: float, backbone: str | None = None,
                    trained_on: str | None = None, trained_subsample: str | None = None,
                    dataset: str | None = None, run: str | None = None) -> dict[str, Any]:
-    """The JSON metadata of an exported file (also ``Classifier.metadata``)."""
+    """The JSON metadata of an exported file (also ``Classifier.metadata``); ``resizing`` is the
+    backbone's :func:`mmrl.models.towers.image_resizing`."""
     from mmrl import __version__
     from mmrl.data import preprocessing_spec
 
+    image_size = resizing["resolution"]
     return {
         "kind": FILE_KIND, "version": FILE_VERSION, "mmrl_version": __version__,
         "classes": list(classnames), "template": template, "logits": kind,
         "input": {"name": INPUT_NAME, "shape": ["N", 3, image_size, image_size], "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "shape": ["N", len(classnames)], "dtype": "float32"},
-        "input_size": image_size, "preprocessing": preprocessing_spec(image_size),
+        "input_size": image_size,
+        "preprocessing": preprocessing_spec(image_size, resizing["interpolation"], resizing["resize_mode"]),
         "method": method, "beta": beta, "alpha": alpha, "logit_scale": logit_scale, "backbone": backbone,
         "trained_on": trained_on, "trained_subsample": trained_subsample, "dataset": dataset, "run": run,
     }

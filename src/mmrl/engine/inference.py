@@ -15,7 +15,7 @@ from mmrl.engine import distributed as ddp_util
 from mmrl.engine import precision as amp
 from mmrl.engine.runtime import Progress, use_tty_progress
 from mmrl.fileio import dumps_json, open_atomic
-from mmrl.models.towers import model_device, model_image_size
+from mmrl.models.towers import image_resizing, model_device
 
 
 @torch.no_grad()
@@ -43,7 +43,7 @@ def run_inference(model: nn.Module, items: Sequence, classnames: list[str], temp
     try:
         model.set_classes(classnames, template)
         text = amp.encode_text(model, device=device, precision=precision)
-        ds = data.ImageDataset(items, data.build_transform(False, model_image_size(model)), seed=0,
+        ds = data.ImageDataset(items, data.build_transform(False, **image_resizing(model.clip)), seed=0,
                                skip_bad=skip_bad)
         kept = {id(d): i for i, d in enumerate(items)}
         index_map = [kept[id(d)] for d in ds.items]

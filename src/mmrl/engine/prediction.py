@@ -12,7 +12,7 @@ from mmrl import data
 from mmrl.config import RunConfig
 from mmrl.engine import precision as amp
 from mmrl.engine.decoupled import check_class_list, resolve_class_set
-from mmrl.models.towers import model_device, model_image_size
+from mmrl.models.towers import image_resizing, model_device
 from mmrl.engine.rundir import load_run
 
 
@@ -50,7 +50,7 @@ def predict(run_dir_or_model: str | Path | nn.Module, images: Sequence[str | Pat
     cs = resolve_class_set(model, cfg, run_dir, classes=classes, dataset=dataset, root=root, subsample=subsample,
                            logits=logits, template=template)
     classnames, kind = cs.classnames, cs.kind
-    transform = data.build_transform(False, model_image_size(model))
+    transform = data.build_transform(False, **image_resizing(model.clip))
     model.eval()
     out = []
     with torch.no_grad(), model.using(cs.settings):

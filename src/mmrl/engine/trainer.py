@@ -44,6 +44,7 @@ from mmrl.engine.schedule import epoch_batches, lr_at_epoch, rank_batches, steps
 from mmrl.errors import CorruptFileError, RunInterrupted, UserError, error_line
 from mmrl.models import build_method
 from mmrl.models.losses import Criterion, build_criterion, cross_entropy
+from mmrl.models.towers import image_resizing
 from mmrl.vocab import harmonic_mean
 
 LOG = logging.getLogger("mmrl")
@@ -392,7 +393,7 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
         LOG.info("resuming from %s: %d of %d epochs done (step %d)", ckpt_path, start_epoch, cfg.optim.epochs, step)
     info["epochs_done"] = start_epoch
 
-    train_ds = data.ImageDataset(splits.train, data.build_transform(True, backbone.image_size), seed=cfg.seed,
+    train_ds = data.ImageDataset(splits.train, data.build_transform(True, **image_resizing(backbone.clip)), seed=cfg.seed,
                                  skip_bad=cfg.data.skip_bad_images)
     n = len(train_ds)
     if n == 0:

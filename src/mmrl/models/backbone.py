@@ -363,7 +363,7 @@ class _LazyTokenizer:
 
 
 def _set_preprocess(clip: nn.Module, name: str, tag: str) -> None:
-    """Give the image tower the mean/std its weights were trained with (open_clip attaches them
+    """Give the image tower the mean/std, interpolation and resize mode its weights were trained with (open_clip attaches them
     only when it loads a pretrained tag): the tag's, or for a local checkpoint the model's first
     listed tag's. The adapters read them (``VisionTower.preprocess``)."""
     import open_clip
@@ -372,7 +372,8 @@ def _set_preprocess(clip: nn.Module, name: str, tag: str) -> None:
     pcfg = open_clip.get_pretrained_cfg(name, tag if tag in tags else (tags[0] if tags else "")) or {}
     if "mean" in pcfg and "std" in pcfg:
         cfg = dict(getattr(clip.visual, "preprocess_cfg", None) or {})
-        cfg.update(mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+        cfg.update(mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]),
+                   **{k: pcfg[k] for k in ("interpolation", "resize_mode") if k in pcfg})
         clip.visual.preprocess_cfg = cfg
 
 

@@ -657,6 +657,15 @@ def model_image_size(model: nn.Module) -> int:
     return towers_of(model.clip).vision.image_size
 
 
+def image_resizing(clip: nn.Module) -> dict:
+    """``{"resolution", "interpolation", "resize_mode"}`` of a backbone's image tower: the keyword
+    arguments of :func:`mmrl.data.build_transform` (and ``preprocessing_spec``) that feed it
+    images as its weights were trained (SigLIP, CLIPA: squash; CLIPA, MobileCLIP: bilinear)."""
+    v = towers_of(clip).vision
+    return {"resolution": v.image_size, "interpolation": v.preprocess["interpolation"],
+            "resize_mode": v.preprocess["resize_mode"]}
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of a method model's frozen backbone (any family; CustomTextCLIP has no
     ``positional_embedding`` of its own)."""
@@ -684,5 +693,5 @@ def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
     return None
 
 
-__all__ = ["BlockParts", "VisionTower", "TextTower", "Towers", "TowerError", "towers_of", "towers_problem", "refusal", "model_image_size", "model_device",
+__all__ = ["BlockParts", "VisionTower", "TextTower", "Towers", "TowerError", "towers_of", "towers_problem", "refusal", "model_image_size", "image_resizing", "model_device",
            "block_problem", "attention_layout_problem", "parts", "check_block_math"]
