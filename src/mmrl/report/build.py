@@ -16,7 +16,7 @@ from typing import Sequence
 
 from mmrl.fileio import check_writable_dir, write_json_atomic, write_text_atomic
 from mmrl.methods import names as method_names
-from mmrl.report import ablation, compute, decoupled
+from mmrl.report import ablation, compute, decoupled, robustness
 from mmrl.report.document import (DASH, Block, Bullets, Heading, Table, Text, csv_writer, esc, escaped, mean_std,
                                   missing_blocks)
 from mmrl.report.group import Series, dataset_order, missing_entries, series_of
@@ -89,6 +89,7 @@ def collect(output: Path | str, protocols: Sequence[str] | None = None) -> dict:
     result["notes"] += dup_notes
     if zs:
         result["zeroshot"] = {k: stat_dict(v) for k, v in sorted(zs.items())}
+    result["robustness"] = robustness.collect(result["ablations"], result.get("zeroshot", {}))
     result["notes"] += [f"`{esc(_rel(Path(p), root))}`: looks like a run folder but names no method; skipped"
                         for p in found.skipped]
     unplaced = [r for r in found.runs if r.method != ZEROSHOT and (r.protocol not in PROTOCOLS or r.name is None
@@ -157,9 +158,9 @@ def checks_blocks(c: dict) -> list[Block]:
 # ----------------------------------------------------------------------------------------------
 
 def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = frozenset(),
-             compute_figures: set[str] = frozenset()) -> list[Block]:
+             compute_figures: set[str] = frozenset(), robustness_figures: set[str] = frozenset()) -> list[Block]:
     """The whole report as blocks; ``figures``: protocol -> figure file written beside the report;
-    ``ablation_figures``: the ablation figures written beside it."""
+    ``ablation_figures`` / ``robustness_figures``: the ablation / robustness figures written beside it."""
     published = load_published()
     out: list[Block] = [Heading(1, "MMRL report"),
                         Text(f"Runs under `{data['output']}` — generated {data['generated']}. "
@@ -183,6 +184,7 @@ def document(data: dict, figures: dict[str, str], ablation_figures: set[str] = f
         out += missing_blocks(sec["missing"])
     titles = {name: proto.TITLE for name, proto in PROTOCOLS.items()}
     out += ablation.document(data.get("ablations", []), set(ablation_figures), titles, bool(data["protocols"]))
+    out += robustness.document(data.get("robustness", []), set(robustness_figures), titles)
     out += decoupled.document(data.get("decoupled", {}), titles)
     out += compute.document(data.get("compute", {}), titles, set(compute_figures))
     if data.get("zeroshot"):
@@ -267,12 +269,16 @@ def write_report_data(output: Path | str, protocols: Sequence[str] | None = None
     for old in out.glob(f"{ablation.FIGURE_PREFIX}*.png"):
         if old.name not in ablation_figures:
             old.unlink()  # an ablation figure of an earlier report that this one does not have
+    robustness_figures = robustness.plot(data["robustness"], out, titles) if plots else set()
+    for old in out.glob(f"{robustness.FIGURE_PREFIX}*.png"):
+        if old.name not in robustness_figures:
+            old.unlink()  # of an earlier report
     compute_figures = compute.plot(data["compute"], out, titles) if plots else set()
     for old in out.glob(f"{compute.FIGURE_PREFIX}*.png"):
         if old.name not in compute_figures:
             old.unlink()  # of an earlier report
     # the document is built from an escaped copy: every name from a file stays literal text in it
-    blocks = document(escaped(data), figures, ablation_figures, compute_figures)
+    blocks = document(escaped(data), figures, ablation_figures, compute_figures, robustness_figures)
     write_json_atomic(data, out / "report.json")
     write_text_atomic(to_markdown(blocks), out / "report.md")
     write_text_atomic(to_html(blocks, f"MMRL report: {output}", out), out / "report.html")
@@ -281,6 +287,7 @@ def write_report_data(output: Path | str, protocols: Sequence[str] | None = None
         write_text_atomic(PROTOCOLS[name].to_csv(sec, published), out / f"{name}.csv")
     for present, file, text in ((data["compute"]["runs"], compute.CSV_FILE, lambda _: compute.to_csv(data["compute"])),
                                 (data["ablations"], ablation.CSV_FILE, ablation.to_csv),
+                                (data["robustness"], robustness.CSV_FILE, robustness.to_csv),
                                 (data["decoupled"], decoupled.CSV_FILE, decoupled.to_csv)):
         if present:
             write_text_atomic(text(present), out / file)
