@@ -127,7 +127,7 @@ def test_hidden_slots_give_the_frozen_towers_zero_shot_logits(family, method):
         assert not torch.allclose(model.logits(x).class_, zero_shot, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("family", ["siglip", "clipa", "timm-cls", "eva02", "pe-core", "coca"])
+@pytest.mark.parametrize("family", ["siglip", "clipa", "timm-cls", "eva02", "eva02-e", "pe-core", "coca"])
 def test_frozen_classifier_equals_the_models_logits(family):
     model = make(family, "mmrl++").eval()
     x = images()

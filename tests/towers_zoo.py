@@ -18,6 +18,8 @@ timm-cls       MobileCLIP-B-like: timm ViT with CLS and 2 register tokens, CLS p
 eva01          EVA-01: timm Eva, CLS pooling, layer scale gamma, no rotary embedding
 eva02          EVA-02: timm Eva with a rotary embedding on the patch tokens, SwiGLU MLP, a norm
                inside attention (sub-LN)
+eva02-e        EVA-02-E: timm Eva with post-norm blocks (``x + norm1(attn(x))``, ``x + norm2(mlp(x))``)
+               and a rotary embedding
 pe-core        PE-Core: timm Eva with a rotary embedding, CLS and a MAP head
 coca           CoCa: open_clip's attentional pooler (8 queries, first pooled) over the image tokens;
                causal text with padding keys hidden and a class token appended and pooled
@@ -33,7 +35,7 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from mmrl.models.backbone import Backbone, _frozen
 
 VOCAB, CTX, IMAGE = 60, 12, 16
-FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "pe-core", "coca")
+FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "eva02-e", "pe-core", "coca")
 
 
 class ToyTokenizer:
@@ -80,7 +82,9 @@ def _register_timm_models() -> None:
             ("mmrl_test_eva01", tiny_eva, dict(global_pool="token", init_values=0.1)),
             ("mmrl_test_eva02", tiny_eva, dict(global_pool="token", use_rot_pos_emb=True, ref_feat_shape=(2, 2),
                                                swiglu_mlp=True, scale_attn_inner=True)),
-            ("mmrl_test_pe", tiny_eva, dict(global_pool="map", use_rot_pos_emb=True, ref_feat_shape=(2, 2)))):
+            ("mmrl_test_pe", tiny_eva, dict(global_pool="map", use_rot_pos_emb=True, ref_feat_shape=(2, 2))),
+            ("mmrl_test_eva02_e", tiny_eva, dict(global_pool="token", use_rot_pos_emb=True, ref_feat_shape=(2, 2),
+                                                 use_post_norm=True))):
         if name not in timm.list_models(name):
             fn = make(**kw)
             fn.__name__ = name
@@ -112,9 +116,10 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
         m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_vit_cls_reg",
                                              timm_pool="token", timm_proj=None),
                            CLIPTextCfg(**text))
-    elif family in ("eva01", "eva02", "pe-core"):
+    elif family in ("eva01", "eva02", "eva02-e", "pe-core"):
         _register_timm_models()
-        timm_name = {"eva01": "mmrl_test_eva01", "eva02": "mmrl_test_eva02", "pe-core": "mmrl_test_pe"}[family]
+        timm_name = {"eva01": "mmrl_test_eva01", "eva02": "mmrl_test_eva02", "eva02-e": "mmrl_test_eva02_e",
+                     "pe-core": "mmrl_test_pe"}[family]
         m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name=timm_name,
                                              timm_pool="map" if family == "pe-core" else "token", timm_proj=None),
                            CLIPTextCfg(**text))

@@ -609,6 +609,9 @@ def architecture_problem(name: str) -> str | None:
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         return f"open_clip has no model config {name!r}"
+    if "vision_cfg" not in cfg:  # open_clip 4's CLAP: audio_cfg + text_cfg
+        other = next((k for k in cfg if k.endswith("_cfg") and k != "text_cfg"), "no image tower")
+        return f"MMRL needs an image tower (this is not an image-text model: {other})"
     hf = (cfg.get("text_cfg") or {}).get("hf_model_name")
     if hf:  # building it would fetch the Hugging Face config from the network
         return (f"MMRL needs an open_clip text transformer (this text tower is the Hugging Face encoder {hf}, "

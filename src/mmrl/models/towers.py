@@ -91,8 +91,12 @@ _NAMES = {"open_clip": ("ln_1", "ls_1", "ln_2", "ls_2"), "timm": ("norm1", "ls1"
 
 def _block_kind(blk: nn.Module) -> str | None:
     # timm's EvaBlock: norm1 / norm2 with its layer scale gamma_1 / gamma_2 (None without one);
-    # EvaBlockPostNorm has no gamma_1 and is refused as a timm block without ls1
-    if all(isinstance(getattr(blk, n, None), nn.Module) for n in ("norm1", "norm2")) and hasattr(blk, "gamma_1"):
+    # EvaBlockPostNorm (EVA02-E: x + norm1(attn(x)), then x + norm2(mlp(x))) has no gamma_1 but
+    # the same Eva attention, which counts the prefix tokens its rotary embedding skips. Both
+    # are run by their own forward, so their norms' places do not matter here.
+    norms = all(isinstance(getattr(blk, n, None), nn.Module) for n in ("norm1", "norm2"))
+    eva_attention = isinstance(getattr(getattr(blk, "attn", None), "num_prefix_tokens", None), int)
+    if norms and (hasattr(blk, "gamma_1") or eva_attention):
         return "eva"
     for kind, (n1, _, n2, _) in _NAMES.items():
         if isinstance(getattr(blk, n1, None), nn.Module) and isinstance(getattr(blk, n2, None), nn.Module):
