@@ -958,7 +958,7 @@ def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
 
     if blk.kind == "eva":  # always run by its own forward
         return None
-    if blk.kind.startswith("hf_"):  # a Hugging Face layer: its own forward against its parts' math
+    if (blk.kind or "").startswith("hf_"):  # a Hugging Face layer: its own forward against its parts' math
         w = blk.part("q").weight
         if w.device.type == "meta":
             return None
