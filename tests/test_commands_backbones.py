@@ -118,7 +118,7 @@ def test_every_accepted_architecture_builds_the_method_and_takes_a_training_step
     import torch
 
     from mmrl.models import build_method, method_config
-    from mmrl.models.backbone import Backbone, _quiet_open_clip
+    from mmrl.models.backbone import Backbone, _quiet_open_clip, hf_config_offline
     from mmrl.models.towers import towers_of
 
     def ids(texts: list[str], ctx: int) -> torch.Tensor:  # distinct rows, made on the CPU
@@ -132,8 +132,10 @@ def test_every_accepted_architecture_builds_the_method_and_takes_a_training_step
             if not r["accepted"]:
                 continue
             name = r["name"]
-            with _quiet_open_clip(), torch.device("meta"):
-                clip = open_clip.create_model(name, pretrained=None, device="meta").eval().requires_grad_(False)
+            hf = ((open_clip.get_model_config(name) or {}).get("text_cfg") or {}).get("hf_model_name")
+            with _quiet_open_clip(), torch.device("meta"), hf_config_offline(hf):  # no HF config download
+                clip = open_clip.create_model(name, pretrained=None, device="meta",
+                                              pretrained_hf=False).eval().requires_grad_(False)
             towers = towers_of(clip, name)
             if towers.clip_layout:
                 continue
