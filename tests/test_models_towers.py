@@ -236,7 +236,10 @@ def test_describe_sizes_and_parameter_counts_of_every_family(family):
     bb = tiny_backbone(family)
     d = bb.describe()
     assert (d["vision_width"], d["vision_layers"], d["vision_heads"], d["patch_size"], d["image_size"]) == (32, 3, 2, 8, 16)
-    ctx = 11 if family == "coca" else 12  # CoCa: one position is its class token's
+    # CoCa: one position is its class token's; an HF encoder: 77, or fewer where its learned
+    # position table is shorter (the tiny RoBERTa's 40 positions start after the pad id: 38;
+    # NLLB's sinusoidal positions have no end)
+    ctx = {"coca": 11, "xlmr": 38, "roberta-cls": 38, "nllb": 77}.get(family, 12)
     assert (d["text_width"], d["text_layers"], d["text_heads"], d["context_length"]) == (32, 3, 2, ctx)
     assert d["embed_dim"] == (32 if family == "siglip" else 16) and d["fast_path"] == (family == "clip")
     model = build_method(bb, method_config("mmrl", n_rep_tokens=3, rep_dim=8, first_rep_block=2))
@@ -256,5 +259,5 @@ def test_a_hugging_face_tokenizer_without_transformers_says_what_to_install(monk
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "transformers" else real(n, *a))
     tok = _tokenizer_for(tiny_backbone("siglip").clip, "ViT-B-16-SigLIP:webli")
-    with pytest.raises(BackboneUnavailableError, match=r"timm/ViT-B-16-SigLIP.*pip install transformers"):
+    with pytest.raises(BackboneUnavailableError, match=r'timm/ViT-B-16-SigLIP.*pip install "mmrl\[hf\]"'):
         tok(["a photo"])

@@ -23,10 +23,16 @@ eva02-e        EVA-02-E: timm Eva with post-norm blocks (``x + norm1(attn(x))``,
 pe-core        PE-Core: timm Eva with a rotary embedding, CLS and a MAP head
 coca           CoCa: open_clip's attentional pooler (8 queries, first pooled) over the image tokens;
                causal text with padding keys hidden and a class token appended and pooled
+xlmr           xlm-roberta-*-ViT: CLIP vision; open_clip's HFTextEncoder around a Hugging Face
+               XLM-R (post-LN layers, padding-aware learned positions), mean pooler, MLP projection
+roberta-cls    RoBERTa, cls pooler (the encoder's own tanh pooler on <s>), linear projection
+nllb           nllb-clip-*: an M2M100 encoder (pre-LN layers, final layer_norm, scaled embeddings,
+               padding-aware sinusoidal positions), cls pooler (the first token), linear projection
 =============  ===================================================================================
 """
 from __future__ import annotations
 
+import os
 import zlib
 
 import torch
@@ -35,18 +41,20 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from mmrl.models.backbone import Backbone, _frozen
 
 VOCAB, CTX, IMAGE = 60, 12, 16
-FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "eva02-e", "pe-core", "coca")
+FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "eva02-e", "pe-core", "coca",
+            "xlmr", "roberta-cls", "nllb")
+HF_FAMILIES = ("xlmr", "roberta-cls", "nllb")
 
 
 class ToyTokenizer:
     """Words -> ids by a fixed hash; ``[sot] words eos`` padded with 0 to the context.
     ``eos`` = the largest id for 'argmax' towers (CLIP's convention), else 1."""
 
-    def __init__(self, sot: int | None, eos: int, context_length: int = CTX):
-        self.sot, self.eos, self.context_length = sot, eos, context_length
+    def __init__(self, sot: int | None, eos: int, context_length: int = CTX, pad: int = 0):
+        self.sot, self.eos, self.context_length, self.pad = sot, eos, context_length, pad
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        out = torch.zeros(len(texts), self.context_length, dtype=torch.long)
+        out = torch.full((len(texts), self.context_length), self.pad, dtype=torch.long)
         for r, t in enumerate(texts):
             ids = [3 + zlib.crc32(w.encode()) % (VOCAB - 5) for w in t.lower().split()]
             ids = ([self.sot] if self.sot is not None else []) + ids[: self.context_length - 2] + [self.eos]
@@ -91,6 +99,35 @@ def _register_timm_models() -> None:
             register_model(fn)
 
 
+def hf_config(family: str):
+    """A tiny Hugging Face config of an HF text family (pad id 1, as XLM-R's and NLLB's)."""
+    import pytest
+
+    transformers = pytest.importorskip("transformers", reason="HF text towers need transformers (pip install -e '.[hf]')")
+    if family == "nllb":
+        return transformers.M2M100Config(vocab_size=VOCAB, d_model=32, encoder_layers=3, decoder_layers=1,
+                                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=48,
+                                         decoder_ffn_dim=48, max_position_embeddings=40, pad_token_id=1,
+                                         bos_token_id=0, eos_token_id=2, scale_embedding=True, dropout=0.1,
+                                         activation_function="relu")
+    cls = transformers.XLMRobertaConfig if family == "xlmr" else transformers.RobertaConfig
+    return cls(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=48,
+               max_position_embeddings=40, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+               layer_norm_eps=1e-5)
+
+
+def hf_config_dir(family: str) -> str:
+    """The tiny config saved to a folder of its own: open_clip builds its HFTextEncoder from a
+    name or path exactly as for a real model (AutoConfig.from_pretrained reads the folder, offline)."""
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.gettempdir()) / f"mmrl-test-hf-{family}-{os.getpid()}"
+    if not (d / "config.json").is_file():
+        hf_config(family).save_pretrained(str(d))
+    return str(d)
+
+
 def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     """A frozen, randomly initialised model of ``family`` (see module docstring)."""
     torch.manual_seed(seed)
@@ -130,6 +167,14 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
                  {**text, "context_length": CTX - 1, "embed_cls": True, "output_tokens": True},
                  {**vision, "attentional_pool": True, "attn_pooler_queries": 8, "attn_pooler_heads": 2,
                   "output_tokens": True})
+    elif family in HF_FAMILIES:
+        pooler, proj = {"xlmr": ("mean_pooler", "mlp"), "roberta-cls": ("cls_pooler", "linear"),
+                        "nllb": ("cls_pooler", "linear")}[family]
+        path = hf_config_dir(family)
+        torch.manual_seed(seed)
+        m = CustomTextCLIP(16, CLIPVisionCfg(**vision),
+                           CLIPTextCfg(hf_model_name=path, hf_tokenizer_name=path, hf_pooler_type=pooler,
+                                       hf_proj_type=proj, hf_model_pretrained=False, context_length=CTX))
     else:
         raise KeyError(family)
     with torch.no_grad():  # off their initial values (LayerScale, zero biases...), so every part matters
@@ -143,6 +188,10 @@ def tokenizer_of(family: str) -> ToyTokenizer:
         return ToyTokenizer(sot=2, eos=1)
     if family in ("clipa", "siglip"):
         return ToyTokenizer(sot=None, eos=1)
+    if family in ("xlmr", "roberta-cls"):  # <s> words </s>, padded with <pad> = 1
+        return ToyTokenizer(sot=0, eos=2, pad=1)
+    if family == "nllb":  # the language code first, words, </s>, padded with 1
+        return ToyTokenizer(sot=VOCAB - 1, eos=2, pad=1)
     if family == "coca":  # one position of the context is its class token's
         return ToyTokenizer(sot=2, eos=VOCAB - 1, context_length=CTX - 1)
     return ToyTokenizer(sot=2, eos=VOCAB - 1)

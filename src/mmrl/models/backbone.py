@@ -349,7 +349,7 @@ class _LazyTokenizer:
             if hf and importlib.util.find_spec("transformers") is None:
                 raise BackboneUnavailableError(
                     f"backbone {self.spec!r}: its tokenizer is the Hugging Face tokenizer {hf}, which needs the "
-                    "transformers package: pip install transformers (then it is read from the Hugging Face cache)")
+                    f"transformers package: {HF_INSTALL} (then it is read from the Hugging Face cache)")
             try:
                 with _quiet_open_clip(), _hub_offline():
                     self._tok = open_clip.get_tokenizer(self.name, context_length=self.context_length)
@@ -416,9 +416,12 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
                          f"available: {tags}")
     pcfg = open_clip.get_pretrained_cfg(name, tag)
     quick_gelu = bool(pcfg.get("quick_gelu", False))
+    hf = ((open_clip.get_model_config(name) or {}).get("text_cfg") or {}).get("hf_model_name")
+    if hf and importlib.util.find_spec("transformers") is None:
+        raise BackboneUnavailableError(f"backbone {spec!r}: its text tower is the Hugging Face encoder {hf}: {HF_INSTALL}")
     if not pretrained:  # the architecture only (describe, shapes): nothing to download, nothing to say
-        with _quiet_open_clip():
-            return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+        with _quiet_open_clip(), hf_config_offline(hf, allow_default=False):
+            return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, pretrained_hf=False)
     if cached_weights(pcfg) is not None:
         with _quiet_open_clip(), _hub_offline():  # from the cache, no network round trips
             return open_clip.create_model(name, pretrained=tag, force_quick_gelu=quick_gelu)
@@ -595,6 +598,64 @@ def _quiet_open_clip() -> Iterator[None]:
             root.removeHandler(guard)
 
 
+HF_INSTALL = 'pip install "mmrl[hf]"'  # what an open_clip model with a Hugging Face text tower needs
+
+# The Hugging Face model type of an encoder named by open_clip whose config is not cached: the
+# longest model type of transformers' own table contained in the name (as transformers' AutoConfig
+# falls back to), and NLLB -- whose config says m2m_100 -- by name. Only the verdict of
+# `mmrl backbones` uses it (the layers' parts); loading a backbone always reads the real config.
+_HF_TYPE_BY_NAME = {"nllb-200": "m2m_100"}
+
+
+def _hf_offline_config(hf: str, allow_default: bool = True):
+    """The Hugging Face config of encoder ``hf`` without the network: the cached one, or the
+    default config of its model type (:data:`_HF_TYPE_BY_NAME`); None when neither is known."""
+    from transformers import AutoConfig, CONFIG_MAPPING
+
+    try:
+        with _hub_offline():
+            return AutoConfig.from_pretrained(hf, local_files_only=True)
+    except Exception:  # not cached (OSError and kin across transformers versions)
+        pass
+    if not allow_default:
+        return None
+    kind = next((t for key, t in _HF_TYPE_BY_NAME.items() if key in hf), None)
+    if kind is None:
+        kind = next((k for k in sorted(CONFIG_MAPPING.keys(), key=len, reverse=True) if k in hf), None)
+    return None if kind is None else CONFIG_MAPPING[kind]()
+
+
+@contextlib.contextmanager
+def hf_config_offline(hf: str | None, allow_default: bool = True) -> Iterator[None]:
+    """While inside, open_clip builds the Hugging Face text tower ``hf`` from a config found
+    without the network (:func:`_hf_offline_config`): the cached one is what open_clip would read
+    itself; an uncached one is the model type's default (the architecture's parts, not its sizes:
+    for `mmrl backbones`; without ``allow_default`` open_clip fetches an uncached one itself)."""
+    if not hf:
+        yield
+        return
+    import open_clip.hf_model as ohf
+
+    cfg = _hf_offline_config(hf, allow_default)
+    if cfg is None and not allow_default:
+        yield
+        return
+    if cfg is None:
+        raise ValueError(f"the Hugging Face config of {hf} is not cached and its model type is not known")
+    real = ohf.AutoConfig
+
+    class _Offline:
+        @staticmethod
+        def from_pretrained(name, *a, **k):
+            return copy.deepcopy(cfg) if name == hf else real.from_pretrained(name, *a, **k)
+
+    ohf.AutoConfig = _Offline
+    try:
+        yield
+    finally:
+        ohf.AutoConfig = real
+
+
 # --------------------------------------------------------------------------- open_clip architectures
 @functools.cache
 def architecture_problem(name: str) -> str | None:
@@ -609,13 +670,11 @@ def architecture_problem(name: str) -> str | None:
     cfg = open_clip.get_model_config(name)
     if cfg is None:
         return f"open_clip has no model config {name!r}"
-    if "vision_cfg" not in cfg:  # open_clip 4's CLAP: audio_cfg + text_cfg
-        other = next((k for k in cfg if k.endswith("_cfg") and k != "text_cfg"), "no image tower")
-        return f"MMRL needs an image tower (this is not an image-text model: {other})"
+    if cfg.get("audio_cfg") is not None or "visual" not in cfg and "vision_cfg" not in cfg:
+        return f"MMRL needs an image tower ({name} is an audio model, not an image-text model)"
     hf = (cfg.get("text_cfg") or {}).get("hf_model_name")
-    if hf:  # building it would fetch the Hugging Face config from the network
-        return (f"MMRL needs an open_clip text transformer (this text tower is the Hugging Face encoder {hf}, "
-                "not supported yet)")
+    if hf and importlib.util.find_spec("transformers") is None:
+        return f"its text tower is the Hugging Face encoder {hf}: {HF_INSTALL}"
     timm_name = (cfg.get("vision_cfg") or {}).get("timm_model_name")
     if timm_name:
         try:
@@ -625,8 +684,8 @@ def architecture_problem(name: str) -> str | None:
         if not timm.is_model(timm_name):
             return f"its vision tower timm {timm_name} is not in the installed timm {timm.__version__}"
     try:
-        with _quiet_open_clip(), torch.device("meta"):
-            model = open_clip.create_model(name, pretrained=None, device="meta")
+        with _quiet_open_clip(), torch.device("meta"), hf_config_offline(hf):
+            model = open_clip.create_model(name, pretrained=None, device="meta", pretrained_hf=False)
     except Exception as e:  # an architecture this open_clip / timm cannot build
         return f"open_clip cannot build it here ({type(e).__name__}: {' '.join(str(e).split())[:120]})"
     problem = towers_problem(model)

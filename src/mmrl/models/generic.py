@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mmrl.models.blocks import run_block
-from mmrl.models.towers import TextTower, VisionTower
+from mmrl.models.towers import HFTextTower, TextTower, VisionTower
 
 Slot = Callable[[int], Tensor]              # i -> (K, d): the aligner's output for the i-th block from J
 Refresh = Callable[[Tensor, Tensor], Tensor]  # (slots (B, K, d), new (B, K, d)) -> (B, K, d)
@@ -85,17 +85,18 @@ def run_adapted(blocks, x: Tensor, J0: int, at: int, slot: Slot, refresh: Refres
 
 
 # --------------------------------------------------------------------------- text
-def text_features(tower: TextTower, ids: Tensor, J0: int | None = None, slot: Slot | None = None,
+def text_features(tower: TextTower | HFTextTower, ids: Tensor, J0: int | None = None, slot: Slot | None = None,
                   refresh: Refresh | None = None, mask_slot_keys: bool = False) -> Tensor:
     """Text features (C, d_e) of prompts ``ids`` (C, T); without ``slot`` the frozen tower's own."""
     x, own_mask = tower.embed(ids)
     if slot is None:
         for blk in tower.blocks:
-            x = run_block(blk, x, attn_mask=own_mask)
+            x = tower.run_block(blk, x, own_mask)
         return tower.pool(x, ids)
     at = tower.n_prefix
     mask_of = lambda K: tower.extend_mask(own_mask, at, K) if K else own_mask  # noqa: E731
-    own, _ = run_adapted(tower.blocks, x, J0, at, slot, refresh, mask_of, mask_slot_keys)
+    own, _ = run_adapted(tower.blocks, x, J0, at, slot, refresh, mask_of, mask_slot_keys,
+                         run=lambda blk, x, m, k: tower.run_block(blk, x, m))
     return tower.pool(own, ids)
 
 

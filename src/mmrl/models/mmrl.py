@@ -169,7 +169,7 @@ class MMRL(nn.Module):
         # R: the shared representation space, N(0, 0.02^2)
         self.rep_tokens = nn.Parameter(torch.randn(cfg.n_rep_tokens, cfg.rep_dim) * 0.02)
         self._build_maps(backbone, n_v, n_t)
-        self.to(self.towers.text.module.positional_embedding.device)
+        self.to(next(backbone.clip.parameters()).device)
         self.classnames: list[str] = []
 
     def _build_maps(self, backbone: Backbone, n_v: int, n_t: int) -> None:

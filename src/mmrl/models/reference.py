@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from mmrl.models.mmrl import MMRL, ImageFeatures, Logits, LossOutput
-from mmrl.models.towers import BlockParts, parts
+from mmrl.models.towers import BlockParts, HFTextTower, parts
 
 
 def run_block_reference(blk: nn.Module | BlockParts, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
@@ -131,6 +131,8 @@ def encode_text_generic(model: MMRL) -> Tensor:
     block by its library's own forward, over every position; the pooled position is the
     tower's own one, moved by K where it is counted from the start."""
     tower, R, J0, K = model.towers.text, model.rep_tokens, model.J0, model.K
+    if isinstance(tower, HFTextTower):
+        return encode_text_hf(model)
     ids = model.text_tokens
     x, own = tower.embed(ids)
     at = tower.n_prefix
@@ -164,6 +166,43 @@ def encode_text_generic(model: MMRL) -> Tensor:
     elif tower.pool_type == "last":
         pos = torch.full_like(pos, x.shape[1] - 1)      # the last position stays the pooled one
     return tower.head(x[torch.arange(x.shape[0], device=x.device), pos])
+
+
+def encode_text_hf(model: MMRL) -> Tensor:
+    """The rule for a Hugging Face text encoder, written out apart from the generic path: every
+    layer by its parts' math (softmax attention, post- or pre-LN as the layer's layout says; the
+    generic path runs the layer's own forward), the key mask built per prompt here, the slots
+    after the first token, then the final norm, the pooler over the tower's own non-padding
+    tokens (mean, or the first token) and the tower's projection."""
+    tower, R, J0, K = model.towers.text, model.rep_tokens, model.J0, model.K
+    ids = model.text_tokens
+    x, _ = tower.embed(ids)                                    # the encoder's own stem
+    C, T = ids.shape
+    hide = getattr(model, "mask_slot_keys", False)
+
+    def mask(is_key: Tensor, slots: bool) -> Tensor:            # (C, N) attended keys -> (C, 1, N, N)
+        n = is_key.shape[1]
+        allowed = is_key[:, None, :].expand(C, n, n).clone()
+        if slots and hide:
+            for k in range(1, 1 + K):
+                allowed[:, :, k] = False
+                allowed[:, k, k] = True
+        return torch.zeros(C, 1, n, n, dtype=x.dtype, device=x.device).masked_fill(~allowed[:, None], float("-inf"))
+
+    own_keys = ids != tower.pad_id
+    m = mask(own_keys, False)
+    for blk in tower.blocks[:J0]:
+        x = blk.by_parts(x, m)
+    m = mask(torch.cat([own_keys[:, :1], torch.ones(C, K, dtype=torch.bool, device=ids.device), own_keys[:, 1:]], dim=1), True)
+    for i, blk in enumerate(tower.blocks[J0:]):
+        x = _slots_in(model, x, 1, model.text_aligner.map(i, R), first=i == 0)
+        x = blk.by_parts(x, m)
+    own = tower.final_norm(torch.cat([x[:, :1], x[:, 1 + K:]], dim=1))   # the slots taken out
+    if tower.pool_type == "mean":
+        pooled = torch.stack([own[c, own_keys[c]].mean(dim=0) for c in range(C)])
+    else:
+        pooled = own[:, 0] if tower.hf_pooler is None else tower.hf_pooler(own)
+    return tower.head(pooled)
 
 
 def encode_image_generic(model: MMRL, images: Tensor, teacher: bool = False) -> ImageFeatures:

@@ -547,6 +547,12 @@ class TextTower:
         full[..., idx[:, None], idx[None, :]] = own
         return full
 
+    def run_block(self, blk: BlockParts, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        """One block by its parts, fused attention (:func:`mmrl.models.blocks.run_block`)."""
+        from mmrl.models.blocks import run_block
+
+        return run_block(blk, x, attn_mask=attn_mask)
+
     def stem(self, ids: Tensor) -> Tensor:
         """(C, T) ids -> (C, T, d_t) token + position embeddings."""
         T = ids.shape[1]
@@ -592,11 +598,19 @@ def _text_source(model: nn.Module) -> tuple[nn.Module | None, str, int | None]:
     return model, getattr(model, "text_pool_type", "argmax"), getattr(model, "text_eos_id", None)
 
 
+def _is_hf_text(src: nn.Module | None) -> bool:
+    """open_clip's HFTextEncoder, by its parts: an HF ``transformer`` with a ``config``, a ``pooler``, a ``proj``."""
+    return (src is not None and not hasattr(src, "token_embedding") and all(
+        hasattr(src, n) for n in ("transformer", "config", "pooler", "proj")))
+
+
 def text_problem(model: nn.Module) -> str | None:
     """What keeps the text tower of ``model`` from being one MMRL can adapt, or None."""
     src, pool_type, eos_id = _text_source(model)
+    if _is_hf_text(src):
+        return hf_text_problem(src)
     if hasattr(src, "transformer") and not hasattr(src, "token_embedding"):
-        return "an open_clip text transformer (this is a Hugging Face text encoder)"
+        return "an open_clip text transformer or a Hugging Face encoder (transformer without token_embedding)"
     for part in ("token_embedding", "positional_embedding", "transformer", "ln_final"):
         if getattr(src, part, None) is None:
             return f"a text tower part {part}"
@@ -611,13 +625,285 @@ def text_problem(model: nn.Module) -> str | None:
     return _blocks_problem(src.transformer.resblocks, "text")
 
 
+# --------------------------------------------------------------------------- Hugging Face text
+# open_clip's HFTextEncoder (``model.text``: ``transformer``, ``pooler``, ``proj``, ``config``) around
+# a Hugging Face encoder. Two layer layouts are recognised by their parts, and each is checked
+# numerically against the layer's own forward at load (check_block_math):
+#   'post_ln' (BERT / RoBERTa / XLM-R): x = LN1(x + o(attn(x))); x = LN2(x + fc2(act(fc1(x))))
+#   'pre_ln'  (M2M100 / NLLB encoder): x = x + o(attn(LN1(x))); x = x + fc2(act(fc1(LN2(x)))),
+#             the encoder's final ``layer_norm`` after the last layer
+_HF_PARTS = {
+    "post_ln": {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+                "o": "attention.output.dense", "ln1": "attention.output.LayerNorm",
+                "fc1": "intermediate.dense", "act": "intermediate.intermediate_act_fn",
+                "fc2": "output.dense", "ln2": "output.LayerNorm"},
+    "pre_ln": {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+               "o": "self_attn.out_proj", "ln1": "self_attn_layer_norm", "fc1": "fc1",
+               "act": "activation_fn", "fc2": "fc2", "ln2": "final_layer_norm"},
+}
+_HF_POOLERS = {"MeanPooler": "mean", "ClsPooler": "cls", "ClsLastHiddenStatePooler": "cls"}
+
+
+def _get(m: nn.Module, dotted: str) -> object:
+    for name in dotted.split("."):
+        m = getattr(m, name, None)
+        if m is None:
+            return None
+    return m
+
+
+def _hf_layer_kind(layer: nn.Module) -> str | None:
+    for kind, names in _HF_PARTS.items():
+        if all(callable(_get(layer, n)) for n in names.values()):
+            return kind
+    return None
+
+
+class HFLayer:
+    """One Hugging Face encoder layer: its parts under one set of names (``q k v o ln1 fc1 act fc2
+    ln2``, ``post_ln``), and its own forward with an additive mask (C, 1, N, N)."""
+
+    __slots__ = ("blk", "kind", "num_heads")
+
+    def __init__(self, blk: nn.Module, num_heads: int):
+        self.blk, self.kind, self.num_heads = blk, "hf_" + str(_hf_layer_kind(blk)), num_heads
+
+    @property
+    def post_ln(self) -> bool:
+        return self.kind == "hf_post_ln"
+
+    def part(self, name: str) -> nn.Module:
+        return _get(self.blk, _HF_PARTS[self.kind[3:]][name])
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """The layer's own forward (transformers 4.x returns a tuple, 5.x a tensor)."""
+        out = self.blk(x, attention_mask=attn_mask)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def by_parts(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        """The layer's math written out from its parts (softmax attention, the norms where the
+        layout puts them): the standard its own forward is checked against at load."""
+        p = self.part
+        H = self.num_heads
+
+        def heads(t: Tensor) -> Tensor:
+            return t.unflatten(-1, (H, -1)).transpose(1, 2)
+
+        def attn(h: Tensor) -> Tensor:
+            q, k, v = heads(p("q")(h)), heads(p("k")(h)), heads(p("v")(h))
+            s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+            if attn_mask is not None:
+                s = s + attn_mask.to(s.dtype)
+            return p("o")((s.softmax(-1) @ v).transpose(1, 2).flatten(2))
+
+        def ffn(h: Tensor) -> Tensor:
+            return p("fc2")(p("act")(p("fc1")(h)))
+
+        if self.post_ln:
+            x = p("ln1")(x + attn(x))
+            return p("ln2")(x + ffn(x))
+        x = x + attn(p("ln1")(x))
+        return x + ffn(p("ln2")(x))
+
+
+def _hf_encoder(text: nn.Module) -> tuple[nn.Module | None, Sequence[nn.Module] | None]:
+    """(the module holding the layers, the layers) of an HFTextEncoder's transformer."""
+    t = getattr(text, "transformer", None)
+    enc = getattr(t, "encoder", None)
+    if enc is not None and isinstance(getattr(enc, "layer", None), nn.ModuleList):
+        return enc, enc.layer                                   # BERT-style model
+    if isinstance(getattr(t, "layers", None), nn.ModuleList):
+        return t, t.layers                                      # an encoder (M2M100Encoder)
+    return None, None
+
+
+@dataclass
+class HFTextTower:
+    """open_clip's ``HFTextEncoder`` (``model.text``): a bidirectional Hugging Face encoder,
+    slots after its first token, pooled by its own pooler over its own tokens, its own ``proj``."""
+
+    module: nn.Module   # the HFTextEncoder
+
+    causal = False
+    cls_emb = None
+    n_prefix = 1        # the slots go after the first token (<s> / the language code)
+    is_clip_layout = False
+
+    @property
+    def _t(self) -> nn.Module:
+        return self.module.transformer
+
+    @property
+    def _cfg(self):
+        return self.module.config
+
+    @property
+    def layout(self) -> str:
+        """'post_ln' (BERT / RoBERTa / XLM-R) or 'pre_ln' (M2M100 / NLLB)."""
+        return _hf_layer_kind(_hf_encoder(self.module)[1][0])
+
+    @property
+    def pool_type(self) -> str:
+        return _HF_POOLERS[type(self.module.pooler).__name__]
+
+    @property
+    def hf_pooler(self) -> nn.Module | None:
+        """The encoder's own pooler (BERT's tanh dense on the first token) where the tower uses it."""
+        pl = self.module.pooler
+        if type(pl).__name__ == "ClsPooler" and getattr(pl, "use_pooler_output", False):
+            return getattr(self._t, "pooler", None)
+        return None
+
+    @property
+    def block_modules(self) -> Sequence[nn.Module]:
+        return _hf_encoder(self.module)[1]
+
+    @property
+    def blocks(self) -> list[HFLayer]:
+        return [HFLayer(b, self.heads) for b in self.block_modules]
+
+    @property
+    def width(self) -> int:
+        return int(self.embeddings_weight.shape[1])
+
+    @property
+    def embeddings_weight(self) -> Tensor:
+        t = self._t
+        emb = t.embeddings.word_embeddings if hasattr(t, "embeddings") else t.embed_tokens
+        return emb.weight
+
+    @property
+    def layers(self) -> int:
+        return len(self.block_modules)
+
+    @property
+    def heads(self) -> int:
+        c = self._cfg
+        return int(getattr(c, "num_attention_heads", None) or getattr(c, "encoder_attention_heads"))
+
+    @property
+    def pad_id(self) -> int:
+        return int(self._cfg.pad_token_id)
+
+    @property
+    def context_length(self) -> int:
+        """Prompt tokens per class: open_clip's 77 (its HF tokenizers pad to it), fewer where the
+        encoder's learned position table is shorter (RoBERTa: positions start after the pad id)."""
+        t = self._t
+        if hasattr(t, "embeddings") and hasattr(t.embeddings, "position_embeddings"):
+            return min(77, int(t.embeddings.position_embeddings.num_embeddings) - self.pad_id - 1)
+        return 77
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embeddings_weight.shape[0])
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.module.output_dim)
+
+    def own_key_mask(self, ids: Tensor) -> Tensor:
+        """(C, T) boolean: the keys the tower attends to (its non-padding tokens)."""
+        return ids != self.pad_id
+
+    def embed(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """(C, T) ids -> (the tower's own stem (C, T, d_t), its additive mask (C, 1, T, T): the
+        padding keys hidden). The stem is the encoder's own: RoBERTa's ``embeddings`` (word +
+        padding-aware learned positions + type, LayerNorm); M2M100's scaled ``embed_tokens`` +
+        padding-aware sinusoidal ``embed_positions``."""
+        t = self._t
+        if hasattr(t, "embeddings"):
+            x = t.embeddings(input_ids=ids)
+        else:
+            x = t.embed_tokens(ids)
+            if not hasattr(t.embed_tokens, "embed_scale") and hasattr(t, "embed_scale"):  # transformers 4.x
+                x = x * t.embed_scale
+            x = x + t.embed_positions(ids, x).to(x.device)
+        keys = self.own_key_mask(ids)
+        return x, self._mask(keys, x.dtype)
+
+    @staticmethod
+    def _mask(keys: Tensor, dtype: torch.dtype) -> Tensor:
+        C, n = keys.shape
+        m = torch.zeros(C, 1, n, n, dtype=dtype, device=keys.device)
+        return m.masked_fill_(~keys[:, None, None, :], torch.finfo(dtype).min)
+
+    def extend_mask(self, own: Tensor | None, at: int, K: int) -> Tensor | None:
+        """The tower's key mask extended to K slots at ``at``: every query (slots too) attends to
+        the slots and the non-padding tokens, never to padding (C, 1, N + K, N + K)."""
+        keys = own[:, 0, 0] == 0                       # (C, N): the attended keys (a key mask: rows alike)
+        keys = torch.cat([keys[:, :at], keys.new_ones(keys.shape[0], K), keys[:, at:]], dim=1)
+        return self._mask(keys, own.dtype)
+
+    def run_block(self, blk: HFLayer, x: Tensor, attn_mask: Tensor | None) -> Tensor:
+        return blk.forward(x, attn_mask)
+
+    def final_norm(self, x: Tensor) -> Tensor:
+        """The encoder's norm after its last layer (M2M100's ``layer_norm``), per token; none for BERT-style."""
+        ln = getattr(self._t, "layer_norm", None) if not hasattr(self._t, "embeddings") else None
+        return x if ln is None else ln(x)
+
+    def head(self, pooled: Tensor) -> Tensor:
+        """The tower's own projection ``proj`` (Linear, MLP or identity)."""
+        return self.module.proj(pooled)
+
+    def pool(self, x: Tensor, ids: Tensor) -> Tensor:
+        """The tower's own pooler over its own tokens (C, T, d_t) -> (C, d_e): the final norm, then
+        the mean over the non-padding tokens, or the first token (through the encoder's own
+        pooler where the tower reads its ``pooler_output``), then ``proj``."""
+        x = self.final_norm(x)
+        if self.pool_type == "mean":
+            m = self.own_key_mask(ids).to(x.dtype).unsqueeze(-1)
+            return self.head((x * m).sum(1) / m.sum(1))
+        pl = self.hf_pooler
+        return self.head(x[:, 0] if pl is None else pl(x))
+
+
+def hf_text_problem(text: nn.Module) -> str | None:
+    """What keeps an HFTextEncoder from being a text tower MMRL can adapt, or None (parts, not class)."""
+    name = getattr(getattr(text, "config", None), "_name_or_path", "") or type(getattr(text, "transformer", text)).__name__
+    if type(getattr(text, "pooler", None)).__name__ not in _HF_POOLERS:
+        return f"a Hugging Face text pooler mean_pooler or cls_pooler ({name} pools by {type(text.pooler).__name__})"
+    if not callable(getattr(text, "proj", None)):
+        return f"a Hugging Face text projection proj ({name})"
+    cfg = text.config
+    if getattr(cfg, "is_decoder", False) or getattr(cfg, "add_cross_attention", False):
+        return f"a Hugging Face text encoder, not a decoder ({name})"
+    if getattr(cfg, "position_embedding_type", "absolute") not in ("absolute", None):
+        return f"absolute text positions ({name} has position_embedding_type={cfg.position_embedding_type!r})"
+    if getattr(cfg, "pad_token_id", None) is None:
+        return f"a pad_token_id in the Hugging Face config ({name})"
+    enc, layers = _hf_encoder(text)
+    t = text.transformer
+    if layers is None or len(layers) == 0:
+        return f"a Hugging Face encoder with a list of layers (encoder.layer or layers; {name})"
+    if hasattr(t, "embeddings"):
+        for part in ("word_embeddings", "position_embeddings", "LayerNorm"):
+            if not isinstance(getattr(t.embeddings, part, None), nn.Module):
+                return f"a Hugging Face text embedding part embeddings.{part} ({name})"
+    else:
+        for part in ("embed_tokens", "embed_positions", "layer_norm"):
+            if not isinstance(getattr(t, part, None), nn.Module):
+                return f"a Hugging Face text encoder part {part} ({name})"
+        if not _identity(getattr(t, "layernorm_embedding", None)):
+            return f"a Hugging Face text encoder without layernorm_embedding ({name})"
+    for i, layer in enumerate(layers):
+        kind = _hf_layer_kind(layer)
+        if kind is None:
+            return (f"a Hugging Face text layer with the parts of BERT/RoBERTa (attention.self.query...) "
+                    f"or M2M100 (self_attn.q_proj...) (layer {i}: {type(layer).__name__}, {name})")
+        if (kind == "pre_ln") == hasattr(t, "embeddings"):
+            return f"pre-LN layers in an encoder with a final layer_norm, post-LN ones in a BERT-style model ({name})"
+    return None
+
+
 # --------------------------------------------------------------------------- both
 @dataclass
 class Towers:
     """Both towers of a model, and whether CLIP's fast path (docs/performance.md) applies."""
 
     vision: VisionTower
-    text: TextTower
+    text: TextTower | HFTextTower
 
     @property
     def clip_layout(self) -> bool:
@@ -653,7 +939,8 @@ def towers_of(model: nn.Module, name: str = "model") -> Towers:
     else:
         kind = "eva" if _block_kind(visual.trunk.blocks[0]) == "eva" else "timm"
     src, pool_type, eos_id = _text_source(model)
-    return Towers(VisionTower(visual, kind), TextTower(src, pool_type, eos_id))
+    text = HFTextTower(src) if _is_hf_text(src) else TextTower(src, pool_type, eos_id)
+    return Towers(VisionTower(visual, kind), text)
 
 
 def model_image_size(model: nn.Module) -> int:
@@ -684,6 +971,20 @@ def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
 
     if blk.kind == "eva":  # always run by its own forward
         return None
+    if (blk.kind or "").startswith("hf_"):  # a Hugging Face layer: its own forward against its parts' math
+        w = blk.part("q").weight
+        if w.device.type == "meta":
+            return None
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            x = torch.randn(2, n_tokens, w.shape[1], dtype=w.dtype, device=w.device)
+            m = torch.zeros(2, 1, n_tokens, n_tokens, dtype=w.dtype, device=w.device)
+            m[0, ..., -1] = torch.finfo(w.dtype).min  # a padding key
+            got, want = blk.by_parts(x, m), blk.forward(x, m)
+        if not torch.allclose(got, want, rtol=0, atol=float(1e-4 * (1 + want.abs().max()))):
+            layout = "x = LN(x + attn(x)), LN(x + ffn(x))" if blk.post_ln else "x + attn(LN(x)), x + ffn(LN(x))"
+            return f"a Hugging Face layer computing {layout} (its forward computes otherwise)"
+        return None
     w = blk.qkv_weight
     if w.device.type == "meta":
         return None
@@ -697,5 +998,5 @@ def check_block_math(blk: BlockParts, n_tokens: int = 5) -> str | None:
     return None
 
 
-__all__ = ["BlockParts", "VisionTower", "TextTower", "Towers", "TowerError", "towers_of", "towers_problem", "refusal", "model_image_size", "image_resizing", "model_device",
+__all__ = ["BlockParts", "VisionTower", "TextTower", "HFTextTower", "HFLayer", "hf_text_problem", "Towers", "TowerError", "towers_of", "towers_problem", "refusal", "model_image_size", "image_resizing", "model_device",
            "block_problem", "attention_layout_problem", "parts", "check_block_math"]
