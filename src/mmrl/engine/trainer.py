@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import DataLoader
 
+from mmrl import data
 from mmrl.backbone_spec import TOY_CLIP_NAME
 from mmrl.config import (ConfigError, RunConfig, canonical_dataset, config_differences, load_config, toy_settings,
                          validate)
@@ -36,6 +38,7 @@ from mmrl.engine import precision as amp
 from mmrl.engine import rundir as rd
 from mmrl.engine import sinks
 from mmrl.engine.cost import CostMeter, combine_ranks
+from mmrl.engine.evaluator import EvalRequest, evaluate
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
@@ -198,8 +201,6 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     if done is not None:
         LOG.info("%s: already finished; results: %s", run_dir, _results_line(done))
         return done
-    from mmrl import data
-
     # where the data is (a user folder that is not there), and settings that need the backbone,
     # are checked before anything is written
     data.locate(cfg.data.dataset, cfg.data.root, template=cfg.data.template)
@@ -264,8 +265,6 @@ def _check_training_classes(splits) -> None:
     """Refuse, before training, a training split with fewer than 2 classes (the loss of a
     one-class classifier is 0 whatever the weights; a base-to-novel run would then also lack
     novel classes to evaluate)."""
-    from mmrl import data
-
     labels = sorted({d.label for d in splits.train})
     if len(labels) >= 2:
         return
@@ -332,8 +331,6 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: rd.RunInfo, backbone, devi
     """The splits, the model, the optimiser and the training data; the checkpoint's state when
     the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
     directory must be visible to all nodes to resume a multi-node run)."""
-    from mmrl import data
-
     LOG.info("run %s: %s, %s, %s, %d shots, seed %d, backbone %s, device %s, precision %s", files.dir,
              cfg.method.name, cfg.protocol, cfg.data.dataset, cfg.data.shots, cfg.seed, cfg.backbone, device,
              precision)
@@ -483,9 +480,6 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
                precision: str, tty: bool, dinfo: ddp_util.DistInfo) -> list[float]:
     """One epoch of optimiser steps; every step's metrics go to metrics.jsonl. Returns the epoch's
     mean ``[loss, ce_class, ce_rep, reg_image, reg_text, accuracy (0..1)]``."""
-    from torch.utils.data import DataLoader
-
-    from mmrl import data
 
     E, bs, n = cfg.optim.epochs, cfg.optim.batch_size, len(tr.train_ds)
     for g in tr.optimizer.param_groups:
@@ -542,7 +536,6 @@ def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None,
                   meter: CostMeter | None = None) -> dict[str, Any]:
     """The protocol's end-of-training evaluation (decoupled inference); under torchrun sharded
     over the ranks, with the same results everywhere. Base-to-novel evaluates both halves."""
-    from mmrl.engine.evaluator import EvalRequest, evaluate
 
     model.eval()
     amp.match_eval_precision(model, cfg)
