@@ -24,6 +24,7 @@ is loaded back (:func:`load_run`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shlex
 import time
 from pathlib import Path
@@ -69,8 +70,8 @@ def read_run_info(run_dir: str | Path) -> dict | None:
     return info
 
 
-def write_run_info(run_dir: str | Path, info: dict) -> None:
-    write_json_atomic(info, Path(run_dir) / RUN_FILE)
+def write_run_info(run_dir: str | Path, info: dict | RunInfo) -> None:
+    write_json_atomic(info.to_dict() if isinstance(info, RunInfo) else info, Path(run_dir) / RUN_FILE)
 
 
 def new_run_info(cfg: RunConfig, status: str = "running", **extra: Any) -> dict:
@@ -83,6 +84,76 @@ def new_run_info(cfg: RunConfig, status: str = "running", **extra: Any) -> dict:
         info["ablation"] = cfg.ablation()
     info.update(extra)
     return info
+
+
+_UNSET: Any = type("Unset", (), {"__repr__": lambda self: "<unset>"})()  # a key run.json does not hold yet
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """run.json of a run being trained, as one typed object instead of a dict passed around.
+
+    The fields come in the order run.json has always listed them (:meth:`to_dict` writes the
+    set ones in this order, so the file's keys and their order stay what they were); a field
+    still ``_UNSET`` is not written. ``timings`` and ``cost`` are the nested dicts as they were.
+    """
+
+    version: str = _UNSET
+    method: str = _UNSET
+    dataset: str = _UNSET
+    protocol: str = _UNSET
+    shots: int = _UNSET
+    seed: int = _UNSET
+    backbone: str = _UNSET
+    status: str = _UNSET
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    trainable_parameters: int | None = _UNSET
+    ablation: dict[str, Any] = _UNSET       # an ablation's grid point: the values it varies
+    started: str = _UNSET
+    attempts: int = _UNSET
+    world_size: int = _UNSET                # under torchrun only
+    precision_reason: str = _UNSET
+    shots_realised: Any = _UNSET
+    noise: dict[str, Any] = _UNSET          # data.corruption_record: label noise drawn or read
+    imbalance: dict[str, Any] = _UNSET      # data.corruption_record: a long-tailed profile
+    device: str = _UNSET
+    precision: str = _UNSET
+    template: str = _UNSET
+    epochs_done: int = _UNSET
+    adapter_sha256: str | None = _UNSET
+    cost: dict[str, Any] = _UNSET
+    finished: str = _UNSET
+    interrupted: str = _UNSET
+    stopped: str = _UNSET
+    error: str = _UNSET
+    failed: str = _UNSET
+
+    @classmethod
+    def start(cls, cfg: RunConfig, **extra: Any) -> "RunInfo":
+        """A run's record as it starts (status "running")."""
+        return cls(**new_run_info(cfg, status="running", **extra))
+
+    def has(self, name: str) -> bool:
+        return getattr(self, name) is not _UNSET
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = getattr(self, name)
+        return default if value is _UNSET else value
+
+    def update(self, **values: Any) -> None:
+        for k, v in values.items():
+            if k not in _RUN_INFO_FIELDS:
+                raise TypeError(f"run.json has no field {k!r}")
+            setattr(self, k, v)
+
+    def unset(self, name: str) -> None:
+        setattr(self, name, _UNSET)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: v for f in _RUN_INFO_FIELDS if (v := getattr(self, f)) is not _UNSET}
+
+
+_RUN_INFO_FIELDS = tuple(f.name for f in dataclasses.fields(RunInfo))
 
 
 def write_config(run_dir: str | Path, cfg: RunConfig) -> None:
@@ -248,20 +319,19 @@ class RunFiles:
         self.cfg: RunConfig | None = None
         self.sinks = None  # the --report-to writers (mmrl.engine.sinks), open from the first epoch to the end
 
-    def start(self, cfg: RunConfig, dinfo: ddp_util.DistInfo) -> dict[str, Any]:
+    def start(self, cfg: RunConfig, dinfo: ddp_util.DistInfo) -> RunInfo:
         """Write config.yaml and a run.json saying "running" (attempts counted, training time
         of earlier attempts kept); returns the run info to keep up to date."""
         self.cfg = cfg
         if not self.writes:
-            return {"timings": {}}
+            return RunInfo()
         self.dir.mkdir(parents=True, exist_ok=True)
         write_config(self.dir, cfg)
         old = read_run_info(self.dir) or {}
-        info = new_run_info(cfg, status="running", started=old.get("started") or now_iso(),
-                               attempts=int(old.get("attempts", 0)) + 1)
+        info = RunInfo.start(cfg, started=old.get("started") or now_iso(), attempts=int(old.get("attempts", 0)) + 1)
         if dinfo.enabled:
-            info["world_size"] = dinfo.world_size
-        info["timings"] = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
+            info.world_size = dinfo.world_size
+        info.timings = {k: v for k, v in (old.get("timings") or {}).items() if k == "train_s"}
         self.info(info)
         return info
 
@@ -269,7 +339,7 @@ class RunFiles:
         """train.log receives the run's log lines while the context is open."""
         return log_to_file(self.dir / LOG_FILE) if self.writes else contextlib.nullcontext()
 
-    def info(self, info: dict[str, Any]) -> None:
+    def info(self, info: RunInfo) -> None:
         if self.writes:
             write_run_info(self.dir, info)
         if info.get("status") in ("failed", "interrupted"):  # the run ends here: flush what the writers hold
@@ -342,7 +412,7 @@ class RunFiles:
         if self.writes:
             write_json_atomic(results, self.dir / RESULTS_FILE)
 
-    def finish(self, info: dict[str, Any]) -> None:
+    def finish(self, info: RunInfo) -> None:
         """run.json says "finished"; the checkpoint goes (adapter.safetensors holds the final weights)."""
         self.info(info)
         self.close_sinks()

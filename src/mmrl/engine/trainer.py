@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch.utils.data import DataLoader
 
+from mmrl import data
 from mmrl.backbone_spec import TOY_CLIP_NAME
 from mmrl.config import (ConfigError, RunConfig, canonical_dataset, config_differences, load_config, toy_settings,
                          validate)
@@ -36,6 +38,7 @@ from mmrl.engine import precision as amp
 from mmrl.engine import rundir as rd
 from mmrl.engine import sinks
 from mmrl.engine.cost import CostMeter, combine_ranks
+from mmrl.engine.evaluator import EvalRequest, evaluate
 from mmrl.engine.checkpoint import (checkpoint_epoch, checkpoint_recovery, load_checkpoint, set_rng_state)
 from mmrl.engine.lock import RunDirLock
 from mmrl.engine.runtime import (FILE_ONLY, Progress, autocast, check_method_fits, load_backbone_checked,
@@ -199,8 +202,6 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     if done is not None:
         LOG.info("%s: already finished; results: %s", run_dir, _results_line(done))
         return done
-    from mmrl import data
-
     # where the data is (a user folder that is not there), and settings that need the backbone,
     # are checked before anything is written
     data.locate(cfg.data.dataset, cfg.data.root, template=cfg.data.template)
@@ -215,7 +216,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
     check_method_fits(backbone, cfg.method)
     files = rd.RunFiles(run_dir, writes=is_main)
     info = files.start(cfg, dinfo)
-    info["precision_reason"] = precision_reason
+    info.precision_reason = precision_reason
     t_start = time.time()
     with files.log():
         try:
@@ -226,7 +227,7 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
             msg = (f"training stopped {where}; {run_dir} is marked interrupted; resume with: "
                    f"mmrl train --resume {shlex.quote(str(run_dir.absolute()))}")
             info.update(status="interrupted", interrupted=rd.now_iso(), stopped=where)
-            info.pop("error", None)
+            info.unset("error")
             files.info(info)
             LOG.warning("interrupted: %s", msg, extra=FILE_ONLY)  # the command line prints it once
             raise RunInterrupted(msg) from None
@@ -240,19 +241,19 @@ def _train_locked(cfg: RunConfig, run_dir: Path, dinfo: ddp_util.DistInfo, progr
             LOG.error("run failed%s: %s", where, error, extra=None if dinfo.enabled else FILE_ONLY)
             raise
         info.update(status="finished", finished=rd.now_iso())
-        info["timings"]["total_s"] = round(time.time() - t_start, 3)  # this attempt's wall time
-        info.pop("error", None)
+        info.timings["total_s"] = round(time.time() - t_start, 3)  # this attempt's wall time
+        info.unset("error")
         files.finish(info)
         LOG.info("finished %s: %s", run_dir, _results_line(results))
     return results
 
 
-def _where_stopped(info: dict, epochs: int, ckpt_path: Path | None) -> str:
-    """Where a run stopped: the epochs done (``info["epochs_done"]``, or the checkpoint on disk,
+def _where_stopped(info: rd.RunInfo, epochs: int, ckpt_path: Path | None) -> str:
+    """Where a run stopped: the epochs done (``info.epochs_done``, or the checkpoint on disk,
     from which a resume starts, when that is further: the stop may have come just after it
     was written)."""
     on_disk = checkpoint_epoch(ckpt_path) if ckpt_path is not None else None
-    if "epochs_done" not in info and on_disk is None:
+    if not info.has("epochs_done") and on_disk is None:
         return "before its first epoch began"
     done = max(int(info.get("epochs_done", 0)), on_disk or 0)
     if done >= epochs:
@@ -265,8 +266,6 @@ def _check_training_classes(splits) -> None:
     """Refuse, before training, a training split with fewer than 2 classes (the loss of a
     one-class classifier is 0 whatever the weights; a base-to-novel run would then also lack
     novel classes to evaluate)."""
-    from mmrl import data
-
     labels = sorted({d.label for d in splits.train})
     if len(labels) >= 2:
         return
@@ -298,7 +297,7 @@ class _Training:
     meter: CostMeter | None = None  # what the run costs (mmrl.engine.cost)
 
 
-def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device,
+def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: rd.RunInfo, backbone, device: torch.device,
                         precision: str, progress: bool | None,
                         on_epoch_end: Callable[[dict[str, Any]], None] | None,
                         dinfo: ddp_util.DistInfo = ddp_util.DistInfo(),
@@ -309,11 +308,11 @@ def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone
     with meter.phase("setup"):
         tr = _set_up(cfg, files, info, backbone, device, precision, dinfo, meter)
     tr.meter = meter
-    timings = info.setdefault("timings", {})
+    timings = info.timings
     timings["setup_s"] = round(time.time() - t_setup, 3)
     with meter.phase("train"):
         _train_epochs(cfg, tr, files, info, device, precision, progress, on_epoch_end, dinfo)
-    info["adapter_sha256"] = files.adapter(tr.model, cfg)  # load_run checks the file against it
+    info.adapter_sha256 = files.adapter(tr.model, cfg)  # load_run checks the file against it
     files.info(info)
     t_eval = time.time()
     results = _evaluate_run(cfg, tr.model, files.dir, progress, meter)
@@ -322,19 +321,17 @@ def _train_and_evaluate(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone
     mine = meter.block(device=device, precision=precision, model=tr.model, steps=tr.step,
                        images_seen=int(info.get("epochs_done", 0)) * len(tr.train_ds),
                        train_s=float(timings.get("train_s", 0.0)), world_size=dinfo.world_size)
-    info["cost"] = results["cost"] = combine_ranks(ddp_util.all_gather_objects(mine, dinfo))
+    info.cost = results["cost"] = combine_ranks(ddp_util.all_gather_objects(mine, dinfo))
     files.results(results)
     files.evaluated(results, step=tr.step)
     return results
 
 
-def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: torch.device, precision: str,
+def _set_up(cfg: RunConfig, files: rd.RunFiles, info: rd.RunInfo, backbone, device: torch.device, precision: str,
             dinfo: ddp_util.DistInfo, meter: CostMeter) -> _Training:
     """The splits, the model, the optimiser and the training data; the checkpoint's state when
     the run resumes (rank 0 decides; every rank then reads the same checkpoint, so the run
     directory must be visible to all nodes to resume a multi-node run)."""
-    from mmrl import data
-
     LOG.info("run %s: %s, %s, %s, %d shots, seed %d, backbone %s, device %s, precision %s", files.dir,
              cfg.method.name, cfg.protocol, cfg.data.dataset, cfg.data.shots, cfg.seed, cfg.backbone, device,
              precision)
@@ -357,16 +354,16 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
                                     cache_dir=cfg.data.cache_dir, template=cfg.data.template)
         files.split(other, rd.OTHER_SPLIT_FILE)
     LOG.info("%s", splits.summary())
-    info["shots_realised"] = _realised_shots(splits, cfg.data.shots if cfg.data.imbalance.type == "none" else 0)
-    info.update(data.corruption_record(splits, cfg.data))  # label noise / class imbalance: settings, realised
+    info.shots_realised = _realised_shots(splits, cfg.data.shots if cfg.data.imbalance.type == "none" else 0)
+    info.update(**data.corruption_record(splits, cfg.data))  # label noise / class imbalance: settings, realised
 
     torch.manual_seed(cfg.seed)  # model init depends on the seed only (the same on every rank)
     model = build_method(backbone, cfg.method)
     if not dinfo.enabled:  # frozen weights in bf16 once (CPU); DDP keeps autocasting fp32 weights
         amp.cast_frozen(model, precision)
-    info["trainable_parameters"] = model.num_trainable_parameters()
-    info["device"], info["precision"] = str(device), precision
-    info["template"] = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
+    info.trainable_parameters = model.num_trainable_parameters()
+    info.device, info.precision = str(device), precision
+    info.template = splits.template  # with split.json's class names: what `mmrl predict RUN` ranks
     files.info(info)
     with meter.phase("text_encoding"):
         model.set_classes(splits.classnames, splits.template)
@@ -391,7 +388,7 @@ def _set_up(cfg: RunConfig, files: rd.RunFiles, info: dict, backbone, device: to
                 from e
         start_epoch, step = ck.epoch, ck.step
         LOG.info("resuming from %s: %d of %d epochs done (step %d)", ckpt_path, start_epoch, cfg.optim.epochs, step)
-    info["epochs_done"] = start_epoch
+    info.epochs_done = start_epoch
 
     train_ds = data.ImageDataset(splits.train, data.build_transform(True, **image_resizing(backbone.clip)), seed=cfg.seed,
                                  skip_bad=cfg.data.skip_bad_images)
@@ -454,13 +451,13 @@ def _check_checkpoint_progress(path: Path, epoch: int, step: int, epochs: int, p
                                f"{checkpoint_recovery(path)}")
 
 
-def _train_epochs(cfg: RunConfig, tr: _Training, files: rd.RunFiles, info: dict, device: torch.device, precision: str,
+def _train_epochs(cfg: RunConfig, tr: _Training, files: rd.RunFiles, info: rd.RunInfo, device: torch.device, precision: str,
                   progress: bool | None, on_epoch_end: Callable[[dict[str, Any]], None] | None,
                   dinfo: ddp_util.DistInfo) -> None:
     """Epochs ``tr.start_epoch .. E - 1``, each followed by a checkpoint and a run.json update."""
     E = cfg.optim.epochs
     tty = use_tty_progress(progress) and dinfo.is_main
-    timings = info["timings"]
+    timings = info.timings
     train_s = float(timings.get("train_s", 0.0))
     with files.metrics(tr.start_epoch if tr.resumed else None, tr.step):
         for epoch in range(tr.start_epoch, E):
@@ -468,7 +465,7 @@ def _train_epochs(cfg: RunConfig, tr: _Training, files: rd.RunFiles, info: dict,
             lr = lr_at_epoch(epoch, cfg.optim)
             mean = _run_epoch(cfg, tr, files, epoch, lr, device, precision, tty, dinfo)
             files.checkpoint(epoch=epoch + 1, step=tr.step, model=tr.model, optimizer=tr.optimizer, scaler=tr.scaler)
-            info["epochs_done"] = epoch + 1  # at once: an interruption from here on resumes after this epoch
+            info.epochs_done = epoch + 1  # at once: an interruption from here on resumes after this epoch
             dt = time.time() - t_epoch
             train_s += dt
             timings["train_s"] = round(train_s, 3)
@@ -484,9 +481,6 @@ def _run_epoch(cfg: RunConfig, tr: _Training, files: rd.RunFiles, epoch: int, lr
                precision: str, tty: bool, dinfo: ddp_util.DistInfo) -> list[float]:
     """One epoch of optimiser steps; every step's metrics go to metrics.jsonl. Returns the epoch's
     mean ``[loss, ce_class, ce_rep, reg_image, reg_text, accuracy (0..1)]``."""
-    from torch.utils.data import DataLoader
-
-    from mmrl import data
 
     E, bs, n = cfg.optim.epochs, cfg.optim.batch_size, len(tr.train_ds)
     for g in tr.optimizer.param_groups:
@@ -543,7 +537,6 @@ def _evaluate_run(cfg: RunConfig, model, run_dir: Path, progress: bool | None,
                   meter: CostMeter | None = None) -> dict[str, Any]:
     """The protocol's end-of-training evaluation (decoupled inference); under torchrun sharded
     over the ranks, with the same results everywhere. Base-to-novel evaluates both halves."""
-    from mmrl.engine.evaluator import EvalRequest, evaluate
 
     model.eval()
     amp.match_eval_precision(model, cfg)
