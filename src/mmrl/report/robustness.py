@@ -91,7 +91,9 @@ def collect(studies: list[dict], zeroshot: dict[str, dict]) -> list[dict]:
             for ln in lines.values():
                 ln["points"].sort(key=lambda q: q["x"])
             label = ", ".join(f"{key_short(k)} {v}" for k, v in zip(panel_keys, panel))
-            entry_panels.append({"label": label, "lines": list(lines.values())})
+            # per method: the plain line first, then its remedies
+            ordered = sorted(lines.values(), key=lambda ln: (ln["method"], ln["dashed"], ln["remedy"] or ""))
+            entry_panels.append({"label": label, "lines": ordered})
         name = f"{protocol}-{AXES[axis]}" + (f"-{slug('-'.join(keys))}" if len(groups) > 1 else "")
         out.append({"id": f"{protocol}/{'+'.join(keys)}", "protocol": protocol, "axis": axis, "kind": AXES[axis],
                     "keys": list(keys), "remedy_key": remedy, "panel_keys": panel_keys, "shots": shots,
