@@ -824,9 +824,9 @@ class HFTextTower:
 
     @staticmethod
     def _mask(keys: Tensor, dtype: torch.dtype) -> Tensor:
+        """(C, N) attended keys -> the additive (C, 1, N, N) mask, the same for every query."""
         C, n = keys.shape
-        m = torch.zeros(C, 1, n, n, dtype=dtype, device=keys.device)
-        return m.masked_fill_(~keys[:, None, None, :], torch.finfo(dtype).min)
+        return _additive(keys[:, None, None, :].expand(C, 1, n, n), dtype)
 
     def extend_mask(self, own: Tensor | None, at: int, K: int) -> Tensor | None:
         """The tower's key mask extended to K slots at ``at``: every query (slots too) attends to
