@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("transformers")
 
 from mmrl.models import build_method, method_config, reference  # noqa: E402
-from mmrl.models.backbone import Backbone, _frozen, architecture_problem, check_vit_clip  # noqa: E402
+from mmrl.models.backbone import _frozen, architecture_problem, check_vit_clip  # noqa: E402
 from mmrl.models.towers import HFTextTower, towers_of, towers_problem  # noqa: E402
 from towers_zoo import HF_FAMILIES, IMAGE, tiny_backbone  # noqa: E402
 

@@ -417,8 +417,8 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
     pcfg = open_clip.get_pretrained_cfg(name, tag)
     quick_gelu = bool(pcfg.get("quick_gelu", False))
     hf = ((open_clip.get_model_config(name) or {}).get("text_cfg") or {}).get("hf_model_name")
-    if hf and importlib.util.find_spec("transformers") is None:
-        raise BackboneUnavailableError(f"backbone {spec!r}: its text tower is the Hugging Face encoder {hf}: {HF_INSTALL}")
+    if _hf_missing(hf):
+        raise BackboneUnavailableError(f"backbone {spec!r}: {_hf_missing(hf)}")
     if not pretrained:  # the architecture only (describe, shapes): nothing to download, nothing to say
         with _quiet_open_clip(), hf_config_offline(hf, allow_default=False):
             return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, pretrained_hf=False)
@@ -600,6 +600,14 @@ def _quiet_open_clip() -> Iterator[None]:
 
 HF_INSTALL = 'pip install "mmrl[hf]"'  # what an open_clip model with a Hugging Face text tower needs
 
+
+def _hf_missing(hf: str | None) -> str | None:
+    """Why a model whose text tower is the Hugging Face encoder ``hf`` cannot be built here (the
+    transformers package is not installed), or None."""
+    if hf and importlib.util.find_spec("transformers") is None:
+        return f"its text tower is the Hugging Face encoder {hf}: {HF_INSTALL}"
+    return None
+
 # The Hugging Face model type of an encoder named by open_clip whose config is not cached: the
 # longest model type of transformers' own table contained in the name (as transformers' AutoConfig
 # falls back to), and NLLB -- whose config says m2m_100 -- by name. Only the verdict of
@@ -673,8 +681,8 @@ def architecture_problem(name: str) -> str | None:
     if cfg.get("audio_cfg") is not None or "visual" not in cfg and "vision_cfg" not in cfg:
         return f"MMRL needs an image tower ({name} is an audio model, not an image-text model)"
     hf = (cfg.get("text_cfg") or {}).get("hf_model_name")
-    if hf and importlib.util.find_spec("transformers") is None:
-        return f"its text tower is the Hugging Face encoder {hf}: {HF_INSTALL}"
+    if _hf_missing(hf):
+        return _hf_missing(hf)
     timm_name = (cfg.get("vision_cfg") or {}).get("timm_model_name")
     if timm_name:
         try:
