@@ -188,12 +188,9 @@ def plot(figures: list[dict], out: Path, protocol_titles: dict[str, str]) -> set
                 ax.axhline(fig["zeroshot"], color=ZEROSHOT, ls=":", lw=2.0, label="zero-shot CLIP")
             if fig["kind"] == "imbalance":
                 ax.set_xscale("log")
-                ticks = sorted({p["x"] for ln in panel["lines"] for p in ln["points"]})
-                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
                 ax.invert_xaxis()  # balanced on the left, the longest tail on the right
-            else:
-                ticks = sorted({p["x"] for ln in panel["lines"] for p in ln["points"]})
-                ax.set_xticks(ticks, [_x_text(fig, t) for t in ticks])
+            ticks = sorted({p["x"] for ln in panel["lines"] for p in ln["points"]})
+            ax.set_xticks(ticks, [_x_text(fig, t) for t in ticks])
             ax.margins(x=0.06)
             ax.set_title(panel["label"] or key_short(fig["axis"]), fontsize=10)
             ax.set_xlabel(fig["x_label"], fontsize=9)
