@@ -19,7 +19,7 @@ from mmrl.models.backbone import architecture_problem  # noqa: E402
 ACCEPTED = ("ViT-B-16", "ViT-L-14", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP2", "ViT-SO400M-14-SigLIP", "EVA01-g-14",
             "EVA02-B-16", "EVA02-L-14", "PE-Core-B-16", "PE-Core-T-16-384", "coca_ViT-B-32",
             "ViT-L-14-CLIPA", "ViT-H-14-worldwide", "MobileCLIP-B", "ViTamin-S", "ViT-L-16-SigLIP-256",
-            "EVA02-E-14", "EVA02-E-14-plus")
+            "EVA02-E-14", "EVA02-E-14-plus", "ViT-B-16-SigLIP2-naflex", "ViT-SO400M-16-SigLIP2-naflex")
 CONV = ("RN50", "RN101", "convnext_base", "MobileCLIP-S1", "MobileCLIP2-S0")
 
 
@@ -79,25 +79,17 @@ def test_transformer_families_are_accepted_and_conv_towers_refused_for_tokens(sw
     assert swept["counts"]["accepted_architectures"] > 17  # CLIP ViTs only, before the adapters
 
 
-def _not_yet(name: str) -> bool:
-    """Transformer architectures not adapted yet: open_clip 4's NaFlex SigLIP 2 (timm NaFlexVit).
-    Everything else must be accepted or be a conv tower (or, on open_clip 4, an audio model)."""
-    return name.endswith("-naflex")
-
-
 def test_every_transformer_architecture_is_accepted(swept):
     """The whole list: accepted, or refused because its image tower is convolutional (no tokens) or
-    there is none (CLAP), or one of the named gaps (_not_yet). A family that newly fails shows here."""
+    there is none (CLAP). A family that newly fails shows here."""
     if importlib.util.find_spec("timm") is None or importlib.util.find_spec("transformers") is None:
         pytest.skip("the timm and Hugging Face towers need timm and transformers")
     wrong = [(r["name"], r["reason"]) for r in swept["architectures"]
-             if not r["accepted"] and "needs tokens" not in r["reason"] and "not an image-text model" not in r["reason"]
-             and not _not_yet(r["name"])]
+             if not r["accepted"] and "needs tokens" not in r["reason"] and "not an image-text model" not in r["reason"]]
     assert not wrong, wrong
     conv = sum("needs tokens" in (r["reason"] or "") for r in swept["architectures"])
     audio = sum("not an image-text model" in (r["reason"] or "") for r in swept["architectures"])
-    gaps = sum(_not_yet(r["name"]) for r in swept["architectures"])
-    assert swept["counts"]["accepted_architectures"] == swept["counts"]["architectures"] - conv - audio - gaps
+    assert swept["counts"]["accepted_architectures"] == swept["counts"]["architectures"] - conv - audio
 
 
 HF_TEXT = ("xlm-roberta-base-ViT-B-32", "xlm-roberta-large-ViT-H-14", "roberta-ViT-B-32", "nllb-clip-base",

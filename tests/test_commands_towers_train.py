@@ -1,8 +1,9 @@
 """The CLI on other tower families: `mmrl describe`, a few steps of `mmrl train`, `mmrl eval` and
 `mmrl export` (torch.export) on a CLIPA-like architecture (average pooling, then the norm; a
-bidirectional text tower pooled at the last position) and a SigLIP-like one (a timm ViT with a
-MAP head and no class token; CustomTextCLIP), registered with open_clip in-process and loaded as
-``NAME:/path/checkpoint.pt``, as any open_clip checkpoint is. Both take the generic path."""
+bidirectional text tower pooled at the last position), a SigLIP-like one (a timm ViT with a
+MAP head and no class token; CustomTextCLIP) and a NaFlex SigLIP 2-like one (timm NaFlexVit on
+its fixed grid), registered with open_clip in-process and loaded as
+``NAME:/path/checkpoint.pt``, as any open_clip checkpoint is. All take the generic path."""
 from __future__ import annotations
 
 import json
@@ -28,13 +29,17 @@ CONFIGS = {
                "vision_cfg": {"image_size": 16, "timm_model_name": "mmrl_test_vit_map",  # the zoo's ViT: 16 px "timm_pool": "map",
                               "timm_proj": "none"},
                "text_cfg": {**TEXT, "proj_bias": True}},
+    "naflex": {"embed_dim": 32, "custom_text": True, "init_logit_bias": -10,
+               "vision_cfg": {"image_size": 16, "timm_model_name": "mmrl_test_naflex", "timm_pool": "map",
+                              "timm_proj": "none"},  # the zoo's NaFlexVit: its position table resized to the grid
+               "text_cfg": {**TEXT, "proj_bias": True}},
 }
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def world(request, tmp_path_factory):
     family = request.param
-    if family == "siglip":
+    if family in ("siglip", "naflex"):
         from towers_zoo import _register_timm_models
 
         _register_timm_models()  # the tiny timm ViT the config names (skips without timm)

@@ -127,7 +127,7 @@ def test_hidden_slots_give_the_frozen_towers_zero_shot_logits(family, method):
         assert not torch.allclose(model.logits(x).class_, zero_shot, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("family", ["siglip", "clipa", "timm-cls", "eva02", "eva02-e", "pe-core", "coca"])
+@pytest.mark.parametrize("family", ["siglip", "clipa", "timm-cls", "eva02", "eva02-e", "pe-core", "naflex", "coca"])
 def test_frozen_classifier_equals_the_models_logits(family):
     model = make(family, "mmrl++").eval()
     x = images()
@@ -174,7 +174,7 @@ def test_a_tower_with_its_own_mean_and_std_gets_images_restandardised():
 
 @pytest.mark.slow  # the ONNX exporter: ~10 s a file on 2 shared cores
 @pytest.mark.parametrize("fmt", ["torch", "onnx"])
-@pytest.mark.parametrize("family", ["siglip", "eva02"])
+@pytest.mark.parametrize("family", ["siglip", "eva02", "naflex"])
 def test_exported_classifier_equals_the_model(family, fmt, tmp_path):
     """`mmrl export`'s program (torch.export, then ONNX) of another family: the same logits."""
     from mmrl.engine.export import export_program, write_exported
@@ -235,13 +235,14 @@ def test_device_and_image_size_of_any_family(family):
 def test_describe_sizes_and_parameter_counts_of_every_family(family):
     bb = tiny_backbone(family)
     d = bb.describe()
-    assert (d["vision_width"], d["vision_layers"], d["vision_heads"], d["patch_size"], d["image_size"]) == (32, 3, 2, 8, 16)
+    patch = 4 if family == "naflex" else 8
+    assert (d["vision_width"], d["vision_layers"], d["vision_heads"], d["patch_size"], d["image_size"]) == (32, 3, 2, patch, 16)
     # CoCa: one position is its class token's; an HF encoder: 77, or fewer where its learned
     # position table is shorter (the tiny RoBERTa's 40 positions start after the pad id: 38;
     # NLLB's sinusoidal positions have no end)
     ctx = {"coca": 11, "xlmr": 38, "roberta-cls": 38, "nllb": 77}.get(family, 12)
     assert (d["text_width"], d["text_layers"], d["text_heads"], d["context_length"]) == (32, 3, 2, ctx)
-    assert d["embed_dim"] == (32 if family == "siglip" else 16) and d["fast_path"] == (family == "clip")
+    assert d["embed_dim"] == (32 if family in ("siglip", "naflex") else 16) and d["fast_path"] == (family == "clip")
     model = build_method(bb, method_config("mmrl", n_rep_tokens=3, rep_dim=8, first_rep_block=2))
     K, d_r, n = 3, 8, 2  # aligners for blocks 2..3 of each tower
     d_p = 16 if family == "coca" else 32  # proj_rep's rows: d_v, or CoCa's pooler width

@@ -21,6 +21,9 @@ eva02          EVA-02: timm Eva with a rotary embedding on the patch tokens, Swi
 eva02-e        EVA-02-E: timm Eva with post-norm blocks (``x + norm1(attn(x))``, ``x + norm2(mlp(x))``)
                and a rotary embedding
 pe-core        PE-Core: timm Eva with a rotary embedding, CLS and a MAP head
+naflex         NaFlex SigLIP 2 (open_clip 4): timm NaFlexVit on its fixed grid (linear patch
+               embedding, patch 4: a 4x4 grid from a 3x3 position table resized bilinearly, as
+               the real model resizes 16x16 to 24x24), no CLS, MAP head; SigLIP's text
 coca           CoCa: open_clip's attentional pooler (8 queries, first pooled) over the image tokens;
                causal text with padding keys hidden and a class token appended and pooled
 xlmr           xlm-roberta-*-ViT: CLIP vision; open_clip's HFTextEncoder around a Hugging Face
@@ -41,8 +44,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from mmrl.models.backbone import Backbone, _frozen
 
 VOCAB, CTX, IMAGE = 60, 12, 16
-FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "eva02-e", "pe-core", "coca",
-            "xlmr", "roberta-cls", "nllb")
+FAMILIES = ("clip", "worldwide", "avg", "clipa", "siglip", "timm-cls", "eva01", "eva02", "eva02-e", "pe-core", "naflex",
+            "coca", "xlmr", "roberta-cls", "nllb")
 HF_FAMILIES = ("xlmr", "roberta-cls", "nllb")
 
 
@@ -84,6 +87,15 @@ def _register_timm_models() -> None:
                           **kw, **over})
         return build
 
+    from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg
+
+    def tiny_naflex(**kw):
+        def build(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **over):
+            over.pop("dynamic_img_size", None)
+            cfg = NaFlexVitCfg(patch_size=4, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0, **kw)
+            return NaFlexVit(cfg=cfg, img_size=IMAGE, **over)
+        return build
+
     for name, make, kw in (
             ("mmrl_test_vit_map", tiny, dict(class_token=False, global_pool="map", no_embed_class=True)),
             ("mmrl_test_vit_cls_reg", tiny, dict(reg_tokens=2, global_pool="token", init_values=0.1)),
@@ -92,7 +104,9 @@ def _register_timm_models() -> None:
                                                swiglu_mlp=True, scale_attn_inner=True)),
             ("mmrl_test_pe", tiny_eva, dict(global_pool="map", use_rot_pos_emb=True, ref_feat_shape=(2, 2))),
             ("mmrl_test_eva02_e", tiny_eva, dict(global_pool="token", use_rot_pos_emb=True, ref_feat_shape=(2, 2),
-                                                 use_post_norm=True))):
+                                                 use_post_norm=True)),
+            ("mmrl_test_naflex", tiny_naflex, dict(global_pool="map", act_layer="gelu_tanh", pos_embed_grid_size=(3, 3),
+                                                   pos_embed_interp_mode="bilinear"))):
         if name not in timm.list_models(name):
             fn = make(**kw)
             fn.__name__ = name
@@ -148,6 +162,12 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
                                              timm_pool="map", timm_proj="none"),
                            CLIPTextCfg(**text, pool_type="last", no_causal_mask=True, proj_bias=True),
                            init_logit_bias=-10)
+    elif family == "naflex":
+        _register_timm_models()
+        m = CustomTextCLIP(32, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_naflex",
+                                             timm_pool="map", timm_proj="none"),
+                           CLIPTextCfg(**text, pool_type="last", no_causal_mask=True, proj_bias=True),
+                           init_logit_bias=-10)
     elif family == "timm-cls":
         _register_timm_models()
         m = CustomTextCLIP(16, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_vit_cls_reg",
@@ -186,7 +206,7 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
 def tokenizer_of(family: str) -> ToyTokenizer:
     if family == "worldwide":
         return ToyTokenizer(sot=2, eos=1)
-    if family in ("clipa", "siglip"):
+    if family in ("clipa", "siglip", "naflex"):
         return ToyTokenizer(sot=None, eos=1)
     if family in ("xlmr", "roberta-cls"):  # <s> words </s>, padded with <pad> = 1
         return ToyTokenizer(sot=0, eos=2, pad=1)

@@ -5,8 +5,8 @@ families"): a stem that turns the input into tokens, a list of pre-LN attention 
 final norm, the tower's own pooling and head, and where the K slots go. This module finds
 them by the PARTS a model has (not by its class), so that open_clip 3.x and 4.x, open_clip's
 own towers with their pooling variants (CLIPA, CoCa, SigLIP-style text) and timm ViTs / Evas
-wrapped by open_clip's ``TimmModel`` (SigLIP, SigLIP 2, MobileCLIP-B, ViTamin, EVA, PE-Core)
-all look alike to the rest of mmrl:
+wrapped by open_clip's ``TimmModel`` (SigLIP, SigLIP 2, MobileCLIP-B, ViTamin, EVA, PE-Core;
+NaFlex SigLIP 2 on its fixed grid) all look alike to the rest of mmrl:
 
 * :class:`BlockParts` -- one pre-LN block seen through one set of names (``norm1``, fused
   ``qkv_weight`` (3D, D), ``out_proj``, ``ls1``, ``norm2``, ``mlp``, ``ls2``, ``num_heads``)
@@ -280,7 +280,14 @@ class VisionTower:
     def patch_size(self) -> int:
         if self.kind == "open_clip":
             return _size(self.module.conv1.kernel_size)
-        return _size(self._trunk.patch_embed.patch_size)
+        return _size(self._stem_module.patch_size)
+
+    @property
+    def _stem_module(self) -> nn.Module:
+        """A timm trunk's patch embedding: ``patch_embed``, or a NaFlex trunk's ``embeds``
+        (patches, position table and prefix tokens in one module)."""
+        t = self._trunk
+        return t.embeds if _naflex_stem(t) else t.patch_embed
 
     @property
     def image_size(self) -> int:
@@ -324,6 +331,9 @@ class VisionTower:
             x = torch.cat([cls, x], dim=1) + v.positional_embedding.to(x.dtype)
             return v.ln_pre(v.patch_dropout(x))
         t = self._trunk
+        if _naflex_stem(t):  # NaFlexVit's fixed-grid mode: the position table resized to the grid inside
+            x, _ = t.embeds(images)
+            return t.norm_pre(x)
         if self.kind == "eva":  # its _pos_embed also returns the rotary embedding (see _rope)
             x, _ = t._pos_embed(t.patch_embed(images))
             return t.norm_pre(x)
@@ -407,6 +417,12 @@ def _additive(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
+def _naflex_stem(trunk: nn.Module) -> bool:
+    """A NaFlexVit-style trunk: one ``embeds`` module turns (B, 3, H, W) images into tokens
+    (patchify, projection, position table resized to the grid, prefix tokens), no ``patch_embed``."""
+    return isinstance(getattr(trunk, "embeds", None), nn.Module) and not hasattr(trunk, "patch_embed")
+
+
 def vision_problem(visual: nn.Module) -> str | None:
     """What keeps ``visual`` from being an image tower MMRL can adapt, or None."""
     if hasattr(visual, "conv1") and hasattr(visual, "transformer"):       # open_clip VisionTransformer
@@ -423,19 +439,9 @@ def vision_problem(visual: nn.Module) -> str | None:
         name = type(trunk).__name__
         if hasattr(trunk, "stages") or not hasattr(trunk, "blocks"):
             return f"a vision transformer (timm {name} is a convolutional tower: the method needs tokens)"
-        for part in ("patch_embed", "_pos_embed", "norm", "forward_head", "num_prefix_tokens"):
-            if not hasattr(trunk, part):
-                return f"a timm ViT part {part} (timm {name} has none: not adapted yet)"
-        if getattr(trunk, "rope_mixed", False) or getattr(trunk, "dynamic_img_size", False):
-            return f"a fixed rotary embedding and image size (timm {name}: rope_mixed / dynamic_img_size)"
-        eva = len(trunk.blocks) > 0 and _block_kind(trunk.blocks[0]) == "eva"
-        if getattr(trunk, "rope", None) is not None and not eva:
-            return f"vision attention without rotary position terms (timm {name} has rope)"
-        for part in ("pos_embed", "norm_pre") + (() if eva else ("patch_drop",)):
-            if not hasattr(trunk, part):
-                return f"a timm ViT part {part} (timm {name})"
-        if getattr(trunk, "attn_pool", None) is not None and getattr(trunk, "pool_include_prefix", False):
-            return "a MAP head over the patch tokens only (pool_include_prefix is set)"
+        problem = _naflex_problem(trunk) if _naflex_stem(trunk) else _timm_vit_problem(trunk)
+        if problem is not None:
+            return problem
         if not isinstance(visual.head, nn.Sequential) or any(
                 n not in ("drop", "proj") for n, _ in visual.head.named_children()):
             return "a vision head that is a linear projection or nothing (TimmModel head)"
@@ -445,6 +451,46 @@ def vision_problem(visual: nn.Module) -> str | None:
     if hasattr(visual, "layer1") or hasattr(visual, "stages"):
         return "a vision transformer (this is a convolutional tower: the method needs tokens)"
     return f"a vision transformer ({type(visual).__name__} has neither conv1 + transformer nor a timm trunk)"
+
+
+def _timm_vit_problem(trunk: nn.Module) -> str | None:
+    """What keeps a timm ViT / Eva trunk (``patch_embed`` + ``_pos_embed``) from MMRL's stem,
+    rotary and pooling assumptions, or None."""
+    name = type(trunk).__name__
+    for part in ("patch_embed", "_pos_embed", "norm", "forward_head", "num_prefix_tokens"):
+        if not hasattr(trunk, part):
+            return f"a timm ViT part {part} (timm {name} has none: not adapted yet)"
+    if getattr(trunk, "rope_mixed", False) or getattr(trunk, "dynamic_img_size", False):
+        return f"a fixed rotary embedding and image size (timm {name}: rope_mixed / dynamic_img_size)"
+    eva = len(trunk.blocks) > 0 and _block_kind(trunk.blocks[0]) == "eva"
+    if getattr(trunk, "rope", None) is not None and not eva:
+        return f"vision attention without rotary position terms (timm {name} has rope)"
+    for part in ("pos_embed", "norm_pre") + (() if eva else ("patch_drop",)):
+        if not hasattr(trunk, part):
+            return f"a timm ViT part {part} (timm {name})"
+    if getattr(trunk, "attn_pool", None) is not None and getattr(trunk, "pool_include_prefix", False):
+        return "a MAP head over the patch tokens only (pool_include_prefix is set)"
+    return None
+
+
+def _naflex_problem(trunk: nn.Module) -> str | None:
+    """What keeps a NaFlexVit trunk from its fixed-grid ViT computation, or None: images in, no
+    rotary embedding (its per-grid rotary terms are not adapted), a MAP head over the patch
+    tokens only, the parts the generic path calls."""
+    name = type(trunk).__name__
+    for part in ("norm_pre", "norm", "fc_norm", "forward_head", "num_prefix_tokens"):
+        if not hasattr(trunk, part):
+            return f"a timm ViT part {part} (timm {name})"
+    emb = trunk.embeds
+    if not getattr(emb, "is_linear", False) and not isinstance(getattr(emb, "proj", None), nn.Conv2d):
+        return f"a NaFlex patch embedding by a linear or convolutional projection (timm {name})"
+    if not hasattr(emb, "patch_size"):
+        return f"a NaFlex patch embedding with a patch_size (timm {name})"
+    if getattr(trunk, "rope", None) is not None:
+        return f"vision attention without rotary position terms (timm {name} has rope)"
+    if getattr(trunk, "attn_pool", None) is not None and getattr(trunk, "pool_include_prefix", False):
+        return "a MAP head over the patch tokens only (pool_include_prefix is set)"
+    return None
 
 
 # --------------------------------------------------------------------------- text
