@@ -84,6 +84,26 @@ def test_audio_models_and_missing_transformers_get_one_line(monkeypatch):
         architecture_problem.cache_clear()
 
 
+def test_uncached_hf_config_without_the_hub_is_one_line_with_the_ways_on(monkeypatch, capsys):
+    """open_clip reads an HF text tower's config from the hub at build time: not cached and the hub
+    unreachable -> one line naming the model and the encoder, without the hub client's retries."""
+    from mmrl.cli import main
+    from mmrl.errors import BackboneUnavailableError
+    from mmrl.models import backbone
+
+    asked = []
+    monkeypatch.setattr(backbone, "_hf_offline_config", lambda hf, allow_default=True: None)  # nothing cached
+    monkeypatch.setattr(backbone, "unreachable", lambda host, timeout_s=5.0: asked.append(host) or "no connection: cut")
+    with pytest.raises(BackboneUnavailableError) as e:
+        backbone.load_backbone("xlm-roberta-base-ViT-B-32", pretrained=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "xlm-roberta-base-ViT-B-32" in msg and "encoder xlm-roberta-base is not cached" in msg
+    assert "no connection: cut" in msg and "Ways on" in msg and asked == ["huggingface.co"]
+    assert main(["describe", "--method", "mmrl", "--backbone", "xlm-roberta-base-ViT-B-32"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0] and "not cached" in err[0], err
+
+
 @pytest.mark.parametrize("family", HF_FAMILIES)
 def test_a_few_training_steps_lower_the_loss_and_train_only_the_adapter(family):
     bb = tiny_backbone(family)

@@ -419,6 +419,7 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
     hf = ((open_clip.get_model_config(name) or {}).get("text_cfg") or {}).get("hf_model_name")
     if _hf_missing(hf):
         raise BackboneUnavailableError(f"backbone {spec!r}: {_hf_missing(hf)}")
+    _check_hf_config_reachable(hf, spec)
     if not pretrained:  # the architecture only (describe, shapes): nothing to download, nothing to say
         with _quiet_open_clip(), hf_config_offline(hf, allow_default=False):
             return open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu, pretrained_hf=False)
@@ -607,6 +608,27 @@ def _hf_missing(hf: str | None) -> str | None:
     if hf and importlib.util.find_spec("transformers") is None:
         return f"its text tower is the Hugging Face encoder {hf}: {HF_INSTALL}"
     return None
+
+def _check_hf_config_reachable(hf: str | None, spec: str) -> None:
+    """open_clip reads the config of a Hugging Face text tower ``hf`` from the hub when it builds
+    the model: cached, or the hub reachable -> nothing to say; otherwise one line with the ways on
+    (instead of the hub client's retries, ~25 s, and its multi-line error).
+
+    Raises:
+        BackboneUnavailableError: the config is not cached and cannot be downloaded.
+    """
+    if not hf or _hf_offline_config(hf, allow_default=False) is not None:
+        return
+    host = urlsplit(_hub_endpoint()).netloc
+    problem = "HF_HUB_OFFLINE is set" if _hub_offline_mode() else unreachable(host)
+    if problem is None:
+        return
+    raise BackboneUnavailableError(
+        f"backbone {spec!r}: the config of its Hugging Face text encoder {hf} is not cached on this machine and "
+        f"could not be downloaded from {host} ({problem}). Ways on: connect to the internet once (it is then "
+        f"cached in {_cache_hint({'hf_hub': hf})}); or --backbone toy-clip (the tiny CLIP shipped with mmrl, "
+        "for trying it out)")
+
 
 # The Hugging Face model type of an encoder named by open_clip whose config is not cached: the
 # longest model type of transformers' own table contained in the name (as transformers' AutoConfig
