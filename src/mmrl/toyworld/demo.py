@@ -45,7 +45,7 @@ DEMO_THREADS = 1
 
 
 def default_out() -> Path:
-    from mmrl.data import default_cache_dir
+    from mmrl.data import default_cache_dir  # here: `mmrl --help` imports this module (the demo's flags)
 
     return Path(default_cache_dir()) / "demo"
 
@@ -114,7 +114,7 @@ hm = harmonic_mean  # the name this module's callers use
 
 def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
     """Zero-shot CLIP on one task's base and novel classes: the table's CLIP row."""
-    from mmrl.engine import EvalRequest, zeroshot
+    from mmrl.engine import EvalRequest, zeroshot  # torch: here, as `mmrl --help` imports this module
 
     folder = cfg.out / "tasks" / name
     acc = {}
@@ -131,7 +131,7 @@ def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
 def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -> dict:
     """Train ``method`` on one task's base classes (or reuse the finished run), evaluate base and
     novel as the protocol says and novel with fused logits too: the table's row."""
-    from mmrl.engine import EvalRequest, evaluate, train
+    from mmrl.engine import EvalRequest, evaluate, train  # torch: as above
 
     dataset = f"folder:{cfg.out / 'tasks' / name}"
     run_dir = demo_run_dir(cfg, name, method)
@@ -177,7 +177,7 @@ def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
     if jobs > 1:
         rows = _rows_in_workers(cfg, jobs)
     else:
-        import torch
+        import torch  # as above (and the parent of worker processes never needs it)
 
         threads_before = torch.get_num_threads()
         if cfg.threads:
@@ -208,7 +208,7 @@ def _init_worker(threads: int | None, console: bool) -> None:
     pieces and end with its parent): its torch thread count; warnings (not the runs' INFO lines,
     which would interleave; each run keeps them in its train.log) on the console."""
     if threads:
-        import torch
+        import torch  # as above
 
         torch.set_num_threads(threads)
     if console:
