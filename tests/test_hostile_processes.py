@@ -149,9 +149,9 @@ def test_dry_run_checks_that_the_data_exist(tmp_path, capsys):
 
 def test_child_gets_sigterm_not_orphaned_between_fork_and_prctl():
     """The parent-death signal is set in the child before it runs anything (Linux)."""
-    from mmrl.sweep.runner import _die_with_parent
+    from mmrl.jobs import die_with_parent
 
-    preexec = _die_with_parent()
+    preexec = die_with_parent()
     assert preexec is not None
     probe = subprocess.run([sys.executable, "-c", "import ctypes, sys; s = ctypes.c_int(); "
                             "ctypes.CDLL(None).prctl(2, ctypes.byref(s)); print(s.value)"],  # PR_GET_PDEATHSIG

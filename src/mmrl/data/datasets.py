@@ -111,7 +111,7 @@ def _variant_classnames(d: Path, root: Path) -> tuple[dict[str, str], Path]:
 
 def _loadmat(path: Path, what: str) -> dict:
     require_file(path, what)
-    try:
+    try:  # here: only StanfordCars / OxfordFlowers built from their .mat files need scipy (~0.1 s to import)
         from scipy.io import loadmat
     except ImportError as e:
         raise DataError(f"building the split from {path} needs scipy (pip install scipy), or put the "

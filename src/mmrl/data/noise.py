@@ -52,7 +52,7 @@ def noisy_fewshot(items: Sequence[Datum], shots: int, wrong: int, kind: str, see
     the classes cannot lend ``wrong`` images (symflip: no candidate left; pairflip: the next
     class has a single training image).
     """
-    import numpy as np
+    import numpy as np  # here: `mmrl data split` / `verify` import this module, and need no numpy
 
     if kind not in NOISE_TYPES or kind == "none":
         raise ValueError(f"noise type {kind!r}; expected symflip or pairflip")

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import os
 import random
 from pathlib import Path
 from typing import Callable, Sequence
@@ -177,8 +178,6 @@ def recorded_split(current: DatasetSplits, split_path: str | Path) -> DatasetSpl
     test images of the run's classes appeared in ``current`` (the split rebuilt now) without being
     in the record (they are not evaluated: the record is the run's test set).
     """
-    import os
-
     split_path = Path(split_path)
     train, val, test = read_split_file(split_path, current.image_dir)
     classnames = classnames_from_items((train, val, test), str(split_path))
@@ -227,7 +226,7 @@ def set_random_seed(seed: int) -> None:
     For the engine to call once at the start of a run; the data pipeline
     itself never depends on the global RNGs.
     """
-    import numpy as np
+    import numpy as np  # here: `mmrl data split` and `verify` import this module without numpy or torch
     import torch
 
     random.seed(seed)

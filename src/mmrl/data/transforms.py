@@ -4,6 +4,8 @@ from __future__ import annotations
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from mmrl.errors import clip, shown
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -65,8 +67,7 @@ def transform_from_spec(spec: dict) -> T.Compose:
         if mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode {mode!r}; expected one of {', '.join(RESIZE_MODES)}")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        from mmrl.errors import clip, shown  # the spec may come from an exported file of someone else
-
+        # the spec may come from an exported file of someone else
         raise ValueError(f"preprocessing {shown(spec)}: expected keys resize, interpolation, crop, mean, std "
                          f"[, resize_mode] ({type(e).__name__}: {clip(str(e))})") from e
     size = (resize, resize) if mode == "squash" else resize

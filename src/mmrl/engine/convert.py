@@ -10,6 +10,9 @@ from mmrl.config import Override, RunConfig, resolve_config
 from mmrl.engine import rundir as rd
 from mmrl.engine.checkpoint import save_adapter
 from mmrl.engine.lock import RunDirLock
+from mmrl.engine.runtime import check_method_fits, load_backbone_checked
+from mmrl.models import build_method
+from mmrl.models.official import load_official_adapter
 
 LOG = logging.getLogger("mmrl")
 
@@ -38,11 +41,6 @@ def convert_official(checkpoint: str | Path, method: str, backbone: str, dataset
 
 def _convert(checkpoint: Path, cfg: RunConfig, run_dir: Path) -> Path:
     """:func:`convert_official` once the run directory's writer lock is held."""
-    from mmrl.engine.runtime import load_backbone_checked
-    from mmrl.engine.runtime import check_method_fits
-    from mmrl.models import build_method
-    from mmrl.models.official import load_official_adapter
-
     # shapes only: an open_clip name is built without downloading weights
     bb = load_backbone_checked(cfg.backbone, pretrained=False)
     check_method_fits(bb, cfg.method)

@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from mmrl.engine.runtime import autocast
+
 FLOPS_HOW = ("torch.utils.flop_counter.FlopCounterMode over one real step (forward + backward of matmuls, "
              "convolutions and attention; optimiser and element-wise work not counted)")
 
@@ -40,7 +42,7 @@ def _cpu_attention_formulas() -> dict[Any, Any]:
     """FlopCounterMode knows the CUDA attention kernels but not the CPU's flash kernel, which
     scaled_dot_product_attention picks on the CPU: without this its FLOPs would count 0. The
     same formulas as the CUDA kernels' (the backward recomputes the scores: 5 matmuls)."""
-    from torch.utils import flop_counter as fc
+    from torch.utils import flop_counter as fc  # here: it imports triton (~0.1 s), wanted only to count FLOPs
 
     aten = torch.ops.aten
     out = {}
@@ -55,7 +57,7 @@ def _cpu_attention_formulas() -> dict[Any, Any]:
 
 def count_flops(fn: Callable[[], Any]) -> tuple[Any, int]:
     """``(fn(), FLOPs fn dispatched)``, counted by FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # as above: only when FLOPs are counted
 
     counter = FlopCounterMode(display=False, custom_mapping=_cpu_attention_formulas())
     with counter:
@@ -180,8 +182,6 @@ class CostMeter:
         little work the logits repeat once per batch whatever its size (``per_eval_batch``)."""
         if self.sample_images is None or not hasattr(model, "logits"):
             return
-        from mmrl.engine.runtime import autocast
-
         images = self.sample_images
         was_training = model.training
         model.eval()
@@ -261,8 +261,6 @@ def step_profile(model, classnames: list[str], template: str, *, batch_size: int
     the trainable tensors, their gradients and AdamW's two moments; the framework's own memory
     (the CPU allocator, CUDA context, kernels' workspaces) is not in it.
     """
-    from mmrl.engine.runtime import autocast
-
     model.set_classes(classnames, template)
     model.train()
     if hasattr(model, "clip"):

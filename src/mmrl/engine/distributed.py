@@ -27,6 +27,7 @@ Testing aid: ``MMRL_TEST_FAIL_RANK=R`` (and optionally ``MMRL_TEST_FAIL_STEP=S``
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
@@ -36,6 +37,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from mmrl.config import ConfigError
+from mmrl.errors import UserError
 
 LOG = logging.getLogger("mmrl")
 T = TypeVar("T")
@@ -80,8 +85,6 @@ def init_distributed(device: str | torch.device | None = "auto") -> DistInfo:
     others wait for a rank that hangs; torchrun itself stops the remaining workers when one
     exits with an error. Ranks other than 0 log warnings and errors only.
     """
-    from mmrl.config import ConfigError
-
     env = env_info()
     if not env.enabled:
         return DistInfo()
@@ -256,9 +259,6 @@ def on_main(fn: Callable[[], T], info: DistInfo) -> T:
     ConfigError (or a UserError) with the same message when it was one (so all ranks exit
     alike, with one line), else a RuntimeError naming rank 0's error. Single process: just ``fn()``.
     """
-    from mmrl.config import ConfigError
-    from mmrl.errors import UserError
-
     if not info.enabled:
         return fn()
     result, error, err = None, None, None
@@ -289,10 +289,6 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     backbone file, same seed), so only gradients need communicating. Newer PyTorch spells
     ``broadcast_buffers=False`` as ``forward_sync_buffers=False`` (and deprecates the former).
     """
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
     kw = ({"forward_sync_buffers": False}
           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
           else {"broadcast_buffers": False})

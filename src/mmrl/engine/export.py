@@ -21,6 +21,7 @@ class names, template, logit kind, input size and the preprocessing a caller mus
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import zipfile
 from pathlib import Path
@@ -28,6 +29,8 @@ from typing import Any
 
 import torch
 
+from mmrl import __version__
+from mmrl.data import preprocessing_spec
 from mmrl.errors import UntrustedFileError, clip, shown
 from mmrl.fileio import JSONFileError, dumps_json, loads_json, write_bytes_atomic
 
@@ -45,8 +48,6 @@ class MissingDependencyError(RuntimeError):
 
 
 def _require(module: str, why: str):
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as e:
@@ -82,9 +83,6 @@ def build_metadata(*, classnames: list[str], template: str, kind: str, resizing:
                    dataset: str | None = None, run: str | None = None) -> dict[str, Any]:
     """The JSON metadata of an exported file (also ``Classifier.metadata``); ``resizing`` is the
     backbone's :func:`mmrl.models.towers.image_resizing`."""
-    from mmrl import __version__
-    from mmrl.data import preprocessing_spec
-
     image_size = resizing["resolution"]
     return {
         "kind": FILE_KIND, "version": FILE_VERSION, "mmrl_version": __version__,

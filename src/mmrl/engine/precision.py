@@ -15,14 +15,16 @@ there is bf16/fp16 as before).
 """
 from __future__ import annotations
 
+import copy
 import functools
+import logging
 import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from mmrl.engine.runtime import autocast
+from mmrl.engine.runtime import autocast, load_backbone_checked
 from mmrl.models.mmrl import upcast
 
 # a machine-wide override of what `auto` picks on the CPU: 0 = fp32, 1 = bf16 (the CPU is not
@@ -186,8 +188,6 @@ def match_eval_precision(model: nn.Module, cfg) -> None:
     if frozen_dtype(model) == torch.float32 or \
             eval_precision(cfg.eval.precision, device, tower_width(model))[0] == "bf16":
         return
-    from mmrl.engine.runtime import load_backbone_checked
-
     fresh = load_backbone_checked(cfg.backbone, device=device).clip
     with torch.no_grad():
         weights = dict(fresh.named_parameters())
@@ -207,8 +207,6 @@ class Bf16Module(nn.Module):
 
     def __init__(self, module: nn.Module):
         super().__init__()
-        import copy
-
         self.module = copy.deepcopy(module).to(torch.bfloat16)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -224,8 +222,6 @@ def compiled_logits(model: nn.Module, text: torch.Tensor, *, device: torch.devic
     (each image's logits depend on that image alone). Where compiling fails (no C++ compiler, an
     unsupported op) the eager path runs instead, with a warning.
     """
-    import logging
-
     def eager(images: torch.Tensor):
         return logits(model, images, text, device=device, precision=precision)
 

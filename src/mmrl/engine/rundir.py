@@ -32,15 +32,17 @@ from typing import Any
 
 import torch
 
-from mmrl import data
+from mmrl import __version__, data
 from mmrl.config import RunConfig, dump_config, load_config
 from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import (load_adapter, save_adapter, save_checkpoint, write_json_atomic,
                                     write_text_atomic)
 from mmrl.engine.runcheck import adapter_settings, disagreements
-from mmrl.engine.runtime import log_to_file
+from mmrl.engine.runtime import check_method_fits, load_backbone_checked, log_to_file, resolve_device
+from mmrl.engine.sinks import Sinks
 from mmrl.errors import CorruptFileError, clip
 from mmrl.fileio import JSONFileError, dumps_json, file_sha256, loads_json, read_json, read_json_or_none, write_failed
+from mmrl.models import build_method
 from mmrl.vocab import (  # noqa: F401 (the file names are part of this module's interface)
     ADAPTER_FILE, CHECKPOINT_FILE, CONFIG_FILE, EVAL_DIR, LOG_FILE, METRICS_FILE, OTHER_SPLIT_FILE, RESULTS_FILE,
     RUN_FILE, SPLIT_FILE, eval_file_name,
@@ -75,8 +77,6 @@ def write_run_info(run_dir: str | Path, info: dict | RunInfo) -> None:
 
 
 def new_run_info(cfg: RunConfig, status: str = "running", **extra: Any) -> dict:
-    from mmrl import __version__
-
     info = {"version": __version__, "method": cfg.method.name, "dataset": cfg.data.dataset,
             "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed, "backbone": cfg.backbone,
             "status": status, "timings": {}, "trainable_parameters": None}
@@ -157,8 +157,6 @@ _RUN_INFO_FIELDS = tuple(f.name for f in dataclasses.fields(RunInfo))
 
 
 def write_config(run_dir: str | Path, cfg: RunConfig) -> None:
-    from mmrl import __version__
-
     header = (f"Resolved configuration of this run (mmrl {__version__}).\n"
               "Rerun: mmrl train --resume RUN_DIR, or pass this file to --config.")
     write_text_atomic(dump_config(cfg, header), Path(run_dir) / CONFIG_FILE)
@@ -203,9 +201,6 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None):
     ``cfg.method`` and the weights of ``adapter.safetensors`` loaded into it. The model is
     in eval mode on ``device`` (None = the auto choice: CUDA when available).
     """
-    from mmrl.engine.runtime import check_method_fits, load_backbone_checked, resolve_device
-    from mmrl.models import build_method
-
     run_dir = Path(run_dir)
     cfg_path = check_run_dir(run_dir)
     cfg = load_config(cfg_path)
@@ -357,8 +352,6 @@ class RunFiles:
         if not self.writes:
             return contextlib.nullcontext()
         if self.cfg is not None and self.cfg.logging.report_to and self.sinks is None:
-            from mmrl.engine.sinks import Sinks
-
             self.sinks = Sinks(self.cfg.logging.report_to, self.dir, self.cfg, None if start_epoch is None else step)
         if start_epoch is not None:
             truncate_metrics(self.metrics_path, start_epoch)

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
 import torch
+from tqdm import tqdm
 
+from mmrl.config import ConfigError
 from mmrl.errors import shown
+from mmrl.models import load_backbone
 
 LOG = logging.getLogger("mmrl")
 T = TypeVar("T")
@@ -21,8 +24,6 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # --------------------------------------------------------------------------- device / precision
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda``/``cuda:N`` checked to exist."""
-    from mmrl.config import ConfigError
-
     spec = "auto" if spec is None else str(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -42,7 +43,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs; on the CPU bf16 where the CPU
     computes bf16 natively (AVX512-BF16 / AMX), else fp32. The decision and its reason:
     :func:`mmrl.engine.precision.choose_precision`."""
-    from mmrl.engine.precision import choose_precision
+    from mmrl.engine.precision import choose_precision  # here: precision imports this module
 
     return choose_precision(precision, device)[0]
 
@@ -154,8 +155,6 @@ class Progress:
         self.values: dict[str, str] = {}
         self.bar = None
         if tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
     def set(self, **values) -> None:
@@ -187,8 +186,6 @@ class Progress:
 def check_method_fits(backbone, method_cfg, source: str | None = None) -> None:
     """ConfigError (naming ``source``, e.g. the run's config.yaml) when the method's settings do not
     fit the backbone (J deeper than a tower): the one check before a model is built on it."""
-    from mmrl.config import ConfigError
-
     try:
         method_cfg.validate(backbone.vision_layers, backbone.text_layers)
     except ValueError as e:
@@ -197,9 +194,6 @@ def check_method_fits(backbone, method_cfg, source: str | None = None) -> None:
 
 def load_backbone_checked(spec: str, device: torch.device | str = "cpu", pretrained: bool = True):
     """``mmrl.models.load_backbone`` with a bad spec reported as a ConfigError (key ``backbone``)."""
-    from mmrl.config import ConfigError
-    from mmrl.models import load_backbone
-
     try:
         return load_backbone(spec, pretrained=pretrained, device=device)
     except ValueError as e:

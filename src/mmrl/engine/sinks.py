@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.errors import UserError
+from mmrl.fileio import write_json_atomic
 
 LOG = logging.getLogger("mmrl")
 
@@ -100,7 +101,7 @@ def evaluation_scalars(results: dict[str, Any]) -> dict[str, float]:
 
 class _TensorBoard:
     def __init__(self, run_dir: Path, resume_step: int | None):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional (tensorboard): only with --report-to tensorboard
 
         # purge_step: TensorBoard discards what an interrupted attempt logged from this step on
         self.w = SummaryWriter(str(run_dir / TB_DIR), purge_step=None if resume_step is None else resume_step + 1)
@@ -124,7 +125,7 @@ class _TensorBoard:
 
 class _WandB:
     def __init__(self, run_dir: Path, cfg, resume_step: int | None):
-        import wandb
+        import wandb  # optional: only with --report-to wandb
 
         state_path = run_dir / WANDB_STATE
         state = _read_json(state_path) if resume_step is not None else {}
@@ -142,8 +143,6 @@ class _WandB:
         self._save(run_id)
 
     def _save(self, run_id: str | None = None) -> None:
-        from mmrl.engine.checkpoint import write_json_atomic
-
         write_json_atomic({"id": run_id or self.run.id, "last_step": self.last}, self.state_path)
 
     def step(self, row: dict[str, Any]) -> None:

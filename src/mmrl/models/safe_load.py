@@ -66,6 +66,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import Tensor
 
 __all__ = [
@@ -597,9 +599,6 @@ def load_clip_state_dict(path: str | Path) -> dict[str, Tensor]:
     """
     path = _existing(path)
     if _is_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         with open(path, "rb") as f:  # safetensors checks shapes against the data, not the header's size
             header = int.from_bytes(f.read(8), "little")
         if header > MAX_SAFETENSORS_HEADER:

@@ -1,7 +1,7 @@
 """Sweeps: a protocol's grid of runs, run in parallel, sharded and resumable; torch-free.
 
 ``ablation`` (``--vary``: grid points) -> ``grid`` (cells and shards) -> ``state`` (where each cell stands; claims) -> ``runner``
-(subprocesses in worker threads) -> ``reproduce`` (`mmrl reproduce`: the grid, then the
+(subprocesses from the threads of :mod:`mmrl.jobs`) -> ``reproduce`` (`mmrl reproduce`: the grid, then the
 report). The names most callers need are importable from here: ``from mmrl import sweep``.
 """
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""Running cells: each in its own subprocess, in worker threads (one per GPU of `--devices`,
-or `--jobs` CPU workers), each claimed first (:mod:`mmrl.sweep.state`) and logged to
-`RUN_DIR/stdout.log`."""
+"""Running cells: each in its own subprocess, from the job pool's threads (:mod:`mmrl.jobs`: one
+slot per GPU of `--devices`, or `--jobs` CPU slots), each claimed first (:mod:`mmrl.sweep.state`)
+and logged to `RUN_DIR/stdout.log`."""
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mmrl.engine.lock import HOST, Heartbeat, acquire_claim, release_claim
+from mmrl.jobs import Job, JobPool, die_with_parent
 from mmrl.fileio import write_failed
 from mmrl.sweep.ablation import point_sets
 from mmrl.sweep.grid import Cell, EvalJob
@@ -28,36 +27,6 @@ from mmrl.vocab import CONFIG_FILE, EVAL_DIR, RUN_FILE
 _TORCHRUN_VARS = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                             "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
                             "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS"})
-
-
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child receive SIGTERM when the sweep dies, or None off Linux.
-
-    Without it a ``kill -9`` of ``mmrl reproduce`` leaves its ``mmrl train`` children running
-    unsupervised (their claims look abandoned, so a rerun would start a second writer; the run
-    folder lock stops that, but the orphans still hold the GPUs). SIGTERM, not SIGKILL: the child
-    stops as on Ctrl-C, marks its run interrupted and releases its lock, so a rerun resumes it.
-    The signal comes when the *thread* that started the child ends: a worker thread waits for
-    its child, so that is when the sweep process dies. Linux then hands the child to another
-    thread of the dying sweep and signals it again, once per thread: `mmrl train` and `mmrl eval`
-    act on the first SIGTERM only (:func:`mmrl.commands.common.sigterm_as_interrupt`).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:  # looked up here, in the parent: after fork the child only makes the call
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the sweep died between fork and prctl: no signal will come
-            os.kill(os.getpid(), signal.SIGTERM)
-    return preexec
 
 
 class SubprocessRunner:
@@ -126,7 +95,7 @@ class SubprocessRunner:
             except OSError as e:  # a full disk: the run could not even log; the OS's message names no file
                 raise write_failed(cell.log_path, e) from None
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent())
+                                    preexec_fn=die_with_parent())
             with self._lock:
                 self._procs.add(proc)
             try:
@@ -306,78 +275,49 @@ def run_cells(cells: Sequence[Cell], run_train: Callable[[Cell], int], run_eval:
               workers: Sequence[str | None] = (None,), claim_timeout: float | None = None,
               heartbeat_s: float = 60.0, log: Callable[[str], None] = print,
               on_interrupt: Callable[[], None] | None = None) -> list[Outcome]:
-    """Run `cells` with one thread per entry of `workers` (a CUDA_VISIBLE_DEVICES value, or None).
+    """Run `cells` on a :class:`mmrl.jobs.JobPool` of threads, one slot per entry of `workers`
+    (a CUDA_VISIBLE_DEVICES value, or None).
 
-    Each thread takes the next cell, sets its `device` and runs it (the runner
+    Each cell, when a slot is free, gets that slot's `device` and runs in a thread (the runner
     starts a subprocess, so the threads only wait). Outcomes are returned in
     grid order. A failing cell does not stop the others. On Ctrl-C (or
     SIGTERM turned into KeyboardInterrupt) no new cell starts, `on_interrupt`
     stops the running children, the workers release their claims, and
     :class:`SweepInterrupted` (a KeyboardInterrupt carrying the outcomes so far) is raised.
     """
-    todo: queue.Queue[tuple[int, Cell]] = queue.Queue()
-    for i, c in enumerate(cells):
-        todo.put((i, c))
     outcomes: list[Outcome | None] = [None] * len(cells)
-    lock = threading.Lock()
     total = len(cells)
-    stop = threading.Event()
 
-    def started(c: Cell) -> None:
+    def started(c: Cell) -> None:  # in the cell's thread, once it is claimed
         where = f" on GPU {c.device}" if c.device is not None else ""
         log(f"[{positions[c.run_dir]}/{total}] {c.name}: starting{where} (log: {c.log_path})")
 
     positions = {c.run_dir: i + 1 for i, c in enumerate(cells)}
     t_start = time.time()
 
-    def worker(device: str | None) -> None:
-        while not stop.is_set():
-            try:
-                i, c = todo.get_nowait()
-            except queue.Empty:
-                return
-            c = dataclasses.replace(c, device=device)
-            out = run_cell(c, run_train, run_eval, claim_timeout, hb, on_start=started)
-            with lock:
-                outcomes[i] = out
-                handled = sum(o is not None for o in outcomes)
-                ran = sum(o is not None and o.status in ("done", "failed") for o in outcomes)
-            if out.status == "skipped":
-                continue  # counted in the summary; one line per finished run would drown the rest
-            msg = {"done": f"done in {out.seconds:.0f} s", "elsewhere": f"in progress elsewhere ({out.detail})",
-                   "interrupted": f"interrupted: {out.detail}; it resumes when the sweep runs again",
-                   "failed": f"FAILED: {out.detail} (log: {c.log_path})"}[out.status]
-            with lock:
-                waiting = [cells[j] for j, o in enumerate(outcomes) if o is None]
-            eta = _eta(time.time() - t_start, ran, total - handled, cells, waiting, len(workers))
-            log(f"[{i + 1}/{total}] {c.name}: {msg}{eta}")
+    def work(device: str | None, c: Cell) -> Outcome:
+        return run_cell(dataclasses.replace(c, device=device), run_train, run_eval, claim_timeout, hb,
+                        on_start=started)
 
-    # Wait on an Event, not Thread.join: a join interrupted by Ctrl-C can mark a running thread as
-    # stopped (CPython bpo-45274 handling), and then we could no longer wait for it to clean up.
-    all_done = threading.Event()
-    running = [len(workers)]
+    def done(i: int, out: Outcome) -> None:  # in this thread, as each cell's outcome comes in
+        outcomes[i] = out
+        if out.status == "skipped":
+            return  # counted in the summary; one line per finished run would drown the rest
+        handled = sum(o is not None for o in outcomes)
+        ran = sum(o is not None and o.status in ("done", "failed") for o in outcomes)
+        msg = {"done": f"done in {out.seconds:.0f} s", "elsewhere": f"in progress elsewhere ({out.detail})",
+               "interrupted": f"interrupted: {out.detail}; it resumes when the sweep runs again",
+               "failed": f"FAILED: {out.detail} (log: {out.cell.log_path})"}[out.status]
+        waiting = [cells[j] for j, o in enumerate(outcomes) if o is None]
+        eta = _eta(time.time() - t_start, ran, total - handled, cells, waiting, len(workers))
+        log(f"[{i + 1}/{total}] {out.cell.name}: {msg}{eta}")
 
-    def run_worker(device: str | None) -> None:
-        try:
-            worker(device)
-        finally:
-            with lock:
-                running[0] -= 1
-                if running[0] == 0:
-                    all_done.set()
-
+    # on Ctrl-C: the children stopped, then up to 60 s for the cells to record their outcome and
+    # release their claims
+    pool = JobPool(list(workers), stop=on_interrupt, stop_wait_s=60.0)
     with Heartbeat(heartbeat_s) as hb:
         try:
-            for j, d in enumerate(workers):
-                threading.Thread(target=run_worker, args=(d,), name=f"worker-{j}", daemon=True).start()
-            while not all_done.wait(0.2):  # short waits so Ctrl-C reaches the main thread
-                pass
+            pool.run([Job(i, work, (c,)) for i, c in enumerate(cells)], done)
         except KeyboardInterrupt:
-            stop.set()
-            if on_interrupt is not None:
-                on_interrupt()
-            all_done.wait(60.0)  # let the workers record their outcome and release their claims
-            with lock:
-                handled = [o for o in outcomes if o is not None]
-            raise SweepInterrupted(handled) from None
+            raise SweepInterrupted([o for o in outcomes if o is not None]) from None
     return [o for o in outcomes if o is not None]

@@ -12,29 +12,24 @@ inference changes.
 
 Speed (docs/performance.md): the tiny model runs with one torch thread per process
 (:data:`DEMO_THREADS`), and the demo's independent pieces (writing a task; zero-shot on a
-task; training + evaluating one method on a task) run in ``jobs`` worker processes, so two
-cores do two runs at once instead of splitting every small op between them. Every run
-depends only on its own config, so the table is the same for any ``jobs``.
+task; training + evaluating one method on a task) run in ``jobs`` worker processes of the job
+pool (:mod:`mmrl.jobs`), so two cores do two runs at once instead of splitting every small op
+between them. Every run depends only on its own config, so the table is the same for any ``jobs``.
 """
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mmrl import methods
 from mmrl.config import resolve_config, toy_settings
 from mmrl.fileio import write_text_atomic
+from mmrl.jobs import Job, JobPool
 from mmrl.toyworld.tasks import TASKS, write_task
 from mmrl.vocab import RESULTS_FILE, harmonic_mean
 
@@ -50,7 +45,7 @@ DEMO_THREADS = 1
 
 
 def default_out() -> Path:
-    from mmrl.data import default_cache_dir
+    from mmrl.data import default_cache_dir  # here: `mmrl --help` imports this module (the demo's flags)
 
     return Path(default_cache_dir()) / "demo"
 
@@ -119,7 +114,7 @@ hm = harmonic_mean  # the name this module's callers use
 
 def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
     """Zero-shot CLIP on one task's base and novel classes: the table's CLIP row."""
-    from mmrl.engine import EvalRequest, zeroshot
+    from mmrl.engine import EvalRequest, zeroshot  # torch: here, as `mmrl --help` imports this module
 
     folder = cfg.out / "tasks" / name
     acc = {}
@@ -136,7 +131,7 @@ def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
 def method_row(name: str, method: str, cfg: DemoConfig, progress: bool | None) -> dict:
     """Train ``method`` on one task's base classes (or reuse the finished run), evaluate base and
     novel as the protocol says and novel with fused logits too: the table's row."""
-    from mmrl.engine import EvalRequest, evaluate, train
+    from mmrl.engine import EvalRequest, evaluate, train  # torch: as above
 
     dataset = f"folder:{cfg.out / 'tasks' / name}"
     run_dir = demo_run_dir(cfg, name, method)
@@ -182,7 +177,7 @@ def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
     if jobs > 1:
         rows = _rows_in_workers(cfg, jobs)
     else:
-        import torch
+        import torch  # as above (and the parent of worker processes never needs it)
 
         threads_before = torch.get_num_threads()
         if cfg.threads:
@@ -209,21 +204,11 @@ def run_demo(cfg: DemoConfig, progress: str | bool | None = None) -> dict:
 
 # --------------------------------------------------------------------------- worker processes
 def _init_worker(threads: int | None, console: bool) -> None:
-    """A worker: its torch thread count; warnings (not the runs' INFO lines, which would
-    interleave; each run keeps them in its train.log) on the console; Ctrl-C only while a
-    piece runs (see _call), so an idle worker does not die with a traceback; and it ends
-    within a second of its parent (the pool's queues would otherwise keep an orphan waiting)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
-
-    def watch_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch_parent, name="mmrl-demo-parent-watch", daemon=True).start()
+    """A worker (the job pool's, :mod:`mmrl.jobs`, which also makes it ignore Ctrl-C between
+    pieces and end with its parent): its torch thread count; warnings (not the runs' INFO lines,
+    which would interleave; each run keeps them in its train.log) on the console."""
     if threads:
-        import torch
+        import torch  # as above
 
         torch.set_num_threads(threads)
     if console:
@@ -233,44 +218,10 @@ def _init_worker(threads: int | None, console: bool) -> None:
         LOG.addHandler(handler)
 
 
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Run one piece in a worker; Ctrl-C interrupts it like the in-process demo (the run is
-    marked and can be resumed)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        return fn(*args)
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def _base_classes(name: str) -> int:
     """A task's number of base classes (the first half, rounded up): its training steps are
     proportional to it (16 shots each), so it orders the runs longest first."""
     return (len(TASKS[name].classes) + 1) // 2
-
-
-def _run_bounded(pool, jobs: int, pieces: list[tuple[Any, Callable[..., Any], tuple]],
-                 on_result: Callable[[Any, Any], None]) -> None:
-    """Run ``pieces`` ``[(key, fn, args)]`` on ``pool`` with at most ``jobs`` in flight, in order,
-    calling ``on_result(key, result)`` as each finishes. Nothing waits in the pool's queue, so
-    after Ctrl-C (which every worker gets too) or a piece's error no further piece starts and
-    the demo stops as soon as the running ones do."""
-    queue = iter(pieces)
-    running: dict[Any, Any] = {}
-
-    def submit_next() -> None:
-        for key, fn, args in queue:
-            running[pool.submit(_call, fn, *args)] = key
-            return
-
-    for _ in range(jobs):
-        submit_next()
-    while running:
-        done, _ = wait(running, return_when=FIRST_COMPLETED)
-        for fut in done:
-            key = running.pop(fut)
-            on_result(key, fut.result())  # a piece's error (e.g. a bad --set value) ends the demo here
-            submit_next()
 
 
 def _rows_in_workers(cfg: DemoConfig, jobs: int) -> list[dict]:
@@ -279,10 +230,10 @@ def _rows_in_workers(cfg: DemoConfig, jobs: int) -> list[dict]:
     Returns the rows in the in-process order."""
 
     console = any(getattr(h, "_mmrl_console", False) for h in LOG.handlers)
-    pieces: list[tuple[tuple, Callable[..., dict], tuple]] = []
+    pieces: list[Job[tuple[str, str]]] = []
     for name in sorted(cfg.tasks, key=_base_classes, reverse=True):
-        pieces += [((name, method), method_row, (name, method, cfg, False)) for method in cfg.methods]
-    pieces += [((name, "CLIP"), zero_shot_row, (name, cfg, False)) for name in cfg.tasks]
+        pieces += [Job((name, method), method_row, (name, method, cfg, False)) for method in cfg.methods]
+    pieces += [Job((name, "CLIP"), zero_shot_row, (name, cfg, False)) for name in cfg.tasks]
     results: dict[tuple, dict] = {}
 
     def report(key: tuple, row: dict) -> None:
@@ -293,18 +244,14 @@ def _rows_in_workers(cfg: DemoConfig, jobs: int) -> list[dict]:
 
     LOG.info("demo: %d runs (training + evaluation, zero-shot) in %d worker processes, %s torch thread(s) each; "
              "each training run's log is its train.log", len(pieces), jobs, cfg.threads or "default")
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                               initargs=(cfg.threads, console))
-    try:
+    # a piece's error (e.g. a bad --set value) ends the demo once the running pieces finish; Ctrl-C
+    # (which every worker gets too) or SIGTERM once they stop
+    with JobPool(jobs, processes=True, initializer=_init_worker, initargs=(cfg.threads, console)) as pool:
         todo = missing_tasks(cfg)
         if todo:
             LOG.info("writing %d toy task(s) under %s", len(todo), cfg.out / "tasks")
-            _run_bounded(pool, jobs, [(name, write_one_task, (name, cfg)) for name in todo], lambda key, _: None)
-        _run_bounded(pool, jobs, pieces, report)
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # the running pieces stop at their own Ctrl-C, or finish
-        raise
-    pool.shutdown(wait=True)
+            pool.run([Job(name, write_one_task, (name, cfg)) for name in todo], lambda key, _: None)
+        pool.run(pieces, report)
     return [results[(name, key)] for name in cfg.tasks for key in ("CLIP", *cfg.methods)]
 
 
