@@ -51,8 +51,13 @@ from torch import nn
 
 from mmrl.backbone_spec import CHECKPOINT_SUFFIXES, TOY_CLIP_FILE, TOY_CLIP_NAME
 from mmrl.errors import BackboneUnavailableError
+from mmrl.models.safe_load import check_weights, load_clip_state_dict
 from mmrl.models.towers import (Towers, attention_layout_problem, block_problem, check_block_math,  # noqa: F401
                                refusal, towers_of, towers_problem)
+
+# open_clip (with timm, transformers and huggingface_hub, which it pulls in) is imported inside the
+# functions that build or name a backbone: ~4 s on 2 cores, which a deployed Classifier, the
+# torch-only engine paths and `mmrl --help` never pay.
 
 CLIP_BPE_VOCAB = 49408  # size of CLIP's BPE vocabulary (open_clip's SimpleTokenizer)
 
@@ -231,8 +236,6 @@ def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor], spec: str =
     """
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    from mmrl.models.safe_load import check_weights
-
     if "visual.proj" not in state_dict:
         if any(k.startswith("visual.layer1") for k in state_dict):
             raise ValueError(f"backbone {spec!r} is a ResNet CLIP: MMRL inserts representation tokens between "
@@ -283,8 +286,6 @@ def _toy_clip(stamp: tuple[int, int]) -> nn.Module:
     (mtime_ns, size), so a checkpoint rewritten by ``mmrl toyworld pretrain`` is read anew).
     :func:`load_backbone` hands out deep copies: bit-identical tensors, ~9 ms instead of
     ~45 ms (read, fp16 -> fp32, random init of a fresh module, load_state_dict)."""
-    from mmrl.models.safe_load import load_clip_state_dict
-
     clip = clip_from_openai_state_dict(load_clip_state_dict(TOY_CLIP_FILE), TOY_CLIP_NAME)
     check_vit_clip(clip, TOY_CLIP_NAME)
     return _frozen(clip)
@@ -309,8 +310,6 @@ def load_backbone(spec: str = "ViT-B-16:openai", *, pretrained: bool = True,
         st = TOY_CLIP_FILE.stat()
         clip = copy.deepcopy(_toy_clip((st.st_mtime_ns, st.st_size)))
     elif Path(spec).is_file():
-        from mmrl.models.safe_load import load_clip_state_dict
-
         clip = clip_from_openai_state_dict(load_clip_state_dict(spec), spec)
     elif ":" not in spec and _looks_like_file(spec):
         raise FileNotFoundError(f"backbone file not found: {spec}")
@@ -398,8 +397,6 @@ def _open_clip_model(name: str, tag: str, pretrained: bool, spec: str) -> nn.Mod
                          f"{[m for m in open_clip.list_models() if m.startswith('ViT-B')][:8]} "
                          "(or give a path to an OpenAI-format .pt file)")
     if _looks_like_file(tag):  # NAME:/path/to/open_clip_checkpoint
-        from mmrl.models.safe_load import load_clip_state_dict
-
         if not Path(tag).is_file():
             raise FileNotFoundError(f"backbone {spec!r}: checkpoint file not found: {tag}")
         with _quiet_open_clip():

@@ -32,6 +32,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+# mmrl.models.blocks (the fused block computation) imports this module's BlockParts: it is
+# imported inside the three functions that run a block by its parts.
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's defaults when a model names none
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
