@@ -15,7 +15,8 @@ from typing import Any
 
 PROTOCOLS: tuple[str, ...] = ("base2novel", "fewshot", "crossdataset")
 # Which classes of a dataset: all of them, the base half, the new (novel) half (docs/protocols.md#base-and-novel-classes).
-SUBSAMPLES: tuple[str, ...] = ("all", "base", "new")
+BASE2NOVEL_SUBSAMPLES: tuple[str, ...] = ("base", "new")  # what a base-to-novel run is evaluated on
+SUBSAMPLES: tuple[str, ...] = ("all",) + BASE2NOVEL_SUBSAMPLES
 
 # The 11 datasets of the base-to-novel, few-shot and cross-dataset tables, in the papers' order.
 DATASETS: tuple[str, ...] = (

@@ -18,8 +18,8 @@ from typing import Iterable, Mapping, Sequence
 from mmrl import methods
 from mmrl.errors import shown
 from mmrl.sweep.ablation import Point, point_dir
-from mmrl.vocab import (ABLATION_DIR, ALL_DATASETS, CROSS_SOURCE, CROSS_TARGETS, DATASETS, DEFAULT_SEEDS, DEFAULT_SHOTS,
-                        LOGIT_KINDS, PROTOCOLS, STDOUT_LOG, auto_logits, canonical_benchmark,
+from mmrl.vocab import (ABLATION_DIR, ALL_DATASETS, BASE2NOVEL_SUBSAMPLES, CROSS_SOURCE, CROSS_TARGETS, DATASETS,
+                        DEFAULT_SEEDS, DEFAULT_SHOTS, LOGIT_KINDS, PROTOCOLS, STDOUT_LOG, auto_logits, canonical_benchmark,
                         dataset_slug, eval_file_name, sweep_run_dir)
 
 
@@ -102,7 +102,7 @@ class Cell:
     @property
     def trained_subsamples(self) -> tuple[str, ...]:
         """The subsamples `mmrl train` evaluates (base-to-novel: base and novel classes)."""
-        return ("base", "new") if self.protocol == "base2novel" else ("all",)
+        return BASE2NOVEL_SUBSAMPLES if self.protocol == "base2novel" else ("all",)
 
     @property
     def eval_jobs(self) -> tuple[EvalJob, ...]:

@@ -31,7 +31,7 @@ from mmrl.config import resolve_config, toy_settings
 from mmrl.fileio import write_text_atomic
 from mmrl.jobs import Job, JobPool
 from mmrl.toyworld.tasks import TASKS, write_task
-from mmrl.vocab import RESULTS_FILE, harmonic_mean
+from mmrl.vocab import BASE2NOVEL_SUBSAMPLES, RESULTS_FILE, harmonic_mean
 
 LOG = logging.getLogger("mmrl")
 # torch CPU threads of the demo. One: a training step of the tiny CLIP (batch 4, ~1300 small
@@ -118,7 +118,7 @@ def zero_shot_row(name: str, cfg: DemoConfig, progress: bool | None) -> dict:
 
     folder = cfg.out / "tasks" / name
     acc = {}
-    for sub in ("base", "new"):
+    for sub in BASE2NOVEL_SUBSAMPLES:
         zs = zeroshot(EvalRequest(f"folder:{folder}", subsample=sub), backbone=cfg.backbone,
                       output=cfg.out / "runs" / "zeroshot" / name, progress=progress,
                       settings={"data.shots": 16, "seed": cfg.seed, "eval.precision": "fp32", "device": "cpu",
