@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from mmrl.config import Override, RunConfig, resolve_config
 from mmrl.engine import rundir as rd
@@ -53,10 +53,10 @@ def _convert(checkpoint: Path, cfg: RunConfig, run_dir: Path) -> Path:
                  metadata={"method": model.settings(), "backbone": cfg.backbone, "dataset": cfg.data.dataset,
                            "protocol": cfg.protocol, "shots": cfg.data.shots, "seed": cfg.seed,
                            "source": str(checkpoint.absolute())})
-    info: dict[str, Any] = rd.new_run_info(cfg, status="finished", started=rd.now_iso(), finished=rd.now_iso(),
-                                           source={"official_checkpoint": str(checkpoint.absolute())})
-    info["trainable_parameters"] = model.num_trainable_parameters()
-    info["adapter_sha256"] = sha
+    now = rd.now_iso()
+    info = rd.RunInfo(**rd.new_run_info(cfg, status="finished", started=now, finished=now,
+                                        source={"official_checkpoint": str(checkpoint.absolute())}))
+    info.update(trainable_parameters=model.num_trainable_parameters(), adapter_sha256=sha)
     rd.write_run_info(run_dir, info)
     LOG.info("converted %s -> %s (%s, %d adapter tensors)", checkpoint, run_dir, cfg.method.name, len(tensors))
     return run_dir

@@ -91,7 +91,7 @@ _UNSET: Any = type("Unset", (), {"__repr__": lambda self: "<unset>"})()  # a key
 
 @dataclasses.dataclass
 class RunInfo:
-    """run.json of a run being trained, as one typed object instead of a dict passed around.
+    """run.json of a run being trained (or converted), as one typed object instead of a dict passed around.
 
     The fields come in the order run.json has always listed them (:meth:`to_dict` writes the
     set ones in this order, so the file's keys and their order stay what they were); a field
@@ -127,6 +127,7 @@ class RunInfo:
     stopped: str = _UNSET
     error: str = _UNSET
     failed: str = _UNSET
+    source: dict[str, Any] = _UNSET         # mmrl convert-official: the checkpoint it was converted from
 
     @classmethod
     def start(cls, cfg: RunConfig, **extra: Any) -> "RunInfo":
