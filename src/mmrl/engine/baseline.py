@@ -12,7 +12,7 @@ from mmrl.engine import distributed as ddp_util
 from mmrl.engine.checkpoint import write_json_atomic
 from mmrl.engine.decoupled import eval_splits
 from mmrl.engine.evaluator import EvalRequest, evaluate_model, writable_outputs
-from mmrl.engine.rundir import EVAL_DIR, eval_result_path, read_run_info, write_run_info
+from mmrl.engine.rundir import EVAL_DIR, RunInfo, eval_result_path, read_run_info, write_run_info
 from mmrl.engine.runtime import load_backbone_checked, resolve_device
 from mmrl.models import ZeroShotCLIP
 
@@ -73,8 +73,8 @@ def _zeroshot(cfg: RunConfig, request: EvalRequest, out_dir: Path, progress: boo
     write_json_atomic(res, path)
     res["path"] = str(path)
     if read_run_info(out_dir) is None:
-        write_run_info(out_dir, {"version": __version__, "method": "zeroshot", "backbone": cfg.backbone,
-                                 "status": "finished", "protocol": None, "dataset": None, "shots": None,
-                                 "seed": None, "timings": {}, "trainable_parameters": 0})
+        write_run_info(out_dir, RunInfo(version=__version__, method="zeroshot", dataset=None, protocol=None,
+                                        shots=None, seed=None, backbone=cfg.backbone, status="finished",
+                                        trainable_parameters=0))
     LOG.info("zero-shot %s %s: accuracy %.2f%% (n=%d)", splits.name, subsample, res["accuracy"], res["n"])
     return res
