@@ -2,6 +2,7 @@
 CLIP, the run-directory format, eval/predict/zeroshot outputs, decoupled-inference choices."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -118,6 +119,22 @@ def test_eval_predictions_file(world):
     assert forced["logits"] == forced["logits_requested"] == "class"
     assert sorted(p.name for p in (world["base"] / "forced").iterdir()) == ["DescribableTextures-base-class.json"]
     assert _json(run / "eval" / "DescribableTextures-base.json")["logits_requested"] == "auto"
+
+
+def test_an_in_memory_model_without_a_config_is_evaluated_with_validated_defaults(world):
+    """evaluate(model) with no config: the keys' defaults plus the overrides, checked like a config
+    (a bad batch size is refused naming the key), and the same numbers as the run directory's."""
+    from mmrl.config import ConfigError
+
+    run = _train(world, "in-memory")
+    model, _ = load_run(run, device="cpu")
+    request = EvalRequest("dtd", root=world["root"], logits="class")
+    got = evaluate(model, request, settings={"eval.batch_size": 3, "eval.precision": "fp32"})
+    want = evaluate(run, dataclasses.replace(request, output_dir=world["base"] / "in-memory-ref"),
+                    settings={"eval.precision": "fp32"})
+    assert got["n"] == want["n"] and got["accuracy"] == pytest.approx(want["accuracy"])
+    with pytest.raises(ConfigError, match="eval.batch_size"):
+        evaluate(model, request, settings={"eval.batch_size": 0})
 
 
 def test_eval_logit_kinds_decompose_as_the_spec_says(world):

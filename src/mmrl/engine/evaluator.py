@@ -187,7 +187,9 @@ def _evaluate(run_dir_or_model, run_dir: Path | None, out_dir: Path | None, requ
     kind = choose_logits(cfg, dataset, subsample, request.logits)
     splits = eval_splits(cfg, dataset, root, subsample, split_file=request.split_file, template=request.template,
                          run_split=run_dir / SPLIT_FILE if run_dir is not None else None)
-    how = {k: cfg.value(k) if cfg is not None else settings.get(k, DEFAULTS.value(k)) for k in EVAL_SETTINGS}
+    # an in-memory model without a config: the keys' defaults with the overrides, validated as a config is
+    how_cfg = cfg if cfg is not None else with_overrides(DEFAULTS, flags={"data.dataset": dataset, **settings})
+    how = {k: how_cfg.value(k) for k in EVAL_SETTINGS}
     if run_dir is not None:  # a model loaded for this evaluation: its frozen weights in bf16 once (CPU)
         cast_frozen(model, eval_precision(how["eval.precision"], model_device(model), tower_width(model))[0])
     res = evaluate_model(
