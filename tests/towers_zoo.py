@@ -156,15 +156,10 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     elif family == "clipa":
         m = CLIP(16, CLIPVisionCfg(**vision, pool_type="avg", final_ln_after_pool=True, no_ln_pre=True),
                  CLIPTextCfg(**text, pool_type="last", no_causal_mask=True))
-    elif family == "siglip":
+    elif family in ("siglip", "naflex"):  # the same SigLIP text and MAP head; a timm ViT or a NaFlexVit
         _register_timm_models()
-        m = CustomTextCLIP(32, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_vit_map",
-                                             timm_pool="map", timm_proj="none"),
-                           CLIPTextCfg(**text, pool_type="last", no_causal_mask=True, proj_bias=True),
-                           init_logit_bias=-10)
-    elif family == "naflex":
-        _register_timm_models()
-        m = CustomTextCLIP(32, CLIPVisionCfg(image_size=IMAGE, timm_model_name="mmrl_test_naflex",
+        timm_name = "mmrl_test_vit_map" if family == "siglip" else "mmrl_test_naflex"
+        m = CustomTextCLIP(32, CLIPVisionCfg(image_size=IMAGE, timm_model_name=timm_name,
                                              timm_pool="map", timm_proj="none"),
                            CLIPTextCfg(**text, pool_type="last", no_causal_mask=True, proj_bias=True),
                            init_logit_bias=-10)
