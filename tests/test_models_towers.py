@@ -147,6 +147,23 @@ def test_slot_positions_follow_the_rule():
     assert towers_of(tiny_backbone("siglip").clip).vision.projection().shape == (32, 32)  # identity P
 
 
+def test_naflex_towers_that_are_not_a_fixed_grid_vit_are_refused_naming_the_part():
+    """A NaFlexVit with rotary terms (they depend on each image's grid) or a MAP head that pools the
+    prefix tokens too is refused in one line; the zoo's plain one is accepted."""
+    from timm.models.naflexvit import NaFlexVit, NaFlexVitCfg
+
+    from mmrl.models.towers import towers_problem
+
+    m = tiny_backbone("naflex").clip
+    assert towers_problem(m) is None
+    base = dict(patch_size=4, embed_dim=32, depth=2, num_heads=2, global_pool="map")
+    for kw, want in ((dict(rope_type="axial"), "without rotary position terms (timm NaFlexVit has rope)"),
+                     (dict(class_token=True, pool_include_prefix=True), "pool_include_prefix is set")):
+        m.visual.trunk = NaFlexVit(cfg=NaFlexVitCfg(**base, **kw), img_size=IMAGE, num_classes=0)
+        problem = towers_problem(m)
+        assert problem is not None and want in problem and "\n" not in problem, (kw, problem)
+
+
 def test_a_tower_with_its_own_mean_and_std_gets_images_restandardised():
     """mmrl's pipeline standardises with CLIP's mean/std; a tower configured with others (SigLIP:
     0.5, 0.5) gets exactly the images it was trained on: raw = x * std_clip + mean_clip, then its own."""

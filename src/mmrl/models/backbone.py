@@ -606,6 +606,7 @@ def _hf_missing(hf: str | None) -> str | None:
         return f"its text tower is the Hugging Face encoder {hf}: {HF_INSTALL}"
     return None
 
+
 def _check_hf_config_reachable(hf: str | None, spec: str) -> None:
     """open_clip reads the config of a Hugging Face text tower ``hf`` from the hub when it builds
     the model: cached, or the hub reachable -> nothing to say; otherwise one line with the ways on

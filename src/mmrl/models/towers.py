@@ -445,6 +445,8 @@ def vision_problem(visual: nn.Module) -> str | None:
         problem = _naflex_problem(trunk) if _naflex_stem(trunk) else _timm_vit_problem(trunk)
         if problem is not None:
             return problem
+        if getattr(trunk, "attn_pool", None) is not None and getattr(trunk, "pool_include_prefix", False):
+            return "a MAP head over the patch tokens only (pool_include_prefix is set)"
         if not isinstance(visual.head, nn.Sequential) or any(
                 n not in ("drop", "proj") for n, _ in visual.head.named_children()):
             return "a vision head that is a linear projection or nothing (TimmModel head)"
@@ -457,8 +459,8 @@ def vision_problem(visual: nn.Module) -> str | None:
 
 
 def _timm_vit_problem(trunk: nn.Module) -> str | None:
-    """What keeps a timm ViT / Eva trunk (``patch_embed`` + ``_pos_embed``) from MMRL's stem,
-    rotary and pooling assumptions, or None."""
+    """What keeps a timm ViT / Eva trunk (``patch_embed`` + ``_pos_embed``) from MMRL's stem and
+    rotary assumptions, or None."""
     name = type(trunk).__name__
     for part in ("patch_embed", "_pos_embed", "norm", "forward_head", "num_prefix_tokens"):
         if not hasattr(trunk, part):
@@ -471,15 +473,12 @@ def _timm_vit_problem(trunk: nn.Module) -> str | None:
     for part in ("pos_embed", "norm_pre") + (() if eva else ("patch_drop",)):
         if not hasattr(trunk, part):
             return f"a timm ViT part {part} (timm {name})"
-    if getattr(trunk, "attn_pool", None) is not None and getattr(trunk, "pool_include_prefix", False):
-        return "a MAP head over the patch tokens only (pool_include_prefix is set)"
     return None
 
 
 def _naflex_problem(trunk: nn.Module) -> str | None:
     """What keeps a NaFlexVit trunk from its fixed-grid ViT computation, or None: images in, no
-    rotary embedding (its per-grid rotary terms are not adapted), a MAP head over the patch
-    tokens only, the parts the generic path calls."""
+    rotary embedding (its per-grid rotary terms are not adapted), the parts the generic path calls."""
     name = type(trunk).__name__
     for part in ("norm_pre", "norm", "fc_norm", "forward_head", "num_prefix_tokens"):
         if not hasattr(trunk, part):
@@ -491,8 +490,6 @@ def _naflex_problem(trunk: nn.Module) -> str | None:
         return f"a NaFlex patch embedding with a patch_size (timm {name})"
     if getattr(trunk, "rope", None) is not None:
         return f"vision attention without rotary position terms (timm {name} has rope)"
-    if getattr(trunk, "attn_pool", None) is not None and getattr(trunk, "pool_include_prefix", False):
-        return "a MAP head over the patch tokens only (pool_include_prefix is set)"
     return None
 
 
